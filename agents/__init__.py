@@ -1,0 +1,1 @@
+"""Teacher hyperparameter presets (YAML, one file per algorithm), installed as ``policy_kd.agents``."""

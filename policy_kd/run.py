@@ -1,0 +1,88 @@
+"""Run folders: refuse to overwrite without ``--force``, record how a result was made, write atomically."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from policy_kd.config import to_dict
+from policy_kd.errors import PolicyKDError
+
+#: The command line a job was started with; the CLI sets it so in-process calls record their own argv.
+COMMAND_LINE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("COMMAND_LINE", default=None)
+
+_VERSIONED = ("policy-kd", "torch", "gymnasium", "stable-baselines3", "numpy", "sb3-contrib", "minatar")
+
+
+def prepare_out_dir(path: str | Path | None, *, force: bool, what: str = "output folder") -> Path:
+    """Create an empty output folder; an existing non-empty one is refused unless ``force``."""
+    if path is None or str(path) == "":
+        raise PolicyKDError(f"no {what} given; pass --out DIR")
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise PolicyKDError(f"{what} {out} exists and is a file; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise PolicyKDError(f"{what} {out} already exists; choose another --out or pass --force to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def check_not_inside(out: Path, *inputs: str | Path | None) -> None:
+    """Refuse an output folder that would delete or hold one of the job's inputs."""
+    o = out.resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        p = Path(item).resolve()
+        if p == o or o in p.parents:
+            raise PolicyKDError(f"--out {out} would overwrite the input {item}; choose another --out")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` so that readers see the old file or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_run_info(out: Path, config: Any, *, job: str) -> None:
+    """Write the resolved config, the command line and package versions beside a job's outputs."""
+    atomic_write_text(out / "config.yaml", yaml.safe_dump({"job": job, **to_dict(config)}, sort_keys=False))
+    argv = COMMAND_LINE.get() or [Path(sys.argv[0]).name, *sys.argv[1:]]
+    atomic_write_text(out / "command.txt", shlex.join(argv) + "\n")
+    write_json(out / "versions.json", versions())
