@@ -62,7 +62,7 @@ def _demo(cfg: DemoConfig) -> int:
             buffer=str(root / "buffer"), out=str(d), params_fraction=cfg.params_fraction, loss=cfg.loss,
             tau=cfg.tau, steps=cfg.distill_steps, seed=cfg.seed, progress=cfg.progress, force=True))),
         ("eval", "eval.json", lambda d: evaluate(EvaluateConfig(
-            teacher=str(root / "teacher"), student=str(root / "student"), out=str(d), episodes=cfg.episodes,
+            teacher=str(root / "teacher"), student=str(root / "student"), buffer=str(root / "buffer"), out=str(d), episodes=cfg.episodes,
             seed=cfg.seed, force=True))),
     ]
     redo = cfg.force

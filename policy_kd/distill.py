@@ -42,6 +42,8 @@ class DistillConfig:
     """Hidden layers when sizing by --params-fraction."""
     activation: str = "relu"
     """Hidden activation: relu, tanh, elu, gelu."""
+    normalize_obs: bool = True
+    """Standardise the student's inputs with the buffer's observation mean/std (stored with the student)."""
     loss: str = "kl"
     """Loss: kl (Rusu et al. 2016), nll (teacher argmax), mse (regress outputs), hinton (soft at T + hard)."""
     tau: float = 0.01
@@ -56,6 +58,8 @@ class DistillConfig:
     """Minibatch size (sampled uniformly with replacement from the buffer)."""
     lr: float = 1e-3
     """Adam learning rate."""
+    lr_schedule: str = "constant"
+    """Learning-rate schedule: constant, or cosine (decays to 0 at the last step, which steadies the final weights)."""
     eval_every: int = 1_000
     """Steps between environment evaluations that select the best checkpoint (0: never; last = best)."""
     eval_episodes: int = 10
@@ -89,6 +93,8 @@ class DistillConfig:
         for name in ("steps", "batch_size", "eval_episodes", "log_every", "layers", "threads"):
             if getattr(self, name) <= 0:
                 raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise PolicyKDError(f"unknown --lr-schedule {self.lr_schedule!r}; choose constant or cosine")
         if self.eval_every < 0 or self.lr <= 0:
             raise PolicyKDError("--eval-every must be >= 0 and --lr > 0")
 
@@ -120,8 +126,15 @@ def distill(config: DistillConfig) -> Path:
     )
     torch.manual_seed(config.seed)
     net = build_student(spec)
+    if config.normalize_obs and hasattr(net, "set_obs_stats"):
+        net.set_obs_stats(obs)
     params = count_params(net)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
+        if config.lr_schedule == "cosine"
+        else None
+    )
     gen = torch.Generator().manual_seed(config.seed)
     loss_cfg = config.loss_config
     env_id = meta["env_id"]
@@ -153,6 +166,8 @@ def distill(config: DistillConfig) -> Path:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             with torch.no_grad():
                 running_loss += loss.item()
                 running_agree += (s_out.argmax(-1) == t_out.argmax(-1)).float().mean().item()

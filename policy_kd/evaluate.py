@@ -128,6 +128,8 @@ class EvaluateConfig:
     """Student: a distill --out folder (its best weights) or a .pt weights file inside one."""
     env: str | None = None
     """Environment id; required for a plain .zip teacher."""
+    buffer: str | None = None
+    """Optional buffer the teacher recorded: also report agreement on the teacher's own states."""
     out: str | None = None
     """Folder for eval.json (refused if it exists, unless --force); omit to only print the table."""
     episodes: int = 100
@@ -177,6 +179,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"student/teacher params ratio: {result['params_ratio']:.4f} ({result['params_ratio'] * 100:.2f}%)",
         f"action agreement with the teacher on the student's own states: {result['student']['agreement'] * 100:.1f}%",
     ]
+    if "agreement_teacher_states" in result["student"]:
+        lines.append(
+            f"action agreement with the teacher on the teacher's recorded states: "
+            f"{result['student']['agreement_teacher_states'] * 100:.1f}%"
+        )
     return "\n".join(lines)
 
 
@@ -189,10 +196,16 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     student = load_student(config.student)  # type: ignore[arg-type]
     teacher = load_teacher(config.teacher, config.env or student.info.get("env_id"))  # type: ignore[arg-type]
     check_compatible(student.info, teacher.env_id, teacher.n_outputs, str(config.student))
+    buffer = None
+    if config.buffer is not None:
+        from policy_kd.buffer import Buffer
+
+        buffer = Buffer.open(config.buffer)
+        check_compatible(buffer.meta, teacher.env_id, teacher.n_outputs, f"buffer {config.buffer}")
     out = None
     if config.out is not None:
         out = prepare_out_dir(config.out, force=config.force)
-        check_not_inside(out, config.teacher, config.student)
+        check_not_inside(out, config.teacher, config.student, config.buffer)
         write_run_info(out, config, job="evaluate")
     torch.set_num_threads(config.threads)
     seeds = [config.seed + i for i in range(config.episodes)]
@@ -218,9 +231,23 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "return_ratio": s_sum["mean_return"] / t_sum["mean_return"] if t_sum["mean_return"] != 0 else None,
         "params_ratio": s_params / t_params,
     }
+    if buffer is not None:
+        result["student"]["agreement_teacher_states"] = teacher_state_agreement(student, buffer)
     if out is not None:
         write_json(out / "eval.json", result)
     return result
+
+
+def teacher_state_agreement(student: Policy, buffer: Any, max_rows: int = 100_000) -> float:
+    """Fraction of the buffer's states (at most ``max_rows``, evenly spaced) where the student picks the
+    teacher's greedy action."""
+    obs, target = buffer.field("obs"), buffer.field("teacher")
+    idx = np.linspace(0, len(obs) - 1, num=min(len(obs), max_rows)).astype(np.int64)
+    hits = 0
+    for start in range(0, len(idx), 4096):
+        part = idx[start : start + 4096]
+        hits += int((np.asarray(student.predict(obs[part])) == target[part].argmax(-1)).sum())
+    return hits / len(idx)
 
 
 def check_compatible(info: dict[str, Any], env_id: str, n_actions: int, where: str) -> None:

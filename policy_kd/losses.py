@@ -20,10 +20,10 @@ __all__ = ["LOSSES", "LossConfig", "compute_loss", "hinton", "kl", "mse", "nll"]
 
 
 def _check(student: Tensor, teacher: Tensor) -> None:
-    if student.shape != teacher.shape or student.dim() != 2:
+    if student.shape != teacher.shape or student.dim() != 2 or student.shape[0] == 0:
         raise ValueError(
-            f"student and teacher outputs must both be (batch, n_actions); got {tuple(student.shape)} "
-            f"and {tuple(teacher.shape)}"
+            f"student and teacher outputs must both be (batch, n_actions) with batch > 0; got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
         )
 
 
@@ -35,7 +35,7 @@ def kl(student: Tensor, teacher: Tensor, *, tau: float = 0.01) -> Tensor:
     constant to all of a state's teacher outputs (softmax is), and tends to ``nll`` as tau -> 0.
     """
     _check(student, teacher)
-    if tau <= 0:
+    if not tau > 0:  # also rejects NaN
         raise ValueError(f"tau must be > 0, got {tau}")
     log_p = F.log_softmax(teacher.float() / tau, dim=-1)
     log_q = F.log_softmax(student.float(), dim=-1)
@@ -63,7 +63,7 @@ def hinton(student: Tensor, teacher: Tensor, *, temperature: float = 2.0, lam: f
     as the hard term's when ``T`` changes.
     """
     _check(student, teacher)
-    if temperature <= 0:
+    if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must lie in [0, 1], got {lam}")

@@ -43,7 +43,12 @@ class StudentSpec:
 
 
 class MLPStudent(nn.Module):
-    """Flatten -> [Linear -> activation] * len(hidden) -> Linear(n_outputs)."""
+    """Standardise -> Flatten -> [Linear -> activation] * len(hidden) -> Linear(n_outputs).
+
+    The standardisation uses the recorded observations' mean and std, held as buffers (saved with the
+    weights, not trained, not counted as parameters): a tiny network otherwise spends its capacity on
+    inputs of very different scales (CartPole's pole angle is ~100x smaller than its velocities).
+    """
 
     def __init__(self, spec: StudentSpec):
         super().__init__()
@@ -51,6 +56,8 @@ class MLPStudent(nn.Module):
             raise PolicyKDError(f"unknown activation {spec.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         self.spec = spec
         in_dim = int(np.prod(spec.obs_shape))
+        self.register_buffer("obs_mean", torch.zeros(spec.obs_shape))
+        self.register_buffer("obs_std", torch.ones(spec.obs_shape))
         layers: list[nn.Module] = [nn.Flatten()]
         for width in spec.hidden:
             layers += [nn.Linear(in_dim, width), ACTIVATIONS[spec.activation]()]
@@ -60,7 +67,14 @@ class MLPStudent(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         # (batch, *obs_shape) -> (batch, n_outputs)
-        return self.net(obs.float())
+        return self.net((obs.float() - self.obs_mean) / self.obs_std)
+
+    def set_obs_stats(self, obs: torch.Tensor) -> None:
+        """Standardise inputs with the mean/std of ``obs`` ``(N, *obs_shape)``; constant inputs keep std 1."""
+        obs = obs.float()
+        std = obs.std(dim=0)
+        self.obs_mean.copy_(obs.mean(dim=0))
+        self.obs_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     @torch.no_grad()
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:

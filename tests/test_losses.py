@@ -1,0 +1,413 @@
+"""Property tests for ``policy_kd.losses``.
+
+The losses compute in float32 whatever the input dtype, so comparisons against float64 references use
+tolerances sized to float32 rounding of the (possibly very large) ``teacher / tau`` logits; every
+tolerance is still orders of magnitude below the error a structurally wrong loss would make.
+"""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from policy_kd import losses as L
+
+torch.set_num_threads(1)
+
+SETTINGS = settings(max_examples=50, deadline=None)
+
+NAMES = ("kl", "nll", "mse", "hinton")
+TAUS = (0.01, 0.05, 0.1, 1.0, 3.0)
+F32_EPS = float(np.finfo(np.float32).eps)
+
+
+# --------------------------------------------------------------------------------------------------
+# strategies and helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _floats(bound: float) -> st.SearchStrategy[float]:
+    return st.floats(-bound, bound, allow_nan=False, allow_infinity=False, allow_subnormal=False)
+
+
+@st.composite
+def shapes(draw) -> tuple[int, int]:
+    return draw(st.integers(1, 16)), draw(st.integers(2, 6))
+
+
+@st.composite
+def pairs(draw, s_bound: float = 50.0, t_bound: float = 500.0, shape=None):
+    """(student, teacher) float64 numpy arrays of one small (batch, n_actions) shape."""
+    shape = shape or draw(shapes())
+    s = draw(hnp.arrays(np.float64, shape, elements=_floats(s_bound)))
+    t = draw(hnp.arrays(np.float64, shape, elements=_floats(t_bound)))
+    return s, t
+
+
+def _t(x: np.ndarray, dtype=torch.float64) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x), dtype=dtype)
+
+
+def _log_softmax_np(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    z = x - x.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def kl_ref(s: np.ndarray, t: np.ndarray, tau: float) -> float:
+    """KL(softmax(t / tau) || softmax(s)), batch mean, float64 numpy."""
+    log_p = _log_softmax_np(np.asarray(t, np.float64) / tau)
+    log_q = _log_softmax_np(s)
+    p = np.exp(log_p)
+    return float((p * (log_p - log_q)).sum(axis=-1).mean())
+
+
+def nll_ref(s: np.ndarray, t: np.ndarray) -> float:
+    log_q = _log_softmax_np(s)
+    a = np.argmax(t, axis=-1)
+    return float(-log_q[np.arange(len(a)), a].mean())
+
+
+def kl_tol(s: np.ndarray, t: np.ndarray, tau: float) -> float:
+    """Float32 rounding budget for kl: the logits t / tau carry absolute error ~eps * |t| / tau, which
+    moves the loss by at most that times (1 + spread of the log-ratio)."""
+    logit_err = 4 * F32_EPS * (1.0 + np.abs(t).max() / tau)
+    spread = 1.0 + np.ptp(s, axis=-1).max() + np.abs(s).max() * F32_EPS
+    return 1e-5 + logit_err * (1.0 + spread) + 1e-5 * (np.abs(s).max() + 1.0)
+
+
+def loss_fn(name: str):
+    return {"kl": L.kl, "nll": L.nll, "mse": L.mse, "hinton": L.hinton}[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# zero at the teacher, non-negativity
+# --------------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    data=pairs(),
+    tau=st.sampled_from((None, *TAUS)),
+    shift=hnp.arrays(np.float64, st.integers(1, 16), elements=_floats(1000.0)),
+)
+def test_kl_zero_when_student_is_teacher_over_tau(data, tau, shift):
+    _, t = data
+    b = t.shape[0]
+    shift = np.resize(shift, b)[:, None]
+    eff_tau = 0.01 if tau is None else tau
+    s = t / eff_tau + shift  # softmax(s) == softmax(t / tau): any per-row shift leaves it unchanged
+    st_, tt = _t(s), _t(t)
+    value = L.kl(st_, tt) if tau is None else L.kl(st_, tt, tau=tau)
+    assert value.dim() == 0
+    # The only error is float32 rounding of logits up to ~1e5, which enters KL at second order.
+    assert abs(value.item()) < 1e-3, value.item()
+
+
+@SETTINGS
+@given(data=pairs(s_bound=500.0), temperature=st.sampled_from((0.5, 1.0, 2.0, 7.0)))
+def test_hinton_lam1_zero_when_student_equals_teacher(data, temperature):
+    _, t = data
+    value = L.hinton(_t(t), _t(t), temperature=temperature, lam=1.0)
+    assert abs(value.item()) < 1e-5
+
+
+@SETTINGS
+@given(data=pairs(t_bound=1e4), dtype=st.sampled_from((torch.float32, torch.float64)))
+def test_mse_zero_when_equal(data, dtype):
+    _, t = data
+    assert L.mse(_t(t, dtype), _t(t, dtype)).item() == 0.0
+
+
+@SETTINGS
+@given(data=pairs(s_bound=1000.0), tau=st.sampled_from(TAUS))
+def test_kl_nonnegative(data, tau):
+    s, t = data
+    assert L.kl(_t(s), _t(t), tau=tau).item() >= -kl_tol(s, t, tau)
+
+
+@SETTINGS
+@given(data=pairs(s_bound=1000.0, t_bound=1000.0))
+def test_mse_nonnegative(data):
+    s, t = data
+    assert L.mse(_t(s), _t(t)).item() >= 0.0
+
+
+@SETTINGS
+@given(data=pairs(s_bound=500.0), temperature=st.sampled_from((0.5, 1.0, 2.0, 7.0)))
+def test_hinton_lam1_nonnegative(data, temperature):
+    s, t = data
+    value = L.hinton(_t(s), _t(t), temperature=temperature, lam=1.0).item()
+    assert value >= -(temperature**2) * kl_tol(s / temperature, t, temperature)
+
+
+# --------------------------------------------------------------------------------------------------
+# invariances
+# --------------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    data=pairs(s_bound=20.0),
+    tau=st.sampled_from(TAUS),
+    shift=hnp.arrays(np.float64, 16, elements=_floats(500.0)),
+)
+def test_kl_invariant_to_per_row_teacher_shift(data, tau, shift):
+    s, t = data
+    c = shift[: t.shape[0], None]
+    base = L.kl(_t(s), _t(t), tau=tau).item()
+    moved = L.kl(_t(s), _t(t + c), tau=tau).item()
+    assert moved == pytest.approx(base, abs=2 * kl_tol(s, np.abs(t) + np.abs(c), tau), rel=1e-4)
+
+
+@SETTINGS
+@given(
+    data=pairs(s_bound=50.0),
+    tau=st.sampled_from(TAUS),
+    shift=hnp.arrays(np.float64, 16, elements=_floats(1000.0)),
+)
+def test_kl_invariant_to_per_row_student_shift(data, tau, shift):
+    s, t = data
+    c = shift[: s.shape[0], None]
+    base = L.kl(_t(s), _t(t), tau=tau).item()
+    moved = L.kl(_t(s + c), _t(t), tau=tau).item()
+    # s + c is rounded to float32 (|s + c| <= 1050), so log q moves by a few float32 ulps of 1050.
+    tol = kl_tol(s, t, tau) + 8 * F32_EPS * 1100 * (1 + abs(base))
+    assert moved == pytest.approx(base, abs=tol, rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# batch-size independence
+# --------------------------------------------------------------------------------------------------
+
+
+def _apply(name: str, s: torch.Tensor, t: torch.Tensor) -> float:
+    return L.compute_loss(s, t, L.LossConfig(name=name)).item()
+
+
+@SETTINGS
+@given(data=pairs(), name=st.sampled_from(NAMES), k=st.integers(2, 5))
+def test_duplicated_batch_has_same_loss(data, name, k):
+    s, t = data
+    one = _apply(name, _t(s), _t(t))
+    many = _apply(name, _t(np.concatenate([s] * k)), _t(np.concatenate([t] * k)))
+    assert many == pytest.approx(one, rel=1e-5, abs=1e-5)
+
+
+@SETTINGS
+@given(shape=shapes(), name=st.sampled_from(NAMES), data=st.data())
+def test_concatenated_batches_average(shape, name, data):
+    s1, t1 = data.draw(pairs(shape=shape))
+    s2, t2 = data.draw(pairs(shape=shape))
+    a = _apply(name, _t(s1), _t(t1))
+    b = _apply(name, _t(s2), _t(t2))
+    both = _apply(name, _t(np.concatenate([s1, s2])), _t(np.concatenate([t1, t2])))
+    assert both == pytest.approx((a + b) / 2, rel=1e-5, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# limits and references
+# --------------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(data=pairs(s_bound=20.0), margin=st.floats(0.01, 50.0), col=st.integers(0, 5))
+def test_kl_tends_to_nll_as_tau_goes_to_zero(data, margin, col):
+    s, t = data
+    t = t.copy()
+    rows = np.arange(t.shape[0])
+    a = min(col, t.shape[1] - 1)
+    # Make column `a` the unique argmax of every row, ahead of the runner-up by at least `margin`.
+    runner_up = np.delete(t, a, axis=1).max(axis=1)
+    t[rows, a] = np.maximum(t[rows, a], runner_up + margin)
+    assert np.all(t[rows, a] - runner_up >= margin * (1 - 1e-6))
+    limit = L.nll(_t(s), _t(t)).item()
+    assert limit == pytest.approx(nll_ref(s, t), rel=1e-5, abs=1e-5)
+    near = L.kl(_t(s), _t(t), tau=1e-4).item()
+    # margin / tau >= 50 in the exponent: softmax(t / tau) is one-hot to within exp(-50).
+    assert near == pytest.approx(limit, rel=1e-4, abs=1e-4)
+
+
+@SETTINGS
+@given(data=pairs(s_bound=100.0, t_bound=100.0), temperature=st.sampled_from((0.5, 1.0, 2.0, 5.0, 10.0)))
+def test_hinton_lam0_is_nll_exactly(data, temperature):
+    s, t = data
+    st_, tt = _t(s), _t(t)
+    assert torch.equal(L.hinton(st_, tt, temperature=temperature, lam=0.0), L.nll(st_, tt))
+
+
+def _soft_ref_torch(s: np.ndarray, t: np.ndarray, temperature: float) -> float:
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean, straightforward float64 torch."""
+    p = torch.softmax(_t(t) / temperature, dim=-1)
+    q = torch.softmax(_t(s) / temperature, dim=-1)
+    per_row = (p * (torch.log(p) - torch.log(q))).sum(dim=-1)
+    return float(temperature**2 * per_row.mean())
+
+
+@SETTINGS
+@given(data=pairs(s_bound=100.0, t_bound=100.0), temperature=st.sampled_from((0.5, 1.0, 2.0, 5.0, 10.0)))
+def test_hinton_lam1_matches_scaled_soft_reference(data, temperature):
+    s, t = data
+    ref = _soft_ref_torch(s, t, temperature)
+    assert math.isfinite(ref)
+    got = L.hinton(_t(s), _t(t), temperature=temperature, lam=1.0).item()
+    tol = temperature**2 * kl_tol(s / temperature, t, temperature)
+    assert got == pytest.approx(ref, rel=1e-4, abs=tol)
+
+
+@SETTINGS
+@given(
+    data=pairs(s_bound=100.0, t_bound=100.0),
+    temperature=st.sampled_from((0.5, 2.0, 5.0)),
+    lam=st.floats(0.0, 1.0),
+)
+def test_hinton_is_convex_mix_of_soft_and_nll(data, temperature, lam):
+    s, t = data
+    ref = lam * _soft_ref_torch(s, t, temperature) + (1 - lam) * nll_ref(s, t)
+    got = L.hinton(_t(s), _t(t), temperature=temperature, lam=lam).item()
+    tol = temperature**2 * kl_tol(s / temperature, t, temperature) + 1e-5 * (1 + np.abs(s).max())
+    assert got == pytest.approx(ref, rel=1e-4, abs=tol)
+
+
+def test_hinton_defaults():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(8, 4)) * 3, rng.normal(size=(8, 4)) * 3
+    ref = 0.5 * _soft_ref_torch(s, t, 2.0) + 0.5 * nll_ref(s, t)
+    assert L.hinton(_t(s), _t(t)).item() == pytest.approx(ref, rel=1e-5, abs=1e-5)
+
+
+@SETTINGS
+@given(data=pairs(s_bound=50.0, t_bound=500.0), tau=st.sampled_from((None, *TAUS)))
+def test_kl_matches_numpy_float64_reference(data, tau):
+    s, t = data
+    eff_tau = 0.01 if tau is None else tau
+    got = (L.kl(_t(s), _t(t)) if tau is None else L.kl(_t(s), _t(t), tau=tau)).item()
+    ref = kl_ref(s, t, eff_tau)
+    assert got == pytest.approx(ref, rel=1e-4, abs=kl_tol(s, t, eff_tau))
+
+
+def test_kl_reference_handcrafted():
+    # p = softmax([0, ln 3]) = (1/4, 3/4); q uniform: KL = 1/4 ln(1/2) + 3/4 ln(3/2).
+    t = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64)
+    s = torch.zeros(1, 2, dtype=torch.float64)
+    expected = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    assert L.kl(s, t, tau=1.0).item() == pytest.approx(expected, rel=1e-6)
+    # Direction check: KL(q || p) would be 1/2 ln 2 + 1/2 ln(2/3), a different number.
+    assert L.kl(t, s, tau=1.0).item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), rel=1e-6)
+
+
+@SETTINGS
+@given(data=pairs(s_bound=100.0, t_bound=100.0))
+def test_nll_and_mse_match_references(data):
+    s, t = data
+    assert L.nll(_t(s), _t(t)).item() == pytest.approx(nll_ref(s, t), rel=1e-5, abs=1e-5)
+    assert L.mse(_t(s), _t(t)).item() == pytest.approx(float(((s - t) ** 2).mean()), rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compute_loss_dispatches_to_named_loss(name):
+    rng = np.random.default_rng(1)
+    s, t = _t(rng.normal(size=(5, 3))), _t(rng.normal(size=(5, 3)) * 10)
+    direct = {
+        "kl": L.kl(s, t, tau=0.01),
+        "nll": L.nll(s, t),
+        "mse": L.mse(s, t),
+        "hinton": L.hinton(s, t, temperature=2.0, lam=0.5),
+    }[name]
+    assert torch.equal(L.compute_loss(s, t, L.LossConfig(name=name)), direct)
+    custom = L.LossConfig(name=name, tau=0.5, temperature=3.0, lam=0.25)
+    expected = {
+        "kl": L.kl(s, t, tau=0.5),
+        "nll": L.nll(s, t),
+        "mse": L.mse(s, t),
+        "hinton": L.hinton(s, t, temperature=3.0, lam=0.25),
+    }[name]
+    assert torch.equal(L.compute_loss(s, t, custom), expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# extreme logits: finite values and gradients
+# --------------------------------------------------------------------------------------------------
+
+_EXTREME = st.one_of(st.sampled_from((-1e4, 1e4, 0.0)), _floats(1e4))
+
+
+@SETTINGS
+@given(
+    shape=shapes(),
+    name=st.sampled_from(NAMES),
+    data=st.data(),
+)
+def test_extreme_logits_give_finite_loss_and_gradients(shape, name, data):
+    s = data.draw(hnp.arrays(np.float32, shape, elements=_EXTREME))
+    t = data.draw(hnp.arrays(np.float32, shape, elements=_EXTREME))
+    student = torch.tensor(s, dtype=torch.float32, requires_grad=True)
+    teacher = torch.tensor(t, dtype=torch.float32)
+    for value in (L.compute_loss(student, teacher, L.LossConfig(name=name)), loss_fn(name)(student, teacher)):
+        assert value.dtype == torch.float32
+        assert torch.isfinite(value)
+        (grad,) = torch.autograd.grad(value, student)
+        assert grad.shape == student.shape
+        assert torch.isfinite(grad).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# input validation
+# --------------------------------------------------------------------------------------------------
+
+BAD_SHAPES = [
+    ((4, 3), (4, 2)),
+    ((4, 3), (5, 3)),
+    ((3,), (3,)),
+    ((2, 3, 4), (2, 3, 4)),
+    ((4, 3), (4, 3, 1)),
+    ((), ()),
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("s_shape", "t_shape"), BAD_SHAPES)
+def test_bad_shapes_raise(name, s_shape, t_shape):
+    s, t = torch.zeros(s_shape), torch.zeros(t_shape)
+    with pytest.raises(ValueError, match="batch, n_actions"):
+        loss_fn(name)(s, t)
+    with pytest.raises(ValueError):
+        L.compute_loss(s, t, L.LossConfig(name=name))
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.0, -1e-8, -1.0])
+def test_nonpositive_tau_raises(tau):
+    s, t = torch.zeros(2, 3), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="tau"):
+        L.kl(s, t, tau=tau)
+    with pytest.raises(ValueError, match="tau"):
+        L.compute_loss(s, t, L.LossConfig(name="kl", tau=tau))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -2.0])
+def test_nonpositive_temperature_raises(temperature):
+    with pytest.raises(ValueError, match="temperature"):
+        L.hinton(torch.zeros(2, 3), torch.zeros(2, 3), temperature=temperature)
+
+
+@pytest.mark.parametrize("lam", [-0.1, 1.5])
+def test_lam_out_of_range_raises(lam):
+    with pytest.raises(ValueError, match="lam"):
+        L.hinton(torch.zeros(2, 3), torch.zeros(2, 3), lam=lam)
+
+
+@pytest.mark.parametrize("bad", ["", "KL", "cross_entropy", "kld"])
+def test_unknown_loss_name_raises_and_lists_valid_names(bad):
+    with pytest.raises(ValueError) as info:
+        L.compute_loss(torch.zeros(2, 3), torch.zeros(2, 3), L.LossConfig(name=bad))
+    message = str(info.value)
+    assert repr(bad) in message
+    for name in NAMES:
+        assert name in message
+    assert set(L.LOSSES) == set(NAMES)
