@@ -34,12 +34,16 @@ def ensure_registered(env_id: str) -> None:
         try:
             import ale_py  # type: ignore[import-not-found]
         except ImportError:
-            raise PolicyKDError(f"{env_id} needs ale-py; install it with: pip install 'policy-kd[atari]'") from None
+            raise PolicyKDError(
+                f"{env_id} needs ale-py; install it with: pip install 'policy-kd[atari]'"
+            ) from None
         gym.register_envs(ale_py)
     if env_id not in gym.registry:
         close = [k for k in gym.registry if k.lower().split("-")[0] == env_id.lower().split("-")[0]]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise PolicyKDError(f"unknown environment {env_id!r}{hint}; pass a registered Gymnasium id such as CartPole-v1")
+        raise PolicyKDError(
+            f"unknown environment {env_id!r}{hint}; pass a registered Gymnasium id such as CartPole-v1"
+        )
 
 
 def make_env(env_id: str, *, render_mode: str | None = None, **kwargs: Any) -> gym.Env:

@@ -73,7 +73,14 @@ class BufferWriter:
     every chunk listed in the manifest is whole.
     """
 
-    def __init__(self, path: str | Path, fields: dict[str, FieldSpec], meta: dict[str, Any], *, chunk_rows: int = 65_536):
+    def __init__(
+        self,
+        path: str | Path,
+        fields: dict[str, FieldSpec],
+        meta: dict[str, Any],
+        *,
+        chunk_rows: int = 65_536,
+    ):
         if chunk_rows <= 0:
             raise ValueError(f"chunk_rows must be > 0, got {chunk_rows}")
         self.path = Path(path)
@@ -177,16 +184,22 @@ class Buffer:
         """Open and validate a buffer; ``verify`` also checks every chunk's checksum."""
         path = Path(path)
         if not path.exists():
-            raise PolicyKDError(f"buffer not found: {path}; record one with: policy-kd record --out {path} ...")
+            raise PolicyKDError(
+                f"buffer not found: {path}; record one with: policy-kd record --out {path} ..."
+            )
         mpath = path / MANIFEST
         if not mpath.is_file():
-            raise PolicyKDError(f"{path} is not a policy_kd buffer (no {MANIFEST}); pass a folder written by policy-kd record")
+            raise PolicyKDError(
+                f"{path} is not a policy_kd buffer (no {MANIFEST}); pass a folder written by policy-kd record"
+            )
         try:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PolicyKDError(f"{mpath} is damaged ({exc}); re-record the buffer") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise PolicyKDError(f"{mpath} is not a policy_kd buffer manifest; pass a folder written by policy-kd record")
+            raise PolicyKDError(
+                f"{mpath} is not a policy_kd buffer manifest; pass a folder written by policy-kd record"
+            )
         version = manifest.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise PolicyKDError(
@@ -199,7 +212,9 @@ class Buffer:
         for chunk in buf.chunks:
             buf._check_chunk(chunk, verify=verify)
         if sum(c["rows"] for c in buf.chunks) != buf.rows:
-            raise PolicyKDError(f"{mpath} counts {buf.rows} rows but its chunks hold another number; re-record the buffer")
+            raise PolicyKDError(
+                f"{mpath} counts {buf.rows} rows but its chunks hold another number; re-record the buffer"
+            )
         if buf.rows == 0:
             raise PolicyKDError(f"buffer {path} holds no transitions; record with more --steps")
         return buf
@@ -218,7 +233,9 @@ class Buffer:
                     f"buffer chunk file {f} is truncated or altered ({size} bytes, expected {entry['bytes']}); re-record the buffer"
                 )
             if verify and _sha256(f) != entry["sha256"]:
-                raise PolicyKDError(f"buffer chunk file {f} is corrupted (sha256 mismatch); re-record the buffer")
+                raise PolicyKDError(
+                    f"buffer chunk file {f} is corrupted (sha256 mismatch); re-record the buffer"
+                )
 
     def chunk_array(self, chunk_index: int, name: str) -> np.ndarray:
         """One field of one chunk, memory-mapped read-only."""
@@ -226,7 +243,9 @@ class Buffer:
         arr = np.load(self.path / chunk["files"][name]["file"], mmap_mode="r", allow_pickle=False)
         spec = self.fields[name]
         if arr.shape != (chunk["rows"], *spec.shape) or arr.dtype != np.dtype(spec.dtype):
-            raise PolicyKDError(f"buffer chunk {chunk['name']}/{name} has shape {arr.shape} {arr.dtype}, not as the manifest says; re-record")
+            raise PolicyKDError(
+                f"buffer chunk {chunk['name']}/{name} has shape {arr.shape} {arr.dtype}, not as the manifest says; re-record"
+            )
         return arr
 
     def field(self, name: str) -> np.ndarray:

@@ -53,22 +53,68 @@ def _demo(cfg: DemoConfig) -> int:
 
     root = Path(cfg.out)
     stages: list[tuple[str, str, Callable[[Path], Any]]] = [
-        ("teacher", "teacher.json", lambda d: train_teacher(TrainTeacherConfig(
-            algo=cfg.algo, env=cfg.env, out=str(d), seed=cfg.seed, progress=cfg.progress, force=True))),
-        ("buffer", "manifest.json", lambda d: record(RecordConfig(
-            teacher=str(root / "teacher"), out=str(d), steps=cfg.record_steps, seed=cfg.seed,
-            progress=cfg.progress, force=True))),
-        ("student", "student.json", lambda d: distill(DistillConfig(
-            buffer=str(root / "buffer"), out=str(d), params_fraction=cfg.params_fraction, loss=cfg.loss,
-            tau=cfg.tau, steps=cfg.distill_steps, seed=cfg.seed, progress=cfg.progress, force=True))),
-        ("eval", "eval.json", lambda d: evaluate(EvaluateConfig(
-            teacher=str(root / "teacher"), student=str(root / "student"), buffer=str(root / "buffer"), out=str(d), episodes=cfg.episodes,
-            seed=cfg.seed, force=True))),
+        (
+            "teacher",
+            "teacher.json",
+            lambda d: train_teacher(
+                TrainTeacherConfig(
+                    algo=cfg.algo, env=cfg.env, out=str(d), seed=cfg.seed, progress=cfg.progress, force=True
+                )
+            ),
+        ),
+        (
+            "buffer",
+            "manifest.json",
+            lambda d: record(
+                RecordConfig(
+                    teacher=str(root / "teacher"),
+                    out=str(d),
+                    steps=cfg.record_steps,
+                    seed=cfg.seed,
+                    progress=cfg.progress,
+                    force=True,
+                )
+            ),
+        ),
+        (
+            "student",
+            "student.json",
+            lambda d: distill(
+                DistillConfig(
+                    buffer=str(root / "buffer"),
+                    out=str(d),
+                    params_fraction=cfg.params_fraction,
+                    loss=cfg.loss,
+                    tau=cfg.tau,
+                    steps=cfg.distill_steps,
+                    seed=cfg.seed,
+                    progress=cfg.progress,
+                    force=True,
+                )
+            ),
+        ),
+        (
+            "eval",
+            "eval.json",
+            lambda d: evaluate(
+                EvaluateConfig(
+                    teacher=str(root / "teacher"),
+                    student=str(root / "student"),
+                    buffer=str(root / "buffer"),
+                    out=str(d),
+                    episodes=cfg.episodes,
+                    seed=cfg.seed,
+                    force=True,
+                )
+            ),
+        ),
     ]
     redo = cfg.force
     for name, marker, run in stages:
         folder = root / name
-        done = (folder / marker).is_file() and (name != "buffer" or '"complete": true' in (folder / marker).read_text())
+        done = (folder / marker).is_file() and (
+            name != "buffer" or '"complete": true' in (folder / marker).read_text()
+        )
         if done and not redo:
             print(f"[demo] {name}: reusing {folder} (pass --force to redo)")
             continue
@@ -107,11 +153,15 @@ def _print_eval(result: dict[str, Any]) -> str:
 
 name_of: dict[Any, str] = {}
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "train-teacher": _job("teacher", "TrainTeacherConfig", "train_teacher", lambda p: f"teacher saved to {p}"),
+    "train-teacher": _job(
+        "teacher", "TrainTeacherConfig", "train_teacher", lambda p: f"teacher saved to {p}"
+    ),
     "record": _job("record", "RecordConfig", "record", lambda p: f"buffer saved to {p}"),
     "distill": _job("distill", "DistillConfig", "distill", lambda p: f"student saved to {p}"),
     "evaluate": _job("evaluate", "EvaluateConfig", "evaluate", _print_eval),
-    "demo": lambda argv: _demo(parse_cli(DemoConfig, argv, prog=f"{PROG} demo", description=DemoConfig.__doc__)),
+    "demo": lambda argv: _demo(
+        parse_cli(DemoConfig, argv, prog=f"{PROG} demo", description=DemoConfig.__doc__)
+    ),
 }
 for _name, _fn in COMMANDS.items():
     name_of[_fn] = _name
@@ -141,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"{PROG}: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"{PROG}: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     token = COMMAND_LINE.set([PROG, *argv])
     try:

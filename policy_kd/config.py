@@ -112,5 +112,7 @@ def parse_cli(cls: type[C], argv: list[str], *, prog: str, description: str | No
     default = cls()
     if known.config is not None:
         default = config_from_mapping(cls, load_yaml_mapping(known.config), source=known.config)
-    doc = (description or "") + "\n\nEvery option can also come from a YAML file: --config FILE (unknown keys rejected)."
+    doc = (
+        description or ""
+    ) + "\n\nEvery option can also come from a YAML file: --config FILE (unknown keys rejected)."
     return tyro.cli(cls, args=rest, default=default, prog=prog, description=doc.strip())

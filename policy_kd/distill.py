@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
@@ -16,7 +15,7 @@ from policy_kd.buffer import Buffer
 from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
 from policy_kd.losses import LOSSES, LossConfig, compute_loss
-from policy_kd.run import check_not_inside, prepare_out_dir, write_json, write_run_info
+from policy_kd.run import prepare_out_dir, write_json, write_run_info
 from policy_kd.students import STUDENTS, build_student, count_params, save_student, size_student
 
 # Episodes used to pick the best checkpoint start here, far from evaluate's default seeds (0..N), so the
@@ -109,9 +108,10 @@ def distill(config: DistillConfig) -> Path:
     buffer = Buffer.open(config.buffer)  # type: ignore[arg-type]
     meta = buffer.meta
     if meta.get("action_space", {}).get("type") != "Discrete":
-        raise PolicyKDError(f"buffer {config.buffer} has actions {meta.get('action_space')}; only discrete actions are supported so far")
-    out = prepare_out_dir(config.out, force=config.force, what="student folder")
-    check_not_inside(out, config.buffer)
+        raise PolicyKDError(
+            f"buffer {config.buffer} has actions {meta.get('action_space')}; only discrete actions are supported so far"
+        )
+    out = prepare_out_dir(config.out, force=config.force, what="student folder", inputs=(config.buffer,))
     torch.set_num_threads(config.threads)
     write_run_info(out, config, job="distill")
 
@@ -120,9 +120,14 @@ def distill(config: DistillConfig) -> Path:
     n, n_actions = target.shape
     teacher_params = int(meta["teacher"]["policy_params"])
     spec = size_student(
-        config.student, tuple(obs.shape[1:]), n_actions,
-        hidden=config.hidden, params_fraction=config.params_fraction, teacher_params=teacher_params,
-        layers=config.layers, activation=config.activation,
+        config.student,
+        tuple(obs.shape[1:]),
+        n_actions,
+        hidden=config.hidden,
+        params_fraction=config.params_fraction,
+        teacher_params=teacher_params,
+        layers=config.layers,
+        activation=config.activation,
     )
     torch.manual_seed(config.seed)
     net = build_student(spec)
@@ -183,7 +188,14 @@ def distill(config: DistillConfig) -> Path:
                 ret = float(run_episodes(net, env_id, eval_seeds).returns.mean())  # type: ignore[arg-type]
                 net.train()
                 tb.add_scalar("eval/mean_return", ret, step)
-                history.append({"step": step, "eval_mean_return": ret, "train_agreement": last_agree, "train_loss": last_loss})
+                history.append(
+                    {
+                        "step": step,
+                        "eval_mean_return": ret,
+                        "train_agreement": last_agree,
+                        "train_loss": last_loss,
+                    }
+                )
                 score = (ret, last_agree)
                 if best is None or score > best:
                     best = score

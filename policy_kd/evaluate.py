@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,7 +19,7 @@ from scipy import stats
 
 from policy_kd.envs import make_env
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import check_not_inside, prepare_out_dir, write_json, write_run_info
+from policy_kd.run import prepare_out_dir, write_json, write_run_info
 
 
 class Policy(Protocol):
@@ -169,13 +168,20 @@ def format_table(result: dict[str, Any]) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     ratio = result["return_ratio"]
     lines += [
         "",
         f"env {result['env_id']}, {result['episodes']} episodes on seeds {result['seeds'][0]}..{result['seeds'][-1]}",
-        f"student/teacher return ratio: {ratio:.3f}" if ratio is not None else "student/teacher return ratio: n/a (teacher mean is 0)",
+        f"student/teacher return ratio: {ratio:.3f}"
+        if ratio is not None
+        else "student/teacher return ratio: n/a (teacher mean is 0)",
         f"student/teacher params ratio: {result['params_ratio']:.4f} ({result['params_ratio'] * 100:.2f}%)",
         f"action agreement with the teacher on the student's own states: {result['student']['agreement'] * 100:.1f}%",
     ]
@@ -204,8 +210,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         check_compatible(buffer.meta, teacher.env_id, teacher.n_outputs, f"buffer {config.buffer}")
     out = None
     if config.out is not None:
-        out = prepare_out_dir(config.out, force=config.force)
-        check_not_inside(out, config.teacher, config.student, config.buffer)
+        out = prepare_out_dir(
+            config.out, force=config.force, inputs=(config.teacher, config.student, config.buffer)
+        )
         write_run_info(out, config, job="evaluate")
     torch.set_num_threads(config.threads)
     seeds = [config.seed + i for i in range(config.episodes)]
@@ -224,10 +231,21 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "env_id": teacher.env_id,
         "episodes": config.episodes,
         "seeds": seeds,
-        "teacher": {**t_sum, "params": t_params, "bytes": teacher.file_bytes(), "path": teacher.path,
-                    "mean_length": float(t_eps.lengths.mean())},
-        "student": {**s_sum, "params": s_params, "bytes": student.file_bytes(), "path": str(student.weights_path),
-                    "mean_length": float(s_eps.lengths.mean()), "agreement": agree[0] / max(agree[1], 1)},
+        "teacher": {
+            **t_sum,
+            "params": t_params,
+            "bytes": teacher.file_bytes(),
+            "path": teacher.path,
+            "mean_length": float(t_eps.lengths.mean()),
+        },
+        "student": {
+            **s_sum,
+            "params": s_params,
+            "bytes": student.file_bytes(),
+            "path": str(student.weights_path),
+            "mean_length": float(s_eps.lengths.mean()),
+            "agreement": agree[0] / max(agree[1], 1),
+        },
         "return_ratio": s_sum["mean_return"] / t_sum["mean_return"] if t_sum["mean_return"] != 0 else None,
         "params_ratio": s_params / t_params,
     }
@@ -255,9 +273,13 @@ def check_compatible(info: dict[str, Any], env_id: str, n_actions: int, where: s
     their_env = info.get("env_id")
     their_n = (info.get("action_space") or {}).get("n")
     if their_env is not None and their_env != env_id:
-        raise PolicyKDError(f"{where} was made for {their_env}, not {env_id}; pass a matching teacher or student")
+        raise PolicyKDError(
+            f"{where} was made for {their_env}, not {env_id}; pass a matching teacher or student"
+        )
     if their_n is not None and int(their_n) != n_actions:
-        raise PolicyKDError(f"{where} has {their_n} actions but the teacher has {n_actions}; pass a matching pair")
+        raise PolicyKDError(
+            f"{where} has {their_n} actions but the teacher has {n_actions}; pass a matching pair"
+        )
 
 
-__all__ = ["EvaluateConfig", "Episodes", "Policy", "evaluate", "format_table", "mean_ci95", "run_episodes"]
+__all__ = ["Episodes", "EvaluateConfig", "Policy", "evaluate", "format_table", "mean_ci95", "run_episodes"]

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from policy_kd.buffer import BufferWriter, FieldSpec
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import check_not_inside, prepare_out_dir, write_run_info
+from policy_kd.run import prepare_out_dir, write_run_info
 from policy_kd.teacher import Teacher, load_teacher
 
 BEHAVIOURS = ("teacher", "epsilon")
@@ -53,7 +53,9 @@ class RecordConfig:
         if self.teacher is None:
             raise PolicyKDError("record needs a teacher: pass --teacher RUN_DIR (or an SB3 .zip with --env)")
         if self.behaviour not in BEHAVIOURS:
-            raise PolicyKDError(f"unknown behaviour {self.behaviour!r}; choose one of {', '.join(BEHAVIOURS)}")
+            raise PolicyKDError(
+                f"unknown behaviour {self.behaviour!r}; choose one of {', '.join(BEHAVIOURS)}"
+            )
         if not 0.0 <= self.epsilon <= 1.0:
             raise PolicyKDError(f"--epsilon must lie in [0, 1], got {self.epsilon}")
         if self.steps <= 0 or self.n_envs <= 0 or self.chunk_rows <= 0:
@@ -72,8 +74,7 @@ def record(config: RecordConfig) -> Path:
     """Record ``config.steps`` transitions into a new buffer folder; return its path."""
     config.validate()
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
-    out = prepare_out_dir(config.out, force=config.force, what="buffer folder")
-    check_not_inside(out, config.teacher)
+    out = prepare_out_dir(config.out, force=config.force, what="buffer folder", inputs=(config.teacher,))
     torch.set_num_threads(config.threads)
     write_run_info(out, config, job="record")
     return _record_into(out, teacher, config)
@@ -104,7 +105,10 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig) -> Path:
             "policy_params": teacher.policy_params,
             "n_outputs": teacher.n_outputs,
         },
-        "behaviour": {"name": config.behaviour, "epsilon": config.epsilon if config.behaviour == "epsilon" else 0.0},
+        "behaviour": {
+            "name": config.behaviour,
+            "epsilon": config.epsilon if config.behaviour == "epsilon" else 0.0,
+        },
         "seed": config.seed,
         "n_envs": n,
     }
@@ -114,9 +118,10 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig) -> Path:
     written = 0
     start = time.perf_counter()
     obs = venv.reset()
-    with BufferWriter(out, fields, meta, chunk_rows=config.chunk_rows) as writer, tqdm(
-        total=config.steps, disable=not config.progress, desc="record", unit="step"
-    ) as bar:
+    with (
+        BufferWriter(out, fields, meta, chunk_rows=config.chunk_rows) as writer,
+        tqdm(total=config.steps, disable=not config.progress, desc="record", unit="step") as bar,
+    ):
         while written < config.steps:
             q = teacher.outputs(obs)  # the one forward pass: labels and greedy actions both come from it
             actions = q.argmax(axis=-1)

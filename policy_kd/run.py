@@ -25,16 +25,29 @@ COMMAND_LINE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
 _VERSIONED = ("policy-kd", "torch", "gymnasium", "stable-baselines3", "numpy", "sb3-contrib", "minatar")
 
 
-def prepare_out_dir(path: str | Path | None, *, force: bool, what: str = "output folder") -> Path:
-    """Create an empty output folder; an existing non-empty one is refused unless ``force``."""
+def prepare_out_dir(
+    path: str | Path | None,
+    *,
+    force: bool,
+    what: str = "output folder",
+    inputs: tuple[str | Path | None, ...] = (),
+) -> Path:
+    """Create an empty output folder; an existing non-empty one is refused unless ``force``.
+
+    ``inputs`` are the job's input paths: an output folder that is, holds or sits inside one is refused
+    before anything is deleted.
+    """
     if path is None or str(path) == "":
         raise PolicyKDError(f"no {what} given; pass --out DIR")
     out = Path(path)
+    check_not_inside(out, *inputs)
     if out.exists() and not out.is_dir():
         raise PolicyKDError(f"{what} {out} exists and is a file; choose another --out")
     if out.is_dir() and any(out.iterdir()):
         if not force:
-            raise PolicyKDError(f"{what} {out} already exists; choose another --out or pass --force to replace it")
+            raise PolicyKDError(
+                f"{what} {out} already exists; choose another --out or pass --force to replace it"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -47,7 +60,7 @@ def check_not_inside(out: Path, *inputs: str | Path | None) -> None:
         if item is None:
             continue
         p = Path(item).resolve()
-        if p == o or o in p.parents:
+        if p == o or o in p.parents or p in o.parents:
             raise PolicyKDError(f"--out {out} would overwrite the input {item}; choose another --out")
 
 

@@ -8,6 +8,7 @@ plain state-dict weight files, loaded with ``torch.load(weights_only=True)``: no
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -53,7 +54,9 @@ class MLPStudent(nn.Module):
     def __init__(self, spec: StudentSpec):
         super().__init__()
         if spec.activation not in ACTIVATIONS:
-            raise PolicyKDError(f"unknown activation {spec.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+            raise PolicyKDError(
+                f"unknown activation {spec.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+            )
         self.spec = spec
         in_dim = int(np.prod(spec.obs_shape))
         self.register_buffer("obs_mean", torch.zeros(spec.obs_shape))
@@ -95,7 +98,7 @@ def count_params(module: nn.Module) -> int:
 def mlp_params(in_dim: int, out_dim: int, hidden: tuple[int, ...]) -> int:
     """Parameter count of an MLP with these layer widths (weights and biases)."""
     dims = [in_dim, *hidden, out_dim]
-    return sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=False))
+    return sum(a * b + b for a, b in itertools.pairwise(dims))
 
 
 def width_for_budget(budget: int, in_dim: int, out_dim: int, n_layers: int) -> int:
@@ -135,14 +138,20 @@ def size_student(
     if hidden is None:
         if params_fraction is None or teacher_params is None:
             raise PolicyKDError("size the student with --hidden W [W ...] or --params-fraction F")
-        if not 0 < params_fraction:
+        if not params_fraction > 0:
             raise PolicyKDError(f"--params-fraction must be > 0, got {params_fraction}")
         budget = math.floor(params_fraction * teacher_params)
         width = width_for_budget(budget, int(np.prod(obs_shape)), n_outputs, layers)
         hidden = (width,) * layers
     if any(w <= 0 for w in hidden):
         raise PolicyKDError(f"--hidden widths must be > 0, got {hidden}")
-    return StudentSpec(arch=arch, obs_shape=tuple(obs_shape), n_outputs=n_outputs, hidden=tuple(hidden), activation=activation)
+    return StudentSpec(
+        arch=arch,
+        obs_shape=tuple(obs_shape),
+        n_outputs=n_outputs,
+        hidden=tuple(hidden),
+        activation=activation,
+    )
 
 
 def build_student(spec: StudentSpec) -> nn.Module:
@@ -151,7 +160,9 @@ def build_student(spec: StudentSpec) -> nn.Module:
 
 def save_student(out: Path, spec: StudentSpec, info: dict[str, Any]) -> None:
     """Write ``student.json``: the spec plus ``info`` (env id, action space, weights file, teacher...)."""
-    write_json(out / STUDENT_FILE, {"format": "policy_kd.student", "version": 1, "spec": asdict(spec), **info})
+    write_json(
+        out / STUDENT_FILE, {"format": "policy_kd.student", "version": 1, "spec": asdict(spec), **info}
+    )
 
 
 @dataclass
@@ -180,18 +191,25 @@ def load_student(path: str | Path) -> LoadedStudent:
         raise PolicyKDError(f"student not found: {path} (expected a distill --out folder)")
     meta_path = folder / STUDENT_FILE
     if not meta_path.is_file():
-        raise PolicyKDError(f"{folder} is not a student folder (no {STUDENT_FILE}); pass a distill --out folder")
+        raise PolicyKDError(
+            f"{folder} is not a student folder (no {STUDENT_FILE}); pass a distill --out folder"
+        )
     try:
         info = json.loads(meta_path.read_text())
         s = info["spec"]
         spec = StudentSpec(
-            arch=s["arch"], obs_shape=tuple(s["obs_shape"]), n_outputs=int(s["n_outputs"]),
-            hidden=tuple(s["hidden"]), activation=s.get("activation", "relu"),
+            arch=s["arch"],
+            obs_shape=tuple(s["obs_shape"]),
+            n_outputs=int(s["n_outputs"]),
+            hidden=tuple(s["hidden"]),
+            activation=s.get("activation", "relu"),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PolicyKDError(f"{meta_path} is damaged ({exc}); distil the student again") from None
     if spec.arch not in STUDENTS:
-        raise PolicyKDError(f"{meta_path} names student {spec.arch!r}, which this policy_kd does not know; upgrade policy-kd")
+        raise PolicyKDError(
+            f"{meta_path} names student {spec.arch!r}, which this policy_kd does not know; upgrade policy-kd"
+        )
     weights = weights or folder / info.get("weights", "best.pt")
     if not weights.is_file():
         raise PolicyKDError(f"student weights missing: {weights}; distil the student again")
@@ -200,6 +218,8 @@ def load_student(path: str | Path) -> LoadedStudent:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as exc:
-        raise PolicyKDError(f"could not load student weights {weights}: {type(exc).__name__}; distil the student again") from None
+        raise PolicyKDError(
+            f"could not load student weights {weights}: {type(exc).__name__}; distil the student again"
+        ) from None
     net.eval()
     return LoadedStudent(net=net, info=info, weights_path=weights)

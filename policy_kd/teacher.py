@@ -186,9 +186,13 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
         gamma = preset.get("gamma", 0.99)
         env = VecNormalize(env, gamma=gamma, **norm)
         # Evaluation sees observations normalised with the training statistics, and raw rewards.
-        eval_env = VecNormalize(eval_env, gamma=gamma, training=False, norm_reward=False, **{
-            k: v for k, v in norm.items() if k not in ("norm_reward",)
-        })
+        eval_env = VecNormalize(
+            eval_env,
+            gamma=gamma,
+            training=False,
+            norm_reward=False,
+            **{k: v for k, v in norm.items() if k not in ("norm_reward",)},
+        )
 
     cls = ALGOS[config.algo]
     try:
@@ -202,7 +206,9 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
             **algo_kwargs(preset),
         )
     except TypeError as exc:
-        raise PolicyKDError(f"preset for {config.env} has an option {config.algo} does not take: {exc}") from None
+        raise PolicyKDError(
+            f"preset for {config.env} has an option {config.algo} does not take: {exc}"
+        ) from None
 
     on_best = _SaveVecNormalizeOnBest(out / "best_vecnormalize.pkl") if norm is not None else None
     eval_cb = EvalCallback(
@@ -216,7 +222,9 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
         verbose=0,
     )
     start = time.perf_counter()
-    model.learn(total_timesteps=n_timesteps, callback=eval_cb, progress_bar=config.progress, tb_log_name="teacher")
+    model.learn(
+        total_timesteps=n_timesteps, callback=eval_cb, progress_bar=config.progress, tb_log_name="teacher"
+    )
     wall = time.perf_counter() - start
     model.save(out / "last_model.zip")
     if norm is not None:
@@ -259,14 +267,18 @@ def _detect_algo(zip_path: Path) -> str:
     try:
         data, _, _ = load_from_zip_file(zip_path, load_data=True, device="cpu")
     except Exception as exc:
-        raise PolicyKDError(f"could not read SB3 model {zip_path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        raise PolicyKDError(
+            f"could not read SB3 model {zip_path}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from None
     policy_class = (data or {}).get("policy_class")
     if isinstance(policy_class, type):
         if issubclass(policy_class, DQNPolicy):
             return "dqn"
         if issubclass(policy_class, ActorCriticPolicy):
             return "ppo" if "clip_range" in data else "a2c"
-    raise PolicyKDError(f"{zip_path} holds a {policy_class!r} policy; supported teachers are {', '.join(ALGOS)}")
+    raise PolicyKDError(
+        f"{zip_path} holds a {policy_class!r} policy; supported teachers are {', '.join(ALGOS)}"
+    )
 
 
 def policy_param_count(model: BaseAlgorithm, algo: str) -> int:
@@ -376,18 +388,28 @@ def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | Non
                 vecnorm_path = path / meta["vecnormalize"] if meta.get("vecnormalize") else None
                 frame_stack = meta.get("frame_stack")
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise PolicyKDError(f"{meta_path} is damaged ({exc}); retrain the teacher or pass its .zip with --env") from None
+                raise PolicyKDError(
+                    f"{meta_path} is damaged ({exc}); retrain the teacher or pass its .zip with --env"
+                ) from None
             if env_id is not None and env_id != run_env:
-                raise PolicyKDError(f"teacher {path} was trained on {run_env}, not {env_id}; drop --env or pick another teacher")
+                raise PolicyKDError(
+                    f"teacher {path} was trained on {run_env}, not {env_id}; drop --env or pick another teacher"
+                )
             env_id = run_env
         elif (path / "best_model.zip").is_file():
-            raise PolicyKDError(f"{path} has no {TEACHER_FILE} (training did not finish); pass {path / 'best_model.zip'} with --env")
+            raise PolicyKDError(
+                f"{path} has no {TEACHER_FILE} (training did not finish); pass {path / 'best_model.zip'} with --env"
+            )
         else:
-            raise PolicyKDError(f"{path} is not a teacher run folder (no {TEACHER_FILE}); pass a train-teacher --out folder or an SB3 .zip with --env")
+            raise PolicyKDError(
+                f"{path} is not a teacher run folder (no {TEACHER_FILE}); pass a train-teacher --out folder or an SB3 .zip with --env"
+            )
     elif path.is_file():
         zip_path = path
         if env_id is None:
-            raise PolicyKDError(f"{path} is a plain SB3 model; say which environment it acts in with --env ENV_ID")
+            raise PolicyKDError(
+                f"{path} is a plain SB3 model; say which environment it acts in with --env ENV_ID"
+            )
     else:
         raise PolicyKDError(f"teacher not found: {path} (expected a train-teacher run folder or an SB3 .zip)")
 
@@ -400,13 +422,17 @@ def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | Non
     try:
         model = ALGOS[algo].load(zip_path, device="cpu")
     except Exception as exc:
-        raise PolicyKDError(f"could not load teacher {zip_path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        raise PolicyKDError(
+            f"could not load teacher {zip_path}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from None
 
     probe = make_env(env_id)
     obs_space, act_space = probe.observation_space, probe.action_space
     probe.close()
     if frame_stack:
-        obs_space = VecFrameStack(make_vec_env(lambda **_: make_env(env_id), n_envs=1), frame_stack).observation_space
+        obs_space = VecFrameStack(
+            make_vec_env(lambda **_: make_env(env_id), n_envs=1), frame_stack
+        ).observation_space
     if model.observation_space.shape != obs_space.shape or model.action_space != act_space:
         raise PolicyKDError(
             f"teacher {zip_path} expects observations {model.observation_space.shape} and actions {model.action_space}, "
@@ -421,4 +447,11 @@ def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | Non
             dummy = VecFrameStack(dummy, frame_stack)
         vec_normalize = VecNormalize.load(str(vecnorm_path), dummy)
         vec_normalize.training = False
-    return Teacher(model=model, algo=algo, env_id=env_id, path=str(zip_path), vec_normalize=vec_normalize, frame_stack=frame_stack)
+    return Teacher(
+        model=model,
+        algo=algo,
+        env_id=env_id,
+        path=str(zip_path),
+        vec_normalize=vec_normalize,
+        frame_stack=frame_stack,
+    )

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 
@@ -38,7 +37,9 @@ def copy_of(tmp_path: Path):
 
 
 def test_missing_teacher(capsys, tmp_path):
-    expect_error(capsys, ["record", "--teacher", tmp_path / "nope", "--out", tmp_path / "b"], "teacher not found")
+    expect_error(
+        capsys, ["record", "--teacher", tmp_path / "nope", "--out", tmp_path / "b"], "teacher not found"
+    )
     assert not (tmp_path / "b").exists()
 
 
@@ -48,37 +49,64 @@ def test_no_teacher_given(capsys, tmp_path):
 
 def test_folder_that_is_not_a_teacher(capsys, tmp_path):
     (tmp_path / "t").mkdir()
-    expect_error(capsys, ["record", "--teacher", tmp_path / "t", "--out", tmp_path / "b"], "not a teacher run folder")
+    expect_error(
+        capsys, ["record", "--teacher", tmp_path / "t", "--out", tmp_path / "b"], "not a teacher run folder"
+    )
 
 
 def test_unreadable_teacher_zip(capsys, tmp_path):
     bad = tmp_path / "model.zip"
     bad.write_bytes(b"not a zip at all")
-    expect_error(capsys, ["record", "--teacher", bad, "--env", "CartPole-v1", "--out", tmp_path / "b"], "could not read")
+    expect_error(
+        capsys,
+        ["record", "--teacher", bad, "--env", "CartPole-v1", "--out", tmp_path / "b"],
+        "could not read",
+    )
 
 
 def test_plain_zip_needs_env(capsys, artifacts, tmp_path):
-    expect_error(capsys, ["record", "--teacher", artifacts["teacher"] / "best_model.zip", "--out", tmp_path / "b"],
-                 "--env")
+    expect_error(
+        capsys,
+        ["record", "--teacher", artifacts["teacher"] / "best_model.zip", "--out", tmp_path / "b"],
+        "--env",
+    )
 
 
 def test_zip_teacher_for_another_env(capsys, artifacts, tmp_path):
-    expect_error(capsys, ["record", "--teacher", artifacts["teacher"] / "best_model.zip", "--env", "Acrobot-v1",
-                          "--out", tmp_path / "b"], "Acrobot-v1")
+    expect_error(
+        capsys,
+        [
+            "record",
+            "--teacher",
+            artifacts["teacher"] / "best_model.zip",
+            "--env",
+            "Acrobot-v1",
+            "--out",
+            tmp_path / "b",
+        ],
+        "Acrobot-v1",
+    )
 
 
 def test_run_folder_teacher_for_another_env(capsys, artifacts, tmp_path):
-    expect_error(capsys, ["record", "--teacher", artifacts["teacher"], "--env", "Acrobot-v1", "--out", tmp_path / "b"],
-                 "trained on CartPole-v1")
+    expect_error(
+        capsys,
+        ["record", "--teacher", artifacts["teacher"], "--env", "Acrobot-v1", "--out", tmp_path / "b"],
+        "trained on CartPole-v1",
+    )
 
 
 def test_missing_buffer(capsys, tmp_path):
-    expect_error(capsys, ["distill", "--buffer", tmp_path / "nope", "--out", tmp_path / "s"], "buffer not found")
+    expect_error(
+        capsys, ["distill", "--buffer", tmp_path / "nope", "--out", tmp_path / "s"], "buffer not found"
+    )
 
 
 def test_folder_that_is_not_a_buffer(capsys, tmp_path):
     (tmp_path / "b").mkdir()
-    expect_error(capsys, ["distill", "--buffer", tmp_path / "b", "--out", tmp_path / "s"], "not a policy_kd buffer")
+    expect_error(
+        capsys, ["distill", "--buffer", tmp_path / "b", "--out", tmp_path / "s"], "not a policy_kd buffer"
+    )
 
 
 def test_damaged_manifest(capsys, artifacts, copy_of, tmp_path):
@@ -91,7 +119,9 @@ def test_truncated_chunk_is_named(capsys, artifacts, copy_of, tmp_path):
     b = copy_of(artifacts["buffer"], "b")
     f = b / "chunk_000001" / "obs.npy"
     f.write_bytes(f.read_bytes()[:-100])
-    expect_error(capsys, ["distill", "--buffer", b, "--out", tmp_path / "s"], "chunk_000001/obs.npy", "truncated")
+    expect_error(
+        capsys, ["distill", "--buffer", b, "--out", tmp_path / "s"], "chunk_000001/obs.npy", "truncated"
+    )
 
 
 def test_corrupted_chunk_is_named(capsys, artifacts, copy_of, tmp_path):
@@ -100,7 +130,9 @@ def test_corrupted_chunk_is_named(capsys, artifacts, copy_of, tmp_path):
     data = bytearray(f.read_bytes())
     data[-3] ^= 0xFF
     f.write_bytes(bytes(data))
-    expect_error(capsys, ["distill", "--buffer", b, "--out", tmp_path / "s"], "chunk_000002/teacher.npy", "corrupted")
+    expect_error(
+        capsys, ["distill", "--buffer", b, "--out", tmp_path / "s"], "chunk_000002/teacher.npy", "corrupted"
+    )
 
 
 def test_buffer_from_newer_schema(capsys, artifacts, copy_of, tmp_path):
@@ -112,8 +144,11 @@ def test_buffer_from_newer_schema(capsys, artifacts, copy_of, tmp_path):
 
 
 def test_missing_student(capsys, artifacts, tmp_path):
-    expect_error(capsys, ["evaluate", "--teacher", artifacts["teacher"], "--student", tmp_path / "nope"],
-                 "student not found")
+    expect_error(
+        capsys,
+        ["evaluate", "--teacher", artifacts["teacher"], "--student", tmp_path / "nope"],
+        "student not found",
+    )
 
 
 def test_student_missing_weights(capsys, artifacts, copy_of):
@@ -125,7 +160,9 @@ def test_student_missing_weights(capsys, artifacts, copy_of):
 def test_student_with_garbage_weights(capsys, artifacts, copy_of):
     s = copy_of(artifacts["student"], "s")
     (s / "best.pt").write_bytes(b"\x00garbage")
-    expect_error(capsys, ["evaluate", "--teacher", artifacts["teacher"], "--student", s], "could not load student")
+    expect_error(
+        capsys, ["evaluate", "--teacher", artifacts["teacher"], "--student", s], "could not load student"
+    )
 
 
 # ------------------------------------------------------------------------------- mismatched env / actions
@@ -136,8 +173,11 @@ def test_student_made_for_another_env(capsys, artifacts, copy_of):
     info = json.loads((s / "student.json").read_text())
     info["env_id"] = "Acrobot-v1"
     (s / "student.json").write_text(json.dumps(info))
-    expect_error(capsys, ["evaluate", "--teacher", artifacts["teacher"], "--student", s, "--env", "CartPole-v1"],
-                 "made for Acrobot-v1")
+    expect_error(
+        capsys,
+        ["evaluate", "--teacher", artifacts["teacher"], "--student", s, "--env", "CartPole-v1"],
+        "made for Acrobot-v1",
+    )
 
 
 def test_student_with_another_action_space(capsys, artifacts, copy_of):
@@ -153,8 +193,11 @@ def test_buffer_made_for_another_env(capsys, artifacts, copy_of):
     m = json.loads((b / "manifest.json").read_text())
     m["meta"]["env_id"] = "MountainCar-v0"
     (b / "manifest.json").write_text(json.dumps(m))
-    expect_error(capsys, ["evaluate", "--teacher", artifacts["teacher"], "--student", artifacts["student"],
-                          "--buffer", b], "made for MountainCar-v0")
+    expect_error(
+        capsys,
+        ["evaluate", "--teacher", artifacts["teacher"], "--student", artifacts["student"], "--buffer", b],
+        "made for MountainCar-v0",
+    )
 
 
 # ------------------------------------------------------------------------------------ unknown names, values
@@ -165,30 +208,46 @@ def test_unknown_algo(capsys, tmp_path):
 
 
 def test_unknown_env(capsys, tmp_path):
-    expect_error(capsys, ["train-teacher", "--env", "CartPoleX-v9", "--out", tmp_path / "t"], "unknown environment")
+    expect_error(
+        capsys, ["train-teacher", "--env", "CartPoleX-v9", "--out", tmp_path / "t"], "unknown environment"
+    )
     assert not (tmp_path / "t").exists()
 
 
 def test_unknown_loss(capsys, artifacts, tmp_path):
-    expect_error(capsys, ["distill", "--buffer", artifacts["buffer"], "--loss", "cosine", "--out", tmp_path / "s"],
-                 "unknown loss", "kl")
+    expect_error(
+        capsys,
+        ["distill", "--buffer", artifacts["buffer"], "--loss", "cosine", "--out", tmp_path / "s"],
+        "unknown loss",
+        "kl",
+    )
 
 
 def test_unknown_student(capsys, artifacts, tmp_path):
-    expect_error(capsys, ["distill", "--buffer", artifacts["buffer"], "--student", "transformer",
-                          "--out", tmp_path / "s"], "unknown student", "mlp")
+    expect_error(
+        capsys,
+        ["distill", "--buffer", artifacts["buffer"], "--student", "transformer", "--out", tmp_path / "s"],
+        "unknown student",
+        "mlp",
+    )
 
 
 @pytest.mark.parametrize("tau", ["0", "-0.5"])
 def test_non_positive_tau(capsys, artifacts, tmp_path, tau):
-    expect_error(capsys, ["distill", "--buffer", artifacts["buffer"], "--tau", tau, "--out", tmp_path / "s"],
-                 "--tau must be > 0")
+    expect_error(
+        capsys,
+        ["distill", "--buffer", artifacts["buffer"], "--tau", tau, "--out", tmp_path / "s"],
+        "--tau must be > 0",
+    )
     assert not (tmp_path / "s").exists()
 
 
 def test_params_fraction_too_small(capsys, artifacts, tmp_path):
-    expect_error(capsys, ["distill", "--buffer", artifacts["buffer"], "--params-fraction", "0.00001",
-                          "--out", tmp_path / "s"], "raise --params-fraction")
+    expect_error(
+        capsys,
+        ["distill", "--buffer", artifacts["buffer"], "--params-fraction", "0.00001", "--out", tmp_path / "s"],
+        "raise --params-fraction",
+    )
 
 
 def test_unknown_config_key(capsys, tmp_path):
@@ -220,7 +279,18 @@ def test_existing_output_is_refused_then_replaced_with_force(capsys, artifacts, 
     out = tmp_path / "s"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    args = ["distill", "--buffer", artifacts["buffer"], "--out", out, "--steps", "5", "--eval-every", "0", "--no-progress"]
+    args = [
+        "distill",
+        "--buffer",
+        artifacts["buffer"],
+        "--out",
+        out,
+        "--steps",
+        "5",
+        "--eval-every",
+        "0",
+        "--no-progress",
+    ]
     expect_error(capsys, args, "already exists", "--force")
     assert (out / "precious.txt").read_text() == "keep me"
     assert run_cli(*map(str, args), "--force") == 0
@@ -229,7 +299,9 @@ def test_existing_output_is_refused_then_replaced_with_force(capsys, artifacts, 
 
 def test_existing_teacher_run_is_refused(capsys, artifacts):
     before = (artifacts["teacher"] / "best_model.zip").read_bytes()
-    expect_error(capsys, ["train-teacher", "--out", artifacts["teacher"], "--n-timesteps", "10"], "already exists")
+    expect_error(
+        capsys, ["train-teacher", "--out", artifacts["teacher"], "--n-timesteps", "10"], "already exists"
+    )
     assert (artifacts["teacher"] / "best_model.zip").read_bytes() == before
 
 
@@ -254,8 +326,18 @@ def test_interrupted_record_keeps_finished_chunks(artifacts, tmp_path, monkeypat
         return real_outputs(self, obs)
 
     monkeypatch.setattr(record_mod.Teacher, "outputs", flaky)
-    code = run_cli("record", "--teacher", artifacts["teacher"], "--out", tmp_path / "b", "--steps", "3000",
-                   "--chunk-rows", "500", "--no-progress")
+    code = run_cli(
+        "record",
+        "--teacher",
+        artifacts["teacher"],
+        "--out",
+        tmp_path / "b",
+        "--steps",
+        "3000",
+        "--chunk-rows",
+        "500",
+        "--no-progress",
+    )
     assert code == 130
     buf = Buffer.open(tmp_path / "b")
     assert not buf.complete and buf.rows == 1500

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import run_cli
+
 from policy_kd.buffer import Buffer
 from policy_kd.evaluate import run_episodes
 from policy_kd.students import count_params, load_student
@@ -21,7 +21,14 @@ from policy_kd.teacher import load_teacher
 
 def test_teacher_run_folder(artifacts: dict[str, Path]) -> None:
     t = artifacts["teacher"]
-    for name in ("teacher.json", "best_model.zip", "last_model.zip", "config.yaml", "command.txt", "versions.json"):
+    for name in (
+        "teacher.json",
+        "best_model.zip",
+        "last_model.zip",
+        "config.yaml",
+        "command.txt",
+        "versions.json",
+    ):
         assert (t / name).is_file(), name
     meta = json.loads((t / "teacher.json").read_text())
     assert meta["algo"] == "dqn" and meta["env_id"] == "CartPole-v1" and meta["seed"] == 0
@@ -53,8 +60,23 @@ def test_buffer_records_teacher_outputs_from_the_acting_pass(artifacts: dict[str
 
 
 def test_greedy_behaviour_acts_with_teacher_argmax(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    assert run_cli("record", "--teacher", artifacts["teacher"], "--out", tmp_path / "b", "--steps", "600",
-                   "--behaviour", "teacher", "--n-envs", "3", "--no-progress") == 0
+    assert (
+        run_cli(
+            "record",
+            "--teacher",
+            artifacts["teacher"],
+            "--out",
+            tmp_path / "b",
+            "--steps",
+            "600",
+            "--behaviour",
+            "teacher",
+            "--n-envs",
+            "3",
+            "--no-progress",
+        )
+        == 0
+    )
     buf = Buffer.open(tmp_path / "b")
     assert buf.rows == 600 and (buf.field("action") == buf.field("teacher").argmax(-1)).all()
     assert set(np.unique(buf.field("env"))) == {0, 1, 2}
@@ -72,8 +94,20 @@ def test_student_size_and_files(artifacts: dict[str, Path]) -> None:
 
 
 def test_distill_is_reproducible_and_learns(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    args = ["distill", "--buffer", artifacts["buffer"], "--steps", "1500", "--eval-every", "0", "--no-progress",
-            "--params-fraction", "0.01", "--seed", "3"]
+    args = [
+        "distill",
+        "--buffer",
+        artifacts["buffer"],
+        "--steps",
+        "1500",
+        "--eval-every",
+        "0",
+        "--no-progress",
+        "--params-fraction",
+        "0.01",
+        "--seed",
+        "3",
+    ]
     assert run_cli(*args, "--out", tmp_path / "a") == 0
     assert run_cli(*args, "--out", tmp_path / "b") == 0
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
@@ -85,10 +119,26 @@ def test_distill_is_reproducible_and_learns(artifacts: dict[str, Path], tmp_path
     assert agree > 0.9, agree
 
 
-def test_evaluate_writes_comparison(artifacts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_writes_comparison(
+    artifacts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "eval"
-    assert run_cli("evaluate", "--teacher", artifacts["teacher"], "--student", artifacts["student"],
-                   "--buffer", artifacts["buffer"], "--episodes", "6", "--out", out) == 0
+    assert (
+        run_cli(
+            "evaluate",
+            "--teacher",
+            artifacts["teacher"],
+            "--student",
+            artifacts["student"],
+            "--buffer",
+            artifacts["buffer"],
+            "--episodes",
+            "6",
+            "--out",
+            out,
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "student/teacher return ratio" in table and "teacher" in table
     r = json.loads((out / "eval.json").read_text())
@@ -113,8 +163,18 @@ def test_same_seeds_same_returns_whatever_the_parallelism(artifacts: dict[str, P
 
 def test_config_file_and_cli_override(artifacts: dict[str, Path], tmp_path: Path) -> None:
     cfg = tmp_path / "distill.yml"
-    cfg.write_text(yaml.safe_dump({"buffer": str(artifacts["buffer"]), "steps": 20, "eval_every": 0,
-                                   "hidden": [8, 8], "loss": "nll", "progress": False}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "buffer": str(artifacts["buffer"]),
+                "steps": 20,
+                "eval_every": 0,
+                "hidden": [8, 8],
+                "loss": "nll",
+                "progress": False,
+            }
+        )
+    )
     assert run_cli("distill", "--config", cfg, "--out", tmp_path / "s", "--loss", "mse") == 0
     saved = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
     assert saved["loss"] == "mse" and saved["steps"] == 20 and saved["hidden"] == [8, 8]
@@ -133,5 +193,7 @@ def test_help_comes_from_field_docstrings(command: str, capsys: pytest.CaptureFi
 
 
 def test_python_m_entry_point() -> None:
-    proc = subprocess.run([sys.executable, "-m", "policy_kd", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "policy_kd", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and "train-teacher" in proc.stdout
