@@ -92,7 +92,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig) -> Path:
         "terminated": FieldSpec("bool", ()),
         "truncated": FieldSpec("bool", ()),
         "env": FieldSpec("int16", ()),
-        "teacher": FieldSpec("float32", (teacher.n_outputs,)),
+        **{k: FieldSpec(dtype, shape) for k, (dtype, shape) in teacher.output_fields().items()},
     }
     meta: dict[str, Any] = {
         "env_id": teacher.env_id,
@@ -123,8 +123,10 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig) -> Path:
         tqdm(total=config.steps, disable=not config.progress, desc="record", unit="step") as bar,
     ):
         while written < config.steps:
-            q = teacher.outputs(obs)  # the one forward pass: labels and greedy actions both come from it
-            actions = q.argmax(axis=-1)
+            labels = teacher.label(
+                obs
+            )  # the one forward pass: recorded outputs and actions both come from it
+            actions = labels.greedy
             if config.behaviour == "epsilon" and config.epsilon > 0:
                 explore = rng.random(n) < config.epsilon
                 actions = np.where(explore, rng.integers(teacher.n_outputs, size=n), actions)
@@ -138,7 +140,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig) -> Path:
                 terminated=(dones & ~truncated)[:take],
                 truncated=truncated[:take],
                 env=env_index[:take],
-                teacher=q[:take],
+                **{k: v[:take] for k, v in labels.outputs.items()},
             )
             running += rewards
             for i in np.flatnonzero(dones[:take]):

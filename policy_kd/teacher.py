@@ -295,6 +295,16 @@ def policy_param_count(model: BaseAlgorithm, algo: str) -> int:
     return sum(p.numel() for p in params.values())
 
 
+@dataclass(frozen=True)
+class Labels:
+    """What one teacher forward pass gives for a batch of states."""
+
+    outputs: dict[str, np.ndarray]
+    """Buffer field name -> array ``(batch, *shape)`` (see ``Teacher.output_fields``)."""
+    greedy: np.ndarray
+    """The teacher's deterministic action per state ``(batch, *action_shape)``."""
+
+
 @dataclass
 class Teacher:
     """A loaded SB3 teacher with one-forward-pass access to its outputs and greedy actions."""
@@ -338,9 +348,16 @@ class Teacher:
         """Envs as the teacher saw them (frame stacking), with raw (unnormalised) observations."""
         return _make_env_stack(self.env_id, n_envs, seed, self.frame_stack)
 
+    def output_fields(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Buffer fields this teacher labels each state with: name -> (dtype, per-row shape).
+
+        ``teacher`` is always there: the output a student is distilled toward (Q-values or logits).
+        """
+        return {"teacher": ("float32", (self.n_outputs,))}
+
     @torch.no_grad()
-    def outputs(self, obs: np.ndarray) -> np.ndarray:
-        """Teacher outputs for a batch of raw observations: ``(batch, n_actions)`` float32."""
+    def label(self, obs: np.ndarray) -> Labels:
+        """One forward pass over a batch of raw observations: the recorded outputs and the greedy action."""
         if self.vec_normalize is not None:
             obs = self.vec_normalize.normalize_obs(obs)
         policy = self.model.policy
@@ -350,14 +367,23 @@ class Teacher:
         else:
             features = policy.extract_features(obs_t, policy.pi_features_extractor)
             out = policy.action_net(policy.mlp_extractor.forward_actor(features))
-        return out.cpu().numpy().astype(np.float32, copy=False)
+        q = out.cpu().numpy().astype(np.float32, copy=False)  # (batch, n_actions)
+        return Labels(outputs={"teacher": q}, greedy=q.argmax(axis=-1))
+
+    def sample(self, labels: Labels, rng: np.random.Generator) -> np.ndarray:
+        """Actions drawn from the teacher's own distribution (softmax of logits); DQN acts greedily."""
+        if self.algo == "dqn":
+            return labels.greedy
+        return _sample_logits(labels.outputs["teacher"], rng)
+
+    def outputs(self, obs: np.ndarray) -> np.ndarray:
+        """The ``teacher`` field for a batch of raw observations: ``(batch, n_actions)`` float32."""
+        return self.label(obs).outputs["teacher"]
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """Greedy actions for a batch of observations (the same protocol students follow)."""
-        out = self.outputs(obs)
-        if deterministic or self.algo == "dqn":
-            return out.argmax(axis=-1)
-        return _sample_logits(out)
+        """Actions for a batch of observations (the same protocol students follow)."""
+        labels = self.label(obs)
+        return labels.greedy if deterministic else self.sample(labels, np.random.default_rng())
 
     def file_bytes(self) -> int:
         return Path(self.path).stat().st_size

@@ -317,15 +317,15 @@ def test_interrupted_record_keeps_finished_chunks(artifacts, tmp_path, monkeypat
     from policy_kd.buffer import Buffer
 
     calls = {"n": 0}
-    real_outputs = record_mod.Teacher.outputs
+    real_label = record_mod.Teacher.label
 
     def flaky(self, obs):
         calls["n"] += 1
         if calls["n"] > 1500:
             raise KeyboardInterrupt
-        return real_outputs(self, obs)
+        return real_label(self, obs)
 
-    monkeypatch.setattr(record_mod.Teacher, "outputs", flaky)
+    monkeypatch.setattr(record_mod.Teacher, "label", flaky)
     code = run_cli(
         "record",
         "--teacher",
