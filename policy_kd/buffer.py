@@ -1,35 +1,42 @@
-"""The teacher-output buffer: a documented, chunked, append-only on-disk format readable without pickle.
+"""The teacher-output buffer: a documented, append-only on-disk format, memory-mapped, readable without pickle.
 
 Layout of a buffer folder::
 
-    manifest.json               schema, metadata, chunk list with sizes and sha256 checksums
-    chunk_000000/obs.npy        one plain .npy file per field per chunk, ``rows`` rows each
-    chunk_000000/action.npy
+    manifest.json                 schema, metadata, sources, segments and their checksummed chunks
+    segment_000/obs.npy           one plain .npy file per field per segment (``capacity`` rows, preallocated)
+    segment_000/teacher.npy
     ...
+    segment_001/...               a later recording appended to the same buffer (e.g. a DAgger round)
 
-``manifest.json`` holds ``format`` ("policy_kd.buffer"), ``schema_version``, ``fields`` (name -> dtype and
-per-row shape), ``meta`` (env id, spaces, teacher kind/algo/path/params, behaviour policy, counts,
-episode statistics), ``rows`` (total), ``complete`` (false while recording) and ``chunks`` (name, rows,
-and per field the file, byte size and sha256). A chunk is written to temporary files, fsynced and renamed,
-and only then listed in the manifest, which is itself replaced atomically: a killed writer leaves every
-listed chunk whole. Readers check each chunk's size and checksum and name the chunk that fails.
+Each ``record`` run writes one *segment*: its files are created at full size and filled in place through
+memory maps. Every ``chunk_rows`` rows the new rows are flushed to disk, checksummed (sha256 per field over
+the chunk's bytes) and listed in the manifest, which is replaced atomically. A reader trusts only listed
+chunks, so a killed writer (kill -9 included) leaves every listed row readable, and ``record --resume``
+continues the last segment from its last listed row. A file of the wrong size is reported as truncated,
+a chunk whose bytes do not match its checksum as corrupted, each by name.
+
+``manifest.json`` keys: ``format`` ("policy_kd.buffer"), ``schema_version``, ``complete`` (all segments
+filled), ``rows``, ``fields`` (name -> dtype and per-row shape), ``meta`` (env id, spaces, teacher kind,
+algo, path and policy parameters, episode statistics), ``sources`` (one entry per recording: behaviour,
+seed, teacher, ...) and ``segments`` (name, source, capacity, rows, chunks: start, rows, sha256 per field).
 
 Standard fields (row = one environment step of one env): ``obs`` (the raw observation the teacher
-labelled), ``action`` (the action taken by the behaviour policy), ``reward``, ``terminated``,
-``truncated``, ``env`` (index of the parallel env, for episode boundaries) and ``teacher`` (the teacher's
-outputs at ``obs``: Q-values or logits, ``(n_actions,)``). This module knows no network and no SB3.
+labelled), ``action`` (taken by the behaviour policy), ``reward``, ``first`` (first step of an episode),
+``terminated``, ``truncated``, ``env`` (parallel env index), ``source`` (index into ``sources``) and the
+teacher's outputs at ``obs``: ``teacher`` (Q-values, logits or Gaussian mean) and kind-specific extras
+(``teacher_log_std``, ``teacher_quantiles``). This module knows no network and no SB3.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import write_json
@@ -49,221 +56,398 @@ class FieldSpec:
     def to_json(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "shape": list(self.shape)}
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    @property
+    def row_bytes(self) -> int:
+        return int(np.dtype(self.dtype).itemsize * np.prod(self.shape, dtype=np.int64))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows).view(np.uint8).reshape(-1).data).hexdigest()
+
+
+def _npy_size(spec: FieldSpec, rows: int) -> int:
+    """Bytes of a .npy file holding ``rows`` rows of ``spec`` (header included)."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(spec.dtype)),
+        "fortran_order": False,
+        "shape": (rows, *spec.shape),
+    }
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.tell() + rows * spec.row_bytes
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The validated manifest of the buffer at ``path``; errors name the problem and the fix."""
+    if not path.exists():
+        raise PolicyKDError(f"buffer not found: {path}; record one with: policy-kd record --out {path} ...")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise PolicyKDError(
+            f"{path} is not a policy_kd buffer (no {MANIFEST}); pass a folder written by policy-kd record"
+        )
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PolicyKDError(f"{mpath} is damaged ({exc}); re-record the buffer") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PolicyKDError(
+            f"{mpath} is not a policy_kd buffer manifest; pass a folder written by policy-kd record"
+        )
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise PolicyKDError(
+            f"{path} has buffer schema {version}, this policy_kd reads up to {SCHEMA_VERSION}; upgrade policy-kd"
+        )
+    missing = [k for k in ("fields", "meta", "segments", "sources", "rows") if k not in manifest]
+    if missing:
+        raise PolicyKDError(f"{mpath} is missing {', '.join(missing)}; re-record the buffer")
+    return manifest
 
 
 class BufferWriter:
-    """Append rows field by field; full chunks go to disk as soon as they fill.
+    """Write one segment of a buffer: a new buffer, a resumed segment, or a recording appended to a buffer.
 
-    Use as a context manager or call :meth:`close`. Rows still in memory when the process dies are lost;
-    every chunk listed in the manifest is whole.
+    ``append`` rows field by field; every ``chunk_rows`` rows are committed (flushed, checksummed, listed).
+    Use as a context manager or call :meth:`close`.
     """
 
     def __init__(
         self,
         path: str | Path,
-        fields: dict[str, FieldSpec],
-        meta: dict[str, Any],
         *,
+        fields: dict[str, FieldSpec] | None = None,
+        meta: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
+        capacity: int = 0,
         chunk_rows: int = 65_536,
+        mode: str = "create",
     ):
         if chunk_rows <= 0:
             raise ValueError(f"chunk_rows must be > 0, got {chunk_rows}")
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.fields = dict(fields)
-        self.meta = dict(meta)
         self.chunk_rows = chunk_rows
-        self.chunks: list[dict[str, Any]] = []
-        self.rows = 0
-        self._buf = {k: np.empty((chunk_rows, *f.shape), dtype=f.dtype) for k, f in self.fields.items()}
-        self._fill = 0
-        self._write_manifest(complete=False)
+        if mode == "create":
+            assert fields is not None and meta is not None and source is not None
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.manifest: dict[str, Any] = {
+                "format": FORMAT,
+                "schema_version": SCHEMA_VERSION,
+                "complete": False,
+                "rows": 0,
+                "fields": {k: f.to_json() for k, f in fields.items()},
+                "meta": dict(meta),
+                "sources": [],
+                "segments": [],
+            }
+            self._new_segment(source, capacity)
+        elif mode == "append":
+            assert source is not None
+            self.manifest = read_manifest(self.path)
+            if fields is not None:
+                theirs = {
+                    k: FieldSpec(v["dtype"], tuple(v["shape"])) for k, v in self.manifest["fields"].items()
+                }
+                if theirs != fields:
+                    raise PolicyKDError(
+                        f"buffer {self.path} has fields {_describe(theirs)}, this recording makes {_describe(fields)}; "
+                        "append only recordings of the same env and teacher kind"
+                    )
+            self._new_segment(source, capacity)
+        elif mode == "resume":
+            self.manifest = read_manifest(self.path)
+            seg = self.manifest["segments"][-1]
+            if seg["rows"] >= seg["capacity"]:
+                raise PolicyKDError(
+                    f"buffer {self.path} is complete ({self.manifest['rows']} rows); nothing to resume"
+                )
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.fields = {
+            k: FieldSpec(v["dtype"], tuple(v["shape"])) for k, v in self.manifest["fields"].items()
+        }
+        self.segment = self.manifest["segments"][-1]
+        self._open_maps(create=mode != "resume")
+        self._committed = self.segment["rows"]
+        self._fill = self._committed  # rows written into the maps (committed or not)
+        self._write_manifest()
+
+    # -- segment files -------------------------------------------------------------------------------------
+
+    def _new_segment(self, source: dict[str, Any], capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError(f"capacity must be > 0, got {capacity}")
+        idx = len(self.manifest["segments"])
+        self.manifest["sources"].append({"id": len(self.manifest["sources"]), **source})
+        self.manifest["segments"].append(
+            {
+                "name": f"segment_{idx:03d}",
+                "source": len(self.manifest["sources"]) - 1,
+                "capacity": int(capacity),
+                "rows": 0,
+                "chunks": [],
+            }
+        )
+
+    def _open_maps(self, *, create: bool) -> None:
+        seg_dir = self.path / self.segment["name"]
+        seg_dir.mkdir(exist_ok=True)
+        self._maps: dict[str, np.memmap] = {}
+        for k, spec in self.fields.items():
+            f = seg_dir / f"{k}.npy"
+            shape = (self.segment["capacity"], *spec.shape)
+            if create:
+                self._maps[k] = np.lib.format.open_memmap(
+                    f, mode="w+", dtype=np.dtype(spec.dtype), shape=shape
+                )
+            else:
+                if not f.is_file() or f.stat().st_size != _npy_size(spec, shape[0]):
+                    raise PolicyKDError(
+                        f"cannot resume: {f} is missing or truncated; record into a new buffer"
+                    )
+                self._maps[k] = np.load(f, mmap_mode="r+")
+
+    @property
+    def remaining(self) -> int:
+        """Rows the current segment can still take."""
+        return self.segment["capacity"] - self._fill
 
     def append(self, **arrays: np.ndarray) -> None:
         """Append ``n`` rows: one array of shape ``(n, *field.shape)`` per field, all fields at once."""
         if set(arrays) != set(self.fields):
             raise ValueError(f"append needs exactly the fields {sorted(self.fields)}, got {sorted(arrays)}")
         n = len(next(iter(arrays.values())))
+        if n > self.remaining:
+            raise ValueError(f"segment {self.segment['name']} has room for {self.remaining} rows, got {n}")
         for k, a in arrays.items():
             if a.shape != (n, *self.fields[k].shape):
                 raise ValueError(f"field {k}: expected shape {(n, *self.fields[k].shape)}, got {a.shape}")
-        start = 0
-        while start < n:
-            take = min(n - start, self.chunk_rows - self._fill)
-            for k, a in arrays.items():
-                self._buf[k][self._fill : self._fill + take] = a[start : start + take]
-            self._fill += take
-            start += take
-            if self._fill == self.chunk_rows:
-                self.flush()
+            self._maps[k][self._fill : self._fill + n] = a
+        self._fill += n
+        while self._fill - self._committed >= self.chunk_rows:
+            self._commit(self._committed + self.chunk_rows)
 
     def flush(self) -> None:
-        """Write the rows held in memory as a new chunk (no-op when there are none)."""
-        if self._fill == 0:
-            return
-        name = f"chunk_{len(self.chunks):06d}"
-        chunk_dir = self.path / name
-        chunk_dir.mkdir(exist_ok=True)
-        files = {}
-        for k, buf in self._buf.items():
-            final = chunk_dir / f"{k}.npy"
-            tmp = chunk_dir / f".{k}.npy.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, buf[: self._fill])
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            files[k] = {"file": f"{name}/{k}.npy", "bytes": final.stat().st_size, "sha256": _sha256(final)}
-        _fsync_dir(chunk_dir)
-        self.chunks.append({"name": name, "rows": self._fill, "files": files})
-        self.rows += self._fill
-        self._fill = 0
-        self._write_manifest(complete=False)
+        """Commit every row appended so far (also a partial chunk)."""
+        if self._fill > self._committed:
+            self._commit(self._fill)
 
-    def close(self, meta_update: dict[str, Any] | None = None) -> None:
-        """Flush the last rows, merge ``meta_update`` into the metadata and mark the buffer complete."""
+    def _commit(self, end: int) -> None:
+        start = self._committed
+        digests = {}
+        for k, m in self._maps.items():
+            m.flush()  # msync: the rows are on disk before the manifest says they exist
+            digests[k] = _digest(m[start:end])
+        self.segment["chunks"].append({"start": start, "rows": end - start, "sha256": digests})
+        self.segment["rows"] = end
+        self._committed = end
+        self._write_manifest()
+
+    def close(
+        self, meta_update: dict[str, Any] | None = None, source_update: dict[str, Any] | None = None
+    ) -> None:
+        """Commit the last rows, merge metadata updates, and mark the buffer complete if every segment is full."""
         self.flush()
         if meta_update:
-            self.meta.update(meta_update)
-        self._write_manifest(complete=True)
+            self.manifest["meta"].update(meta_update)
+        if source_update:
+            self.manifest["sources"][self.segment["source"]].update(source_update)
+        self._write_manifest()
+        for m in self._maps.values():
+            del m
+        self._maps = {}
 
-    def _write_manifest(self, *, complete: bool) -> None:
-        write_json(
-            self.path / MANIFEST,
-            {
-                "format": FORMAT,
-                "schema_version": SCHEMA_VERSION,
-                "complete": complete,
-                "rows": self.rows,
-                "fields": {k: f.to_json() for k, f in self.fields.items()},
-                "meta": self.meta,
-                "chunks": self.chunks,
-            },
-        )
+    def _write_manifest(self) -> None:
+        segs = self.manifest["segments"]
+        self.manifest["rows"] = sum(s["rows"] for s in segs)
+        self.manifest["complete"] = all(s["rows"] == s["capacity"] for s in segs)
+        write_json(self.path / MANIFEST, self.manifest)
 
     def __enter__(self) -> BufferWriter:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        # On an error (Ctrl-C included) keep the finished rows readable, but leave complete = false.
-        if exc_type is None:
-            self.close()
-        else:
+        # On an error (Ctrl-C included) still commit what was written: those rows are whole.
+        if self._maps:
             self.flush()
 
 
+def _describe(fields: dict[str, FieldSpec]) -> str:
+    return ", ".join(f"{k}{list(f.shape)}:{f.dtype}" for k, f in fields.items())
+
+
 class Buffer:
-    """A buffer opened for reading: validated manifest, chunks memory-mapped on demand."""
+    """A buffer opened for reading: validated manifest and chunks, segments memory-mapped read-only."""
 
     def __init__(self, path: Path, manifest: dict[str, Any]):
         self.path = path
         self.manifest = manifest
         self.fields = {k: FieldSpec(v["dtype"], tuple(v["shape"])) for k, v in manifest["fields"].items()}
         self.meta: dict[str, Any] = manifest["meta"]
-        self.chunks: list[dict[str, Any]] = manifest["chunks"]
+        self.sources: list[dict[str, Any]] = manifest["sources"]
+        self.segments: list[dict[str, Any]] = [s for s in manifest["segments"] if s["rows"] > 0]
         self.rows = int(manifest["rows"])
         self.complete = bool(manifest.get("complete", False))
+        self._maps: dict[tuple[int, str], np.ndarray] = {}
 
     @classmethod
-    def open(cls, path: str | Path, *, verify: bool = True) -> Buffer:
-        """Open and validate a buffer; ``verify`` also checks every chunk's checksum."""
+    def open(cls, path: str | Path, *, verify: bool = True, allow_empty: bool = False) -> Buffer:
+        """Open and validate a buffer; ``verify`` also checks every chunk's checksum (reads every byte once)."""
         path = Path(path)
-        if not path.exists():
-            raise PolicyKDError(
-                f"buffer not found: {path}; record one with: policy-kd record --out {path} ..."
-            )
-        mpath = path / MANIFEST
-        if not mpath.is_file():
-            raise PolicyKDError(
-                f"{path} is not a policy_kd buffer (no {MANIFEST}); pass a folder written by policy-kd record"
-            )
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PolicyKDError(f"{mpath} is damaged ({exc}); re-record the buffer") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise PolicyKDError(
-                f"{mpath} is not a policy_kd buffer manifest; pass a folder written by policy-kd record"
-            )
-        version = manifest.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise PolicyKDError(
-                f"{path} has buffer schema {version}, this policy_kd reads up to {SCHEMA_VERSION}; upgrade policy-kd"
-            )
+        manifest = read_manifest(path)
         try:
             buf = cls(path, manifest)
+            for i in range(len(buf.segments)):
+                buf._check_segment(i, verify=verify)
         except (KeyError, TypeError, ValueError) as exc:
-            raise PolicyKDError(f"{mpath} is missing {exc}; re-record the buffer") from None
-        for chunk in buf.chunks:
-            buf._check_chunk(chunk, verify=verify)
-        if sum(c["rows"] for c in buf.chunks) != buf.rows:
             raise PolicyKDError(
-                f"{mpath} counts {buf.rows} rows but its chunks hold another number; re-record the buffer"
+                f"{path / MANIFEST} is inconsistent ({exc!r}); re-record the buffer"
+            ) from None
+        if buf.rows != sum(s["rows"] for s in buf.segments):
+            raise PolicyKDError(
+                f"{path / MANIFEST} counts {buf.rows} rows but its segments hold another number; re-record"
             )
-        if buf.rows == 0:
-            raise PolicyKDError(f"buffer {path} holds no transitions; record with more --steps")
+        if buf.rows == 0 and not allow_empty:
+            raise PolicyKDError(
+                f"buffer {path} holds no transitions; record with more --steps (or --resume it)"
+            )
         return buf
 
-    def _check_chunk(self, chunk: dict[str, Any], *, verify: bool) -> None:
-        for k in self.fields:
-            entry = chunk["files"].get(k)
-            if entry is None:
-                raise PolicyKDError(f"buffer chunk {chunk['name']} has no field {k}; re-record the buffer")
-            f = self.path / entry["file"]
+    def _check_segment(self, i: int, *, verify: bool) -> None:
+        seg = self.segments[i]
+        for k, spec in self.fields.items():
+            f = self.path / seg["name"] / f"{k}.npy"
             if not f.is_file():
-                raise PolicyKDError(f"buffer chunk file missing: {f}; re-record the buffer")
-            size = f.stat().st_size
-            if size != entry["bytes"]:
+                raise PolicyKDError(f"buffer file missing: {f}; re-record the buffer")
+            size, expected = f.stat().st_size, _npy_size(spec, seg["capacity"])
+            if size != expected:
                 raise PolicyKDError(
-                    f"buffer chunk file {f} is truncated or altered ({size} bytes, expected {entry['bytes']}); re-record the buffer"
+                    f"buffer file {f} is truncated ({size} bytes, expected {expected}); re-record the buffer"
                 )
-            if verify and _sha256(f) != entry["sha256"]:
-                raise PolicyKDError(
-                    f"buffer chunk file {f} is corrupted (sha256 mismatch); re-record the buffer"
-                )
+            if not verify:
+                continue
+            arr = self.segment_array(i, k)
+            end = 0
+            for c in seg["chunks"]:
+                if c["start"] != end:
+                    raise PolicyKDError(
+                        f"buffer {seg['name']} has a gap before row {c['start']}; re-record the buffer"
+                    )
+                end = c["start"] + c["rows"]
+                if _digest(arr[c["start"] : end]) != c["sha256"][k]:
+                    raise PolicyKDError(
+                        f"buffer file {f} is corrupted (rows {c['start']}-{end - 1} fail their sha256); re-record the buffer"
+                    )
 
-    def chunk_array(self, chunk_index: int, name: str) -> np.ndarray:
-        """One field of one chunk, memory-mapped read-only."""
-        chunk = self.chunks[chunk_index]
-        arr = np.load(self.path / chunk["files"][name]["file"], mmap_mode="r", allow_pickle=False)
-        spec = self.fields[name]
-        if arr.shape != (chunk["rows"], *spec.shape) or arr.dtype != np.dtype(spec.dtype):
-            raise PolicyKDError(
-                f"buffer chunk {chunk['name']}/{name} has shape {arr.shape} {arr.dtype}, not as the manifest says; re-record"
-            )
-        return arr
+    def segment_array(self, i: int, name: str) -> np.ndarray:
+        """Field ``name`` of segment ``i``: a read-only memory map of its listed rows."""
+        key = (i, name)
+        if key not in self._maps:
+            seg = self.segments[i]
+            f = self.path / seg["name"] / f"{name}.npy"
+            try:
+                arr = np.load(f, mmap_mode="r", allow_pickle=False)
+            except ValueError as exc:
+                raise PolicyKDError(f"buffer file {f} is damaged ({exc}); re-record the buffer") from None
+            spec = self.fields[name]
+            if arr.shape != (seg["capacity"], *spec.shape) or arr.dtype != np.dtype(spec.dtype):
+                raise PolicyKDError(
+                    f"buffer file {f} holds {arr.shape} {arr.dtype}, not as the manifest says; re-record"
+                )
+            self._maps[key] = arr[: seg["rows"]]
+        return self._maps[key]
 
     def field(self, name: str) -> np.ndarray:
-        """A whole field, all chunks concatenated into memory: ``(rows, *shape)``."""
+        """A whole field, all segments concatenated into memory: ``(rows, *shape)``."""
         if name not in self.fields:
             raise PolicyKDError(f"buffer {self.path} has no field {name!r}; it has {', '.join(self.fields)}")
-        return np.concatenate([self.chunk_array(i, name) for i in range(len(self.chunks))])
+        return np.concatenate([self.segment_array(i, name) for i in range(len(self.segments))])
+
+    def take(self, name: str, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (global, sorted ascending) of field ``name``, gathered from the memory maps."""
+        sizes = [s["rows"] for s in self.segments]
+        return _gather([self.segment_array(i, name) for i in range(len(sizes))], np.cumsum([0, *sizes]), idx)
+
+    def spaced(self, name: str, max_rows: int) -> np.ndarray:
+        """At most ``max_rows`` rows of ``name``, evenly spaced over the whole buffer (for statistics)."""
+        idx = np.unique(np.linspace(0, self.rows - 1, num=min(self.rows, max_rows)).astype(np.int64))
+        return self.take(name, idx)
+
+    def nbytes(self, names: tuple[str, ...] | None = None) -> int:
+        names = names or tuple(self.fields)
+        return sum(self.rows * self.fields[k].row_bytes for k in names)
 
     def episode_returns(self) -> np.ndarray:
-        """Returns of the episodes that finished inside the buffer (episodes cut by its end are left out)."""
-        reward = self.field("reward")
-        done = self.field("terminated") | self.field("truncated")
-        env = self.field("env")
-        returns = []
-        for e in np.unique(env):
-            r, d = reward[env == e], done[env == e]
-            ends = np.flatnonzero(d)
-            starts = np.concatenate([[0], ends[:-1] + 1])
-            csum = np.concatenate([[0.0], np.cumsum(r, dtype=np.float64)])
-            returns.extend(csum[ends + 1] - csum[starts])
-        return np.asarray(returns, dtype=np.float64)
+        """Returns of the episodes that both start and end inside the buffer, in recording order per env."""
+        returns: list[float] = []
+        for i in range(len(self.segments)):
+            reward = np.asarray(self.segment_array(i, "reward"), dtype=np.float64)
+            first = np.asarray(self.segment_array(i, "first"))
+            done = np.asarray(self.segment_array(i, "terminated")) | np.asarray(
+                self.segment_array(i, "truncated")
+            )
+            env = np.asarray(self.segment_array(i, "env"))
+            for e in np.unique(env):
+                sel = env == e
+                r, f, d = reward[sel], first[sel], done[sel]
+                csum = np.concatenate([[0.0], np.cumsum(r)])
+                starts = np.flatnonzero(f)
+                for s, t in zip(starts, np.append(starts[1:], len(r)), strict=True):
+                    ends = np.flatnonzero(d[s:t])
+                    if len(ends):  # finished within the buffer
+                        returns.append(float(csum[s + ends[0] + 1] - csum[s]))
+        return np.asarray(returns)
+
+
+class Sampler:
+    """Uniform minibatches (with replacement) of buffer fields as torch tensors, with no per-sample Python.
+
+    ``in_memory=True`` copies the fields into tensors once (fastest); ``False`` gathers each batch from the
+    memory-mapped segments (the OS page cache holds what fits, so a buffer larger than RAM works); ``None``
+    picks in-memory when the fields take less than ``max_ram_bytes``.
+    """
+
+    def __init__(
+        self,
+        buffer: Buffer,
+        names: tuple[str, ...],
+        *,
+        seed: int = 0,
+        in_memory: bool | None = None,
+        max_ram_bytes: int = 2 << 30,
+        sources: tuple[int, ...] | None = None,
+    ):
+        self.names = names
+        self.gen = torch.Generator().manual_seed(seed)
+        segs = [i for i, s in enumerate(buffer.segments) if sources is None or s["source"] in sources]
+        if not segs:
+            raise PolicyKDError(f"buffer {buffer.path} has no rows from sources {sources}")
+        self.arrays = {k: [buffer.segment_array(i, k) for i in segs] for k in names}
+        sizes = np.array([buffer.segments[i]["rows"] for i in segs], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.rows = int(self.offsets[-1])
+        nbytes = sum(self.rows * buffer.fields[k].row_bytes for k in names)
+        self.in_memory = nbytes <= max_ram_bytes if in_memory is None else in_memory
+        if self.in_memory:
+            self.tensors = {k: torch.from_numpy(np.concatenate(v)) for k, v in self.arrays.items()}
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(self.rows, (batch_size,), generator=self.gen)
+        if self.in_memory:
+            return {k: t[idx] for k, t in self.tensors.items()}
+        # Sorted indices read the memory maps front to back; one fancy-index per segment, not per sample.
+        idx_np = np.sort(idx.numpy())
+        return {k: torch.from_numpy(_gather(parts, self.offsets, idx_np)) for k, parts in self.arrays.items()}
+
+
+def _gather(parts: list[np.ndarray], offsets: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` (sorted, global) of the concatenation of ``parts`` whose starts are ``offsets``."""
+    bounds = np.searchsorted(idx, offsets)
+    pieces = [
+        parts[s][idx[bounds[s] : bounds[s + 1]] - offsets[s]]
+        for s in range(len(parts))
+        if bounds[s + 1] > bounds[s]
+    ]
+    return np.concatenate(pieces) if len(pieces) > 1 else np.asarray(pieces[0])

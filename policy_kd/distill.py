@@ -11,7 +11,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from policy_kd.buffer import Buffer
+from policy_kd.buffer import Buffer, Sampler
 from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
 from policy_kd.losses import LOSSES, LossConfig, compute_loss
@@ -65,6 +65,8 @@ class DistillConfig:
     """Episodes per periodic evaluation (seeds from 1,000,000 on, apart from evaluate's)."""
     log_every: int = 100
     """Steps between TensorBoard scalars."""
+    in_memory: bool | None = None
+    """Hold the buffer's obs and teacher fields in RAM (fastest) or sample them memory-mapped; default: in RAM when under 2 GiB."""
     seed: int = 0
     """Seed for weight initialisation and minibatch sampling."""
     threads: int = 1
@@ -115,13 +117,13 @@ def distill(config: DistillConfig) -> Path:
     torch.set_num_threads(config.threads)
     write_run_info(out, config, job="distill")
 
-    obs = torch.as_tensor(buffer.field("obs")).float()  # (N, *obs_shape)
-    target = torch.as_tensor(buffer.field("teacher"))  # (N, n_actions)
-    n, n_actions = target.shape
+    sampler = Sampler(buffer, ("obs", "teacher"), seed=config.seed, in_memory=config.in_memory)
+    obs_shape = buffer.fields["obs"].shape
+    (n_actions,) = buffer.fields["teacher"].shape
     teacher_params = int(meta["teacher"]["policy_params"])
     spec = size_student(
         config.student,
-        tuple(obs.shape[1:]),
+        obs_shape,
         n_actions,
         hidden=config.hidden,
         params_fraction=config.params_fraction,
@@ -132,7 +134,7 @@ def distill(config: DistillConfig) -> Path:
     torch.manual_seed(config.seed)
     net = build_student(spec)
     if config.normalize_obs and hasattr(net, "set_obs_stats"):
-        net.set_obs_stats(obs)
+        net.set_obs_stats(torch.from_numpy(buffer.spaced("obs", 200_000)))
     params = count_params(net)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     sched = (
@@ -140,7 +142,6 @@ def distill(config: DistillConfig) -> Path:
         if config.lr_schedule == "cosine"
         else None
     )
-    gen = torch.Generator().manual_seed(config.seed)
     loss_cfg = config.loss_config
     env_id = meta["env_id"]
     eval_seeds = [SELECTION_SEED + i for i in range(config.eval_episodes)]
@@ -164,9 +165,9 @@ def distill(config: DistillConfig) -> Path:
     bar = tqdm(range(1, config.steps + 1), disable=not config.progress, desc="distill", unit="step")
     try:
         for step in bar:
-            idx = torch.randint(n, (config.batch_size,), generator=gen)
-            s_out = net(obs[idx])
-            t_out = target[idx]
+            batch = sampler.sample(config.batch_size)
+            s_out = net(batch["obs"])  # (batch, n_actions)
+            t_out = batch["teacher"]
             loss = compute_loss(s_out, t_out, loss_cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -259,13 +259,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
 def teacher_state_agreement(student: Policy, buffer: Any, max_rows: int = 100_000) -> float:
     """Fraction of the buffer's states (at most ``max_rows``, evenly spaced) where the student picks the
     teacher's greedy action."""
-    obs, target = buffer.field("obs"), buffer.field("teacher")
-    idx = np.linspace(0, len(obs) - 1, num=min(len(obs), max_rows)).astype(np.int64)
-    hits = 0
-    for start in range(0, len(idx), 4096):
-        part = idx[start : start + 4096]
-        hits += int((np.asarray(student.predict(obs[part])) == target[part].argmax(-1)).sum())
-    return hits / len(idx)
+    obs, target = buffer.spaced("obs", max_rows), buffer.spaced("teacher", max_rows)
+    hits = sum(
+        int((np.asarray(student.predict(obs[i : i + 4096])) == target[i : i + 4096].argmax(-1)).sum())
+        for i in range(0, len(obs), 4096)
+    )
+    return hits / len(obs)
 
 
 def check_compatible(info: dict[str, Any], env_id: str, n_actions: int, where: str) -> None:

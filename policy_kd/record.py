@@ -1,9 +1,15 @@
-"""Record what a teacher knows: act in its environment and store its outputs at every visited state."""
+"""Record what a teacher knows: act in its environment and store its outputs at every visited state.
+
+Who acts is the *behaviour* policy: the teacher itself (greedy, or sampling its own distribution), an
+epsilon-greedy teacher, a distilled student (the teacher only labels: the data of student-driven
+distillation / DAgger), or a mixture where the teacher acts with probability beta. Whoever acts, the
+teacher labels every visited state, in one batched forward pass per step over all parallel envs.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,36 +18,47 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from policy_kd.buffer import BufferWriter, FieldSpec
+from policy_kd.buffer import BufferWriter, FieldSpec, read_manifest
+from policy_kd.config import config_from_mapping, to_dict
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import prepare_out_dir, write_run_info
 from policy_kd.teacher import Teacher, load_teacher
 
-BEHAVIOURS = ("teacher", "epsilon")
+BEHAVIOURS = ("teacher", "epsilon", "student", "mixture")
 
 
 @dataclass(frozen=True)
 class RecordConfig:
-    """Let a teacher act in its environment and record observations, actions, rewards and its outputs."""
+    """Let a teacher (or a student, or a mixture) act in the environment and record the teacher's outputs at every state."""
 
     teacher: str | None = None
-    """Teacher: a train-teacher run folder, or an SB3 .zip (then --env is required). A .zip is unpickled code: load only trusted files."""
+    """Teacher: a train-teacher run folder, an rl-zoo run folder, or an SB3 .zip (then --env is required). A .zip is unpickled code: load only trusted files."""
     env: str | None = None
     """Environment id; required for a plain .zip teacher, checked against a run folder's."""
     out: str | None = None
-    """Buffer folder to create (refused if it exists, unless --force)."""
+    """Buffer folder to create (refused if it exists, unless --force, --resume or --append)."""
     steps: int = 50_000
     """Transitions to record (summed over parallel envs)."""
     behaviour: str = "epsilon"
-    """Who acts: teacher (greedy) or epsilon (teacher greedy, a random action with probability --epsilon)."""
+    """Who acts: teacher, epsilon (teacher, random action with probability --epsilon), student (--student acts), mixture (teacher with probability --beta, else student)."""
     epsilon: float = 0.05
     """Random-action probability for --behaviour epsilon."""
+    sample: bool = False
+    """The teacher samples its own action distribution instead of acting greedily (PPO/A2C teachers)."""
+    student: str | None = None
+    """Student folder (from distill) that acts for --behaviour student or mixture."""
+    beta: float = 0.5
+    """Probability that the teacher acts at a step, for --behaviour mixture (DAgger's beta)."""
     n_envs: int = 1
     """Parallel environments; the teacher labels all of them in one batched forward pass per step."""
     seed: int = 0
-    """Seed for the environments and the behaviour policy's random actions."""
-    chunk_rows: int = 65_536
-    """Rows per on-disk chunk (a killed record keeps every finished chunk)."""
+    """Seed for the environments and the behaviour policy's random choices."""
+    chunk_rows: int = 16_384
+    """Rows per checksummed chunk: a killed record loses at most this many rows."""
+    resume: bool = False
+    """Continue an interrupted recording in --out to its requested size (its saved options are used)."""
+    append: bool = False
+    """Add this recording to the existing buffer in --out as a new source (e.g. a DAgger round)."""
     threads: int = 1
     """torch CPU threads."""
     progress: bool = True
@@ -50,114 +67,237 @@ class RecordConfig:
     """Replace an existing --out folder."""
 
     def validate(self) -> None:
+        if self.resume:
+            if self.out is None:
+                raise PolicyKDError("--resume needs --out BUFFER (the interrupted recording)")
+            return
         if self.teacher is None:
             raise PolicyKDError("record needs a teacher: pass --teacher RUN_DIR (or an SB3 .zip with --env)")
         if self.behaviour not in BEHAVIOURS:
             raise PolicyKDError(
                 f"unknown behaviour {self.behaviour!r}; choose one of {', '.join(BEHAVIOURS)}"
             )
+        if self.behaviour in ("student", "mixture") and self.student is None:
+            raise PolicyKDError(
+                f"--behaviour {self.behaviour} needs --student DISTILL_DIR (the student that acts)"
+            )
         if not 0.0 <= self.epsilon <= 1.0:
             raise PolicyKDError(f"--epsilon must lie in [0, 1], got {self.epsilon}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise PolicyKDError(f"--beta must lie in [0, 1], got {self.beta}")
         if self.steps <= 0 or self.n_envs <= 0 or self.chunk_rows <= 0:
             raise PolicyKDError("--steps, --n-envs and --chunk-rows must be > 0")
+        if self.append and self.force:
+            raise PolicyKDError("--append adds to a buffer and --force replaces it; pass one of them")
 
 
-def _space_json(space: gym.Space) -> dict[str, Any]:
+def space_json(space: gym.Space) -> dict[str, Any]:
+    """A JSON description of a Gymnasium space (enough to check compatibility and rebuild shapes)."""
     if isinstance(space, gym.spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n)}
     if isinstance(space, gym.spaces.Box):
-        return {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype)}
+        out: dict[str, Any] = {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype)}
+        if space.low.size <= 64:
+            out["low"], out["high"] = space.low.reshape(-1).tolist(), space.high.reshape(-1).tolist()
+        return out
     return {"type": type(space).__name__, "repr": repr(space)}
 
 
+def _action_spec(space: gym.Space) -> FieldSpec:
+    if isinstance(space, gym.spaces.Discrete):
+        return FieldSpec("int64", ())
+    if isinstance(space, gym.spaces.Box):
+        return FieldSpec("float32", tuple(space.shape))
+    raise PolicyKDError(f"cannot record actions of space {space}; Discrete and Box are supported")
+
+
+def _random_actions(space: gym.Space, n: int, rng: np.random.Generator) -> np.ndarray:
+    if isinstance(space, gym.spaces.Discrete):
+        return rng.integers(int(space.n), size=n) + int(space.start)
+    assert isinstance(space, gym.spaces.Box)
+    return rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32)
+
+
+class Behaviour:
+    """Chooses the actions taken, given the teacher's labels for the current states."""
+
+    def __init__(self, config: RecordConfig, teacher: Teacher, rng: np.random.Generator):
+        self.config, self.teacher, self.rng = config, teacher, rng
+        self.student = None
+        if config.behaviour in ("student", "mixture"):
+            from policy_kd.evaluate import check_compatible
+            from policy_kd.students import load_student
+
+            self.student = load_student(config.student)  # type: ignore[arg-type]
+            check_compatible(
+                self.student.info, teacher.env_id, teacher.n_outputs, f"student {config.student}"
+            )
+
+    def __call__(self, obs: np.ndarray, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Actions to take and whether the teacher chose each of them."""
+        cfg, n = self.config, len(obs)
+        t_act = self.teacher.sample(labels, self.rng) if cfg.sample else labels.greedy
+        if cfg.behaviour == "teacher":
+            return t_act, np.ones(n, dtype=bool)
+        if cfg.behaviour == "epsilon":
+            explore = self.rng.random(n) < cfg.epsilon
+            if not explore.any():
+                return t_act, np.ones(n, dtype=bool)
+            rand = _random_actions(self.teacher.action_space, n, self.rng)
+            mask = explore.reshape(n, *([1] * (np.ndim(t_act) - 1)))
+            return np.where(mask, rand, t_act), ~explore
+        assert self.student is not None
+        s_act = np.asarray(self.student.predict(obs))
+        if cfg.behaviour == "student":
+            return s_act, np.zeros(n, dtype=bool)
+        use_teacher = self.rng.random(n) < cfg.beta
+        mask = use_teacher.reshape(n, *([1] * (np.ndim(t_act) - 1)))
+        return np.where(mask, t_act, s_act), use_teacher
+
+
 def record(config: RecordConfig) -> Path:
-    """Record ``config.steps`` transitions into a new buffer folder; return its path."""
+    """Record into a new buffer (or resume / append to one); return the buffer folder."""
     config.validate()
+    if config.resume:
+        return _resume(config)
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
-    out = prepare_out_dir(config.out, force=config.force, what="buffer folder", inputs=(config.teacher,))
+    if config.append:
+        out = Path(config.out or "")
+        manifest = read_manifest(out)
+        if manifest["meta"].get("env_id") != teacher.env_id:
+            raise PolicyKDError(
+                f"buffer {out} was recorded in {manifest['meta'].get('env_id')}, not {teacher.env_id}; append a matching recording"
+            )
+        mode = "append"
+    else:
+        out = prepare_out_dir(
+            config.out, force=config.force, what="buffer folder", inputs=(config.teacher, config.student)
+        )
+        write_run_info(out, config, job="record")
+        mode = "create"
     torch.set_num_threads(config.threads)
-    write_run_info(out, config, job="record")
-    return _record_into(out, teacher, config)
+    return _record_into(out, teacher, config, mode=mode)
 
 
-def _record_into(out: Path, teacher: Teacher, config: RecordConfig) -> Path:
+def _resume(config: RecordConfig) -> Path:
+    out = Path(config.out)  # type: ignore[arg-type]
+    manifest = read_manifest(out)
+    seg = manifest["segments"][-1]
+    if seg["rows"] >= seg["capacity"]:
+        raise PolicyKDError(f"buffer {out} is complete ({manifest['rows']} rows); nothing to resume")
+    saved = manifest["sources"][seg["source"]].get("config")
+    if not isinstance(saved, dict):
+        raise PolicyKDError(f"buffer {out} does not say how it was recorded; record a new one")
+    cfg = replace(
+        config_from_mapping(RecordConfig, saved, source=f"{out}/manifest.json"),
+        resume=True,
+        progress=config.progress,
+        threads=config.threads,
+    )
+    teacher = load_teacher(cfg.teacher, cfg.env)  # type: ignore[arg-type]
+    torch.set_num_threads(cfg.threads)
+    return _record_into(out, teacher, cfg, mode="resume")
+
+
+def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str) -> Path:
     n = config.n_envs
-    venv = teacher.make_vec_env(n, config.seed)
-    obs_space = venv.observation_space
-    rng = np.random.default_rng(config.seed)
+    probe = teacher.make_vec_env(1, config.seed)
+    obs_space = probe.observation_space
+    probe.close()
     fields = {
         "obs": FieldSpec(str(obs_space.dtype), tuple(obs_space.shape)),
-        "action": FieldSpec("int64", ()),
+        "action": _action_spec(teacher.action_space),
         "reward": FieldSpec("float32", ()),
+        "first": FieldSpec("bool", ()),
         "terminated": FieldSpec("bool", ()),
         "truncated": FieldSpec("bool", ()),
         "env": FieldSpec("int16", ()),
+        "source": FieldSpec("int16", ()),
         **{k: FieldSpec(dtype, shape) for k, (dtype, shape) in teacher.output_fields().items()},
+    }
+    teacher_meta = {
+        "kind": teacher.kind,
+        "algo": teacher.algo,
+        "path": str(Path(teacher.path).resolve()),
+        "policy_params": teacher.policy_params,
+        "n_outputs": teacher.n_outputs,
     }
     meta: dict[str, Any] = {
         "env_id": teacher.env_id,
-        "observation_space": _space_json(obs_space),
-        "action_space": _space_json(teacher.action_space),
-        "teacher": {
-            "kind": teacher.kind,
-            "algo": teacher.algo,
-            "path": str(Path(teacher.path).resolve()),
-            "policy_params": teacher.policy_params,
-            "n_outputs": teacher.n_outputs,
-        },
-        "behaviour": {
-            "name": config.behaviour,
-            "epsilon": config.epsilon if config.behaviour == "epsilon" else 0.0,
-        },
-        "seed": config.seed,
-        "n_envs": n,
+        "observation_space": space_json(obs_space),
+        "action_space": space_json(teacher.action_space),
+        "teacher": teacher_meta,
     }
+    source = {
+        "behaviour": config.behaviour,
+        "config": to_dict(replace(config, resume=False, append=False, force=False)),
+        "teacher": teacher_meta,
+        "student": config.student,
+    }
+    writer = BufferWriter(
+        out,
+        fields=fields,
+        meta=meta,
+        source=source,
+        capacity=config.steps,
+        chunk_rows=config.chunk_rows,
+        mode=mode,
+    )
+    source_id = writer.segment["source"]
+    done_before = writer.segment["rows"]
+    # A resumed recording starts new episodes; new env seeds keep it from replaying the first part.
+    seed = config.seed + done_before
+    rng = np.random.default_rng([config.seed, done_before])
+    behaviour = Behaviour(config, teacher, rng)
+    venv = teacher.make_vec_env(n, seed)
     env_index = np.arange(n, dtype=np.int16)
+    source_col = np.full(n, source_id, dtype=np.int16)
+    first = np.ones(n, dtype=bool)
     running = np.zeros(n, dtype=np.float64)
     returns: list[float] = []
-    written = 0
+    teacher_acted = 0
     start = time.perf_counter()
     obs = venv.reset()
     with (
-        BufferWriter(out, fields, meta, chunk_rows=config.chunk_rows) as writer,
-        tqdm(total=config.steps, disable=not config.progress, desc="record", unit="step") as bar,
+        writer,
+        tqdm(
+            total=config.steps, initial=done_before, disable=not config.progress, desc="record", unit="step"
+        ) as bar,
     ):
-        while written < config.steps:
-            labels = teacher.label(
-                obs
-            )  # the one forward pass: recorded outputs and actions both come from it
-            actions = labels.greedy
-            if config.behaviour == "epsilon" and config.epsilon > 0:
-                explore = rng.random(n) < config.epsilon
-                actions = np.where(explore, rng.integers(teacher.n_outputs, size=n), actions)
+        while writer.remaining > 0:
+            labels = teacher.label(obs)  # the one forward pass: recorded outputs and the teacher's action
+            actions, by_teacher = behaviour(obs, labels)
             next_obs, rewards, dones, infos = venv.step(actions)
-            truncated = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos])
-            take = min(n, config.steps - written)
+            truncated = np.fromiter((info.get("TimeLimit.truncated", False) for info in infos), bool, n)
+            take = min(n, writer.remaining)
             writer.append(
                 obs=np.asarray(obs)[:take],
-                action=actions[:take].astype(np.int64),
+                action=np.asarray(actions)[:take].astype(fields["action"].dtype, copy=False),
                 reward=rewards[:take].astype(np.float32),
+                first=first[:take],
                 terminated=(dones & ~truncated)[:take],
                 truncated=truncated[:take],
                 env=env_index[:take],
+                source=source_col[:take],
                 **{k: v[:take] for k, v in labels.outputs.items()},
             )
+            teacher_acted += int(by_teacher[:take].sum())
             running += rewards
-            for i in np.flatnonzero(dones[:take]):
-                returns.append(float(running[i]))
+            returns.extend(running[:take][dones[:take]].tolist())
             running[dones] = 0.0
-            written += take
+            first = dones.copy()
             bar.update(take)
             obs = next_obs
         r = np.asarray(returns)
-        writer.meta.update(
-            {
-                "transitions": written,
-                "episodes": len(returns),
-                "episode_return_mean": float(r.mean()) if len(r) else None,
-                "episode_return_std": float(r.std()) if len(r) else None,
-                "record_seconds": round(time.perf_counter() - start, 2),
-            }
-        )
+        elapsed = time.perf_counter() - start
+        stats = {
+            "episodes": len(r),
+            "episode_return_mean": float(r.mean()) if len(r) else None,
+            "episode_return_std": float(r.std()) if len(r) else None,
+            "teacher_action_fraction": teacher_acted / max(writer.segment["rows"] - done_before, 1),
+            "record_seconds": round(elapsed, 2),
+            "steps_per_second": round((writer.segment["rows"] - done_before) / max(elapsed, 1e-9), 1),
+        }
+        writer.close(meta_update={"transitions": writer.manifest["rows"]}, source_update=stats)
     venv.close()
     return out

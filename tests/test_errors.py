@@ -117,21 +117,25 @@ def test_damaged_manifest(capsys, artifacts, copy_of, tmp_path):
 
 def test_truncated_chunk_is_named(capsys, artifacts, copy_of, tmp_path):
     b = copy_of(artifacts["buffer"], "b")
-    f = b / "chunk_000001" / "obs.npy"
+    f = b / "segment_000" / "obs.npy"
     f.write_bytes(f.read_bytes()[:-100])
     expect_error(
-        capsys, ["distill", "--buffer", b, "--out", tmp_path / "s"], "chunk_000001/obs.npy", "truncated"
+        capsys, ["distill", "--buffer", b, "--out", tmp_path / "s"], "segment_000/obs.npy", "truncated"
     )
 
 
 def test_corrupted_chunk_is_named(capsys, artifacts, copy_of, tmp_path):
     b = copy_of(artifacts["buffer"], "b")
-    f = b / "chunk_000002" / "teacher.npy"
+    f = b / "segment_000" / "teacher.npy"
     data = bytearray(f.read_bytes())
-    data[-3] ^= 0xFF
+    data[-3] ^= 0xFF  # a byte of the last row, which lies in the third chunk (rows 2000-2999)
     f.write_bytes(bytes(data))
     expect_error(
-        capsys, ["distill", "--buffer", b, "--out", tmp_path / "s"], "chunk_000002/teacher.npy", "corrupted"
+        capsys,
+        ["distill", "--buffer", b, "--out", tmp_path / "s"],
+        "segment_000/teacher.npy",
+        "rows 2000-2999",
+        "corrupted",
     )
 
 

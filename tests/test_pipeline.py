@@ -42,7 +42,7 @@ def test_teacher_run_folder(artifacts: dict[str, Path]) -> None:
 
 def test_buffer_records_teacher_outputs_from_the_acting_pass(artifacts: dict[str, Path]) -> None:
     buf = Buffer.open(artifacts["buffer"])
-    assert buf.complete and buf.rows == 3000 and len(buf.chunks) == 3
+    assert buf.complete and buf.rows == 3000 and len(buf.segments[0]["chunks"]) == 3
     obs, q, action = buf.field("obs"), buf.field("teacher"), buf.field("action")
     assert obs.shape == (3000, 4) and q.shape == (3000, 2)
     teacher = load_teacher(artifacts["teacher"])
@@ -53,7 +53,9 @@ def test_buffer_records_teacher_outputs_from_the_acting_pass(artifacts: dict[str
     meta = buf.meta
     assert meta["teacher"]["kind"] == "q_values" and meta["action_space"] == {"type": "Discrete", "n": 2}
     returns = buf.episode_returns()
-    assert len(returns) == meta["episodes"] and np.isclose(returns.mean(), meta["episode_return_mean"])
+    source = buf.sources[0]
+    assert len(returns) == source["episodes"] and np.isclose(returns.mean(), source["episode_return_mean"])
+    assert (buf.field("source") == 0).all() and buf.field("first")[0]
     # CartPole pays 1 per step, so an episode's return is its length
     done = buf.field("terminated") | buf.field("truncated")
     assert returns.sum() == np.flatnonzero(done)[-1] + 1
