@@ -4,18 +4,61 @@ One place knows how to make every environment the toolkit supports: Gymnasium's 
 Box2D tasks (``gymnasium[box2d]``, the ``box2d`` extra), MinAtar (``MinAtar/<Game>-v1``, the ``minatar``
 extra) and Atari (``ALE/<Game>-v5``, the ``atari`` extra). Optional suites are registered lazily, so the
 core install never imports them.
+
+:func:`make_env` applies the observation processing a suite needs for SB3 (MinAtar: channel-first
+``uint8``; Atari: SB3's ``AtariWrapper``), so train-teacher, record and evaluate all see the same
+observations. It also holds the two name registries presets and rl-baselines3-zoo runs may refer to:
+features extractors (``FEATURES_EXTRACTORS``) and environment wrappers (``ZOO_WRAPPERS``). Names are looked
+up there and nothing else is ever imported or evaluated from a config file.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 from gymnasium.error import Error as GymError
+from policy_kd.envs.atari import INSTALL_HINT as ATARI_HINT
+from policy_kd.envs.atari import is_atari, make_atari
+from policy_kd.envs.minatar import MinAtarCNN, MinAtarObservation
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from policy_kd.errors import PolicyKDError
 
-__all__ = ["ensure_registered", "make_env"]
+__all__ = [
+    "FEATURES_EXTRACTORS",
+    "ZOO_WRAPPERS",
+    "MinAtarCNN",
+    "MinAtarObservation",
+    "ensure_registered",
+    "features_extractor",
+    "make_env",
+    "zoo_wrapper",
+]
+
+# Preset name -> SB3 features extractor class (preset: policy_kwargs: {features_extractor: minatar_cnn}).
+FEATURES_EXTRACTORS: dict[str, type[BaseFeaturesExtractor]] = {"minatar_cnn": MinAtarCNN}
+
+# Wrappers an rl-baselines3-zoo run may name as env_wrapper in its config.yml, by import path -> (module,
+# class, extra that provides it). Only these are imported: a config file must not choose what code runs.
+ZOO_WRAPPERS: dict[str, tuple[str, str, str]] = {
+    "sb3_contrib.common.wrappers.TimeFeatureWrapper": (
+        "sb3_contrib.common.wrappers",
+        "TimeFeatureWrapper",
+        "contrib",
+    ),
+    "stable_baselines3.common.atari_wrappers.AtariWrapper": (
+        "stable_baselines3.common.atari_wrappers",
+        "AtariWrapper",
+        "atari",
+    ),
+    "gymnasium.wrappers.TimeLimit": ("gymnasium.wrappers", "TimeLimit", ""),
+    "gymnasium.wrappers.time_limit.TimeLimit": ("gymnasium.wrappers", "TimeLimit", ""),
+    "rl_zoo3.wrappers.HistoryWrapper": ("rl_zoo3.wrappers", "HistoryWrapper", "zoo"),
+    "rl_zoo3.wrappers.FrameSkip": ("rl_zoo3.wrappers", "FrameSkip", "zoo"),
+}
 
 
 def ensure_registered(env_id: str) -> None:
@@ -30,13 +73,11 @@ def ensure_registered(env_id: str) -> None:
                 f"{env_id} needs MinAtar; install it with: pip install 'policy-kd[minatar]'"
             ) from None
         minatar.gym.register_envs()
-    elif env_id.startswith("ALE/"):
+    elif is_atari(env_id):
         try:
             import ale_py  # type: ignore[import-not-found]
         except ImportError:
-            raise PolicyKDError(
-                f"{env_id} needs ale-py; install it with: pip install 'policy-kd[atari]'"
-            ) from None
+            raise PolicyKDError(f"{env_id} needs ale-py; install it with: {ATARI_HINT}") from None
         gym.register_envs(ale_py)
     if env_id not in gym.registry:
         close = [k for k in gym.registry if k.lower().split("-")[0] == env_id.lower().split("-")[0]]
@@ -46,14 +87,67 @@ def ensure_registered(env_id: str) -> None:
         )
 
 
-def make_env(env_id: str, *, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
-    """``gym.make`` with the optional suites registered and install hints for missing extras."""
+def make_env(
+    env_id: str, *, render_mode: str | None = None, raw: bool = False, training: bool = False, **kwargs: Any
+) -> gym.Env:
+    """``gym.make`` with the optional suites registered, their SB3 observation processing, and install hints.
+
+    :param env_id: Gymnasium id
+    :param render_mode: passed to ``gym.make``
+    :param raw: skip the suite's observation processing (``gym.make`` as it is, e.g. for an
+        rl-baselines3-zoo teacher, which names its own wrappers)
+    :param training: for Atari, end episodes at a lost life and clip rewards (the training signal);
+        observations are the same either way
+    :param kwargs: passed to ``gym.make``
+    """
     ensure_registered(env_id)
     try:
-        return gym.make(env_id, render_mode=render_mode, **kwargs)
+        if raw:
+            return gym.make(env_id, render_mode=render_mode, **kwargs)
+        if is_atari(env_id):
+            return make_atari(env_id, training=training, render_mode=render_mode, **kwargs)
+        env = gym.make(env_id, render_mode=render_mode, **kwargs)
+        if env_id.startswith("MinAtar/"):
+            env = MinAtarObservation(env)
+        return env
     except gym.error.DependencyNotInstalled as exc:
         extra = "box2d" if "box2d" in str(exc).lower() else None
         fix = f"pip install 'policy-kd[{extra}]'" if extra else str(exc).splitlines()[0]
         raise PolicyKDError(f"{env_id} needs an optional dependency; install it with: {fix}") from None
     except GymError as exc:
         raise PolicyKDError(f"could not make environment {env_id!r}: {str(exc).splitlines()[0]}") from None
+
+
+def features_extractor(name: str) -> type[BaseFeaturesExtractor]:
+    """The features extractor class a preset names (``policy_kwargs: {features_extractor: NAME}``)."""
+    try:
+        return FEATURES_EXTRACTORS[name]
+    except (KeyError, TypeError):
+        raise PolicyKDError(
+            f"unknown features_extractor {name!r}; choose one of {', '.join(FEATURES_EXTRACTORS)}"
+        ) from None
+
+
+def zoo_wrapper(name: str, kwargs: dict[str, Any] | None = None) -> Callable[[gym.Env], gym.Env]:
+    """A callable that applies the allow-listed wrapper ``name`` (an import path) with plain ``kwargs``."""
+    if name not in ZOO_WRAPPERS:
+        raise PolicyKDError(
+            f"env_wrapper {name!r} is not one policy_kd will import; supported: {', '.join(ZOO_WRAPPERS)}"
+        )
+    kwargs = dict(kwargs or {})
+    for key, value in kwargs.items():
+        if not isinstance(value, (bool, int, float, str, type(None))):
+            raise PolicyKDError(f"env_wrapper {name} argument {key}={value!r} is not a plain value")
+    module, cls_name, extra = ZOO_WRAPPERS[name]
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except ImportError:
+        fix = f"pip install 'policy-kd[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
+        raise PolicyKDError(
+            f"env_wrapper {name} needs {module.split('.')[0]}; install it with: {fix}"
+        ) from None
+
+    def wrap(env: gym.Env) -> gym.Env:
+        return cls(env, **kwargs)
+
+    return wrap

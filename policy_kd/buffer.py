@@ -451,3 +451,63 @@ def _gather(parts: list[np.ndarray], offsets: np.ndarray, idx: np.ndarray) -> np
         if bounds[s + 1] > bounds[s]
     ]
     return np.concatenate(pieces) if len(pieces) > 1 else np.asarray(pieces[0])
+
+
+def describe(buffer: Buffer) -> str:
+    """A human-readable summary of a buffer: schema, counts, sources, episodes, actions."""
+    m, meta = buffer.manifest, buffer.meta
+    n_chunks = sum(len(s["chunks"]) for s in buffer.segments)
+    state = "complete" if buffer.complete else "INCOMPLETE (resume with: policy-kd record --resume --out ...)"
+    t = meta.get("teacher", {})
+    lines = [
+        f"buffer {buffer.path}: schema {m['schema_version']}, {state}",
+        f"  {buffer.rows:,} rows in {len(buffer.segments)} segment(s), {n_chunks} chunk(s), "
+        f"{buffer.nbytes() / 1e6:.1f} MB of field data",
+        f"env {meta.get('env_id')}: observations {meta.get('observation_space')}, actions {meta.get('action_space')}",
+        f"teacher {t.get('algo')} ({t.get('kind')}), {t.get('policy_params', 0):,} policy parameters, {t.get('path')}",
+        "fields: " + _describe(buffer.fields),
+        "sources:",
+    ]
+    for src in buffer.sources:
+        rows = sum(s["rows"] for s in buffer.segments if s["source"] == src["id"])
+        cfg = src.get("config", {})
+        how = src.get("behaviour")
+        if how == "epsilon":
+            how += f"({cfg.get('epsilon')})"
+        elif how == "mixture":
+            how += f"(beta={cfg.get('beta')})"
+        ret = src.get("episode_return_mean")
+        ret_txt = (
+            f"return {ret:.1f} ± {src.get('episode_return_std', 0):.1f}"
+            if ret is not None
+            else "no finished episode"
+        )
+        acted = src.get("teacher_action_fraction")
+        acted_txt = f", teacher acted {acted * 100:.1f}%" if acted is not None else ""
+        lines.append(
+            f"  [{src['id']}] {how}: {rows:,} rows, {src.get('episodes', 0)} episodes, {ret_txt}{acted_txt}"
+        )
+    returns = buffer.episode_returns()
+    if len(returns):
+        lines.append(
+            f"episodes finished in the buffer: {len(returns)}, return mean {returns.mean():.2f} ± {returns.std():.2f} "
+            f"(min {returns.min():.1f}, max {returns.max():.1f})"
+        )
+    else:
+        lines.append("episodes finished in the buffer: 0")
+    if buffer.fields["action"].shape == ():
+        counts = np.zeros(0, dtype=np.int64)
+        for i in range(len(buffer.segments)):
+            a = np.asarray(buffer.segment_array(i, "action"))
+            c = np.bincount(a, minlength=len(counts))
+            counts = np.pad(counts, (0, max(0, len(c) - len(counts)))) + c
+        total = counts.sum()
+        lines.append(
+            "action histogram: " + "  ".join(f"{a}: {c / total * 100:.1f}%" for a, c in enumerate(counts))
+        )
+    else:
+        act = buffer.spaced("action", 100_000)
+        lines.append(
+            f"action mean {np.round(act.mean(0), 3).tolist()}, std {np.round(act.std(0), 3).tolist()}"
+        )
+    return "\n".join(lines)

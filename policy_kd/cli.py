@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tyro
+
 from policy_kd.config import parse_cli
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import COMMAND_LINE
@@ -131,6 +133,24 @@ def _demo(cfg: DemoConfig) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class InspectConfig:
+    """Validate every chunk of a buffer and print its schema, counts, sources, episode returns and actions."""
+
+    buffer: tyro.conf.Positional[str | None] = None
+    """Buffer folder written by policy-kd record."""
+
+
+def _inspect(cfg: InspectConfig) -> int:
+    from policy_kd.buffer import Buffer, describe
+
+    if cfg.buffer is None:
+        raise PolicyKDError("inspect needs a buffer: policy-kd inspect BUFFER_DIR")
+    print(describe(Buffer.open(cfg.buffer, verify=True, allow_empty=True)))
+    print("all chunks match their checksums")
+    return 0
+
+
 def _job(module: str, cls: str, fn: str, describe: Callable[[Any], str]) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         import importlib
@@ -159,6 +179,9 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "record": _job("record", "RecordConfig", "record", lambda p: f"buffer saved to {p}"),
     "distill": _job("distill", "DistillConfig", "distill", lambda p: f"student saved to {p}"),
     "evaluate": _job("evaluate", "EvaluateConfig", "evaluate", _print_eval),
+    "inspect": lambda argv: _inspect(
+        parse_cli(InspectConfig, argv, prog=f"{PROG} inspect", description=InspectConfig.__doc__)
+    ),
     "demo": lambda argv: _demo(
         parse_cli(DemoConfig, argv, prog=f"{PROG} demo", description=DemoConfig.__doc__)
     ),
@@ -173,6 +196,7 @@ commands:
   record          let the teacher act and record its outputs into a buffer
   distill         train a small student on the buffer
   evaluate        compare student and teacher on the same episode seeds
+  inspect         validate a buffer and summarise it
   demo            all four on CartPole-v1 into runs/demo/, then the comparison table
 
 '{PROG} COMMAND --help' lists a command's options."""

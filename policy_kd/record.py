@@ -255,7 +255,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     first = np.ones(n, dtype=bool)
     running = np.zeros(n, dtype=np.float64)
     returns: list[float] = []
-    teacher_acted = 0
+    teacher_acted = written = 0
     start = time.perf_counter()
     obs = venv.reset()
     with (
@@ -282,6 +282,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
                 **{k: v[:take] for k, v in labels.outputs.items()},
             )
             teacher_acted += int(by_teacher[:take].sum())
+            written += take
             running += rewards
             returns.extend(running[:take][dones[:take]].tolist())
             running[dones] = 0.0
@@ -294,9 +295,9 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
             "episodes": len(r),
             "episode_return_mean": float(r.mean()) if len(r) else None,
             "episode_return_std": float(r.std()) if len(r) else None,
-            "teacher_action_fraction": teacher_acted / max(writer.segment["rows"] - done_before, 1),
+            "teacher_action_fraction": teacher_acted / max(written, 1),
             "record_seconds": round(elapsed, 2),
-            "steps_per_second": round((writer.segment["rows"] - done_before) / max(elapsed, 1e-9), 1),
+            "steps_per_second": round(written / max(elapsed, 1e-9), 1),
         }
         writer.close(meta_update={"transitions": writer.manifest["rows"]}, source_update=stats)
     venv.close()
