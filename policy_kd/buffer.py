@@ -171,7 +171,8 @@ class BufferWriter:
         self.segment = self.manifest["segments"][-1]
         self._open_maps(create=mode != "resume")
         self._committed = self.segment["rows"]
-        self._fill = self._committed  # rows written into the maps (committed or not)
+        self._stage = {k: np.empty((chunk_rows, *f.shape), dtype=f.dtype) for k, f in self.fields.items()}
+        self._staged = 0  # rows appended but not yet committed
         self._write_manifest()
 
     # -- segment files -------------------------------------------------------------------------------------
@@ -212,11 +213,11 @@ class BufferWriter:
     @property
     def remaining(self) -> int:
         """Rows the current segment can still take."""
-        return self.segment["capacity"] - self._fill
+        return self.segment["capacity"] - self._committed - self._staged
 
     def append(self, **arrays: np.ndarray) -> None:
         """Append ``n`` rows: one array of shape ``(n, *field.shape)`` per field, all fields at once."""
-        if set(arrays) != set(self.fields):
+        if arrays.keys() != self.fields.keys():
             raise ValueError(f"append needs exactly the fields {sorted(self.fields)}, got {sorted(arrays)}")
         n = len(next(iter(arrays.values())))
         if n > self.remaining:
@@ -224,25 +225,33 @@ class BufferWriter:
         for k, a in arrays.items():
             if a.shape != (n, *self.fields[k].shape):
                 raise ValueError(f"field {k}: expected shape {(n, *self.fields[k].shape)}, got {a.shape}")
-            self._maps[k][self._fill : self._fill + n] = a
-        self._fill += n
-        while self._fill - self._committed >= self.chunk_rows:
-            self._commit(self._committed + self.chunk_rows)
+        # Rows are staged in RAM and copied to the memory maps a chunk at a time: a small memmap write per
+        # field per step would cost more than the teacher's forward pass.
+        done = 0
+        while done < n:
+            take = min(n - done, self.chunk_rows - self._staged)
+            for k, a in arrays.items():
+                self._stage[k][self._staged : self._staged + take] = a[done : done + take]
+            self._staged += take
+            done += take
+            if self._staged == self.chunk_rows:
+                self.flush()
 
     def flush(self) -> None:
-        """Commit every row appended so far (also a partial chunk)."""
-        if self._fill > self._committed:
-            self._commit(self._fill)
-
-    def _commit(self, end: int) -> None:
-        start = self._committed
+        """Commit every row appended so far (also a partial chunk): write, msync, checksum, list."""
+        if self._staged == 0:
+            return
+        start, end = self._committed, self._committed + self._staged
         digests = {}
         for k, m in self._maps.items():
+            rows = self._stage[k][: self._staged]
+            m[start:end] = rows
             m.flush()  # msync: the rows are on disk before the manifest says they exist
-            digests[k] = _digest(m[start:end])
+            digests[k] = _digest(rows)
         self.segment["chunks"].append({"start": start, "rows": end - start, "sha256": digests})
         self.segment["rows"] = end
         self._committed = end
+        self._staged = 0
         self._write_manifest()
 
     def close(
