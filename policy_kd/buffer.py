@@ -440,12 +440,14 @@ class Sampler:
         nbytes = sum(self.rows * buffer.fields[k].row_bytes for k in names)
         self.in_memory = nbytes <= max_ram_bytes if in_memory is None else in_memory
         if self.in_memory:
-            self.tensors = {k: torch.from_numpy(np.concatenate(v)) for k, v in self.arrays.items()}
+            self.in_ram = {k: np.concatenate(v) for k, v in self.arrays.items()}
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         idx = torch.randint(self.rows, (batch_size,), generator=self.gen)
         if self.in_memory:
-            return {k: t[idx] for k, t in self.tensors.items()}
+            # numpy's take gathers rows of small dtypes (uint8 frames) about twice as fast as tensor indexing
+            idx_np = idx.numpy()
+            return {k: torch.from_numpy(a.take(idx_np, axis=0)) for k, a in self.in_ram.items()}
         # Sorted indices read the memory maps front to back; one fancy-index per segment, not per sample.
         idx_np = np.sort(idx.numpy())
         return {k: torch.from_numpy(_gather(parts, self.offsets, idx_np)) for k, parts in self.arrays.items()}
