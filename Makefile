@@ -34,7 +34,8 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
-	$(PY) benchmarks/bench_distill.py
+	$(PY) benchmarks/bench_record.py
+	$(PY) benchmarks/bench_sampler.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
