@@ -15,26 +15,32 @@ up there and nothing else is ever imported or evaluated from a config file.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.error import Error as GymError
-from policy_kd.envs.atari import INSTALL_HINT as ATARI_HINT
-from policy_kd.envs.atari import is_atari, make_atari
-from policy_kd.envs.minatar import MinAtarCNN, MinAtarObservation
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
 from policy_kd.errors import PolicyKDError
+
+from .atari import INSTALL_HINT as ATARI_HINT
+from .atari import is_atari, make_atari
+from .minatar import MinAtarCNN, MinAtarObservation
 
 __all__ = [
     "FEATURES_EXTRACTORS",
     "ZOO_WRAPPERS",
+    "FrameStack",
     "MinAtarCNN",
     "MinAtarObservation",
     "ensure_registered",
     "features_extractor",
     "make_env",
+    "make_env_from_spec",
     "zoo_wrapper",
 ]
 
@@ -66,12 +72,17 @@ def ensure_registered(env_id: str) -> None:
     if env_id in gym.registry:
         return
     if env_id.startswith("MinAtar/"):
+        logging.disable(
+            logging.WARNING
+        )  # minatar.gym warns on import that seaborn (rendering only) is missing
         try:
             import minatar.gym  # type: ignore[import-not-found]
         except ImportError:
             raise PolicyKDError(
                 f"{env_id} needs MinAtar; install it with: pip install 'policy-kd[minatar]'"
             ) from None
+        finally:
+            logging.disable(logging.NOTSET)
         minatar.gym.register_envs()
     elif is_atari(env_id):
         try:
@@ -151,3 +162,41 @@ def zoo_wrapper(name: str, kwargs: dict[str, Any] | None = None) -> Callable[[gy
         return cls(env, **kwargs)
 
     return wrap
+
+
+class FrameStack(gym.Wrapper):
+    """Stack the last ``n_stack`` observations of one env exactly as SB3's ``VecFrameStack`` does.
+
+    Same axis (channels for images, else the last axis), same zero padding after ``reset``, so a policy
+    trained behind ``VecFrameStack`` can act in a plain, single env (e.g. episode by episode, each from
+    its own seed). Built on SB3's ``StackedObservations`` with one env.
+    """
+
+    def __init__(self, env: gym.Env, n_stack: int):
+        super().__init__(env)
+        self._stack = StackedObservations(1, n_stack, env.observation_space)  # type: ignore[arg-type]
+        self.observation_space = self._stack.stacked_observation_space
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return self._stack.reset(np.asarray(obs)[None])[0].copy(), info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        stacked, _ = self._stack.update(np.asarray(obs)[None], np.zeros(1, dtype=bool), [{}])
+        return stacked[0].copy(), reward, terminated, truncated, info
+
+
+def make_env_from_spec(spec: dict[str, Any], *, stacked: bool = True) -> gym.Env:
+    """One env rebuilt from a JSON-able description (``Teacher.env_spec``), raw observations.
+
+    ``spec``: ``env_id``; optional ``raw`` (skip the suite's processing), ``env_kwargs`` (for ``gym.make``),
+    ``wrappers`` (``[[import path, kwargs], ...]``, allow-listed in ``ZOO_WRAPPERS``) and ``frame_stack``
+    (applied as ``VecFrameStack`` would, unless ``stacked=False``).
+    """
+    env = make_env(spec["env_id"], raw=bool(spec.get("raw")), **(spec.get("env_kwargs") or {}))
+    for name, kwargs in spec.get("wrappers") or ():
+        env = zoo_wrapper(name, kwargs)(env)
+    if stacked and spec.get("frame_stack"):
+        env = FrameStack(env, int(spec["frame_stack"]))
+    return env

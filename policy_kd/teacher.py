@@ -1,11 +1,24 @@
-"""Teachers: train SB3 DQN/PPO/A2C from the presets in ``agents/``, and load them to act and label.
+"""Teachers: train SB3 DQN/QR-DQN/PPO/A2C from the presets in ``agents/``, and load them to act and label.
 
-A loaded :class:`Teacher` gives, in one forward pass, both the outputs the buffer records (Q-values for
-DQN, action logits for PPO/A2C) and the greedy action taken from them, so what the teacher does and what
-it is recorded to know can never disagree.
+A loaded :class:`Teacher` gives, in one forward pass, both the outputs the buffer records and the greedy
+action taken from them, so what the teacher does and what it is recorded to know can never disagree.
+What the outputs are (``Teacher.kind``):
 
-Loading a ``.zip`` unpickles code (SB3 stores classes and schedules with cloudpickle): load only files
-you trust.
+========================  ===============================  ==============================================
+kind                      teacher                          extra fields
+========================  ===============================  ==============================================
+``q_values`` (DQN)        Q-values ``(n_actions,)``        none
+``quantiles`` (QR-DQN)    mean of the quantiles            ``teacher_quantiles`` ``(n_quantiles, n_actions)``
+``logits`` (PPO/A2C)      action logits ``(n_actions,)``   none
+``gaussian`` (PPO/A2C)    Gaussian mean ``(action_dim,)``  ``teacher_log_std`` ``(action_dim,)``
+========================  ===============================  ==============================================
+
+(``squashed_gaussian``: a Gaussian policy whose actions SB3 squashes with tanh, gSDE with
+``squash_output``; the fields are the pre-squash mean and log std, as for ``gaussian``.)
+
+Teachers load from a train-teacher run folder, an rl-baselines3-zoo run folder, or a plain SB3 ``.zip``.
+Loading a ``.zip`` (and a ``vecnormalize.pkl``) unpickles code (SB3 stores classes and schedules with
+cloudpickle): load only files you trust.
 """
 
 from __future__ import annotations
@@ -13,7 +26,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, replace
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,21 +41,40 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
-from stable_baselines3.dqn.policies import DQNPolicy
+from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize, VecTransposeImage
+from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
 from policy_kd.config import load_yaml_mapping
-from policy_kd.envs import ensure_registered, make_env
+from policy_kd.envs import ensure_registered, features_extractor, make_env, make_env_from_spec, zoo_wrapper
+from policy_kd.envs.atari import is_atari
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import prepare_out_dir, write_json, write_run_info
 
-ALGOS: dict[str, type[BaseAlgorithm]] = {"dqn": DQN, "ppo": PPO, "a2c": A2C}
+ALGOS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c")
+"""Teacher algorithms. ``qrdqn`` comes from sb3-contrib (the ``contrib`` extra), imported only when used."""
+CONTRIB_HINT = "pip install 'policy-kd[contrib]'"
 TEACHER_FILE = "teacher.json"
+UNPICKLE_WARNING = "a .zip or .pkl teacher file is unpickled code: load only files you trust"
 _ACTIVATIONS = {"ReLU", "Tanh", "ELU", "LeakyReLU", "GELU", "SiLU", "Sigmoid"}
+_OPTIMIZERS = {"Adam", "AdamW", "RMSprop", "SGD"}
 # Keys a preset may hold that are not constructor arguments of the SB3 algorithm.
 _PRESET_EXTRAS = ("n_timesteps", "policy", "n_envs", "normalize", "frame_stack")
+
+
+def algo_class(algo: str) -> type[BaseAlgorithm]:
+    """The SB3 algorithm class for ``algo``; sb3-contrib's QR-DQN is imported only here, on demand."""
+    if algo == "qrdqn":
+        try:
+            from sb3_contrib import QRDQN
+        except ImportError:
+            raise PolicyKDError(f"qrdqn teachers need sb3-contrib; install it with: {CONTRIB_HINT}") from None
+        return QRDQN
+    classes: dict[str, type[BaseAlgorithm]] = {"dqn": DQN, "ppo": PPO, "a2c": A2C}
+    if algo not in classes:
+        raise PolicyKDError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
+    return classes[algo]
 
 
 @dataclass(frozen=True)
@@ -48,9 +82,9 @@ class TrainTeacherConfig:
     """Train an SB3 teacher with a tuned preset, keeping the best model found by periodic evaluation."""
 
     algo: str = "dqn"
-    """Teacher algorithm: dqn, ppo or a2c."""
+    """Teacher algorithm: dqn, qrdqn (needs the contrib extra), ppo or a2c."""
     env: str = "CartPole-v1"
-    """Gymnasium environment id (MinAtar/... needs the minatar extra, LunarLander-v3 the box2d extra)."""
+    """Gymnasium environment id (MinAtar/... needs the minatar extra, ALE/... the atari extra, LunarLander-v3 the box2d extra)."""
     out: str | None = None
     """Run folder to create (refused if it exists, unless --force)."""
     seed: int = 0
@@ -87,7 +121,7 @@ class TrainTeacherConfig:
 
 
 def load_preset(algo: str, env_id: str, path: str | Path | None = None) -> dict[str, Any]:
-    """The preset for ``env_id`` (or the file's ``default:`` entry), as plain YAML values."""
+    """The preset for ``env_id``, else the file's ``atari:`` (Atari ids) or ``default:`` entry."""
     if path is None:
         text = resources.files("policy_kd.agents").joinpath(f"{algo}.yml").read_text()
         presets = yaml.safe_load(text)
@@ -95,7 +129,16 @@ def load_preset(algo: str, env_id: str, path: str | Path | None = None) -> dict[
     else:
         presets = load_yaml_mapping(path, what="preset file")
         source = str(path)
-    entry = presets.get(env_id, presets.get("default"))
+    entry = presets.get(env_id)
+    if entry is None and is_atari(env_id):
+        # An MLP default on 84x84 frames would train, slowly and badly: Atari needs its own entry.
+        entry = presets.get("atari")
+        if entry is None:
+            raise PolicyKDError(
+                f"{source} has no entry for {env_id} and no atari: entry; pass --preset FILE with one"
+            )
+    if entry is None:
+        entry = presets.get("default")
     if entry is None:
         raise PolicyKDError(f"{source} has no entry for {env_id} and no default: entry; add one")
     if not isinstance(entry, dict):
@@ -115,7 +158,12 @@ def _schedule(value: Any) -> Any:
 
 
 def algo_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
-    """Turn a preset's YAML values into SB3 constructor keyword arguments (no eval of strings)."""
+    """Turn a preset's YAML values into SB3 constructor keyword arguments (no eval of strings).
+
+    In ``policy_kwargs``, classes are named, never written as code: ``activation_fn`` and
+    ``optimizer_class`` by their ``torch.nn`` / ``torch.optim`` class name, and ``features_extractor`` by
+    its name in ``policy_kd.envs.FEATURES_EXTRACTORS`` (its ``features_dim`` beside it).
+    """
     kwargs = {k: v for k, v in preset.items() if k not in _PRESET_EXTRAS}
     for key in ("learning_rate", "clip_range"):
         if key in kwargs:
@@ -128,6 +176,20 @@ def algo_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
         if name not in _ACTIVATIONS:
             raise PolicyKDError(f"activation_fn {name!r} is not one of {', '.join(sorted(_ACTIVATIONS))}")
         pk["activation_fn"] = getattr(torch.nn, name)
+    if "optimizer_class" in pk:
+        name = pk["optimizer_class"]
+        if name not in _OPTIMIZERS:
+            raise PolicyKDError(f"optimizer_class {name!r} is not one of {', '.join(sorted(_OPTIMIZERS))}")
+        pk["optimizer_class"] = getattr(torch.optim, name)
+    if "features_extractor" in pk:
+        pk["features_extractor_class"] = features_extractor(pk.pop("features_extractor"))
+        extractor_kwargs = dict(pk.get("features_extractor_kwargs") or {})
+        if "features_dim" in pk:
+            extractor_kwargs["features_dim"] = pk.pop("features_dim")
+        if extractor_kwargs:
+            pk["features_extractor_kwargs"] = extractor_kwargs
+    elif "features_dim" in pk:
+        raise PolicyKDError("policy_kwargs features_dim needs a features_extractor beside it; name one")
     if pk:
         kwargs["policy_kwargs"] = pk
     return kwargs
@@ -143,12 +205,18 @@ def _normalize_kwargs(value: Any) -> dict[str, Any] | None:
     raise PolicyKDError(f"preset normalize must be true/false or a mapping, got {value!r}")
 
 
-def _make_env_stack(env_id: str, n_envs: int, seed: int, frame_stack: int | None) -> VecEnv:
-    ensure_registered(env_id)
-    env = make_vec_env(lambda **_: make_env(env_id), n_envs=n_envs, seed=seed)
+def _vec_env(make: Callable[[], gym.Env], n_envs: int, seed: int | None, frame_stack: int | None) -> VecEnv:
+    env = make_vec_env(lambda **_: make(), n_envs=n_envs, seed=seed)
     if frame_stack:
         env = VecFrameStack(env, frame_stack)
     return env
+
+
+def _make_env_stack(
+    env_id: str, n_envs: int, seed: int, frame_stack: int | None, *, training: bool = False
+) -> VecEnv:
+    ensure_registered(env_id)
+    return _vec_env(lambda: make_env(env_id, training=training), n_envs, seed, frame_stack)
 
 
 class _SaveVecNormalizeOnBest(BaseCallback):
@@ -168,6 +236,7 @@ class _SaveVecNormalizeOnBest(BaseCallback):
 def train_teacher(config: TrainTeacherConfig) -> Path:
     """Train a teacher into ``config.out``; return the run folder. ``teacher.json`` is written last."""
     config.validate()
+    cls = algo_class(config.algo)
     ensure_registered(config.env)
     preset = load_preset(config.algo, config.env, config.preset)
     n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", 100_000))
@@ -180,8 +249,13 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
     n_envs = int(preset.get("n_envs", 1))
     frame_stack = preset.get("frame_stack")
     norm = _normalize_kwargs(preset.get("normalize"))
-    env = _make_env_stack(config.env, n_envs, config.seed, frame_stack)
+    env = _make_env_stack(config.env, n_envs, config.seed, frame_stack, training=True)
     eval_env = _make_env_stack(config.env, 1, config.seed + 10_000, frame_stack)
+    if is_image_space(eval_env.observation_space) and not is_image_space_channels_first(
+        eval_env.observation_space  # type: ignore[arg-type]
+    ):
+        # SB3 transposes the training env's images to channels-first itself; the same for evaluation.
+        eval_env = VecTransposeImage(eval_env)
     if norm is not None:
         gamma = preset.get("gamma", 0.99)
         env = VecNormalize(env, gamma=gamma, **norm)
@@ -194,7 +268,6 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
             **{k: v for k, v in norm.items() if k not in ("norm_reward",)},
         )
 
-    cls = ALGOS[config.algo]
     try:
         model = cls(
             preset.get("policy", "MlpPolicy"),
@@ -261,33 +334,54 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _detect_algo(zip_path: Path) -> str:
-    from stable_baselines3.common.save_util import load_from_zip_file
-
+def _zip_data(zip_path: Path) -> dict[str, Any]:
+    """The JSON ``data`` entry of an SB3 ``.zip``, read without unpickling anything."""
     try:
-        data, _, _ = load_from_zip_file(zip_path, load_data=True, device="cpu")
-    except Exception as exc:
+        with zipfile.ZipFile(zip_path) as archive:
+            data = json.loads(archive.read("data"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise PolicyKDError(
-            f"could not read SB3 model {zip_path}: {type(exc).__name__}: {exc}".splitlines()[0]
+            f"could not read SB3 model {zip_path} ({type(exc).__name__}: {exc})".splitlines()[0]
         ) from None
-    policy_class = (data or {}).get("policy_class")
-    if isinstance(policy_class, type):
-        if issubclass(policy_class, DQNPolicy):
-            return "dqn"
-        if issubclass(policy_class, ActorCriticPolicy):
+    if not isinstance(data, dict):
+        raise PolicyKDError(f"could not read SB3 model {zip_path} (its data entry is not a mapping)")
+    return data
+
+
+def _detect_algo(zip_path: Path) -> str:
+    """Which algorithm saved ``zip_path``, from its policy class's module (nothing is unpickled)."""
+    data = _zip_data(zip_path)
+    policy_class = data.get("policy_class")
+    module = policy_class.get("__module__", "") if isinstance(policy_class, dict) else ""
+    if module.startswith("stable_baselines3.dqn."):
+        return "dqn"
+    if module.startswith("sb3_contrib.qrdqn."):
+        return "qrdqn"
+    if module == "stable_baselines3.common.policies":  # ActorCriticPolicy and its Cnn/MultiInput variants
+        if "cg_max_steps" in data:
+            algo = "trpo"  # sb3-contrib's TRPO shares the policy class
+        else:
             return "ppo" if "clip_range" in data else "a2c"
+    else:
+        # e.g. stable_baselines3.sac.policies -> sac, sb3_contrib.common.recurrent.policies -> recurrent
+        parts = module.split(".")
+        algo = (parts[2] if parts[1:2] == ["common"] else parts[1]) if len(parts) > 2 else "unknown"
     raise PolicyKDError(
-        f"{zip_path} holds a {policy_class!r} policy; supported teachers are {', '.join(ALGOS)}"
+        f"{zip_path} was saved by {algo!r} (policy class from {module or 'an unknown module'}); "
+        f"supported teachers are {', '.join(ALGOS)}"
     )
 
 
 def policy_param_count(model: BaseAlgorithm, algo: str) -> int:
-    """Parameters of the modules that choose actions: DQN's q_net (not its target), PPO/A2C's actor
-    (features extractor, policy MLP, action head, and log_std for Gaussian policies; not the value head)."""
+    """Parameters of the modules that choose actions: DQN's q_net and QR-DQN's quantile_net (not their
+    targets), PPO/A2C's actor (features extractor, policy MLP, action head, and log_std for Gaussian
+    policies; not the value head)."""
     policy = model.policy
+    extra: list[torch.nn.Parameter] = []
     if algo == "dqn":
         modules: list[torch.nn.Module] = [policy.q_net]
-        extra: list[torch.nn.Parameter] = []
+    elif algo == "qrdqn":
+        modules = [policy.quantile_net]
     else:
         modules = [policy.pi_features_extractor, policy.mlp_extractor.policy_net, policy.action_net]
         extra = [policy.log_std] if isinstance(getattr(policy, "log_std", None), torch.nn.Parameter) else []
@@ -307,7 +401,13 @@ class Labels:
 
 @dataclass
 class Teacher:
-    """A loaded SB3 teacher with one-forward-pass access to its outputs and greedy actions."""
+    """A loaded SB3 teacher with one-forward-pass access to its outputs and greedy actions.
+
+    The environment is rebuilt as the teacher saw it (:attr:`env_spec`): ``make_env(env_id, raw=raw_env,
+    **env_kwargs)``, then ``env_wrappers`` (allow-listed import path, kwargs) in order, then frame stacking. Observations stay raw (what a buffer records);
+    ``vec_normalize`` statistics, if any, are applied inside :meth:`label`, before stacking when
+    ``normalize_before_stack`` (rl-baselines3-zoo's order) and after it otherwise (train-teacher's).
+    """
 
     model: BaseAlgorithm
     algo: str
@@ -315,69 +415,146 @@ class Teacher:
     path: str
     vec_normalize: VecNormalize | None = None
     frame_stack: int | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_wrappers: tuple[tuple[str, dict[str, Any]], ...] = ()
+    raw_env: bool = False
+    normalize_before_stack: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model.action_space, gym.spaces.Discrete):
+        space = self.model.action_space
+        if not isinstance(space, (gym.spaces.Discrete, gym.spaces.Box)):
             raise PolicyKDError(
-                f"teacher {self.path} acts in {self.model.action_space}; only discrete-action teachers are supported so far"
+                f"teacher {self.path} acts in {space}; supported action spaces are Discrete and Box"
             )
         self.model.policy.set_training_mode(False)
 
     @property
+    def continuous(self) -> bool:
+        return isinstance(self.model.action_space, gym.spaces.Box)
+
+    @property
     def kind(self) -> str:
-        """What the recorded outputs are: ``q_values`` (DQN) or ``logits`` (PPO/A2C)."""
-        return "q_values" if self.algo == "dqn" else "logits"
+        """What ``teacher`` holds: ``q_values`` (DQN), ``quantiles`` (QR-DQN: the quantiles' mean),
+        ``logits`` (PPO/A2C, discrete), ``gaussian`` or ``squashed_gaussian`` (PPO/A2C, Box: the mean)."""
+        if self.algo == "dqn":
+            return "q_values"
+        if self.algo == "qrdqn":
+            return "quantiles"
+        if not self.continuous:
+            return "logits"
+        return "squashed_gaussian" if self.model.policy.squash_output else "gaussian"
 
     @property
     def observation_space(self) -> gym.Space:
         return self.model.observation_space
 
     @property
-    def action_space(self) -> gym.spaces.Discrete:
+    def action_space(self) -> gym.spaces.Discrete | gym.spaces.Box:
         return self.model.action_space  # type: ignore[return-value]
 
     @property
     def n_outputs(self) -> int:
-        return int(self.action_space.n)
+        """Discrete: the number of actions. Box: the action dimension (the flattened action shape)."""
+        space = self.action_space
+        return int(np.prod(space.shape)) if isinstance(space, gym.spaces.Box) else int(space.n)
 
     @property
     def policy_params(self) -> int:
         return policy_param_count(self.model, self.algo)
 
-    def make_vec_env(self, n_envs: int, seed: int) -> VecEnv:
-        """Envs as the teacher saw them (frame stacking), with raw (unnormalised) observations."""
-        return _make_env_stack(self.env_id, n_envs, seed, self.frame_stack)
+    @property
+    def env_spec(self) -> dict[str, Any]:
+        """How to rebuild the teacher's env, as JSON-able data: ``policy_kd.envs.make_env_from_spec(spec)``
+        makes it without loading the teacher (e.g. for a student distilled from its buffer)."""
+        return {
+            "env_id": self.env_id,
+            "raw": self.raw_env,
+            "env_kwargs": dict(self.env_kwargs),
+            "wrappers": [[name, dict(kwargs)] for name, kwargs in self.env_wrappers],
+            "frame_stack": self.frame_stack,
+        }
+
+    def make_env(self, *, stacked: bool = True) -> gym.Env:
+        """One environment as the teacher saw it, with raw (unnormalised) observations: its wrappers, and
+        frame stacking laid out as ``VecFrameStack`` does (unless ``stacked=False``)."""
+        return make_env_from_spec(self.env_spec, stacked=stacked)
+
+    def make_vec_env(self, n_envs: int, seed: int | None) -> VecEnv:
+        """Envs as the teacher saw them (wrappers, frame stacking), with raw (unnormalised) observations."""
+        return _vec_env(lambda: self.make_env(stacked=False), n_envs, seed, self.frame_stack)
 
     def output_fields(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         """Buffer fields this teacher labels each state with: name -> (dtype, per-row shape).
 
-        ``teacher`` is always there: the output a student is distilled toward (Q-values or logits).
+        ``teacher`` is always there: the output a student is distilled toward (see the module docstring).
         """
-        return {"teacher": ("float32", (self.n_outputs,))}
+        fields = {"teacher": ("float32", (self.n_outputs,))}
+        if self.algo == "qrdqn":
+            fields["teacher_quantiles"] = ("float32", (int(self.model.policy.n_quantiles), self.n_outputs))
+        elif self.continuous:
+            fields["teacher_log_std"] = ("float32", (self.n_outputs,))
+        return fields
+
+    def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
+        """Raw observations as the teacher's network takes them (VecNormalize statistics applied)."""
+        vn = self.vec_normalize
+        if vn is None:
+            return obs
+        if not (self.normalize_before_stack and self.frame_stack):
+            return vn.normalize_obs(obs)
+        # rl-baselines3-zoo normalises each frame, then stacks: undo the stack, normalise, restack.
+        space = vn.observation_space  # one frame's
+        _, axis, _, _ = StackedObservations.compute_stacking(self.frame_stack, space)  # type: ignore[arg-type]
+        frames = np.split(np.asarray(obs), self.frame_stack, axis=axis)
+        return np.concatenate([vn.normalize_obs(f) for f in frames], axis=axis)
 
     @torch.no_grad()
     def label(self, obs: np.ndarray) -> Labels:
         """One forward pass over a batch of raw observations: the recorded outputs and the greedy action."""
-        if self.vec_normalize is not None:
-            obs = self.vec_normalize.normalize_obs(obs)
         policy = self.model.policy
-        obs_t, _ = policy.obs_to_tensor(obs)
+        obs_t, _ = policy.obs_to_tensor(self.normalize_obs(obs))
         if self.algo == "dqn":
-            out = policy.q_net(obs_t)
+            q = _numpy(policy.q_net(obs_t))  # (batch, n_actions)
+            return Labels(outputs={"teacher": q}, greedy=q.argmax(axis=-1))
+        if self.algo == "qrdqn":
+            quantiles = _numpy(policy.quantile_net(obs_t))  # (batch, n_quantiles, n_actions)
+            q = quantiles.mean(axis=1)  # (batch, n_actions): what QR-DQN acts on
+            return Labels(outputs={"teacher": q, "teacher_quantiles": quantiles}, greedy=q.argmax(axis=-1))
+        features = policy.extract_features(obs_t, policy.pi_features_extractor)
+        latent_pi = policy.mlp_extractor.forward_actor(features)
+        if not self.continuous:
+            logits = _numpy(policy.action_net(latent_pi))  # (batch, n_actions)
+            return Labels(outputs={"teacher": logits}, greedy=logits.argmax(axis=-1))
+        # The action distribution (diagonal Gaussian, or gSDE's state-dependent one) in one pass.
+        normal = policy._get_action_dist_from_latent(latent_pi).distribution
+        mean, log_std = _numpy(normal.mean), _numpy(normal.stddev.log())  # (batch, action_dim) each
+        return Labels(outputs={"teacher": mean, "teacher_log_std": log_std}, greedy=self._to_action(mean))
+
+    def _to_action(self, pre_squash: np.ndarray) -> np.ndarray:
+        """A Gaussian sample or mean -> the action SB3 takes: clipped to the bounds, or tanh-squashed and
+        scaled to them."""
+        space = self.action_space
+        assert isinstance(space, gym.spaces.Box)
+        if self.model.policy.squash_output:
+            action = space.low + 0.5 * (np.tanh(pre_squash.reshape(-1, *space.shape)) + 1.0) * (
+                space.high - space.low
+            )
         else:
-            features = policy.extract_features(obs_t, policy.pi_features_extractor)
-            out = policy.action_net(policy.mlp_extractor.forward_actor(features))
-        q = out.cpu().numpy().astype(np.float32, copy=False)  # (batch, n_actions)
-        return Labels(outputs={"teacher": q}, greedy=q.argmax(axis=-1))
+            action = np.clip(pre_squash.reshape(-1, *space.shape), space.low, space.high)
+        return action.astype(space.dtype, copy=False)
 
     def sample(self, labels: Labels, rng: np.random.Generator) -> np.ndarray:
-        """Actions drawn from the teacher's own distribution (softmax of logits); DQN acts greedily."""
-        if self.algo == "dqn":
+        """Actions drawn from the teacher's own distribution: softmax of logits, or mean + std * N(0, 1)
+        (clipped or squashed as SB3 does); DQN and QR-DQN act greedily."""
+        if self.algo in ("dqn", "qrdqn"):
             return labels.greedy
-        return _sample_logits(labels.outputs["teacher"], rng)
+        if not self.continuous:
+            return _sample_logits(labels.outputs["teacher"], rng)
+        mean, log_std = labels.outputs["teacher"], labels.outputs["teacher_log_std"]
+        return self._to_action(mean + np.exp(log_std) * rng.standard_normal(mean.shape, dtype=np.float32))
 
     def outputs(self, obs: np.ndarray) -> np.ndarray:
-        """The ``teacher`` field for a batch of raw observations: ``(batch, n_actions)`` float32."""
+        """The ``teacher`` field for a batch of raw observations: ``(batch, n_outputs)`` float32."""
         return self.label(obs).outputs["teacher"]
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
@@ -389,6 +566,10 @@ class Teacher:
         return Path(self.path).stat().st_size
 
 
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.cpu().numpy().astype(np.float32, copy=False)
+
+
 def _sample_logits(logits: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
     rng = rng or np.random.default_rng()
     z = logits - logits.max(axis=-1, keepdims=True)
@@ -398,86 +579,271 @@ def _sample_logits(logits: np.ndarray, rng: np.random.Generator | None = None) -
     return (p.cumsum(axis=-1) < u).sum(axis=-1).clip(max=p.shape[-1] - 1)
 
 
-def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | None = None) -> Teacher:
-    """Load a teacher from a train-teacher run folder, or from a plain SB3 ``.zip`` plus ``env_id``."""
-    path = Path(path)
+# ------------------------------------------------------------------------------- where a teacher lives
+
+
+@dataclass
+class _Source:
+    """What load_teacher found: the model file and how to rebuild the env the teacher saw."""
+
+    zip_path: Path
+    env_id: str
+    algo: str | None = None
     vecnorm_path: Path | None = None
-    frame_stack = None
-    if path.is_dir():
-        meta_path = path / TEACHER_FILE
-        if meta_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text())
-                algo = algo or meta["algo"]
-                run_env = meta["env_id"]
-                zip_path = path / meta["model"]
-                vecnorm_path = path / meta["vecnormalize"] if meta.get("vecnormalize") else None
-                frame_stack = meta.get("frame_stack")
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    frame_stack: int | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_wrappers: tuple[tuple[str, dict[str, Any]], ...] = ()
+    raw_env: bool = False
+    normalize_before_stack: bool = False
+
+
+def _run_folder_source(path: Path, env_id: str | None, algo: str | None) -> _Source:
+    meta_path = path / TEACHER_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+        source = _Source(
+            zip_path=path / meta["model"],
+            env_id=meta["env_id"],
+            algo=algo or meta["algo"],
+            vecnorm_path=path / meta["vecnormalize"] if meta.get("vecnormalize") else None,
+            frame_stack=meta.get("frame_stack"),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PolicyKDError(
+            f"{meta_path} is damaged ({exc}); retrain the teacher or pass its .zip with --env"
+        ) from None
+    if env_id is not None and env_id != source.env_id:
+        raise PolicyKDError(
+            f"teacher {path} was trained on {source.env_id}, not {env_id}; drop --env or pick another teacher"
+        )
+    return source
+
+
+class _ZooLoader(yaml.SafeLoader):
+    """SafeLoader that reads the ``!!python/...`` tags PyYAML writes (rl-baselines3-zoo's ``config.yml``
+    and ``args.yml`` are dumped OrderedDicts, possibly with tuples) as plain lists, mappings and strings.
+    It never constructs a Python object nor imports anything."""
+
+
+def _plain(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_ZooLoader.add_constructor(None, _plain)  # type: ignore[arg-type]
+
+
+def read_zoo_yaml(path: Path) -> dict[str, Any]:
+    """A zoo ``config.yml``/``args.yml`` as a plain dict (a dumped OrderedDict is a list of [key, value])."""
+    try:
+        data = yaml.load(path.read_text(), Loader=_ZooLoader)  # _ZooLoader is a SafeLoader
+    except (OSError, yaml.YAMLError) as exc:
+        raise PolicyKDError(
+            f"{path} is not readable YAML ({type(exc).__name__}); pass another run folder"
+        ) from None
+    # !!python/object/apply:collections.OrderedDict holds one argument: the list of [key, value] pairs.
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
+        data = data[0]
+    if isinstance(data, list) and all(isinstance(p, list) and len(p) == 2 for p in data):
+        data = {k: v for k, v in data}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyKDError(f"{path} is not a zoo config (expected a mapping); pass another run folder")
+    return data
+
+
+def _zoo_params_dir(path: Path) -> Path | None:
+    dirs = [p for p in sorted(path.iterdir()) if p.is_dir() and (p / "args.yml").is_file()]
+    return dirs[0] if len(dirs) == 1 else None
+
+
+def _zoo_wrappers(value: Any, config_path: Path) -> tuple[tuple[str, dict[str, Any]], ...]:
+    # The zoo accepts one import path, or a list of paths and {path: {kwarg: value}} mappings.
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    wrappers = []
+    for item in items:
+        if isinstance(item, str):
+            name, kwargs = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            ((name, kwargs),) = item.items()
+            if kwargs is not None and not isinstance(kwargs, dict):
                 raise PolicyKDError(
-                    f"{meta_path} is damaged ({exc}); retrain the teacher or pass its .zip with --env"
-                ) from None
-            if env_id is not None and env_id != run_env:
-                raise PolicyKDError(
-                    f"teacher {path} was trained on {run_env}, not {env_id}; drop --env or pick another teacher"
+                    f"{config_path}: env_wrapper {name} arguments must be a mapping, got {kwargs!r}"
                 )
-            env_id = run_env
+            name, kwargs = str(name), dict(kwargs or {})
+        else:
+            raise PolicyKDError(
+                f"{config_path}: cannot read env_wrapper entry {item!r}; expected an import path"
+            )
+        zoo_wrapper(name, kwargs)  # refuses names off the allow-list and non-plain arguments, now
+        wrappers.append((name, kwargs))
+    return tuple(wrappers)
+
+
+def _zoo_source(path: Path, params: Path, env_id: str | None, algo: str | None) -> _Source:
+    """An rl-baselines3-zoo run folder: ``<env>.zip`` (or ``best_model.zip``), ``<env>/{args,config}.yml``."""
+    args = read_zoo_yaml(params / "args.yml")
+    config = read_zoo_yaml(params / "config.yml") if (params / "config.yml").is_file() else {}
+    zoo_env, zoo_algo = args.get("env"), args.get("algo")
+    if not isinstance(zoo_env, str) or not isinstance(zoo_algo, str):
+        raise PolicyKDError(f"{params / 'args.yml'} names no env or algo; pass a complete zoo run folder")
+    if env_id is not None and env_id != zoo_env:
+        raise PolicyKDError(
+            f"zoo teacher {path} was trained on {zoo_env}, not {env_id}; drop --env or pick another teacher"
+        )
+    if zoo_algo not in ALGOS:
+        raise PolicyKDError(
+            f"zoo teacher {path} is {zoo_algo}; supported teacher algorithms are {', '.join(ALGOS)}"
+        )
+    zip_path = path / f"{params.name}.zip"
+    if not zip_path.is_file():
+        zip_path = path / "best_model.zip"
+    if not zip_path.is_file():
+        raise PolicyKDError(
+            f"zoo run folder {path} has no {params.name}.zip nor best_model.zip; finish or rerun training"
+        )
+    if config.get("vec_env_wrapper"):
+        raise PolicyKDError(
+            f"{params / 'config.yml'} uses vec_env_wrapper {config['vec_env_wrapper']!r}, which policy_kd cannot rebuild; "
+            "use a teacher trained without it"
+        )
+    env_kwargs = args.get("env_kwargs") or config.get("env_kwargs") or {}
+    if not isinstance(env_kwargs, dict) or not all(
+        isinstance(v, (bool, int, float, str, type(None))) for v in env_kwargs.values()
+    ):
+        raise PolicyKDError(f"zoo teacher {path}: env_kwargs {env_kwargs!r} must map names to plain values")
+    frame_stack = config.get("frame_stack")
+    if frame_stack is not None and (not isinstance(frame_stack, int) or frame_stack < 1):
+        raise PolicyKDError(
+            f"{params / 'config.yml'}: frame_stack must be a positive integer, got {frame_stack!r}"
+        )
+    vecnorm_path = params / "vecnormalize.pkl"
+    if not vecnorm_path.is_file():
+        if config.get("normalize") not in (None, False, "False", "false"):
+            raise PolicyKDError(
+                f"zoo teacher {path} was trained with normalize but {vecnorm_path} is missing; copy it back or retrain"
+            )
+        vecnorm_path = None
+    return _Source(
+        zip_path=zip_path,
+        env_id=zoo_env,
+        algo=algo or zoo_algo,
+        vecnorm_path=vecnorm_path,
+        frame_stack=frame_stack,
+        env_kwargs=dict(env_kwargs),
+        env_wrappers=_zoo_wrappers(config.get("env_wrapper"), params / "config.yml"),
+        raw_env=True,  # the zoo makes envs with plain gym.make; its env_wrapper does the rest
+        normalize_before_stack=True,
+    )
+
+
+def _obs_shapes_match(model_space: gym.Space, env_space: gym.Space) -> bool:
+    if model_space.shape == env_space.shape:
+        return True
+    # SB3 transposes channel-last images to channel-first for the network (VecTransposeImage).
+    shape = env_space.shape
+    return is_image_space(env_space) and shape is not None and model_space.shape == (shape[-1], *shape[:-1])
+
+
+def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | None = None) -> Teacher:
+    """Load a teacher to act and label.
+
+    ``path`` is one of:
+
+    - a train-teacher run folder (``teacher.json`` names the model, env, normalisation and frame stack);
+    - an rl-baselines3-zoo run folder such as ``logs/ppo/Acrobot-v1_1`` (``<env>.zip``, else
+      ``best_model.zip``, and ``<env>/args.yml``, ``config.yml``, ``vecnormalize.pkl``): the algo and env come
+      from ``args.yml``; ``normalize``, ``frame_stack``, ``env_kwargs`` and ``env_wrapper`` (an allow-list of
+      known wrappers, see ``policy_kd.envs.ZOO_WRAPPERS``) from ``config.yml``, read as plain YAML (never
+      evaluated). Like the zoo's own ``enjoy``, the final model is paired with ``vecnormalize.pkl``;
+    - a plain SB3 ``.zip``, with ``env_id`` saying where it acts (no normalisation, no frame stacking).
+
+    ``algo`` overrides the detected algorithm (dqn, qrdqn, ppo, a2c). **Security: an SB3 ``.zip`` and a
+    ``vecnormalize.pkl`` are unpickled, which runs code stored in them: load only files you trust.**
+    """
+    path = Path(path)
+    if path.is_dir():
+        params = _zoo_params_dir(path)
+        if (path / TEACHER_FILE).is_file():
+            source = _run_folder_source(path, env_id, algo)
+        elif params is not None:
+            source = _zoo_source(path, params, env_id, algo)
         elif (path / "best_model.zip").is_file():
             raise PolicyKDError(
                 f"{path} has no {TEACHER_FILE} (training did not finish); pass {path / 'best_model.zip'} with --env"
             )
         else:
             raise PolicyKDError(
-                f"{path} is not a teacher run folder (no {TEACHER_FILE}); pass a train-teacher --out folder or an SB3 .zip with --env"
+                f"{path} is not a teacher run folder (no {TEACHER_FILE}, no zoo <env>/args.yml); "
+                "pass a train-teacher --out folder, a zoo run folder, or an SB3 .zip with --env"
             )
     elif path.is_file():
-        zip_path = path
         if env_id is None:
             raise PolicyKDError(
                 f"{path} is a plain SB3 model; say which environment it acts in with --env ENV_ID"
             )
+        source = _Source(zip_path=path, env_id=env_id, algo=algo)
     else:
-        raise PolicyKDError(f"teacher not found: {path} (expected a train-teacher run folder or an SB3 .zip)")
-
-    if not zip_path.is_file():
-        raise PolicyKDError(f"teacher model file missing: {zip_path}; retrain the teacher")
-    algo = algo or _detect_algo(zip_path)
-    if algo not in ALGOS:
-        raise PolicyKDError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
-    ensure_registered(env_id)
-    try:
-        model = ALGOS[algo].load(zip_path, device="cpu")
-    except Exception as exc:
         raise PolicyKDError(
-            f"could not load teacher {zip_path}: {type(exc).__name__}: {exc}".splitlines()[0]
-        ) from None
-
-    probe = make_env(env_id)
-    obs_space, act_space = probe.observation_space, probe.action_space
-    probe.close()
-    if frame_stack:
-        obs_space = VecFrameStack(
-            make_vec_env(lambda **_: make_env(env_id), n_envs=1), frame_stack
-        ).observation_space
-    if model.observation_space.shape != obs_space.shape or model.action_space != act_space:
-        raise PolicyKDError(
-            f"teacher {zip_path} expects observations {model.observation_space.shape} and actions {model.action_space}, "
-            f"but {env_id} has {obs_space.shape} and {act_space}; pass the environment it was trained on"
+            f"teacher not found: {path} (expected a train-teacher run folder, a zoo run folder or an SB3 .zip)"
         )
-    vec_normalize = None
-    if vecnorm_path is not None:
-        if not vecnorm_path.is_file():
-            raise PolicyKDError(f"normalisation statistics missing: {vecnorm_path}; retrain the teacher")
-        dummy = make_vec_env(lambda **_: make_env(env_id), n_envs=1)
-        if frame_stack:
-            dummy = VecFrameStack(dummy, frame_stack)
-        vec_normalize = VecNormalize.load(str(vecnorm_path), dummy)
-        vec_normalize.training = False
-    return Teacher(
+    return _load_source(source)
+
+
+def _load_source(src: _Source) -> Teacher:
+    if not src.zip_path.is_file():
+        raise PolicyKDError(f"teacher model file missing: {src.zip_path}; retrain the teacher")
+    algo = src.algo or _detect_algo(src.zip_path)
+    cls = algo_class(algo)
+    ensure_registered(src.env_id)
+    try:
+        model = cls.load(src.zip_path, device="cpu")
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise PolicyKDError(f"could not load teacher {src.zip_path} ({UNPICKLE_WARNING}): {why}") from None
+    teacher = Teacher(
         model=model,
         algo=algo,
-        env_id=env_id,
-        path=str(zip_path),
-        vec_normalize=vec_normalize,
-        frame_stack=frame_stack,
+        env_id=src.env_id,
+        path=str(src.zip_path),
+        frame_stack=src.frame_stack,
+        env_kwargs=src.env_kwargs,
+        env_wrappers=src.env_wrappers,
+        raw_env=src.raw_env,
+        normalize_before_stack=src.normalize_before_stack,
     )
+    probe = teacher.make_vec_env(1, None)
+    obs_space, act_space = probe.observation_space, probe.action_space
+    probe.close()
+    if not _obs_shapes_match(model.observation_space, obs_space) or model.action_space != act_space:
+        raise PolicyKDError(
+            f"teacher {src.zip_path} expects observations {model.observation_space.shape} and actions {model.action_space}, "
+            f"but {src.env_id} has {obs_space.shape} and {act_space}; pass the environment it was trained on "
+            "(a frame-stacked or normalised teacher loads from its run folder)"
+        )
+    if src.vecnorm_path is not None:
+        teacher.vec_normalize = _load_vec_normalize(src.vecnorm_path, teacher)
+    return teacher
+
+
+def _load_vec_normalize(path: Path, teacher: Teacher) -> VecNormalize:
+    if not path.is_file():
+        raise PolicyKDError(f"normalisation statistics missing: {path}; retrain the teacher")
+    # The statistics cover one frame when the zoo normalised before stacking, the whole stack otherwise.
+    stack = None if teacher.normalize_before_stack else teacher.frame_stack
+    dummy = _vec_env(lambda: teacher.make_env(stacked=False), 1, None, stack)
+    try:
+        vec_normalize = VecNormalize.load(str(path), dummy)
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise PolicyKDError(
+            f"could not load normalisation statistics {path} ({UNPICKLE_WARNING}): {why}"
+        ) from None
+    vec_normalize.training = False
+    return vec_normalize
