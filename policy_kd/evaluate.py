@@ -45,6 +45,7 @@ def run_episodes(
     deterministic: bool = True,
     observer: Callable[[np.ndarray, np.ndarray], None] | None = None,
     wrap: Callable[[Any], Any] | None = None,
+    env_factory: Callable[[], Any] | None = None,
 ) -> Episodes:
     """Play one episode per seed, up to ``n_parallel`` at once with one batched ``predict`` per step.
 
@@ -53,7 +54,8 @@ def run_episodes(
     """
     seeds = list(seeds)
     n_par = max(1, min(n_parallel, len(seeds)))
-    envs = [make_env(env_id) for _ in range(n_par)]
+    # env_factory builds the env exactly as the teacher saw it (frame stacking, zoo wrappers)
+    envs = [(env_factory or (lambda: make_env(env_id)))() for _ in range(n_par)]
     if wrap is not None:
         envs = [wrap(e) for e in envs]
     returns = np.zeros(len(seeds))
@@ -217,14 +219,23 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     torch.set_num_threads(config.threads)
     seeds = [config.seed + i for i in range(config.episodes)]
 
-    t_eps = run_episodes(teacher, teacher.env_id, seeds, n_parallel=config.n_parallel)
+    t_eps = run_episodes(
+        teacher, teacher.env_id, seeds, n_parallel=config.n_parallel, env_factory=teacher.make_env
+    )
     agree = [0, 0]
 
     def observe(obs: np.ndarray, actions: np.ndarray) -> None:
         agree[0] += int((teacher.predict(obs) == actions).sum())
         agree[1] += len(actions)
 
-    s_eps = run_episodes(student, teacher.env_id, seeds, n_parallel=config.n_parallel, observer=observe)
+    s_eps = run_episodes(
+        student,
+        teacher.env_id,
+        seeds,
+        n_parallel=config.n_parallel,
+        observer=observe,
+        env_factory=teacher.make_env,
+    )
     t_params, s_params = teacher.policy_params, count_params(student.net)
     t_sum, s_sum = summarize(t_eps.returns), summarize(s_eps.returns)
     result = {
