@@ -264,9 +264,7 @@ class BufferWriter:
         if source_update:
             self.manifest["sources"][self.segment["source"]].update(source_update)
         self._write_manifest()
-        for m in self._maps.values():
-            del m
-        self._maps = {}
+        self._maps = {}  # drop the memory maps (closes the files once no view is left)
 
     def _write_manifest(self) -> None:
         segs = self.manifest["segments"]

@@ -151,13 +151,15 @@ def _inspect(cfg: InspectConfig) -> int:
     return 0
 
 
-def _job(module: str, cls: str, fn: str, describe: Callable[[Any], str]) -> Callable[[list[str]], int]:
+def _job(
+    name: str, module: str, cls: str, fn: str, describe: Callable[[Any], str]
+) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         import importlib
 
         mod = importlib.import_module(f"policy_kd.{module}")
         config_cls = getattr(mod, cls)
-        cfg = parse_cli(config_cls, argv, prog=f"{PROG} {name_of[run]}", description=config_cls.__doc__)
+        cfg = parse_cli(config_cls, argv, prog=f"{PROG} {name}", description=config_cls.__doc__)
         result = getattr(mod, fn)(cfg)
         print(describe(result))
         return 0
@@ -171,14 +173,13 @@ def _print_eval(result: dict[str, Any]) -> str:
     return format_table(result)
 
 
-name_of: dict[Any, str] = {}
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train-teacher": _job(
-        "teacher", "TrainTeacherConfig", "train_teacher", lambda p: f"teacher saved to {p}"
+        "train-teacher", "teacher", "TrainTeacherConfig", "train_teacher", lambda p: f"teacher saved to {p}"
     ),
-    "record": _job("record", "RecordConfig", "record", lambda p: f"buffer saved to {p}"),
-    "distill": _job("distill", "DistillConfig", "distill", lambda p: f"student saved to {p}"),
-    "evaluate": _job("evaluate", "EvaluateConfig", "evaluate", _print_eval),
+    "record": _job("record", "record", "RecordConfig", "record", lambda p: f"buffer saved to {p}"),
+    "distill": _job("distill", "distill", "DistillConfig", "distill", lambda p: f"student saved to {p}"),
+    "evaluate": _job("evaluate", "evaluate", "EvaluateConfig", "evaluate", _print_eval),
     "inspect": lambda argv: _inspect(
         parse_cli(InspectConfig, argv, prog=f"{PROG} inspect", description=InspectConfig.__doc__)
     ),
@@ -186,8 +187,6 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
         parse_cli(DemoConfig, argv, prog=f"{PROG} demo", description=DemoConfig.__doc__)
     ),
 }
-for _name, _fn in COMMANDS.items():
-    name_of[_fn] = _name
 
 USAGE = f"""usage: {PROG} COMMAND [--config FILE] [OPTIONS]
 

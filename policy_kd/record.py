@@ -201,9 +201,10 @@ def _resume(config: RecordConfig) -> Path:
 
 def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str) -> Path:
     n = config.n_envs
-    probe = teacher.make_vec_env(1, config.seed)
-    obs_space = probe.observation_space
-    probe.close()
+    done_before = read_manifest(out)["segments"][-1]["rows"] if mode == "resume" else 0
+    # A resumed recording starts new episodes; new env seeds keep it from replaying the first part.
+    venv = teacher.make_vec_env(n, config.seed + done_before)
+    obs_space = venv.observation_space
     fields = {
         "obs": FieldSpec(str(obs_space.dtype), tuple(obs_space.shape)),
         "action": _action_spec(teacher.action_space),
@@ -244,12 +245,8 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
         mode=mode,
     )
     source_id = writer.segment["source"]
-    done_before = writer.segment["rows"]
-    # A resumed recording starts new episodes; new env seeds keep it from replaying the first part.
-    seed = config.seed + done_before
     rng = np.random.default_rng([config.seed, done_before])
     behaviour = Behaviour(config, teacher, rng)
-    venv = teacher.make_vec_env(n, seed)
     env_index = np.arange(n, dtype=np.int16)
     source_col = np.full(n, source_id, dtype=np.int16)
     first = np.ones(n, dtype=bool)

@@ -43,7 +43,14 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize, VecTransposeImage
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    VecEnv,
+    VecFrameStack,
+    VecNormalize,
+    VecTransposeImage,
+)
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
 from policy_kd.config import load_yaml_mapping
@@ -205,8 +212,30 @@ def _normalize_kwargs(value: Any) -> dict[str, Any] | None:
     raise PolicyKDError(f"preset normalize must be true/false or a mapping, got {value!r}")
 
 
+class _DummyVecEnv(DummyVecEnv):
+    """SB3's DummyVecEnv, minus the deepcopy of every step's info dicts.
+
+    Each ``env.step`` returns a fresh info dict and nothing downstream mutates it, so a shallow copy of
+    the list is as safe; the deepcopy cost about as much as a CartPole step. Same semantics as SB3 2.x's
+    ``step_wait`` otherwise (auto-reset, ``terminal_observation``, ``TimeLimit.truncated``).
+    """
+
+    def step_wait(self) -> VecEnvStepReturn:
+        for i in range(self.num_envs):
+            obs, self.buf_rews[i], terminated, truncated, self.buf_infos[i] = self.envs[i].step(
+                self.actions[i]
+            )
+            self.buf_dones[i] = terminated or truncated
+            self.buf_infos[i]["TimeLimit.truncated"] = truncated and not terminated
+            if self.buf_dones[i]:
+                self.buf_infos[i]["terminal_observation"] = obs
+                obs, self.reset_infos[i] = self.envs[i].reset()
+            self._save_obs(i, obs)
+        return self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), list(self.buf_infos)
+
+
 def _vec_env(make: Callable[[], gym.Env], n_envs: int, seed: int | None, frame_stack: int | None) -> VecEnv:
-    env = make_vec_env(lambda **_: make(), n_envs=n_envs, seed=seed)
+    env = make_vec_env(lambda **_: make(), n_envs=n_envs, seed=seed, vec_env_cls=_DummyVecEnv)
     if frame_stack:
         env = VecFrameStack(env, frame_stack)
     return env
@@ -512,7 +541,13 @@ class Teacher:
     def label(self, obs: np.ndarray) -> Labels:
         """One forward pass over a batch of raw observations: the recorded outputs and the greedy action."""
         policy = self.model.policy
-        obs_t, _ = policy.obs_to_tensor(self.normalize_obs(obs))
+        obs = self.normalize_obs(obs)
+        if obs.shape[1:] == policy.observation_space.shape:
+            # Already a batch in the network's layout: skip obs_to_tensor's per-call checks (~60 µs a
+            # step, as much as the forward pass of a small MLP). Scaling happens inside the network.
+            obs_t = torch.as_tensor(obs, device=policy.device)
+        else:  # e.g. channel-last images SB3 transposes for the network
+            obs_t, _ = policy.obs_to_tensor(obs)
         if self.algo == "dqn":
             q = _numpy(policy.q_net(obs_t))  # (batch, n_actions)
             return Labels(outputs={"teacher": q}, greedy=q.argmax(axis=-1))
