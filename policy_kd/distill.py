@@ -12,6 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from policy_kd.buffer import Buffer, Sampler
+from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
 from policy_kd.losses import LOSSES, LossConfig, compute_loss
@@ -144,6 +145,11 @@ def distill(config: DistillConfig) -> Path:
     )
     loss_cfg = config.loss_config
     env_id = meta["env_id"]
+    env_spec = meta.get("env_spec") or {"env_id": env_id}  # buffers without a spec: the plain registered env
+
+    def make_eval_env() -> Any:
+        return make_env_from_spec(env_spec)
+
     eval_seeds = [SELECTION_SEED + i for i in range(config.eval_episodes)]
 
     info: dict[str, Any] = {
@@ -186,7 +192,9 @@ def distill(config: DistillConfig) -> Path:
                 running_loss, running_agree, seen = 0.0, 0.0, 0
             if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
                 net.eval()
-                ret = float(run_episodes(net, env_id, eval_seeds).returns.mean())  # type: ignore[arg-type]
+                ret = float(
+                    run_episodes(net, env_id, eval_seeds, env_factory=make_eval_env).returns.mean()  # type: ignore[arg-type]
+                )
                 net.train()
                 tb.add_scalar("eval/mean_return", ret, step)
                 history.append(

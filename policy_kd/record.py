@@ -115,7 +115,12 @@ def _random_actions(space: gym.Space, n: int, rng: np.random.Generator) -> np.nd
     if isinstance(space, gym.spaces.Discrete):
         return rng.integers(int(space.n), size=n) + int(space.start)
     assert isinstance(space, gym.spaces.Box)
-    return rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32)
+    if space.is_bounded():
+        return rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32)
+    # Unbounded dimensions have no uniform distribution; Gymnasium's own sampler (normal/exponential
+    # there), seeded from our generator, keeps the recording reproducible.
+    space.seed(int(rng.integers(2**31)))
+    return np.stack([space.sample() for _ in range(n)]).astype(np.float32)
 
 
 class Behaviour:
@@ -228,6 +233,9 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
         "observation_space": space_json(obs_space),
         "action_space": space_json(teacher.action_space),
         "teacher": teacher_meta,
+        # how to rebuild the env exactly as the teacher saw it (wrappers, frame stacking), for evaluation
+        # of students without loading the teacher
+        "env_spec": teacher.env_spec,
     }
     source = {
         "behaviour": config.behaviour,
