@@ -28,7 +28,7 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -428,8 +428,24 @@ class Labels:
     """The teacher's deterministic action per state ``(batch, *action_shape)``."""
 
 
-@dataclass
-class Teacher:
+@dataclass(kw_only=True)
+class _EnvRecipe:
+    """How to rebuild the environment a teacher saw; shared by what load_teacher finds and the Teacher."""
+
+    env_id: str
+    frame_stack: int | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_wrappers: tuple[tuple[str, dict[str, Any]], ...] = ()
+    raw_env: bool = False
+    normalize_before_stack: bool = False
+
+    def recipe(self) -> dict[str, Any]:
+        """The recipe's fields as keyword arguments (to pass from a _Source to a Teacher)."""
+        return {f.name: getattr(self, f.name) for f in fields(_EnvRecipe)}
+
+
+@dataclass(kw_only=True)
+class Teacher(_EnvRecipe):
     """A loaded SB3 teacher with one-forward-pass access to its outputs and greedy actions.
 
     The environment is rebuilt as the teacher saw it (:attr:`env_spec`): ``make_env(env_id, raw=raw_env,
@@ -440,14 +456,8 @@ class Teacher:
 
     model: BaseAlgorithm
     algo: str
-    env_id: str
     path: str
     vec_normalize: VecNormalize | None = None
-    frame_stack: int | None = None
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    env_wrappers: tuple[tuple[str, dict[str, Any]], ...] = ()
-    raw_env: bool = False
-    normalize_before_stack: bool = False
 
     def __post_init__(self) -> None:
         space = self.model.action_space
@@ -517,12 +527,12 @@ class Teacher:
 
         ``teacher`` is always there: the output a student is distilled toward (see the module docstring).
         """
-        fields = {"teacher": ("float32", (self.n_outputs,))}
+        out = {"teacher": ("float32", (self.n_outputs,))}
         if self.algo == "qrdqn":
-            fields["teacher_quantiles"] = ("float32", (int(self.model.policy.n_quantiles), self.n_outputs))
+            out["teacher_quantiles"] = ("float32", (int(self.model.policy.n_quantiles), self.n_outputs))
         elif self.continuous:
-            fields["teacher_log_std"] = ("float32", (self.n_outputs,))
-        return fields
+            out["teacher_log_std"] = ("float32", (self.n_outputs,))
+        return out
 
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
         """Raw observations as the teacher's network takes them (VecNormalize statistics applied)."""
@@ -617,19 +627,13 @@ def _sample_logits(logits: np.ndarray, rng: np.random.Generator | None = None) -
 # ------------------------------------------------------------------------------- where a teacher lives
 
 
-@dataclass
-class _Source:
-    """What load_teacher found: the model file and how to rebuild the env the teacher saw."""
+@dataclass(kw_only=True)
+class _Source(_EnvRecipe):
+    """What load_teacher found: the model file, and how to rebuild the env the teacher saw."""
 
     zip_path: Path
-    env_id: str
     algo: str | None = None
     vecnorm_path: Path | None = None
-    frame_stack: int | None = None
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    env_wrappers: tuple[tuple[str, dict[str, Any]], ...] = ()
-    raw_env: bool = False
-    normalize_before_stack: bool = False
 
 
 def _run_folder_source(path: Path, env_id: str | None, algo: str | None) -> _Source:
@@ -842,17 +846,7 @@ def _load_source(src: _Source) -> Teacher:
     except Exception as exc:
         why = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise PolicyKDError(f"could not load teacher {src.zip_path} ({UNPICKLE_WARNING}): {why}") from None
-    teacher = Teacher(
-        model=model,
-        algo=algo,
-        env_id=src.env_id,
-        path=str(src.zip_path),
-        frame_stack=src.frame_stack,
-        env_kwargs=src.env_kwargs,
-        env_wrappers=src.env_wrappers,
-        raw_env=src.raw_env,
-        normalize_before_stack=src.normalize_before_stack,
-    )
+    teacher = Teacher(model=model, algo=algo, path=str(src.zip_path), **src.recipe())
     probe = teacher.make_vec_env(1, None)
     obs_space, act_space = probe.observation_space, probe.action_space
     probe.close()
