@@ -1,10 +1,11 @@
 """Distillation losses: pure functions of tensors, each averaged over the batch.
 
-Every loss takes ``student`` and ``teacher`` tensors of shape ``(batch, n_actions)``: the student's raw
-outputs (logits, or Q-values for ``mse``) and the teacher's recorded outputs (Q-values for DQN, action
-logits for PPO/A2C). Losses are means over the batch on purpose, so their size and their gradients do
-not grow with the batch size (CleanRL's QDagger sums instead). Nothing here knows about buffers,
-networks or SB3.
+The discrete losses take ``student`` and ``teacher`` tensors of shape ``(batch, n_actions)``: the
+student's raw outputs (logits, or Q-values for ``mse``) and the teacher's recorded outputs (Q-values for
+DQN, action logits for PPO/A2C). ``gaussian_kl`` compares diagonal Gaussians (continuous-action PPO/A2C
+teachers) and ``hint`` compares intermediate features. Losses are means over the batch on purpose, so
+their size and their gradients do not grow with the batch size (CleanRL's QDagger sums instead). Nothing
+here knows about buffers, networks or SB3.
 """
 
 from __future__ import annotations
@@ -12,10 +13,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LOSSES", "LossConfig", "compute_loss", "hinton", "kl", "mse", "nll"]
+__all__ = [
+    "CONTINUOUS_LOSSES",
+    "DISCRETE_LOSSES",
+    "LOSSES",
+    "LossConfig",
+    "compute_loss",
+    "gaussian_kl",
+    "hint",
+    "hinton",
+    "kl",
+    "kl_entropy",
+    "mse",
+    "nll",
+]
 
 
 def _check(student: Tensor, teacher: Tensor) -> None:
@@ -72,32 +87,121 @@ def hinton(student: Tensor, teacher: Tensor, *, temperature: float = 2.0, lam: f
     return lam * soft + (1.0 - lam) * nll(student, teacher)
 
 
+def kl_entropy(student: Tensor, teacher: Tensor, *, tau: float = 0.01, beta: float = 0.01) -> Tensor:
+    """Entropy-regularised distillation: ``kl(student, teacher, tau) - beta * H(softmax(student))``.
+
+    Czarnecki et al. (2019) show that plain cross-entropy to a near-deterministic teacher drives the
+    student to a collapsed policy whose errors compound once it drives the data; an entropy bonus keeps
+    its distribution soft where the teacher is indifferent. ``beta = 0`` is ``kl`` exactly; the loss is
+    bounded below by ``-beta * log(n_actions)``.
+    """
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    log_q = F.log_softmax(student.float(), dim=-1)
+    entropy = -(log_q.exp() * log_q).sum(dim=-1).mean()
+    return kl(student, teacher, tau=tau) - beta * entropy
+
+
+def gaussian_kl(
+    student_mean: Tensor,
+    student_log_std: Tensor,
+    teacher_mean: Tensor,
+    teacher_log_std: Tensor,
+    *,
+    direction: str = "forward",
+) -> Tensor:
+    """Closed-form KL between diagonal Gaussians, summed over action dimensions, batch mean.
+
+    ``direction="forward"`` is KL(teacher || student) (mode-covering: the student must put mass wherever
+    the teacher does, the usual distillation target); ``"reverse"`` is KL(student || teacher)
+    (mode-seeking, as in on-policy distillation). Means are ``(batch, act_dim)``; log-stds are the same
+    shape or broadcastable to it (a state-independent ``(act_dim,)`` log-std, as SB3's PPO has).
+    Pre-squash means are compared, so for squashed (SAC-style) teachers this is the KL of the Gaussians
+    before tanh, which bounds the KL after it.
+    """
+    if student_mean.shape != teacher_mean.shape or student_mean.dim() != 2 or student_mean.shape[0] == 0:
+        raise ValueError(
+            f"student and teacher means must both be (batch, act_dim) with batch > 0; got "
+            f"{tuple(student_mean.shape)} and {tuple(teacher_mean.shape)}"
+        )
+    if direction not in ("forward", "reverse"):
+        raise ValueError(f"direction must be forward or reverse, got {direction!r}")
+    mu_s, mu_t = student_mean.float(), teacher_mean.float()
+    ls_s = torch.broadcast_to(student_log_std.float(), mu_s.shape)
+    ls_t = torch.broadcast_to(teacher_log_std.float(), mu_t.shape)
+    if direction == "reverse":
+        mu_s, mu_t, ls_s, ls_t = mu_t, mu_s, ls_t, ls_s
+    # KL(N(mu_t, s_t) || N(mu_s, s_s)) per dim = log(s_s/s_t) + (s_t^2 + (mu_t - mu_s)^2) / (2 s_s^2) - 1/2,
+    # written with exp(2 * (ls_t - ls_s)) so equal log-stds give exactly 0 without dividing tiny numbers.
+    per_dim = (
+        (ls_s - ls_t) + 0.5 * (torch.exp(2 * (ls_t - ls_s)) + ((mu_t - mu_s) * torch.exp(-ls_s)) ** 2) - 0.5
+    )
+    return per_dim.sum(dim=-1).mean()
+
+
+def hint(student_features: Tensor, teacher_features: Tensor) -> Tensor:
+    """FitNets-style hint loss: mean squared error between (projected) student and teacher features.
+
+    ``student_features`` must already be mapped to the teacher's feature width (distill learns that
+    projection alongside the student); both are ``(batch, width)``.
+    """
+    if student_features.shape != teacher_features.shape or student_features.dim() != 2:
+        raise ValueError(
+            f"hint needs (batch, width) features of one shape; got {tuple(student_features.shape)} and "
+            f"{tuple(teacher_features.shape)} (project the student's features to the teacher's width first)"
+        )
+    return F.mse_loss(student_features.float(), teacher_features.float())
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Which loss to use and its settings; ``compute_loss`` applies it."""
 
     name: str = "kl"
-    """One of ``LOSSES``: kl, nll, mse, hinton."""
+    """One of ``LOSSES``: kl, nll, mse, hinton, kl_entropy (discrete); gaussian_kl, mse (continuous)."""
     tau: float = 0.01
     """Teacher temperature for ``kl``."""
     temperature: float = 2.0
     """Temperature T for ``hinton`` (both sides softened)."""
     lam: float = 0.5
     """Weight of the soft term for ``hinton``; 1 - lam goes to the hard (nll) term."""
+    beta: float = 0.01
+    """Entropy bonus weight for ``kl_entropy``."""
+    direction: str = "forward"
+    """``gaussian_kl`` direction: forward = KL(teacher || student), reverse = KL(student || teacher)."""
 
 
-LOSSES: dict[str, Callable[[Tensor, Tensor, LossConfig], Tensor]] = {
+DISCRETE_LOSSES: dict[str, Callable[[Tensor, Tensor, LossConfig], Tensor]] = {
     "kl": lambda s, t, c: kl(s, t, tau=c.tau),
     "nll": lambda s, t, c: nll(s, t),
     "mse": lambda s, t, c: mse(s, t),
     "hinton": lambda s, t, c: hinton(s, t, temperature=c.temperature, lam=c.lam),
+    "kl_entropy": lambda s, t, c: kl_entropy(s, t, tau=c.tau, beta=c.beta),
 }
+"""Losses for discrete actions: student logits vs teacher Q-values/logits."""
+
+CONTINUOUS_LOSSES = ("gaussian_kl", "mse")
+"""Losses for Gaussian (continuous-action) teachers: ``mse`` regresses the mean only."""
+
+LOSSES = (*DISCRETE_LOSSES, "gaussian_kl")
+"""Every output loss by name (``hint`` is added on top of any of them, with its own weight)."""
 
 
-def compute_loss(student: Tensor, teacher: Tensor, config: LossConfig) -> Tensor:
-    """Apply the loss named by ``config.name`` (see ``LOSSES``)."""
+def compute_loss(
+    student: Tensor,
+    teacher: Tensor,
+    config: LossConfig,
+    *,
+    student_log_std: Tensor | None = None,
+    teacher_log_std: Tensor | None = None,
+) -> Tensor:
+    """Apply the loss named by ``config.name``; ``gaussian_kl`` also needs both log-stds."""
+    if config.name == "gaussian_kl":
+        if student_log_std is None or teacher_log_std is None:
+            raise ValueError("gaussian_kl needs student_log_std and teacher_log_std")
+        return gaussian_kl(student, student_log_std, teacher, teacher_log_std, direction=config.direction)
     try:
-        fn = LOSSES[config.name]
+        fn = DISCRETE_LOSSES[config.name]
     except KeyError:
         raise ValueError(f"unknown loss {config.name!r}; choose one of {', '.join(LOSSES)}") from None
     return fn(student, teacher, config)

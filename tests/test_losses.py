@@ -410,4 +410,150 @@ def test_unknown_loss_name_raises_and_lists_valid_names(bad):
     assert repr(bad) in message
     for name in NAMES:
         assert name in message
-    assert set(L.LOSSES) == set(NAMES)
+    assert set(L.LOSSES) == {*NAMES, "kl_entropy", "gaussian_kl"}
+
+
+# --------------------------------------------------------------------------------------------------
+# kl_entropy (Czarnecki et al. 2019)
+# --------------------------------------------------------------------------------------------------
+
+
+def _entropy_np(s: np.ndarray) -> float:
+    log_q = _log_softmax_np(s)
+    return float(-(np.exp(log_q) * log_q).sum(-1).mean())
+
+
+@SETTINGS
+@given(data=pairs(), tau=st.sampled_from(TAUS))
+def test_kl_entropy_beta0_is_kl(data, tau):
+    s, t = _t(data[0]), _t(data[1])
+    assert torch.equal(L.kl_entropy(s, t, tau=tau, beta=0.0), L.kl(s, t, tau=tau))
+
+
+@SETTINGS
+@given(data=pairs(s_bound=20.0), tau=st.sampled_from(TAUS), beta=st.floats(0.0, 1.0))
+def test_kl_entropy_is_kl_minus_entropy_bonus_and_bounded(data, tau, beta):
+    s, t = data
+    value = L.kl_entropy(_t(s), _t(t), tau=tau, beta=beta).item()
+    expected = L.kl(_t(s), _t(t), tau=tau).item() - beta * _entropy_np(s)
+    assert value == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert value >= -beta * math.log(s.shape[1]) - 1e-5
+
+
+def test_kl_entropy_gradient_raises_student_entropy_at_equal_kl():
+    # uniform teacher at tau=1, student a bit peaked: both terms push toward uniform, the bonus adds to it
+    s = torch.tensor([[2.0, 0.0, 0.0]], requires_grad=True)
+    t = torch.zeros(1, 3)
+    (g0,) = torch.autograd.grad(L.kl_entropy(s, t, tau=1.0, beta=0.0), s)
+    (g1,) = torch.autograd.grad(L.kl_entropy(s, t, tau=1.0, beta=0.5), s)
+    assert g1[0, 0] > g0[0, 0] > 0  # descending lowers the peaked logit more with the bonus
+
+
+def test_kl_entropy_rejects_negative_beta():
+    with pytest.raises(ValueError, match="beta"):
+        L.kl_entropy(torch.zeros(2, 3), torch.zeros(2, 3), beta=-0.1)
+
+
+# --------------------------------------------------------------------------------------------------
+# gaussian_kl
+# --------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def gaussians(draw, bound: float = 5.0):
+    batch, dim = draw(st.integers(1, 8)), draw(st.integers(1, 4))
+    arr = lambda b: draw(hnp.arrays(np.float64, (batch, dim), elements=_floats(b)))  # noqa: E731
+    return arr(bound), arr(2.0), arr(bound), arr(2.0)
+
+
+def _gkl_ref(mu_s, ls_s, mu_t, ls_t):
+    """KL(N(mu_t, e^ls_t) || N(mu_s, e^ls_s)) via torch.distributions, float64."""
+    p = torch.distributions.Normal(_t(mu_t), _t(ls_t).exp())
+    q = torch.distributions.Normal(_t(mu_s), _t(ls_s).exp())
+    return torch.distributions.kl_divergence(p, q).sum(-1).mean().item()
+
+
+@SETTINGS
+@given(g=gaussians())
+def test_gaussian_kl_matches_torch_distributions_both_directions(g):
+    mu_s, ls_s, mu_t, ls_t = g
+    fwd = L.gaussian_kl(_t(mu_s), _t(ls_s), _t(mu_t), _t(ls_t)).item()
+    rev = L.gaussian_kl(_t(mu_s), _t(ls_s), _t(mu_t), _t(ls_t), direction="reverse").item()
+    assert fwd == pytest.approx(_gkl_ref(mu_s, ls_s, mu_t, ls_t), rel=1e-4, abs=1e-4)
+    assert rev == pytest.approx(_gkl_ref(mu_t, ls_t, mu_s, ls_s), rel=1e-4, abs=1e-4)
+    assert fwd >= -1e-6 and rev >= -1e-6
+
+
+@SETTINGS
+@given(g=gaussians())
+def test_gaussian_kl_zero_iff_equal(g):
+    mu, ls, other_mu, _ = g
+    assert L.gaussian_kl(_t(mu), _t(ls), _t(mu), _t(ls)).item() == 0.0
+    if not np.allclose(mu, other_mu, atol=1e-2):
+        assert L.gaussian_kl(_t(other_mu), _t(ls), _t(mu), _t(ls)).item() > 0
+
+
+@SETTINGS
+@given(g=gaussians(), shift=_floats(100.0))
+def test_gaussian_kl_invariant_to_shifting_both_means(g, shift):
+    mu_s, ls_s, mu_t, ls_t = g
+    a = L.gaussian_kl(_t(mu_s), _t(ls_s), _t(mu_t), _t(ls_t)).item()
+    b = L.gaussian_kl(_t(mu_s + shift), _t(ls_s), _t(mu_t + shift), _t(ls_t)).item()
+    assert b == pytest.approx(a, rel=1e-4, abs=1e-3)  # float32 rounding of means shifted by up to 100
+
+
+@SETTINGS
+@given(g=gaussians(), k=st.integers(2, 4))
+def test_gaussian_kl_batch_size_independent(g, k):
+    tiled = [_t(np.tile(x, (k, 1))) for x in g]
+    assert L.gaussian_kl(*tiled).item() == pytest.approx(L.gaussian_kl(*map(_t, g)).item(), rel=1e-6)
+
+
+def test_gaussian_kl_broadcasts_state_independent_log_std():
+    mu_s, mu_t = torch.zeros(4, 2), torch.ones(4, 2)
+    ls = torch.tensor([0.0, math.log(2.0)])
+    full = L.gaussian_kl(mu_s, ls.expand(4, 2), mu_t, ls.expand(4, 2))
+    assert torch.equal(L.gaussian_kl(mu_s, ls, mu_t, ls), full)
+    # hand value: per dim (mu diff)^2 / (2 sigma^2): 0.5 + 0.125
+    assert full.item() == pytest.approx(0.625)
+
+
+def test_gaussian_kl_extreme_inputs_finite_in_float32():
+    mu_s = torch.tensor([[1e4, -1e4]], requires_grad=True)
+    ls_s = torch.tensor([[-5.0, 5.0]], requires_grad=True)
+    value = L.gaussian_kl(mu_s, ls_s, torch.tensor([[-1e4, 1e4]]), torch.tensor([[5.0, -5.0]]))
+    assert torch.isfinite(value)
+    grads = torch.autograd.grad(value, (mu_s, ls_s))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_gaussian_kl_via_compute_loss_and_errors():
+    m, ls = torch.zeros(3, 2), torch.zeros(2)
+    cfg = L.LossConfig(name="gaussian_kl", direction="reverse")
+    assert L.compute_loss(m, m + 1, cfg, student_log_std=ls, teacher_log_std=ls).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="log_std"):
+        L.compute_loss(m, m, cfg)
+    with pytest.raises(ValueError, match="direction"):
+        L.gaussian_kl(m, ls, m, ls, direction="sideways")
+    with pytest.raises(ValueError, match="batch, act_dim"):
+        L.gaussian_kl(m, ls, torch.zeros(3, 3), ls)
+
+
+# --------------------------------------------------------------------------------------------------
+# hint
+# --------------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(data=pairs())
+def test_hint_is_mse_zero_iff_equal_and_batch_independent(data):
+    s, t = data
+    assert L.hint(_t(s), _t(s)).item() == 0.0
+    assert L.hint(_t(s), _t(t)).item() == pytest.approx(float(((s - t) ** 2).mean()), rel=1e-5, abs=1e-5)
+    tiled = L.hint(_t(np.tile(s, (3, 1))), _t(np.tile(t, (3, 1)))).item()
+    assert tiled == pytest.approx(L.hint(_t(s), _t(t)).item(), rel=1e-6, abs=1e-6)
+
+
+def test_hint_rejects_unprojected_features():
+    with pytest.raises(ValueError, match="project"):
+        L.hint(torch.zeros(4, 8), torch.zeros(4, 64))
