@@ -409,46 +409,94 @@ class Buffer:
 
 
 class Sampler:
-    """Uniform minibatches (with replacement) of buffer fields as torch tensors, with no per-sample Python.
+    """Minibatches (with replacement) of buffer fields as torch tensors, with no per-sample Python.
 
-    ``in_memory=True`` copies the fields into tensors once (fastest); ``False`` gathers each batch from the
-    memory-mapped segments (the OS page cache holds what fits, so a buffer larger than RAM works); ``None``
-    picks in-memory when the fields take less than ``max_ram_bytes``.
+    Rows are drawn uniformly over all rows of ``buffers`` (one buffer or several: e.g. a teacher-driven
+    buffer plus DAgger rounds), or, with ``source_weights``, each row's *source* (one recording: a
+    ``(buffer, source)`` pair, in buffer order then source order) is drawn with those probabilities and
+    the row uniformly within it. ``in_memory=True`` copies the fields into RAM once (fastest); ``False``
+    gathers each batch from the memory-mapped segments (the OS page cache holds what fits, so a buffer
+    larger than RAM works); ``None`` picks in-memory when the fields take less than ``max_ram_bytes``.
     """
 
     def __init__(
         self,
-        buffer: Buffer,
+        buffers: Buffer | list[Buffer],
         names: tuple[str, ...],
         *,
         seed: int = 0,
         in_memory: bool | None = None,
         max_ram_bytes: int = 2 << 30,
         sources: tuple[int, ...] | None = None,
+        source_weights: tuple[float, ...] | None = None,
     ):
+        buffers = [buffers] if isinstance(buffers, Buffer) else list(buffers)
         self.names = names
         self.gen = torch.Generator().manual_seed(seed)
-        segs = [i for i, s in enumerate(buffer.segments) if sources is None or s["source"] in sources]
+        segs = [
+            (b, i, (bi, s["source"]))
+            for bi, b in enumerate(buffers)
+            for i, s in enumerate(b.segments)
+            if sources is None or s["source"] in sources
+        ]
         if not segs:
-            raise PolicyKDError(f"buffer {buffer.path} has no rows from sources {sources}")
-        self.arrays = {k: [buffer.segment_array(i, k) for i in segs] for k in names}
-        sizes = np.array([buffer.segments[i]["rows"] for i in segs], dtype=np.int64)
+            raise PolicyKDError(f"buffer {buffers[0].path} has no rows from sources {sources}")
+        # group segments by source so that each source's rows are one contiguous range
+        segs.sort(key=lambda x: x[2])
+        self.arrays = {k: [b.segment_array(i, k) for b, i, _ in segs] for k in names}
+        sizes = np.array([b.segments[i]["rows"] for b, i, _ in segs], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.rows = int(self.offsets[-1])
-        nbytes = sum(self.rows * buffer.fields[k].row_bytes for k in names)
+        self.source_keys = sorted({key for _, _, key in segs})
+        self.source_rows = np.array(
+            [
+                sum(int(n) for (_, _, key), n in zip(segs, sizes, strict=True) if key == k)
+                for k in self.source_keys
+            ]
+        )
+        self.source_starts = np.concatenate([[0], np.cumsum(self.source_rows)[:-1]])
+        self.weights: torch.Tensor | None = None
+        if source_weights is not None:
+            if (
+                len(source_weights) != len(self.source_keys)
+                or min(source_weights) < 0
+                or sum(source_weights) <= 0
+            ):
+                raise PolicyKDError(
+                    f"--source-weights needs {len(self.source_keys)} non-negative numbers (one per recording, "
+                    f"not all 0), got {list(source_weights)}"
+                )
+            self.weights = torch.tensor(source_weights, dtype=torch.float64)
+        fields = buffers[0].fields
+        nbytes = sum(self.rows * fields[k].row_bytes for k in names)
         self.in_memory = nbytes <= max_ram_bytes if in_memory is None else in_memory
         if self.in_memory:
             self.in_ram = {k: np.concatenate(v) for k, v in self.arrays.items()}
 
+    def indices(self, batch_size: int) -> np.ndarray:
+        """Global row indices of the next minibatch (advances the generator)."""
+        if self.weights is None:
+            return torch.randint(self.rows, (batch_size,), generator=self.gen).numpy()
+        which = torch.multinomial(self.weights, batch_size, replacement=True, generator=self.gen).numpy()
+        u = torch.rand(batch_size, generator=self.gen, dtype=torch.float64).numpy()
+        within = np.minimum((u * self.source_rows[which]).astype(np.int64), self.source_rows[which] - 1)
+        return self.source_starts[which] + within
+
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        idx = torch.randint(self.rows, (batch_size,), generator=self.gen)
+        idx = self.indices(batch_size)
         if self.in_memory:
             # numpy's take gathers rows of small dtypes (uint8 frames) about twice as fast as tensor indexing
-            idx_np = idx.numpy()
-            return {k: torch.from_numpy(a.take(idx_np, axis=0)) for k, a in self.in_ram.items()}
+            return {k: torch.from_numpy(a.take(idx, axis=0)) for k, a in self.in_ram.items()}
         # Sorted indices read the memory maps front to back; one fancy-index per segment, not per sample.
-        idx_np = np.sort(idx.numpy())
-        return {k: torch.from_numpy(_gather(parts, self.offsets, idx_np)) for k, parts in self.arrays.items()}
+        idx = np.sort(idx)
+        return {k: torch.from_numpy(_gather(parts, self.offsets, idx)) for k, parts in self.arrays.items()}
+
+    def state(self) -> torch.Tensor:
+        """The generator's state, to checkpoint (restore with ``set_state``) for bit-identical resumption."""
+        return self.gen.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.gen.set_state(state)
 
 
 def _gather(parts: list[np.ndarray], offsets: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -1,75 +1,133 @@
-"""Distil a student from a recorded buffer of teacher outputs."""
+"""Distil a student from recorded teacher outputs: teacher-driven (a fixed buffer) or student-driven rounds.
+
+One training loop serves both regimes. Teacher-driven: minibatches from ``--buffer``. Student-driven
+(DAgger, Ross et al. 2011; Czarnecki et al. 2019): ``--rounds K`` alternates distilling with recording
+``--round-steps`` new states in which the current student acts (or a mixture with probability beta that
+the teacher acts) while the teacher labels every state; each round's data joins the training set.
+
+Everything that influences the weights (network, projection, optimiser, schedule, sampler generator, torch
+RNG, round) is checkpointed every ``--checkpoint-every`` steps, so ``--resume`` after a kill reproduces
+the uninterrupted run's weights bit for bit on CPU.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import yaml
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from policy_kd.buffer import Buffer, Sampler
+from policy_kd.config import config_from_mapping
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
-from policy_kd.losses import LOSSES, LossConfig, compute_loss
+from policy_kd.losses import CONTINUOUS_LOSSES, DISCRETE_LOSSES, LOSSES, LossConfig, compute_loss, hint, kl
 from policy_kd.run import prepare_out_dir, write_json, write_run_info
-from policy_kd.students import STUDENTS, build_student, count_params, save_student, size_student
+from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
 
 # Episodes used to pick the best checkpoint start here, far from evaluate's default seeds (0..N), so the
 # final comparison is not made on the episodes that selected the student.
 SELECTION_SEED = 1_000_000
+CHECKPOINT = "checkpoint.pt"
+BETA_SCHEDULES = ("linear", "constant", "exponential")
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Train a student to match the teacher outputs stored in a buffer."""
+    """Train a student to match the teacher outputs stored in a buffer (optionally in DAgger rounds)."""
 
     buffer: str | None = None
-    """Buffer folder written by policy-kd record."""
+    """Buffer folder written by policy-kd record (the teacher-driven data; optional with --rounds > 1)."""
     out: str | None = None
-    """Student folder to create (refused if it exists, unless --force)."""
+    """Student folder to create (refused if it exists, unless --force or --resume)."""
+    teacher: str | None = None
+    """Teacher for --hint-weight and --rounds (default: the one that recorded --buffer)."""
+    env: str | None = None
+    """Environment id, for a plain .zip --teacher without a buffer."""
     student: str = "mlp"
-    """Student architecture (registry name): mlp."""
+    """Student architecture (registry name): mlp, nature_cnn (84x84 images) or minatar_cnn (small images)."""
     hidden: tuple[int, ...] | None = None
     """Explicit hidden widths, e.g. --hidden 32 32; overrides --params-fraction."""
+    channels: tuple[int, ...] | None = None
+    """Explicit conv channels of a CNN student, e.g. --channels 8 (minatar_cnn) or 16 32 32 (nature_cnn)."""
     params_fraction: float = 0.01
     """Student size as a fraction of the teacher's policy parameters (widths solved, actual count reported)."""
     layers: int = 2
-    """Hidden layers when sizing by --params-fraction."""
+    """Hidden layers of an mlp student sized by --params-fraction."""
     activation: str = "relu"
     """Hidden activation: relu, tanh, elu, gelu."""
     normalize_obs: bool = True
     """Standardise the student's inputs with the buffer's observation mean/std (stored with the student)."""
     loss: str = "kl"
-    """Loss: kl (Rusu et al. 2016), nll (teacher argmax), mse (regress outputs), hinton (soft at T + hard)."""
+    """Loss: kl (Rusu et al. 2016), nll (teacher argmax), mse (regress outputs), hinton (soft at T + hard),
+    kl_entropy (kl minus an entropy bonus, Czarnecki et al. 2019); gaussian_kl or mse for continuous actions."""
     tau: float = 0.01
-    """Teacher temperature for kl (low tau sharpens the target)."""
+    """Teacher temperature for kl and kl_entropy (low tau sharpens the target)."""
     temperature: float = 2.0
     """Temperature T for hinton (both sides softened, soft term scaled by T^2)."""
     lam: float = 0.5
     """hinton weight of the soft term; 1 - lam goes to the hard nll term."""
+    entropy_coef: float = 0.01
+    """kl_entropy: weight of the student's entropy bonus."""
+    direction: str = "forward"
+    """gaussian_kl: forward = KL(teacher || student), reverse = KL(student || teacher)."""
+    hint_weight: float = 0.0
+    """Weight of the hint loss (student features, through a learned linear projection, regressed on the
+    input of the teacher's output layer); 0: off. Needs the teacher."""
     steps: int = 5_000
-    """Gradient steps."""
+    """Gradient steps (per round with --rounds)."""
     batch_size: int = 256
-    """Minibatch size (sampled uniformly with replacement from the buffer)."""
+    """Minibatch size (sampled with replacement)."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (0: plain Adam)."""
     lr_schedule: str = "constant"
-    """Learning-rate schedule: constant, or cosine (decays to 0 at the last step, which steadies the final weights)."""
+    """Learning-rate schedule: constant, or cosine (to 0 at the last step of the last round)."""
+    max_grad_norm: float = 0.0
+    """Clip the gradient's global norm to this (0: no clipping)."""
+    source_weights: tuple[float, ...] | None = None
+    """Sampling probability per recording (buffer sources in order, then one per round); default: uniform over rows."""
     eval_every: int = 1_000
     """Steps between environment evaluations that select the best checkpoint (0: never; last = best)."""
     eval_episodes: int = 10
     """Episodes per periodic evaluation (seeds from 1,000,000 on, apart from evaluate's)."""
+    patience: int = 0
+    """Stop after this many evaluations without a better (return, agreement); 0: never stop early."""
+    target_return: float | None = None
+    """Stop once an evaluation reaches this mean return (e.g. the teacher's); default: never."""
     log_every: int = 100
     """Steps between TensorBoard scalars."""
+    checkpoint_every: int = 1_000
+    """Steps between resumable checkpoints (checkpoint.pt; 0: none)."""
+    resume: bool = False
+    """Continue the interrupted run in --out from its last checkpoint, with its saved options."""
+    rounds: int = 1
+    """Student-driven rounds (DAgger): 1 = teacher-driven only; K > 1 records K-1 rounds of new states."""
+    behaviour: str = "mixture"
+    """Who acts in rounds: mixture (teacher with probability beta, else the student) or student."""
+    beta: float = 1.0
+    """Starting beta of the mixture (probability that the teacher acts)."""
+    beta_schedule: str = "linear"
+    """beta in round r of K-1: linear (beta * (1 - r / (K - 1))), constant (beta), exponential (beta ** r)."""
+    round_steps: int = 10_000
+    """States recorded (and labelled by the teacher) per round."""
+    round_n_envs: int = 1
+    """Parallel environments while recording a round."""
     in_memory: bool | None = None
-    """Hold the buffer's obs and teacher fields in RAM (fastest) or sample them memory-mapped; default: in RAM when under 2 GiB."""
+    """Hold the sampled fields in RAM (fastest) or sample them memory-mapped; default: in RAM when under 2 GiB."""
     seed: int = 0
-    """Seed for weight initialisation and minibatch sampling."""
+    """Seed for weight initialisation, minibatch sampling and round recordings."""
     threads: int = 1
     """torch CPU threads."""
     progress: bool = True
@@ -78,153 +136,455 @@ class DistillConfig:
     """Replace an existing --out folder."""
 
     def validate(self) -> None:
-        if self.buffer is None:
+        if self.resume:
+            if self.out is None:
+                raise PolicyKDError("--resume needs --out DIR (the interrupted distill run)")
+            return
+        if self.buffer is None and self.rounds <= 1:
             raise PolicyKDError("distill needs a buffer: pass --buffer DIR (written by policy-kd record)")
+        if self.buffer is None and self.teacher is None:
+            raise PolicyKDError("--rounds without --buffer needs --teacher (who labels the states)")
         if self.loss not in LOSSES:
             raise PolicyKDError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.student not in STUDENTS:
             raise PolicyKDError(f"unknown student {self.student!r}; choose one of {', '.join(STUDENTS)}")
-        if self.tau <= 0:
-            raise PolicyKDError(f"--tau must be > 0, got {self.tau}")
-        if self.temperature <= 0:
-            raise PolicyKDError(f"--temperature must be > 0, got {self.temperature}")
+        for name in ("tau", "temperature", "params_fraction", "lr"):
+            if not getattr(self, name) > 0:
+                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.lam <= 1.0:
             raise PolicyKDError(f"--lam must lie in [0, 1], got {self.lam}")
-        if self.params_fraction <= 0:
-            raise PolicyKDError(f"--params-fraction must be > 0, got {self.params_fraction}")
-        for name in ("steps", "batch_size", "eval_episodes", "log_every", "layers", "threads"):
+        if not 0.0 <= self.beta <= 1.0:
+            raise PolicyKDError(f"--beta must lie in [0, 1], got {self.beta}")
+        for name in ("steps", "batch_size", "eval_episodes", "log_every", "layers", "threads", "rounds"):
             if getattr(self, name) <= 0:
                 raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise PolicyKDError(f"unknown --lr-schedule {self.lr_schedule!r}; choose constant or cosine")
-        if self.eval_every < 0 or self.lr <= 0:
-            raise PolicyKDError("--eval-every must be >= 0 and --lr > 0")
+        for name in (
+            "entropy_coef",
+            "hint_weight",
+            "weight_decay",
+            "max_grad_norm",
+            "eval_every",
+            "patience",
+        ):
+            if getattr(self, name) < 0:
+                raise PolicyKDError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.checkpoint_every < 0 or self.round_steps <= 0 or self.round_n_envs <= 0:
+            raise PolicyKDError("--checkpoint-every must be >= 0, --round-steps and --round-n-envs > 0")
+        choices = {
+            "lr_schedule": ("constant", "cosine"),
+            "direction": ("forward", "reverse"),
+            "behaviour": ("mixture", "student"),
+            "beta_schedule": BETA_SCHEDULES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise PolicyKDError(
+                    f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
+                )
 
     @property
     def loss_config(self) -> LossConfig:
-        return LossConfig(name=self.loss, tau=self.tau, temperature=self.temperature, lam=self.lam)
+        return LossConfig(
+            name=self.loss,
+            tau=self.tau,
+            temperature=self.temperature,
+            lam=self.lam,
+            beta=self.entropy_coef,
+            direction=self.direction,
+        )
+
+    def round_beta(self, r: int) -> float:
+        """The mixture's beta in round ``r`` (1 .. rounds-1)."""
+        if self.behaviour == "student":
+            return 0.0
+        if self.beta_schedule == "constant":
+            return self.beta
+        if self.beta_schedule == "exponential":
+            return self.beta**r
+        return self.beta * (1.0 - r / max(self.rounds - 1, 1))
 
 
 def distill(config: DistillConfig) -> Path:
     """Distil a student into ``config.out``; return the folder. ``student.json`` is written last."""
     config.validate()
-    buffer = Buffer.open(config.buffer)  # type: ignore[arg-type]
-    meta = buffer.meta
-    if meta.get("action_space", {}).get("type") != "Discrete":
-        raise PolicyKDError(
-            f"buffer {config.buffer} has actions {meta.get('action_space')}; only discrete actions are supported so far"
-        )
-    out = prepare_out_dir(config.out, force=config.force, what="student folder", inputs=(config.buffer,))
+    if config.resume:
+        out = Path(config.out)  # type: ignore[arg-type]
+        config = _saved_config(out, progress=config.progress)
+    else:
+        inputs = (config.buffer, config.teacher)
+        out = prepare_out_dir(config.out, force=config.force, what="student folder", inputs=inputs)
+        write_run_info(out, config, job="distill")
     torch.set_num_threads(config.threads)
-    write_run_info(out, config, job="distill")
+    return _Run(config, out).train()
 
-    sampler = Sampler(buffer, ("obs", "teacher"), seed=config.seed, in_memory=config.in_memory)
-    obs_shape = buffer.fields["obs"].shape
-    (n_actions,) = buffer.fields["teacher"].shape
-    teacher_params = int(meta["teacher"]["policy_params"])
-    spec = size_student(
-        config.student,
-        obs_shape,
-        n_actions,
-        hidden=config.hidden,
-        params_fraction=config.params_fraction,
-        teacher_params=teacher_params,
-        layers=config.layers,
-        activation=config.activation,
-    )
-    torch.manual_seed(config.seed)
-    net = build_student(spec)
-    if config.normalize_obs and hasattr(net, "set_obs_stats"):
-        net.set_obs_stats(torch.from_numpy(buffer.spaced("obs", 200_000)))
-    params = count_params(net)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
-        if config.lr_schedule == "cosine"
-        else None
-    )
-    loss_cfg = config.loss_config
-    env_id = meta["env_id"]
-    env_spec = meta.get("env_spec") or {"env_id": env_id}  # buffers without a spec: the plain registered env
 
-    def make_eval_env() -> Any:
-        return make_env_from_spec(env_spec)
-
-    eval_seeds = [SELECTION_SEED + i for i in range(config.eval_episodes)]
-
-    info: dict[str, Any] = {
-        "env_id": env_id,
-        "action_space": meta["action_space"],
-        "observation_space": meta["observation_space"],
-        "teacher": meta["teacher"],
-        "buffer": str(Path(config.buffer).resolve()),  # type: ignore[arg-type]
-        "loss": loss_cfg.__dict__,
-        "params": params,
-        "teacher_params": teacher_params,
-        "params_ratio": params / teacher_params,
-    }
-    history: list[dict[str, Any]] = []
-    best: tuple[float, float] | None = None  # (eval return, agreement) of the best checkpoint
-    tb = SummaryWriter(str(out / "tb"))
-    start = time.perf_counter()
-    running_loss, running_agree, seen = 0.0, 0.0, 0
-    bar = tqdm(range(1, config.steps + 1), disable=not config.progress, desc="distill", unit="step")
+def _saved_config(out: Path, *, progress: bool) -> DistillConfig:
+    if not (out / CHECKPOINT).is_file():
+        if (out / "student.json").is_file():
+            raise PolicyKDError(f"{out} holds a finished student; nothing to resume")
+        raise PolicyKDError(
+            f"{out} has no {CHECKPOINT} to resume from; run distill again with --force to start over"
+        )
     try:
-        for step in bar:
-            batch = sampler.sample(config.batch_size)
-            s_out = net(batch["obs"])  # (batch, n_actions)
-            t_out = batch["teacher"]
-            loss = compute_loss(s_out, t_out, loss_cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            with torch.no_grad():
-                running_loss += loss.item()
-                running_agree += (s_out.argmax(-1) == t_out.argmax(-1)).float().mean().item()
-                seen += 1
-            if step % config.log_every == 0 or step == config.steps:
-                tb.add_scalar("distill/loss", running_loss / seen, step)
-                tb.add_scalar("distill/agreement", running_agree / seen, step)
-                bar.set_postfix(loss=f"{running_loss / seen:.4f}", agree=f"{running_agree / seen:.3f}")
-                last_loss, last_agree = running_loss / seen, running_agree / seen
-                running_loss, running_agree, seen = 0.0, 0.0, 0
-            if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
-                net.eval()
-                ret = float(
-                    run_episodes(net, env_id, eval_seeds, env_factory=make_eval_env).returns.mean()  # type: ignore[arg-type]
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        saved.pop("job", None)
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise PolicyKDError(f"{out}/config.yaml is unreadable ({exc}); start over with --force") from None
+    cfg = config_from_mapping(DistillConfig, saved, source=f"{out}/config.yaml")
+    return replace(cfg, resume=True, progress=progress, force=False)
+
+
+class _Run:
+    """One distillation run: data, networks, optimiser, and the loop with its checkpoints."""
+
+    def __init__(self, config: DistillConfig, out: Path):
+        self.cfg, self.out = config, out
+        self._teacher: Any = None
+        self.buffers: list[Buffer] = [Buffer.open(config.buffer)] if config.buffer else []
+        if self.buffers:
+            self.meta = self.buffers[0].meta
+        else:  # rounds only: the first round is recorded by the teacher itself
+            self.meta = {}
+        self.teacher_path = config.teacher or (self.meta.get("teacher") or {}).get("path")
+        if not self.buffers:
+            self._record_round(0, student_dir=None)
+            self.meta = self.buffers[0].meta
+        meta = self.meta
+        kind = meta["teacher"]["kind"]
+        self.continuous = meta.get("action_space", {}).get("type") == "Box"
+        allowed = CONTINUOUS_LOSSES if self.continuous else tuple(DISCRETE_LOSSES)
+        if config.loss not in allowed:
+            raise PolicyKDError(
+                f"--loss {config.loss} does not apply to a {kind} teacher; choose one of {', '.join(allowed)}"
+            )
+        self.names = (
+            ("obs", "teacher", "teacher_log_std") if config.loss == "gaussian_kl" else ("obs", "teacher")
+        )
+        buffer = self.buffers[0]
+        self.teacher_params = int(meta["teacher"]["policy_params"])
+        spec = size_student(
+            config.student,
+            buffer.fields["obs"].shape,
+            buffer.fields["teacher"].shape[0],
+            hidden=config.hidden,
+            params_fraction=config.params_fraction,
+            teacher_params=self.teacher_params,
+            layers=config.layers,
+            activation=config.activation,
+            channels=config.channels,
+            head=kind if self.continuous else "discrete",
+        )
+        self.spec = spec
+        torch.manual_seed(config.seed)
+        self.net: Student = build_student(spec)
+        if config.normalize_obs:
+            self.net.set_obs_stats(torch.from_numpy(buffer.spaced("obs", 200_000)))
+        if self.continuous:
+            space = meta["action_space"]
+            if "low" in space:
+                self.net.set_action_bounds(np.array(space["low"]), np.array(space["high"]))
+            with torch.no_grad():  # start from the teacher's average spread, not from std 1
+                self.net.log_std.copy_(torch.from_numpy(buffer.spaced("teacher_log_std", 10_000).mean(0)))
+        self.proj: nn.Linear | None = None
+        if config.hint_weight > 0:
+            self.proj = nn.Linear(self.net.feature_dim, self.teacher.feature_dim)
+        params = list(self.net.parameters()) + (list(self.proj.parameters()) if self.proj else [])
+        self.opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        total = config.steps * config.rounds
+        self.sched = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
+            if config.lr_schedule == "cosine"
+            else None
+        )
+        env_spec = meta.get("env_spec") or {"env_id": meta["env_id"]}
+        self.make_eval_env = lambda: make_env_from_spec(env_spec)
+        self.eval_seeds = [SELECTION_SEED + i for i in range(config.eval_episodes)]
+        self.loss_cfg = config.loss_config
+        # training state (all of it checkpointed)
+        self.step = 0
+        self.round = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: tuple[float, float] | None = None
+        self.since_best = 0
+        self.stopped: str | None = None
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.last: dict[str, float] = {}
+        self.wall = 0.0
+
+    # -- teacher and rounds ---------------------------------------------------------------------------------
+
+    @property
+    def teacher(self) -> Any:
+        if self._teacher is None:
+            from policy_kd.teacher import load_teacher
+
+            if self.teacher_path is None:
+                raise PolicyKDError("this needs the teacher: pass --teacher (the buffer does not name one)")
+            if not Path(self.teacher_path).exists():
+                raise PolicyKDError(
+                    f"teacher {self.teacher_path} (named by the buffer) is gone; pass --teacher PATH"
                 )
-                net.train()
-                tb.add_scalar("eval/mean_return", ret, step)
-                history.append(
-                    {
-                        "step": step,
-                        "eval_mean_return": ret,
-                        "train_agreement": last_agree,
-                        "train_loss": last_loss,
-                    }
-                )
-                score = (ret, last_agree)
-                if best is None or score > best:
-                    best = score
-                    torch.save(net.state_dict(), out / "best.pt")
-    finally:
-        bar.close()
-        tb.close()
-    wall = time.perf_counter() - start
-    torch.save(net.state_dict(), out / "last.pt")
-    if best is None:  # no evaluation: the last weights are the student
-        torch.save(net.state_dict(), out / "best.pt")
-    metrics = {
-        "steps": config.steps,
-        "final_train_loss": last_loss,
-        "final_train_agreement": last_agree,
-        "best_eval_mean_return": best[0] if best else None,
-        "history": history,
-        "seconds": round(wall, 2),
-        "samples_per_second": round(config.steps * config.batch_size / wall, 1),
-    }
-    write_json(out / "metrics.json", metrics)
-    save_student(out, spec, {**info, "weights": "best.pt"})
-    return out
+            env = self.meta.get("env_id") or self.cfg.env
+            self._teacher = load_teacher(self.teacher_path, env)
+        return self._teacher
+
+    def _round_dir(self, r: int) -> Path:
+        return self.out / "rounds" / f"round_{r}"
+
+    def _record_round(self, r: int, student_dir: Path | None) -> None:
+        """Record round ``r``'s states into ``rounds/round_r/buffer`` (redone from scratch if incomplete:
+        the recording is a deterministic function of the seed and the student's weights)."""
+        from policy_kd.record import RecordConfig, record
+
+        cfg = self.cfg
+        buf_dir = self._round_dir(r) / "buffer"
+        if (buf_dir / "manifest.json").is_file():
+            existing = Buffer.open(buf_dir, allow_empty=True)
+            if existing.complete:
+                self.buffers.append(existing)
+                return
+        if self.teacher_path is None:
+            raise PolicyKDError("--rounds needs the teacher: pass --teacher (the buffer does not name one)")
+        beta = self.cfg.round_beta(r) if student_dir is not None else 1.0
+        rec = RecordConfig(
+            teacher=self.teacher_path,
+            env=self.meta.get("env_id") or cfg.env,
+            out=str(buf_dir),
+            steps=cfg.round_steps,
+            behaviour="teacher" if student_dir is None else cfg.behaviour,
+            beta=beta,
+            student=str(student_dir) if student_dir else None,
+            n_envs=cfg.round_n_envs,
+            seed=cfg.seed + 7919 * (r + 1),
+            threads=cfg.threads,
+            progress=cfg.progress,
+            force=True,
+        )
+        record(rec)
+        self.buffers.append(Buffer.open(buf_dir))
+
+    def _start_round(self, r: int) -> None:
+        """Save the current student, let it act (mixed with the teacher) and add what it saw to the data."""
+        student_dir = self._round_dir(r) / "student"
+        student_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net.state_dict(), student_dir / "weights.pt")
+        save_student(student_dir, self.spec, {**self._info(), "weights": "weights.pt"})
+        self._record_round(r, student_dir)
+
+    def _sampler(self) -> Sampler:
+        return Sampler(
+            self.buffers,
+            self.names,
+            seed=self.cfg.seed + self.round,
+            in_memory=self.cfg.in_memory,
+            source_weights=self.cfg.source_weights,
+        )
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+
+    def _state(self, sampler: Sampler) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "round": self.round,
+            "net": self.net.state_dict(),
+            "proj": self.proj.state_dict() if self.proj else None,
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict() if self.sched else None,
+            "sampler": sampler.state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "best": list(self.best) if self.best else None,
+            "since_best": self.since_best,
+            "sums": self.sums,
+            "count": self.count,
+            "last": self.last,
+            "wall": self.wall,
+        }
+
+    def _save_checkpoint(self, sampler: Sampler) -> None:
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        torch.save(self._state(sampler), tmp)
+        os.replace(tmp, self.out / CHECKPOINT)
+
+    def _load_checkpoint(self) -> torch.Tensor:
+        try:
+            state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=True)
+            self.net.load_state_dict(state["net"])
+            if self.proj is not None:
+                self.proj.load_state_dict(state["proj"])
+            self.opt.load_state_dict(state["opt"])
+            if self.sched is not None:
+                self.sched.load_state_dict(state["sched"])
+        except Exception as exc:
+            raise PolicyKDError(
+                f"{self.out / CHECKPOINT} is damaged ({type(exc).__name__}); start over with --force"
+            ) from None
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.round = int(state["step"]), int(state["round"])
+        self.history = state["history"]
+        self.best = tuple(state["best"]) if state["best"] else None  # type: ignore[assignment]
+        self.since_best, self.sums, self.count = state["since_best"], state["sums"], state["count"]
+        self.last, self.wall = state["last"], state["wall"]
+        return state["sampler"]
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        meta, params = self.meta, count_params(self.net)
+        return {
+            "env_id": meta["env_id"],
+            "action_space": meta["action_space"],
+            "observation_space": meta["observation_space"],
+            "env_spec": meta.get("env_spec"),
+            "teacher": meta["teacher"],
+            "buffer": str(Path(self.cfg.buffer).resolve()) if self.cfg.buffer else None,
+            "loss": self.loss_cfg.__dict__,
+            "params": params,
+            "teacher_params": self.teacher_params,
+            "params_ratio": params / self.teacher_params,
+        }
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        obs, t_out = batch["obs"], batch["teacher"]
+        feats = self.net.features(obs)
+        s_out = self.net.net[-1](feats)
+        terms: dict[str, torch.Tensor] = {}
+        if self.continuous:
+            output = compute_loss(
+                s_out,
+                t_out,
+                self.loss_cfg,
+                student_log_std=self.net.log_std,
+                teacher_log_std=batch.get("teacher_log_std"),
+            )
+        else:
+            output = compute_loss(s_out, t_out, self.loss_cfg)
+        terms["loss/output"] = output
+        total = output
+        if self.proj is not None:
+            t_feat = torch.from_numpy(self.teacher.features(obs.numpy()))
+            h = hint(self.proj(feats), t_feat)
+            terms["loss/hint"] = h
+            total = total + self.cfg.hint_weight * h
+        terms["loss/total"] = total
+        with torch.no_grad():
+            if self.continuous:
+                terms["fidelity/mean_abs_diff"] = (s_out - t_out).abs().mean()
+            else:
+                terms["fidelity/agreement"] = (s_out.argmax(-1) == t_out.argmax(-1)).float().mean()
+                terms["fidelity/kl_tau"] = kl(s_out, t_out, tau=self.cfg.tau)
+        return total, {k: v.detach() for k, v in terms.items()}
+
+    def _evaluate(self) -> float:
+        self.net.eval()
+        episodes = run_episodes(
+            self.net, self.meta["env_id"], self.eval_seeds, env_factory=self.make_eval_env
+        )
+        self.net.train()
+        return float(episodes.returns.mean())
+
+    def train(self) -> Path:
+        cfg, out = self.cfg, self.out
+        sampler_state = self._load_checkpoint() if cfg.resume else None
+        # rounds already finished before a resume: their buffers are on disk, complete
+        for r in range(1, self.round + 1):
+            self.buffers.append(Buffer.open(self._round_dir(r) / "buffer"))
+        sampler = self._sampler()
+        if sampler_state is not None:
+            sampler.set_state(sampler_state)
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        total = cfg.steps * cfg.rounds
+        tb = SummaryWriter(str(out / "tb"), purge_step=self.step + 1 if cfg.resume else None)
+        bar = tqdm(total=total, initial=self.step, disable=not cfg.progress, desc="distill", unit="step")
+        start = time.perf_counter() - self.wall
+        try:
+            while self.step < total and self.stopped is None:
+                if self.step > 0 and self.step % cfg.steps == 0 and self.step // cfg.steps > self.round:
+                    self.round = self.step // cfg.steps
+                    self._start_round(self.round)
+                    sampler = self._sampler()
+                    tb.add_scalar("rounds/labels", sum(b.rows for b in self.buffers), self.step)
+                self.step += 1
+                loss, terms = self._loss(sampler.sample(cfg.batch_size))
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    terms["grad_norm"] = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.opt.step()
+                if self.sched is not None:
+                    self.sched.step()
+                for k, v in terms.items():  # tensors, not .item(): no sync per step
+                    self.sums[k] = self.sums.get(k, 0.0) + v
+                self.count += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    self.last = {k: float(v) / self.count for k, v in self.sums.items()}
+                    for k, v in self.last.items():
+                        tb.add_scalar(k, v, self.step)
+                    tb.add_scalar("lr", self.opt.param_groups[0]["lr"], self.step)
+                    bar.set_postfix(loss=f"{self.last['loss/total']:.4f}")
+                    self.sums, self.count = {}, 0
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == total):
+                    self._eval_and_select(tb)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < total:
+                    self.wall = time.perf_counter() - start
+                    self._save_checkpoint(sampler)
+        finally:
+            bar.close()
+            tb.close()
+        self.wall = time.perf_counter() - start
+        return self._finish()
+
+    def _fidelity(self) -> float:
+        key = "fidelity/mean_abs_diff" if self.continuous else "fidelity/agreement"
+        value = self.last.get(key, 0.0)
+        return -value if self.continuous else value
+
+    def _eval_and_select(self, tb: SummaryWriter) -> None:
+        if not self.last:
+            self.last = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+        ret = self._evaluate()
+        tb.add_scalar("eval/mean_return", ret, self.step)
+        self.history.append(
+            {
+                "step": self.step,
+                "round": self.round,
+                "eval_mean_return": ret,
+                **{k: v for k, v in self.last.items()},
+            }
+        )
+        score = (ret, self._fidelity())
+        if self.best is None or score > self.best:
+            self.best, self.since_best = score, 0
+            torch.save(self.net.state_dict(), self.out / "best.pt")
+        else:
+            self.since_best += 1
+        if self.cfg.target_return is not None and ret >= self.cfg.target_return:
+            self.stopped = f"eval return {ret:.2f} reached --target-return {self.cfg.target_return}"
+        elif self.cfg.patience and self.since_best >= self.cfg.patience:
+            self.stopped = f"no better evaluation in {self.since_best} evaluations (--patience)"
+
+    def _finish(self) -> Path:
+        cfg, out = self.cfg, self.out
+        torch.save(self.net.state_dict(), out / "last.pt")
+        if self.best is None:  # no evaluation: the last weights are the student
+            shutil.copyfile(out / "last.pt", out / "best.pt")
+        labels = sum(b.rows for b in self.buffers)
+        metrics = {
+            "steps": self.step,
+            "rounds": self.round + 1,
+            "teacher_labels": labels,
+            "stopped_early": self.stopped,
+            "final": self.last,
+            "final_train_loss": self.last.get("loss/total"),
+            "final_train_agreement": self.last.get("fidelity/agreement"),
+            "best_eval_mean_return": self.best[0] if self.best else None,
+            "history": self.history,
+            "seconds": round(self.wall, 2),
+            "samples_per_second": round(self.step * cfg.batch_size / max(self.wall, 1e-9), 1),
+        }
+        write_json(out / "metrics.json", metrics)
+        save_student(out, self.spec, {**self._info(), "weights": "best.pt"})
+        (out / CHECKPOINT).unlink(missing_ok=True)
+        return out

@@ -1,7 +1,7 @@
 """Student networks, looked up by name, sized by explicit widths or by a fraction of the teacher's parameters.
 
 A student maps a batch of raw observations to one output per action (logits, or Q-values when trained
-with ``mse``) and follows the same ``predict(obs, deterministic)`` protocol as a loaded teacher. It is
+with ``mse``; the action mean for a Gaussian head) and follows the same ``predict(obs, deterministic)`` protocol as a loaded teacher. It is
 saved as ``student.json`` (architecture, sizes, env, action space: everything needed to rebuild it) plus
 plain state-dict weight files, loaded with ``torch.load(weights_only=True)``: no pickle of code.
 """
@@ -27,50 +27,64 @@ STUDENT_FILE = "student.json"
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
 
+HEADS = ("discrete", "gaussian", "squashed_gaussian")
+
+
 @dataclass(frozen=True)
 class StudentSpec:
     """Everything needed to rebuild a student network."""
 
     arch: str
-    """Registry name (``mlp``)."""
+    """Registry name: ``mlp``, ``nature_cnn`` or ``minatar_cnn``."""
     obs_shape: tuple[int, ...]
-    """Shape of one raw observation."""
+    """Shape of one raw observation (images channels-first or channels-last, as recorded)."""
     n_outputs: int
-    """Outputs per state (number of discrete actions)."""
+    """Outputs per state: number of discrete actions, or action dimensions for a Gaussian head."""
     hidden: tuple[int, ...]
-    """Hidden layer widths."""
+    """Fully connected hidden widths (after the convolutions for a CNN)."""
     activation: str = "relu"
     """Hidden activation: relu, tanh, elu or gelu."""
+    channels: tuple[int, ...] = ()
+    """Convolution channels of a CNN student (empty for an MLP)."""
+    head: str = "discrete"
+    """``discrete`` (logits), ``gaussian`` (action mean + state-independent log-std, actions clipped to
+    the bounds) or ``squashed_gaussian`` (pre-tanh mean, actions squashed into the bounds, as SAC)."""
 
 
-class MLPStudent(nn.Module):
-    """Standardise -> Flatten -> [Linear -> activation] * len(hidden) -> Linear(n_outputs).
+class Student(nn.Module):
+    """Standardise -> ``net[:-1]`` (the body: features) -> ``net[-1]`` (a linear head).
 
     The standardisation uses the recorded observations' mean and std, held as buffers (saved with the
     weights, not trained, not counted as parameters): a tiny network otherwise spends its capacity on
     inputs of very different scales (CartPole's pole angle is ~100x smaller than its velocities).
+    ``features(obs)`` is the body's output, the layer that hint (feature) distillation matches to the
+    teacher's. A Gaussian head adds a state-independent ``log_std`` parameter, as SB3's PPO has.
     """
 
-    def __init__(self, spec: StudentSpec):
+    def __init__(self, spec: StudentSpec, body: list[nn.Module], feature_dim: int):
         super().__init__()
-        if spec.activation not in ACTIVATIONS:
-            raise PolicyKDError(
-                f"unknown activation {spec.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
-            )
+        if spec.head not in HEADS:
+            raise PolicyKDError(f"unknown student head {spec.head!r}; choose one of {', '.join(HEADS)}")
         self.spec = spec
-        in_dim = int(np.prod(spec.obs_shape))
+        self.feature_dim = feature_dim
         self.register_buffer("obs_mean", torch.zeros(spec.obs_shape))
         self.register_buffer("obs_std", torch.ones(spec.obs_shape))
-        layers: list[nn.Module] = [nn.Flatten()]
-        for width in spec.hidden:
-            layers += [nn.Linear(in_dim, width), ACTIVATIONS[spec.activation]()]
-            in_dim = width
-        layers.append(nn.Linear(in_dim, spec.n_outputs))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*body, nn.Linear(feature_dim, spec.n_outputs))
+        if spec.head != "discrete":
+            self.log_std = nn.Parameter(torch.zeros(spec.n_outputs))
+            self.register_buffer("action_low", -torch.ones(spec.n_outputs))
+            self.register_buffer("action_high", torch.ones(spec.n_outputs))
+
+    def _prepare(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs.float() - self.obs_mean) / self.obs_std
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """The body's output ``(batch, feature_dim)`` for a batch of raw observations."""
+        return self.net[:-1](self._prepare(obs))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # (batch, *obs_shape) -> (batch, n_outputs)
-        return self.net((obs.float() - self.obs_mean) / self.obs_std)
+        # (batch, *obs_shape) -> (batch, n_outputs): logits, or the Gaussian's (pre-squash) mean
+        return self.net(self._prepare(obs))
 
     def set_obs_stats(self, obs: torch.Tensor) -> None:
         """Standardise inputs with the mean/std of ``obs`` ``(N, *obs_shape)``; constant inputs keep std 1."""
@@ -79,16 +93,114 @@ class MLPStudent(nn.Module):
         self.obs_mean.copy_(obs.mean(dim=0))
         self.obs_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
+    def set_action_bounds(self, low: np.ndarray, high: np.ndarray) -> None:
+        """Bounds a Gaussian head clips (or squashes) its actions into, as the env's Box says."""
+        self.action_low.copy_(torch.as_tensor(low, dtype=torch.float32))
+        self.action_high.copy_(torch.as_tensor(high, dtype=torch.float32))
+
     @torch.no_grad()
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """Actions for a batch of raw observations; greedy unless ``deterministic`` is False (then sampled)."""
+        """Actions for a batch of raw observations: greedy/mean, or sampled when ``deterministic`` is False."""
         out = self(torch.as_tensor(np.asarray(obs)))
-        if deterministic:
-            return out.argmax(dim=-1).numpy()
-        return torch.distributions.Categorical(logits=out).sample().numpy()
+        if self.spec.head == "discrete":
+            if deterministic:
+                return out.argmax(dim=-1).numpy()
+            return torch.distributions.Categorical(logits=out).sample().numpy()
+        action = out if deterministic else out + torch.randn_like(out) * self.log_std.exp()
+        if self.spec.head == "squashed_gaussian":
+            action = self.action_low + (torch.tanh(action) + 1) * 0.5 * (self.action_high - self.action_low)
+        else:
+            action = torch.maximum(torch.minimum(action, self.action_high), self.action_low)
+        return action.numpy()
 
 
-STUDENTS: dict[str, Callable[[StudentSpec], nn.Module]] = {"mlp": MLPStudent}
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise PolicyKDError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def _dense(in_dim: int, hidden: tuple[int, ...], activation: str) -> tuple[list[nn.Module], int]:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), _activation(activation)]
+        in_dim = width
+    return layers, in_dim
+
+
+class MLPStudent(Student):
+    """Flatten -> [Linear -> activation] * len(hidden) -> Linear(n_outputs)."""
+
+    def __init__(self, spec: StudentSpec):
+        layers, width = _dense(int(np.prod(spec.obs_shape)), spec.hidden, spec.activation)
+        super().__init__(spec, [nn.Flatten(), *layers], width)
+
+
+class _ToChannelsFirst(nn.Module):
+    """(B, H, W, C) -> (B, C, H, W); recorded image observations may be channels-last (Atari frame stacks)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+def _image_layout(obs_shape: tuple[int, ...], arch: str) -> tuple[bool, int]:
+    """(channels_last, channels) of an image observation, by SB3's rule: the smallest axis holds channels."""
+    if len(obs_shape) != 3:
+        raise PolicyKDError(
+            f"student {arch} needs image observations (C, H, W) or (H, W, C), got shape {obs_shape}; use --student mlp"
+        )
+    channels_last = int(np.argmin(obs_shape)) == 2
+    return channels_last, obs_shape[2] if channels_last else obs_shape[0]
+
+
+class _CNNStudent(Student):
+    """[Conv -> ReLU] per channel count -> Flatten -> [Linear -> activation] * len(hidden) -> Linear."""
+
+    kernels: tuple[tuple[int, int], ...] = ()  # (kernel, stride) per conv layer
+
+    def __init__(self, spec: StudentSpec):
+        if len(spec.channels) != len(self.kernels):
+            raise PolicyKDError(
+                f"student {spec.arch} has {len(self.kernels)} conv layers; got --channels {list(spec.channels)}"
+            )
+        channels_last, c_in = _image_layout(spec.obs_shape, spec.arch)
+        convs: list[nn.Module] = [_ToChannelsFirst()] if channels_last else []
+        for c_out, (k, stride) in zip(spec.channels, self.kernels, strict=True):
+            convs += [nn.Conv2d(c_in, c_out, k, stride), nn.ReLU()]
+            c_in = c_out
+        convs.append(nn.Flatten())
+        with torch.no_grad():
+            try:
+                flat = nn.Sequential(*convs)(torch.zeros(1, *spec.obs_shape)).shape[1]
+            except RuntimeError:
+                raise PolicyKDError(
+                    f"observations {spec.obs_shape} are too small for student {spec.arch}; use minatar_cnn or mlp"
+                ) from None
+        layers, width = _dense(flat, spec.hidden, spec.activation)
+        super().__init__(spec, [*convs, *layers], width)
+
+
+class NatureCNNStudent(_CNNStudent):
+    """SB3's NatureCNN (Mnih et al. 2015: 8x8/4, 4x4/2, 3x3/1 convolutions) with scalable widths."""
+
+    kernels = ((8, 4), (4, 2), (3, 1))
+    default_channels = (32, 64, 64)
+    default_hidden = (512,)
+
+
+class MinAtarCNNStudent(_CNNStudent):
+    """The MinAtar baseline network (Young & Tian 2019): one 3x3 convolution and one hidden layer."""
+
+    kernels = ((3, 1),)
+    default_channels = (16,)
+    default_hidden = (128,)
+
+
+STUDENTS: dict[str, type[Student]] = {
+    "mlp": MLPStudent,
+    "nature_cnn": NatureCNNStudent,
+    "minatar_cnn": MinAtarCNNStudent,
+}
 
 
 def count_params(module: nn.Module) -> int:
@@ -103,18 +215,23 @@ def mlp_params(in_dim: int, out_dim: int, hidden: tuple[int, ...]) -> int:
 
 def width_for_budget(budget: int, in_dim: int, out_dim: int, n_layers: int) -> int:
     """The largest equal width for ``n_layers`` hidden layers whose MLP has at most ``budget`` parameters."""
-    if mlp_params(in_dim, out_dim, (1,) * n_layers) > budget:
+    return _largest_fit(lambda w: mlp_params(in_dim, out_dim, (w,) * n_layers), budget, "--layers")
+
+
+def _largest_fit(params_at: Callable[[int], int], budget: int, fewer: str) -> int:
+    """The largest integer k >= 1 with ``params_at(k) <= budget`` (``params_at`` grows with k)."""
+    if params_at(1) > budget:
         raise PolicyKDError(
-            f"even width 1 needs {mlp_params(in_dim, out_dim, (1,) * n_layers)} parameters, over the budget of "
-            f"{budget}; raise --params-fraction or use fewer --layers"
+            f"the smallest student has {params_at(1)} parameters, over the budget of {budget}; raise "
+            f"--params-fraction or use fewer {fewer}"
         )
-    # Parameters grow monotonically with width, so a doubling search then bisection finds the largest fit.
+    # A doubling search then bisection finds the largest fit.
     lo, hi = 1, 2
-    while mlp_params(in_dim, out_dim, (hi,) * n_layers) <= budget:
+    while params_at(hi) <= budget:
         lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if mlp_params(in_dim, out_dim, (mid,) * n_layers) <= budget:
+        if params_at(mid) <= budget:
             lo = mid
         else:
             hi = mid
@@ -131,30 +248,55 @@ def size_student(
     teacher_params: int | None,
     layers: int = 2,
     activation: str = "relu",
+    channels: tuple[int, ...] | None = None,
+    head: str = "discrete",
 ) -> StudentSpec:
-    """A spec from explicit ``hidden`` widths, or solved for ``params_fraction`` x ``teacher_params``."""
+    """A spec from explicit widths, or solved for ``params_fraction`` x ``teacher_params``.
+
+    An MLP sized by budget gets ``layers`` hidden layers of one equal width; a CNN keeps its
+    architecture's proportions (channels and hidden width scaled by one factor, in steps of 1/64).
+    """
     if arch not in STUDENTS:
         raise PolicyKDError(f"unknown student {arch!r}; choose one of {', '.join(STUDENTS)}")
-    if hidden is None:
+    cls = STUDENTS[arch]
+    is_cnn = issubclass(cls, _CNNStudent)
+    if not is_cnn and channels:
+        raise PolicyKDError("--channels applies to CNN students only; use --hidden for an mlp")
+    extra = n_outputs if head != "discrete" else 0  # the Gaussian head's log-std
+    make = lambda h, c: StudentSpec(arch, tuple(obs_shape), n_outputs, h, activation, c, head)  # noqa: E731
+    if hidden is None and (not is_cnn or channels is None):
         if params_fraction is None or teacher_params is None:
             raise PolicyKDError("size the student with --hidden W [W ...] or --params-fraction F")
         if not params_fraction > 0:
             raise PolicyKDError(f"--params-fraction must be > 0, got {params_fraction}")
-        budget = math.floor(params_fraction * teacher_params)
-        width = width_for_budget(budget, int(np.prod(obs_shape)), n_outputs, layers)
-        hidden = (width,) * layers
-    if any(w <= 0 for w in hidden):
-        raise PolicyKDError(f"--hidden widths must be > 0, got {hidden}")
-    return StudentSpec(
-        arch=arch,
-        obs_shape=tuple(obs_shape),
-        n_outputs=n_outputs,
-        hidden=tuple(hidden),
-        activation=activation,
-    )
+        budget = math.floor(params_fraction * teacher_params) - extra
+        if not is_cnn:
+            width = width_for_budget(budget, int(np.prod(obs_shape)), n_outputs, layers)
+            hidden = (width,) * layers
+        else:
+            base_c, base_h = cls.default_channels, cls.default_hidden  # type: ignore[attr-defined]
+
+            def scaled(k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+                return (
+                    tuple(max(1, round(c * k / 64)) for c in base_c),
+                    tuple(max(1, round(h * k / 64)) for h in base_h),
+                )
+
+            def params_at(k: int) -> int:
+                c, h = scaled(k)
+                return count_params(cls(make(h, c))) - extra
+
+            channels, hidden = scaled(_largest_fit(params_at, budget, "channels"))
+    if is_cnn:
+        channels = channels or cls.default_channels  # type: ignore[attr-defined]
+        hidden = cls.default_hidden if hidden is None else hidden  # type: ignore[attr-defined]
+    assert hidden is not None
+    if any(w <= 0 for w in (*hidden, *(channels or ()))):
+        raise PolicyKDError(f"--hidden and --channels must be > 0, got {hidden} and {channels}")
+    return make(tuple(hidden), tuple(channels or ()))
 
 
-def build_student(spec: StudentSpec) -> nn.Module:
+def build_student(spec: StudentSpec) -> Student:
     return STUDENTS[spec.arch](spec)
 
 
@@ -203,6 +345,8 @@ def load_student(path: str | Path) -> LoadedStudent:
             n_outputs=int(s["n_outputs"]),
             hidden=tuple(s["hidden"]),
             activation=s.get("activation", "relu"),
+            channels=tuple(s.get("channels", ())),
+            head=s.get("head", "discrete"),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PolicyKDError(f"{meta_path} is damaged ({exc}); distil the student again") from None

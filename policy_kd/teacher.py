@@ -575,6 +575,33 @@ class Teacher(_EnvRecipe):
         mean, log_std = _numpy(normal.mean), _numpy(normal.stddev.log())  # (batch, action_dim) each
         return Labels(outputs={"teacher": mean, "teacher_log_std": log_std}, greedy=self._to_action(mean))
 
+    def head_module(self) -> torch.nn.Module:
+        """The teacher's final linear layer: its input is the feature layer hint distillation matches."""
+        policy = self.model.policy
+        if self.algo == "dqn":
+            return policy.q_net.q_net[-1]
+        if self.algo == "qrdqn":
+            return policy.quantile_net.quantile_net[-1]
+        return policy.action_net
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.head_module().in_features)
+
+    def features(self, obs: np.ndarray) -> np.ndarray:
+        """The input of the teacher's output layer for a batch of raw observations ``(batch, feature_dim)``.
+
+        Captured by a forward pre-hook during the usual labelling pass, so it is exactly what the
+        teacher's head saw, whatever the feature extractor (MLP, NatureCNN, MinAtar CNN).
+        """
+        captured: list[torch.Tensor] = []
+        handle = self.head_module().register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            self.label(obs)
+        finally:
+            handle.remove()
+        return _numpy(captured[0].reshape(len(captured[0]), -1))
+
     def _to_action(self, pre_squash: np.ndarray) -> np.ndarray:
         """A Gaussian sample or mean -> the action SB3 takes: clipped to the bounds, or tanh-squashed and
         scaled to them."""

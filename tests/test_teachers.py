@@ -28,6 +28,7 @@ from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
 from policy_kd import envs
 from policy_kd.buffer import Buffer
 from policy_kd.errors import PolicyKDError
+from policy_kd.students import load_student
 from policy_kd.teacher import (
     Teacher,
     TrainTeacherConfig,
@@ -203,23 +204,22 @@ def test_record_and_distill(name: str, saved, tmp_path: Path) -> None:
         assert (action >= teacher.action_space.low).all() and (action <= teacher.action_space.high).all()
     else:
         assert action.shape == (300,) and action.dtype == np.int64
-    if name in DISCRETE:
-        out = tmp_path / "student"
-        cmd = [
-            "distill",
-            "--buffer",
-            buf_dir,
-            "--steps",
-            "20",
-            "--eval-every",
-            "0",
-            "--hidden",
-            "8",
-            "--no-progress",
-            "--out",
-            out,
-        ]
-        assert run_cli(*cmd) == 0
+    # every kind round-trips through distill: Gaussian teachers with gaussian_kl, image teachers into a CNN
+    out = tmp_path / "student"
+    loss = "kl" if name in DISCRETE else "gaussian_kl"
+    arch = "minatar_cnn" if name == "minatar-dqn" else "mlp"
+    cmd = ["distill", "--buffer", buf_dir, "--steps", "20", "--eval-every", "10", "--eval-episodes", "1"]
+    cmd += ["--hidden", "8", "--loss", loss, "--student", arch, "--no-progress", "--out", out]
+    assert run_cli(*cmd) == 0
+    student = load_student(out)
+    assert student.info["spec"]["arch"] == arch
+    actions = student.predict(obs[:5])
+    if isinstance(teacher.action_space, gym.spaces.Box):
+        assert student.info["spec"]["head"] == KINDS[name][2]
+        assert actions.shape == (5, *teacher.action_space.shape)
+        assert (actions >= teacher.action_space.low).all() and (actions <= teacher.action_space.high).all()
+    else:
+        assert actions.shape == (5,) and set(actions.tolist()) <= set(range(teacher.action_space.n))
 
 
 # ------------------------------------------------------------------------------------------ kind details
