@@ -85,7 +85,7 @@ def run_episodes(
             observer(obs, actions)
         for a, s in zip(actions, active, strict=True):
             ep = slot_ep[s]
-            slot_obs[s], r, term, trunc, _ = envs[s].step(a.item() if hasattr(a, "item") else a)
+            slot_obs[s], r, term, trunc, _ = envs[s].step(a.item() if np.ndim(a) == 0 else a)
             returns[ep] += float(r)
             lengths[ep] += 1
             if term or trunc:
