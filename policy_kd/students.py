@@ -293,7 +293,9 @@ def size_student(
     assert hidden is not None
     if any(w <= 0 for w in (*hidden, *(channels or ()))):
         raise PolicyKDError(f"--hidden and --channels must be > 0, got {hidden} and {channels}")
-    return make(tuple(hidden), tuple(channels or ()))
+    spec = make(tuple(hidden), tuple(channels or ()))
+    cls(spec)  # refuses shapes the architecture cannot take, here rather than mid-run
+    return spec
 
 
 def build_student(spec: StudentSpec) -> Student:
