@@ -36,6 +36,8 @@ format: setup
 bench: setup
 	$(PY) benchmarks/bench_record.py
 	$(PY) benchmarks/bench_sampler.py
+	$(PY) benchmarks/bench_distill.py
+	$(PY) benchmarks/bench_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -445,7 +445,11 @@ class _Run:
             "params_ratio": params / self.teacher_params,
         }
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _loss(
+        self, batch: dict[str, torch.Tensor], measure: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss and its terms; ``measure`` adds fidelity metrics (on logging steps only: they
+        cost a few per cent of a small student's step)."""
         obs, t_out = batch["obs"], batch["teacher"]
         feats = self.net.features(obs)
         s_out = self.net.net[-1](feats)
@@ -468,6 +472,8 @@ class _Run:
             terms["loss/hint"] = h
             total = total + self.cfg.hint_weight * h
         terms["loss/total"] = total
+        if not measure:
+            return total, {k: v.detach() for k, v in terms.items()}
         with torch.no_grad():
             if self.continuous:
                 terms["fidelity/mean_abs_diff"] = (s_out - t_out).abs().mean()
@@ -506,7 +512,8 @@ class _Run:
                     sampler = self._sampler()
                     tb.add_scalar("rounds/labels", sum(b.rows for b in self.buffers), self.step)
                 self.step += 1
-                loss, terms = self._loss(sampler.sample(cfg.batch_size))
+                log_now = self.step % cfg.log_every == 0 or self.step == total
+                loss, terms = self._loss(sampler.sample(cfg.batch_size), measure=log_now)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
@@ -515,11 +522,15 @@ class _Run:
                 if self.sched is not None:
                     self.sched.step()
                 for k, v in terms.items():  # tensors, not .item(): no sync per step
-                    self.sums[k] = self.sums.get(k, 0.0) + v
+                    self.sums[k] = self.sums.get(k, 0.0) + v if k.startswith("loss/") else v
                 self.count += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == total:
-                    self.last = {k: float(v) / self.count for k, v in self.sums.items()}
+                if log_now:
+                    # losses are means over the logging window; fidelity is measured on its last batch
+                    self.last = {
+                        k: float(v) / (self.count if k.startswith("loss/") else 1)
+                        for k, v in self.sums.items()
+                    }
                     for k, v in self.last.items():
                         tb.add_scalar(k, v, self.step)
                     tb.add_scalar("lr", self.opt.param_groups[0]["lr"], self.step)
