@@ -173,6 +173,12 @@ def _print_eval(result: dict[str, Any]) -> str:
     return format_table(result)
 
 
+def _describe_export(out: Path) -> str:
+    from policy_kd.export import describe_export
+
+    return describe_export(out)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train-teacher": _job(
         "train-teacher", "teacher", "TrainTeacherConfig", "train_teacher", lambda p: f"teacher saved to {p}"
@@ -180,6 +186,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "record": _job("record", "record", "RecordConfig", "record", lambda p: f"buffer saved to {p}"),
     "distill": _job("distill", "distill", "DistillConfig", "distill", lambda p: f"student saved to {p}"),
     "evaluate": _job("evaluate", "evaluate", "EvaluateConfig", "evaluate", _print_eval),
+    "export": _job("export", "export", "ExportConfig", "export_student", _describe_export),
     "inspect": lambda argv: _inspect(
         parse_cli(InspectConfig, argv, prog=f"{PROG} inspect", description=InspectConfig.__doc__)
     ),
@@ -195,6 +202,7 @@ commands:
   record          let the teacher act and record its outputs into a buffer
   distill         train a small student on the buffer
   evaluate        compare student and teacher on the same episode seeds
+  export          save a student as ONNX, TorchScript, int8, numpy or an SB3 policy
   inspect         validate a buffer and summarise it
   demo            all four on CartPole-v1 into runs/demo/, then the comparison table
 

@@ -9,16 +9,21 @@ episodes run side by side.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 import torch
+import tyro
 from scipy import stats
 
+from policy_kd import stats as pkd_stats
 from policy_kd.envs import make_env
 from policy_kd.errors import PolicyKDError
+from policy_kd.report import format_table
 from policy_kd.run import prepare_out_dir, write_json, write_run_info
 
 
@@ -46,11 +51,13 @@ def run_episodes(
     observer: Callable[[np.ndarray, np.ndarray], None] | None = None,
     wrap: Callable[[Any], Any] | None = None,
     env_factory: Callable[[], Any] | None = None,
+    step_observer: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> Episodes:
     """Play one episode per seed, up to ``n_parallel`` at once with one batched ``predict`` per step.
 
     ``observer(obs_batch, actions)`` sees every state the policy acts in (e.g. to ask the teacher what it
-    would have done there).
+    would have done there); ``step_observer(obs_batch, actions, episodes, steps)`` also gets each row's
+    episode index (into ``seeds``) and step within its episode.
     """
     seeds = list(seeds)
     n_par = max(1, min(n_parallel, len(seeds)))
@@ -83,6 +90,9 @@ def run_episodes(
         actions = np.asarray(policy.predict(obs, deterministic))
         if observer is not None:
             observer(obs, actions)
+        if step_observer is not None:
+            eps = np.asarray([slot_ep[s] for s in active])
+            step_observer(obs, actions, eps, lengths[eps].copy())
         for a, s in zip(actions, active, strict=True):
             ep = slot_ep[s]
             slot_obs[s], r, term, trunc, _ = envs[s].step(a.item() if np.ndim(a) == 0 else a)
@@ -108,163 +118,345 @@ def mean_ci95(x: np.ndarray) -> tuple[float, float]:
     return (m - half, m + half)
 
 
-def summarize(returns: np.ndarray) -> dict[str, Any]:
-    lo, hi = mean_ci95(returns)
+def summarize(returns: np.ndarray, *, seed: int = 0) -> dict[str, Any]:
+    """Return statistics of one policy in one mode (``policy_kd.stats.summarize``), under the eval.json names."""
+    st = pkd_stats.summarize(returns, seed=seed)
     return {
-        "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
-        "median_return": float(np.median(returns)),
-        "ci95": [lo, hi],
+        "mean_return": st["mean"],
+        "std_return": st["std"],
+        "median_return": st["median"],
+        "iqm_return": st["iqm"],
+        "ci95": st["mean_ci"],
+        "iqm_ci95": st["iqm_ci"],
         "returns": [float(r) for r in returns],
     }
 
 
+MODES = {"deterministic": ("deterministic",), "sampled": ("sampled",), "both": ("deterministic", "sampled")}
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Play teacher and student on the same episode seeds and compare return, fidelity and cost."""
+    """Play teacher and students on the same episode seeds and compare return, fidelity and cost."""
 
     teacher: str | None = None
     """Teacher: a train-teacher run folder, or an SB3 .zip (then --env is required)."""
-    student: str | None = None
-    """Student: a distill --out folder (its best weights) or a .pt weights file inside one."""
+    student: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Student: a distill --out folder (its best weights), a .pt weights file inside one, or a policy-kd
+    export folder. Repeat for several students (--student a --student b)."""
     env: str | None = None
     """Environment id; required for a plain .zip teacher."""
     buffer: str | None = None
-    """Optional buffer the teacher recorded: also report agreement on the teacher's own states."""
+    """Optional buffer the teacher recorded: also report agreement and KL on the teacher's own states."""
     out: str | None = None
-    """Folder for eval.json (refused if it exists, unless --force); omit to only print the table."""
+    """Folder for eval.json, report.md and plots (refused if it exists, unless --force); omit to only print."""
     episodes: int = 100
-    """Episodes per policy; episode i starts from reset(seed=seed + i) for both."""
+    """Episodes per policy and mode; episode i starts from reset(seed=seed + i) for every policy."""
     seed: int = 0
-    """First episode seed."""
-    n_parallel: int = 8
+    """First episode seed (also seeds sampled actions and the bootstrap)."""
+    mode: Literal["deterministic", "sampled", "both"] = "deterministic"
+    """Greedy actions, actions sampled from each policy's distribution (DQN teachers stay greedy), or both."""
+    kl_tau: float | None = None
+    """Temperature of the teacher's softmax in the reported KL(softmax(teacher / tau) || softmax(student));
+    default: the first student's distillation --tau when it has one (DQN Q-values are near-uniform at
+    tau 1), else 1."""
+    latency: bool = True
+    """Measure batch-1 and batch-256 CPU latency (one thread) of every policy."""
+    aggregate: bool = False
+    """The students are runs (seeds) of one configuration: also report their IQM with a stratified
+    bootstrap CI."""
+    plots: bool = True
+    """With --out: PNG plots (needs matplotlib, the [report] extra)."""
+    video: bool = False
+    """With --out: record episodes of the teacher and each student (gymnasium RecordVideo, [video] extra)."""
+    video_episodes: int = 1
+    """Episodes per policy for --video."""
+    n_parallel: int = 16
     """Episodes played side by side (batched predict); results do not depend on it."""
+    buffer_rows: int = 50_000
+    """At most this many of the buffer's states (evenly spaced) for the teacher-state fidelity."""
     threads: int = 1
     """torch CPU threads."""
     force: bool = False
     """Replace an existing --out folder."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.student, str):  # library callers may pass one path
+            object.__setattr__(self, "student", (self.student,))
+
     def validate(self) -> None:
-        if self.teacher is None or self.student is None:
+        if self.teacher is None or not self.student:
             raise PolicyKDError("evaluate needs --teacher RUN_DIR and --student DISTILL_DIR")
         if self.episodes <= 0 or self.n_parallel <= 0:
             raise PolicyKDError("--episodes and --n-parallel must be > 0")
+        if self.mode not in MODES:
+            raise PolicyKDError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.kl_tau is not None and not self.kl_tau > 0:
+            raise PolicyKDError(f"--kl-tau must be > 0, got {self.kl_tau}")
+        if self.video_episodes <= 0 or self.buffer_rows <= 0:
+            raise PolicyKDError("--video-episodes and --buffer-rows must be > 0")
+        if self.aggregate and len(self.student) < 2:
+            raise PolicyKDError("--aggregate needs at least two --student runs to aggregate")
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.1f}" if abs(x) < 1e4 else f"{x:.3g}"
+# --------------------------------------------------------------------------------------- contenders
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """The comparison table evaluate prints."""
-    rows = [("", "mean ± std", "95% CI", "params", "bytes")]
-    for name in ("teacher", "student"):
-        r = result[name]
-        rows.append(
-            (
-                name,
-                f"{_fmt(r['mean_return'])} ± {_fmt(r['std_return'])}",
-                f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]",
-                f"{r['params']:,}",
-                f"{r['bytes']:,}",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    ratio = result["return_ratio"]
-    lines += [
-        "",
-        f"env {result['env_id']}, {result['episodes']} episodes on seeds {result['seeds'][0]}..{result['seeds'][-1]}",
-        f"student/teacher return ratio: {ratio:.3f}"
-        if ratio is not None
-        else "student/teacher return ratio: n/a (teacher mean is 0)",
-        f"student/teacher params ratio: {result['params_ratio']:.4f} ({result['params_ratio'] * 100:.2f}%)",
-        f"action agreement with the teacher on the student's own states: {result['student']['agreement'] * 100:.1f}%",
-    ]
-    if "agreement_teacher_states" in result["student"]:
-        lines.append(
-            f"action agreement with the teacher on the teacher's recorded states: "
-            f"{result['student']['agreement_teacher_states'] * 100:.1f}%"
-        )
-    return "\n".join(lines)
+@dataclass
+class Contender:
+    """A teacher or a student as evaluate sees it: acting, raw outputs, cost."""
+
+    name: str
+    role: str
+    """``teacher`` or ``student``."""
+    path: str
+    format: str
+    """``sb3`` for a teacher, ``eager`` for a distilled student, else the export format."""
+    head: str
+    """``discrete``, ``gaussian`` or ``squashed_gaussian``."""
+    greedy: Callable[[np.ndarray], np.ndarray]
+    sample: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+    outputs: Callable[[np.ndarray], np.ndarray]
+    """Batch of raw observations -> ``(batch, n_outputs)`` (logits / Q-values / Gaussian mean)."""
+    params: int
+    bytes: int
+    macs: int | None
+    log_std: np.ndarray | None = None
+    tb_dir: Path | None = None
+    """The distillation run's TensorBoard folder, for learning curves."""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def policy(self, mode: str, rng: np.random.Generator) -> Policy:
+        """The :class:`Policy` that acts greedily (``deterministic``) or samples with ``rng``."""
+        contender = self
+
+        class _Acting:
+            def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+                return contender.greedy(obs) if mode == "deterministic" else contender.sample(obs, rng)
+
+        return _Acting()
 
 
-def evaluate(config: EvaluateConfig) -> dict[str, Any]:
-    """Run the comparison; write ``eval.json`` to ``config.out`` when given; return the result."""
+def _teacher_contender(teacher: Any) -> Contender:
+    from policy_kd.cost import count_macs, teacher_module
+
+    try:
+        example = teacher.normalize_obs(np.stack([teacher.observation_space.sample()] * 2))
+        macs: int | None = count_macs(teacher_module(teacher), torch.as_tensor(example))
+    except Exception:  # an observation layout the bare network does not take (e.g. channels-last)
+        macs = None
+    if not teacher.continuous:
+        head = "discrete"
+    else:
+        head = "squashed_gaussian" if teacher.kind == "squashed_gaussian" else "gaussian"
+    return Contender(
+        name="teacher",
+        role="teacher",
+        path=str(teacher.path),
+        format="sb3",
+        head=head,
+        greedy=lambda obs: teacher.label(obs).greedy,
+        sample=lambda obs, rng: teacher.sample(teacher.label(obs), rng),
+        outputs=teacher.outputs,
+        params=int(teacher.policy_params),
+        bytes=int(teacher.file_bytes()),
+        macs=macs,
+        info={"algo": teacher.algo, "kind": teacher.kind},
+    )
+
+
+def _student_contender(path: str, name: str) -> Contender:
+    from policy_kd.cost import count_macs
+    from policy_kd.export import actions_from_outputs, is_export, load_exported, sample_outputs
     from policy_kd.students import count_params, load_student
-    from policy_kd.teacher import load_teacher
 
-    config.validate()
-    student = load_student(config.student)  # type: ignore[arg-type]
-    teacher = load_teacher(config.teacher, config.env or student.info.get("env_id"))  # type: ignore[arg-type]
-    check_compatible(student.info, teacher.env_id, teacher.n_outputs, str(config.student))
-    buffer = None
-    if config.buffer is not None:
-        from policy_kd.buffer import Buffer
+    if is_export(path):
+        ex = load_exported(path)
+        head, log_std, bounds = ex.head, ex.log_std, ex.meta.get("action_bounds")
+        source = Path(ex.meta.get("source", ""))
 
-        buffer = Buffer.open(config.buffer)
-        check_compatible(buffer.meta, teacher.env_id, teacher.n_outputs, f"buffer {config.buffer}")
-    out = None
-    if config.out is not None:
-        out = prepare_out_dir(
-            config.out, force=config.force, inputs=(config.teacher, config.student, config.buffer)
+        def sample_ex(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            drawn = sample_outputs(ex.outputs(obs), head, log_std, rng)
+            return drawn if head == "discrete" else actions_from_outputs(drawn, head, bounds)
+
+        return Contender(
+            name=name,
+            role="student",
+            path=str(ex.path),
+            format=ex.format,
+            head=head,
+            greedy=ex.predict,
+            sample=sample_ex,
+            outputs=ex.outputs,
+            params=ex.params,
+            bytes=ex.file_bytes(),
+            macs=ex.meta.get("macs"),
+            log_std=log_std,
+            tb_dir=source / "tb" if (source / "tb").is_dir() else None,
+            info=ex.info,
         )
-        write_run_info(out, config, job="evaluate")
-    torch.set_num_threads(config.threads)
-    seeds = [config.seed + i for i in range(config.episodes)]
-
-    t_eps = run_episodes(
-        teacher, teacher.env_id, seeds, n_parallel=config.n_parallel, env_factory=teacher.make_env
+    st = load_student(path)
+    net = st.net
+    head = str(st.info["spec"].get("head", "discrete"))
+    log_std_p = getattr(net, "log_std", None)
+    log_std = None if log_std_p is None else log_std_p.detach().numpy().reshape(-1)
+    s_bounds = (
+        [net.action_low.numpy().tolist(), net.action_high.numpy().tolist()]  # type: ignore[union-attr,operator]
+        if hasattr(net, "action_low")
+        else None
     )
-    agree = [0, 0]
 
-    def observe(obs: np.ndarray, actions: np.ndarray) -> None:
-        agree[0] += int((teacher.predict(obs) == actions).sum())
-        agree[1] += len(actions)
+    def outputs(obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.as_tensor(np.asarray(obs))).float().numpy()
 
-    s_eps = run_episodes(
-        student,
-        teacher.env_id,
-        seeds,
-        n_parallel=config.n_parallel,
-        observer=observe,
-        env_factory=teacher.make_env,
+    def sample_st(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        drawn = sample_outputs(outputs(obs), head, log_std, rng)
+        return drawn if head == "discrete" else actions_from_outputs(drawn, head, s_bounds)
+
+    example = torch.zeros((2, *st.info["spec"]["obs_shape"]))
+    folder = st.weights_path.parent
+    return Contender(
+        name=name,
+        role="student",
+        path=str(st.weights_path),
+        format="eager",
+        head=head,
+        greedy=lambda obs: np.asarray(st.predict(obs, True)),
+        sample=sample_st,
+        outputs=outputs,
+        params=count_params(net),
+        bytes=st.file_bytes(),
+        macs=count_macs(net, example),
+        log_std=log_std,
+        tb_dir=folder / "tb" if (folder / "tb").is_dir() else None,
+        info=st.info,
     )
-    t_params, s_params = teacher.policy_params, count_params(student.net)
-    t_sum, s_sum = summarize(t_eps.returns), summarize(s_eps.returns)
-    result = {
-        "env_id": teacher.env_id,
-        "episodes": config.episodes,
-        "seeds": seeds,
-        "teacher": {
-            **t_sum,
-            "params": t_params,
-            "bytes": teacher.file_bytes(),
-            "path": teacher.path,
-            "mean_length": float(t_eps.lengths.mean()),
-        },
-        "student": {
-            **s_sum,
-            "params": s_params,
-            "bytes": student.file_bytes(),
-            "path": str(student.weights_path),
-            "mean_length": float(s_eps.lengths.mean()),
-            "agreement": agree[0] / max(agree[1], 1),
-        },
-        "return_ratio": s_sum["mean_return"] / t_sum["mean_return"] if t_sum["mean_return"] != 0 else None,
-        "params_ratio": s_params / t_params,
-    }
-    if buffer is not None:
-        result["student"]["agreement_teacher_states"] = teacher_state_agreement(student, buffer)
-    if out is not None:
-        write_json(out / "eval.json", result)
-    return result
+
+
+def _names(paths: Sequence[str]) -> list[str]:
+    """Short, unique display names: the folder name (``student``, ``int8``...), numbered when repeated."""
+    base = []
+    for p in paths:
+        q = Path(p)
+        base.append(q.parent.name if q.is_file() else (q.name or str(q)))
+    out = [b if base.count(b) == 1 else f"{b}#{base[: i + 1].count(b)}" for i, b in enumerate(base)]
+    return [f"{n} (student)" if n == "teacher" else n for n in out]
+
+
+# ------------------------------------------------------------------------------------------- fidelity
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def divergence(
+    teacher_out: np.ndarray,
+    student_out: np.ndarray,
+    head: str,
+    *,
+    tau: float = 1.0,
+    teacher_log_std: np.ndarray | None = None,
+    student_log_std: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """Per-row KL(teacher ‖ student): of softmax(teacher / tau) and softmax(student) for a discrete head; of
+    the two diagonal Gaussians (closed form, pre-squash) when both log-stds are known; else ``None``."""
+    if head == "discrete":
+        lp = _log_softmax(np.asarray(teacher_out, dtype=np.float64) / tau)
+        lq = _log_softmax(np.asarray(student_out, dtype=np.float64))
+        return (np.exp(lp) * (lp - lq)).sum(axis=-1)
+    if teacher_log_std is None or student_log_std is None:
+        return None
+    mt, ms = np.asarray(teacher_out, dtype=np.float64), np.asarray(student_out, dtype=np.float64)
+    lt = np.broadcast_to(teacher_log_std, mt.shape).astype(np.float64)
+    ls = np.broadcast_to(student_log_std, ms.shape).astype(np.float64)
+    return (ls - lt + (np.exp(2 * lt) + (mt - ms) ** 2) / (2 * np.exp(2 * ls)) - 0.5).sum(axis=-1)
+
+
+def _disagree(a: np.ndarray, b: np.ndarray, head: str) -> np.ndarray:
+    """Per row: the two actions differ (exactly for discrete; by more than 1e-3 for continuous)."""
+    a, b = np.asarray(a).reshape(len(a), -1), np.asarray(b).reshape(len(b), -1)
+    if head == "discrete":
+        return np.any(a != b, axis=-1)
+    return np.any(np.abs(a.astype(np.float64) - b) > 1e-3, axis=-1)
+
+
+class _FidelityOnStudentStates:
+    """Step observer of a student's episodes: the teacher labels every state the student visits."""
+
+    def __init__(self, teacher: Any, student: Contender, n_episodes: int, tau: float):
+        self.teacher, self.student, self.tau = teacher, student, tau
+        self.first: list[int | None] = [None] * n_episodes
+        self.rows = 0
+        self.disagree = 0
+        self.kl_sum = 0.0
+        self.kl_ok = True
+
+    def __call__(self, obs: np.ndarray, actions: np.ndarray, eps: np.ndarray, steps: np.ndarray) -> None:
+        labels = self.teacher.label(obs)
+        bad = _disagree(labels.greedy, actions, self.student.head)
+        self.rows += len(obs)
+        self.disagree += int(bad.sum())
+        for e, t in zip(eps[bad], steps[bad], strict=True):
+            if self.first[e] is None:
+                self.first[e] = int(t)
+        kl = divergence(
+            labels.outputs["teacher"],
+            self.student.outputs(obs),
+            self.student.head,
+            tau=self.tau,
+            teacher_log_std=labels.outputs.get("teacher_log_std"),
+            student_log_std=self.student.log_std,
+        )
+        if kl is None:
+            self.kl_ok = False
+        else:
+            self.kl_sum += float(kl.sum())
+
+    def result(self) -> dict[str, Any]:
+        firsts = [f for f in self.first if f is not None]
+        return {
+            "rows": self.rows,
+            "agreement": 1.0 - self.disagree / max(self.rows, 1),
+            "kl": self.kl_sum / max(self.rows, 1) if self.kl_ok else None,
+            "first_disagreement": self.first,
+            "episodes_with_disagreement": len(firsts),
+            "median_first_disagreement": float(np.median(firsts)) if firsts else None,
+        }
+
+
+def teacher_state_fidelity(
+    student: Contender, buffer: Any, *, max_rows: int = 50_000, tau: float = 1.0, batch: int = 4096
+) -> dict[str, Any]:
+    """Agreement with the teacher's greedy action and mean KL on the buffer's states (at most ``max_rows``,
+    evenly spaced): the teacher's own state distribution."""
+    from policy_kd.export import actions_from_outputs
+
+    obs, target = buffer.spaced("obs", max_rows), buffer.spaced("teacher", max_rows)
+    t_log_std = buffer.spaced("teacher_log_std", max_rows) if "teacher_log_std" in buffer.fields else None
+    hits, kl_sum, kl_ok = 0, 0.0, True
+    for i in range(0, len(obs), batch):
+        out, t = student.outputs(obs[i : i + batch]), target[i : i + batch]
+        if student.head == "discrete":
+            hits += int((out.argmax(-1) == t.argmax(-1)).sum())
+        else:
+            a_t, a_s = actions_from_outputs(t, student.head), actions_from_outputs(out, student.head)
+            hits += int((~_disagree(a_t, a_s, student.head)).sum())
+        kl = divergence(
+            t,
+            out,
+            student.head,
+            tau=tau,
+            teacher_log_std=None if t_log_std is None else t_log_std[i : i + batch],
+            student_log_std=student.log_std,
+        )
+        if kl is None:
+            kl_ok = False
+        else:
+            kl_sum += float(kl.sum())
+    return {"rows": len(obs), "agreement": hits / len(obs), "kl": kl_sum / len(obs) if kl_ok else None}
 
 
 def teacher_state_agreement(student: Policy, buffer: Any, max_rows: int = 100_000) -> float:
@@ -276,6 +468,197 @@ def teacher_state_agreement(student: Policy, buffer: Any, max_rows: int = 100_00
         for i in range(0, len(obs), 4096)
     )
     return hits / len(obs)
+
+
+# --------------------------------------------------------------------------------------------- cost
+
+
+def latency(contender: Contender, teacher: Any, obs_pool: np.ndarray) -> dict[str, Any]:
+    """Batch-1 and batch-256 latency of a policy's forward pass (numpy in, numpy out, one thread).
+
+    A teacher is timed as its bare network (``policy_kd.cost.teacher_module``) in eager PyTorch where it
+    takes the raw observations as they are; otherwise (VecNormalize, transposed images) through
+    ``Teacher.outputs``.
+    """
+    from policy_kd.cost import measure_latency, single_thread, teacher_module
+
+    fn = contender.outputs
+    if contender.role == "teacher" and teacher.vec_normalize is None:
+        net = teacher_module(teacher)
+        try:
+            with torch.inference_mode():
+                net(torch.as_tensor(obs_pool[:1]))
+
+            def fn(obs: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    return net(torch.from_numpy(obs)).numpy()
+
+        except Exception:  # the network wants another layout (SB3 transposes images itself)
+            fn = contender.outputs
+    reps = -(-256 // len(obs_pool))
+    big = np.ascontiguousarray(np.concatenate([obs_pool] * reps)[:256])
+    with single_thread():
+        one = measure_latency(fn, np.ascontiguousarray(obs_pool[:1]))
+        many = measure_latency(fn, big, warmup=10, min_calls=30, min_seconds=0.2)
+    return {"batch1_us": one["median_us"], "batch256_us": many["median_us"], "batch1": one, "batch256": many}
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """Run the comparison; with ``config.out`` write eval.json, report.md and plots; return the result."""
+    from policy_kd.teacher import load_teacher
+
+    config.validate()
+    names = _names(config.student)
+    students = [_student_contender(p, n) for p, n in zip(config.student, names, strict=True)]
+    teacher = load_teacher(config.teacher, config.env or students[0].info.get("env_id"))  # type: ignore[arg-type]
+    for p, st in zip(config.student, students, strict=True):
+        check_compatible(st.info, teacher.env_id, teacher.n_outputs, str(p))
+    buffer = None
+    if config.buffer is not None:
+        from policy_kd.buffer import Buffer
+
+        buffer = Buffer.open(config.buffer)
+        check_compatible(buffer.meta, teacher.env_id, teacher.n_outputs, f"buffer {config.buffer}")
+    out = None
+    if config.out is not None:
+        out = prepare_out_dir(
+            config.out, force=config.force, inputs=(config.teacher, config.buffer, *config.student)
+        )
+        write_run_info(out, config, job="evaluate")
+    torch.set_num_threads(config.threads)
+    seeds = [config.seed + i for i in range(config.episodes)]
+    t_con = _teacher_contender(teacher)
+    contenders = [t_con, *students]
+    modes = MODES[config.mode]
+    loss = students[0].info.get("loss") or {}
+    tau = config.kl_tau or float(loss.get("tau") or 1.0)
+    started = time.perf_counter()
+
+    obs_pool: list[np.ndarray] = []
+
+    def keep_obs(obs: np.ndarray, _actions: np.ndarray) -> None:
+        if sum(len(o) for o in obs_pool) < 256:
+            obs_pool.append(np.array(obs))
+
+    episodes: dict[tuple[str, str], Episodes] = {}
+    fidelity: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        for k, c in enumerate(contenders):
+            fid = None
+            if c.role == "student" and mode == modes[0]:
+                fid = _FidelityOnStudentStates(teacher, c, len(seeds), tau)
+            episodes[c.name, mode] = run_episodes(
+                c.policy(mode, np.random.default_rng([config.seed, k])),
+                teacher.env_id,
+                seeds,
+                n_parallel=config.n_parallel,
+                env_factory=teacher.make_env,
+                observer=keep_obs if c.role == "teacher" and mode == modes[0] else None,
+                step_observer=fid,
+            )
+            if fid is not None:
+                fidelity[c.name] = {"mode": mode, "student_states": fid.result()}
+                if buffer is not None:
+                    fidelity[c.name]["teacher_states"] = teacher_state_fidelity(
+                        c, buffer, max_rows=config.buffer_rows, tau=tau
+                    )
+    play_seconds = time.perf_counter() - started
+
+    def policy_entry(c: Contender) -> dict[str, Any]:
+        per_mode = {}
+        for mode in modes:
+            eps = episodes[c.name, mode]
+            entry = {**summarize(eps.returns, seed=config.seed), "mean_length": float(eps.lengths.mean())}
+            entry["lengths"] = [int(x) for x in eps.lengths]
+            if c.role == "student":
+                t_ret = episodes["teacher", mode].returns
+                entry["paired_difference"] = pkd_stats.paired_difference(eps.returns, t_ret, seed=config.seed)
+                entry["return_ratio"] = pkd_stats.return_ratio(eps.returns, t_ret, seed=config.seed)
+            per_mode[mode] = entry
+        d = {
+            "name": c.name,
+            "path": c.path,
+            "format": c.format,
+            "head": c.head,
+            **{k: v for k, v in per_mode[modes[0]].items() if k != "lengths"},
+            "params": c.params,
+            "bytes": c.bytes,
+            "macs": c.macs,
+            "flops": None if c.macs is None else 2 * c.macs,
+            "modes": per_mode,
+        }
+        if c.role == "student":
+            fid = fidelity[c.name]
+            d["fidelity"] = fid
+            d["agreement"] = fid["student_states"]["agreement"]
+            if "teacher_states" in fid:
+                d["agreement_teacher_states"] = fid["teacher_states"]["agreement"]
+            d["params_ratio"] = c.params / t_con.params
+            d["tb"] = str(c.tb_dir) if c.tb_dir else None
+        else:
+            d.update(c.info)
+        return d
+
+    t_entry = policy_entry(t_con)
+    s_entries = [policy_entry(c) for c in students]
+    if config.latency:
+        pool = np.concatenate(obs_pool) if obs_pool else np.stack([teacher.observation_space.sample()])
+        for c, entry in zip(contenders, [t_entry, *s_entries], strict=True):
+            entry["latency"] = latency(c, teacher, pool)
+    first = s_entries[0]
+    ratio = first["return_ratio"]
+    result: dict[str, Any] = {
+        "format": "policy_kd.eval",
+        "schema_version": 2,
+        "env_id": teacher.env_id,
+        "episodes": config.episodes,
+        "seeds": seeds,
+        "modes": list(modes),
+        "teacher": t_entry,
+        "students": s_entries,
+        "student": first,
+        "return_ratio": None if ratio is None else ratio["value"],
+        "params_ratio": first["params_ratio"],
+        "kl_tau": tau,
+        "statistics": {
+            "confidence": pkd_stats.CONFIDENCE,
+            "bootstrap": f"scipy.stats.bootstrap, {pkd_stats.METHOD}",
+            "n_resamples": pkd_stats.N_RESAMPLES,
+            "seed": config.seed,
+        },
+        "play_seconds": play_seconds,
+    }
+    if config.aggregate:
+        result["aggregate"] = {mode: _aggregate(s_entries, mode, config.seed) for mode in modes}
+    if out is not None:
+        from policy_kd.report import write_report
+
+        result["files"] = write_report(
+            result,
+            out,
+            plots=config.plots,
+            video=(teacher, contenders, config.video_episodes) if config.video else None,
+        )
+        write_json(out / "eval.json", result)
+    return result
+
+
+def _aggregate(entries: list[dict[str, Any]], mode: str, seed: int) -> dict[str, Any]:
+    """The students as runs of one configuration: IQM of their mean returns (and return ratios) over runs,
+    stratified bootstrap CI (``policy_kd.stats.aggregate_runs``)."""
+    ratios = [e["modes"][mode]["return_ratio"] for e in entries]
+    return {
+        "runs": [e["name"] for e in entries],
+        "mean_return": pkd_stats.aggregate_runs(
+            [e["modes"][mode]["mean_return"] for e in entries], seed=seed
+        ),
+        "return_ratio": (
+            pkd_stats.aggregate_runs([r["value"] for r in ratios], seed=seed) if all(ratios) else None
+        ),
+    }
 
 
 def check_compatible(info: dict[str, Any], env_id: str, n_actions: int, where: str) -> None:
@@ -292,4 +675,14 @@ def check_compatible(info: dict[str, Any], env_id: str, n_actions: int, where: s
         )
 
 
-__all__ = ["Episodes", "EvaluateConfig", "Policy", "evaluate", "format_table", "mean_ci95", "run_episodes"]
+__all__ = [
+    "Contender",
+    "Episodes",
+    "EvaluateConfig",
+    "Policy",
+    "divergence",
+    "evaluate",
+    "format_table",
+    "mean_ci95",
+    "run_episodes",
+]

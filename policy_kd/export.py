@@ -1,0 +1,819 @@
+"""Export a distilled student for deployment, and load any export back as a student.
+
+``policy-kd export STUDENT --format FORMAT --out DIR`` writes one folder: the exported file and
+``export.json`` (the student's ``student.json`` metadata, the format, the file, and the measured parity with
+the eager student). :func:`load_exported` loads such a folder as a student that ``evaluate`` plays like
+any other (``outputs``, ``predict``), so the return an export gets is measured, not assumed.
+
+=============  ====================  =============================================  =====================
+format         file                  runtime                                        parity (max abs diff)
+=============  ====================  =============================================  =====================
+``onnx``       ``student.onnx``      ONNX Runtime (``[onnx]`` extra), opset of the  ``1e-4``
+                                     installed ``onnx`` (capped at torch's)
+``torchscript````student.ts``        ``torch.jit.load``                             ``1e-5``
+``int8``       ``student_int8.ts``   TorchScript of ``quantize_dynamic`` (int8      ``0.1 × max|out|``
+                                     Linear weights, activations quantised per call)
+``numpy``      ``student.npz``       :class:`NumpyPolicy`: plain numpy, no torch     ``1e-4``
+``sb3``        ``policy.zip``        ``stable_baselines3.DQN.load``                 ``1e-4``
+=============  ====================  =============================================  =====================
+
+Parity is checked at export time on observations from the student's buffer (or drawn around its input
+standardisation) and the export is refused if it is exceeded. ``int8`` is lossy by design: its tolerance
+is relative to the output scale, and ``evaluate`` reports what it costs in return.
+
+**numpy.** The ``.npz`` holds the weights and a ``program``: the student's forward pass as a chain of
+operations (``linear``, ``conv2d``, ``relu``, ``tanh``, ``elu``, ``gelu``, ``flatten``, ``add``/``sub``/
+``mul``/``div`` by a constant, ``float``), read from the network with ``torch.fx``. Students whose forward
+pass is not such a chain (skip connections, custom ops) are refused. The input standardisation
+``(obs - mean) / std`` is folded into the first ``linear`` (same function, two fewer array operations per
+call). :class:`NumpyPolicy` runs it with numpy alone (plus ``scipy.special.erf`` for exact GELU): this
+module imports no torch at import time, so ``from policy_kd.export import NumpyPolicy`` works where torch
+is not installed.
+
+**sb3.** A discrete-action MLP student with float observations is written as an SB3 ``DQN`` ``.zip`` whose
+Q-network (``net_arch`` = the student's hidden widths, same activation) computes the student's outputs
+exactly (standardisation folded into the first layer): ``DQN.load(path).predict(obs)`` takes the student's
+greedy actions, and ``policy-kd evaluate``/``record`` accept it as a teacher too. Honest limits: the
+"Q-values" are the student's logits when it was distilled with ``kl``/``nll``/``hinton`` (only ``mse``
+students regress real Q-values), so use the ``.zip`` to act, not as a critic to resume TD learning from; the
+target network is a copy, the replay buffer empty. Other students (CNNs, whose input scaling differs from
+SB3's image preprocessing; Gaussian students) are refused with a one-line error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import tyro
+
+from policy_kd.errors import PolicyKDError
+
+EXPORT_FILE = "export.json"
+FILES = {
+    "onnx": "student.onnx",
+    "torchscript": "student.ts",
+    "int8": "student_int8.ts",
+    "numpy": "student.npz",
+    "sb3": "policy.zip",
+}
+#: Largest allowed |export - eager| on the parity observations (int8: times the largest |eager output|).
+TOLERANCE = {"onnx": 1e-4, "torchscript": 1e-5, "int8": 0.1, "numpy": 1e-4, "sb3": 1e-4}
+RELATIVE = {"int8"}
+
+__all__ = [
+    "EXPORT_FILE",
+    "FILES",
+    "TOLERANCE",
+    "ExportConfig",
+    "ExportedStudent",
+    "NumpyPolicy",
+    "export_student",
+    "is_export",
+    "load_exported",
+    "numpy_forward",
+]
+
+
+# ------------------------------------------------------------------------------------------ plain numpy
+
+
+def _act(name: str, x: np.ndarray, op: dict[str, Any]) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(x, 0.0, out=x)
+    if name == "tanh":
+        return np.tanh(x, out=x)
+    if name == "elu":
+        return np.where(x > 0, x, op.get("alpha", 1.0) * np.expm1(np.minimum(x, 0.0)))
+    if name == "gelu":
+        if op.get("approximate") == "tanh":
+            return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+        from scipy.special import erf
+
+        return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    raise ValueError(f"unknown activation {name}")
+
+
+def _conv2d(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int], pad: tuple[int, int]
+):
+    """``x`` (batch, c_in, h, w), ``w`` (c_out, c_in, kh, kw) -> (batch, c_out, h_out, w_out); groups=1."""
+    if pad[0] or pad[1]:
+        x = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    kh, kw = w.shape[2:]
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))  # (b, c, H, W, kh, kw)
+    win = win[:, :, :: stride[0], :: stride[1]]
+    out = np.einsum("bchwij,ocij->bohw", win, w, optimize=True)
+    if b is not None:
+        out += b[None, :, None, None]
+    return out
+
+
+def numpy_forward(
+    program: list[dict[str, Any]], arrays: dict[str, np.ndarray], obs: np.ndarray
+) -> np.ndarray:
+    """The student's forward pass in plain numpy: ``obs`` (batch, *obs_shape) -> (batch, n_outputs).
+
+    ``program`` is a list of operations applied in order to one running array ``x``:
+
+    - ``{"op": "float"}``: ``x.astype(float32)``
+    - ``{"op": "add"|"sub"|"mul"|"div", "value": key}``: ``x (+-*/) arrays[key]`` (broadcast)
+    - ``{"op": "flatten"}``: ``x.reshape(batch, -1)``
+    - ``{"op": "permute", "axes": [0, ...]}``: ``x.transpose(axes)`` (channels-last images to channels-first)
+    - ``{"op": "linear", "weight": key, "bias": key|None}``: ``x @ arrays[weight] + arrays[bias]``, the
+      weight stored transposed, ``(in_features, out_features)``
+    - ``{"op": "conv2d", "weight", "bias", "stride", "padding"}``: as ``torch.nn.Conv2d`` (groups 1)
+    - ``{"op": "relu"|"tanh"|"elu"|"gelu"}`` (``alpha`` for elu, ``approximate`` for gelu)
+    """
+    x = np.asarray(obs)
+    for op in program:
+        kind = op["op"]
+        if kind == "linear":
+            x = x @ arrays[op["weight"]]
+            if op.get("bias") is not None:
+                x += arrays[op["bias"]]
+        elif kind in ("relu", "tanh", "elu", "gelu"):
+            x = _act(kind, x, op)
+        elif kind == "float":
+            x = np.asarray(x, dtype=np.float32)
+        elif kind == "flatten":
+            x = x.reshape(x.shape[0], -1)
+        elif kind == "add":
+            x = x + arrays[op["value"]]
+        elif kind == "sub":
+            x = x - arrays[op["value"]]
+        elif kind == "mul":
+            x = x * arrays[op["value"]]
+        elif kind == "div":
+            x = x / arrays[op["value"]]
+        elif kind == "permute":
+            x = np.ascontiguousarray(x.transpose(op["axes"]))
+        elif kind == "conv2d":
+            bias = arrays[op["bias"]] if op.get("bias") is not None else None
+            x = _conv2d(x, arrays[op["weight"]], bias, tuple(op["stride"]), tuple(op["padding"]))
+        else:
+            raise ValueError(f"unknown op {kind!r} in a numpy program")
+    return x
+
+
+class NumpyPolicy:
+    """A student exported with ``--format numpy``, run with numpy alone.
+
+    >>> policy = NumpyPolicy.load("export_dir/student.npz")   # doctest: +SKIP
+    >>> policy.forward(obs)    # (batch, n_outputs) float32
+
+    ``forward`` computes :func:`numpy_forward` with the program compiled once into a list of closures, and
+    a single observation (batch 1, no conv2d) goes through matrix-vector products on 1-d arrays: numpy's
+    per-call overhead, not arithmetic, is what a tiny student's latency is made of.
+    """
+
+    def __init__(self, program: list[dict[str, Any]], arrays: dict[str, np.ndarray]):
+        self.program = program
+        self.arrays = arrays
+        self._batch = [self._compile(op, vector=False) for op in program]
+        vector_ok = all(op["op"] not in ("conv2d", "permute") for op in program)
+        self._vector = [self._compile(op, vector=True) for op in program] if vector_ok else None
+
+    def _compile(self, op: dict[str, Any], *, vector: bool) -> Any:
+        kind, arr = op["op"], self.arrays
+        if kind == "linear":
+            w = arr[op["weight"]]  # (in, out)
+            b = arr[op["bias"]] if op.get("bias") is not None else None
+            if vector:
+                wt = np.ascontiguousarray(w.T)  # (out, in): a contiguous matrix-vector product
+                dot = wt.dot
+            else:
+
+                def dot(x: np.ndarray, w: np.ndarray = w) -> np.ndarray:
+                    return np.dot(x, w)
+
+            if b is None:
+                return dot
+
+            def linear(x: np.ndarray) -> np.ndarray:
+                y = dot(x)
+                y += b
+                return y
+
+            return linear
+        if kind == "relu":
+            return lambda x: np.maximum(x, 0.0, out=x)
+        if kind == "float":
+            return lambda x: np.asarray(x, dtype=np.float32)
+        if kind == "flatten":
+            return (lambda x: x.reshape(-1)) if vector else (lambda x: x.reshape(x.shape[0], -1))
+        if kind in ("add", "sub", "mul", "div"):
+            c = arr[op["value"]]
+            fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[kind]
+            return lambda x: fn(x, c)
+        single = [op]
+        return lambda x: numpy_forward(single, arr, x)
+
+    @classmethod
+    def load(cls, path: str | Path) -> NumpyPolicy:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        program = json.loads(str(arrays.pop("program")))
+        return cls(program, arrays)
+
+    def forward(self, obs: np.ndarray) -> np.ndarray:
+        """``obs`` (batch, *obs_shape) -> (batch, n_outputs) float32."""
+        obs = np.asarray(obs)
+        if obs.shape[0] == 1 and self._vector is not None:
+            x = obs[0]
+            for f in self._vector:
+                x = f(x)
+            return x[None]
+        x = obs
+        for f in self._batch:
+            x = f(x)
+        return x
+
+    __call__ = forward
+
+
+# -------------------------------------------------------------------------------- loaded exports
+
+
+@dataclass
+class ExportedStudent:
+    """An export loaded back: the same ``outputs``/``predict`` protocol as an eager student."""
+
+    format: str
+    path: Path
+    info: dict[str, Any]
+    """The source student's ``student.json`` contents."""
+    meta: dict[str, Any]
+    """``export.json``."""
+    run: Any
+    """``obs (batch, *obs_shape) -> outputs (batch, n_outputs)`` numpy function."""
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path
+
+    @property
+    def params(self) -> int:
+        return int(self.meta["params"])
+
+    @property
+    def log_std(self) -> np.ndarray | None:
+        ls = self.meta.get("log_std")
+        return None if ls is None else np.asarray(ls, dtype=np.float32)
+
+    def outputs(self, obs: np.ndarray) -> np.ndarray:
+        return np.asarray(self.run(np.asarray(obs)))
+
+    @property
+    def head(self) -> str:
+        return str(self.info["spec"].get("head", "discrete"))
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Actions as the eager student takes them: argmax, or the Gaussian mean clipped (``gaussian``) or
+        tanh-squashed (``squashed_gaussian``) into the action bounds; ``deterministic=False`` samples."""
+        out = self.outputs(obs)
+        if not deterministic:
+            out = sample_outputs(out, self.head, self.log_std, np.random.default_rng())
+            if self.head == "discrete":
+                return out
+        return actions_from_outputs(out, self.head, self.meta.get("action_bounds"))
+
+    def file_bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+def actions_from_outputs(out: np.ndarray, head: str, bounds: list[list[float]] | None = None) -> np.ndarray:
+    """Deterministic actions from outputs ``(batch, n_outputs)``: argmax for a ``discrete`` head; for a
+    Gaussian head the mean clipped into ``bounds = [low, high]`` (``gaussian``) or squashed into them with
+    tanh (``squashed_gaussian``), as ``Student.predict`` does."""
+    if head == "discrete":
+        return out.argmax(axis=-1)
+    low, high = (np.asarray(b, dtype=np.float32) for b in bounds) if bounds else (-1.0, 1.0)
+    if head == "squashed_gaussian":
+        return (low + (np.tanh(out) + 1.0) * 0.5 * (high - low)).astype(np.float32)
+    return np.clip(out, low, high).astype(np.float32)
+
+
+def sample_outputs(
+    out: np.ndarray, head: str, log_std: np.ndarray | None, rng: np.random.Generator
+) -> np.ndarray:
+    """One sample per row: a discrete action from softmax(out), or a Gaussian draw ``out + exp(log_std) *
+    N(0, 1)`` (still to be clipped or squashed by :func:`actions_from_outputs`)."""
+    if head == "discrete":
+        z = out - out.max(axis=-1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=-1, keepdims=True)
+        u = rng.random((p.shape[0], 1))
+        return (p.cumsum(axis=-1) < u).sum(axis=-1).clip(max=p.shape[-1] - 1)
+    std = np.exp(log_std) if log_std is not None else np.ones(out.shape[-1], dtype=np.float32)
+    return (out + std * rng.standard_normal(out.shape)).astype(np.float32)
+
+
+def is_export(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / EXPORT_FILE).is_file() if p.is_dir() else False
+
+
+def _obs_dtype(info: dict[str, Any]) -> np.dtype:
+    return np.dtype((info.get("observation_space") or {}).get("dtype") or "float32")
+
+
+def _runner(fmt: str, path: Path, info: dict[str, Any]) -> Any:
+    dtype = _obs_dtype(info)
+    if fmt == "numpy":
+        return NumpyPolicy.load(path).forward
+    if fmt == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise PolicyKDError(
+                "running an ONNX export needs onnxruntime: pip install 'policy-kd[onnx]'"
+            ) from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        run = sess.run
+        return lambda obs: run(None, {name: np.asarray(obs, dtype=dtype)})[0]
+    import torch
+
+    if fmt in ("torchscript", "int8"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location="cpu")
+        module.eval()
+    elif fmt == "sb3":
+        from stable_baselines3 import DQN
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = DQN.load(str(path), device="cpu").policy.q_net
+        module.eval()
+    else:
+        raise PolicyKDError(f"unknown export format {fmt!r}; choose one of {', '.join(FILES)}")
+
+    def run_torch(obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(np.ascontiguousarray(obs, dtype=dtype))).numpy()
+
+    return run_torch
+
+
+def load_exported(path: str | Path) -> ExportedStudent:
+    """Load an ``export`` folder (or its ``export.json``) as a student."""
+    p = Path(path)
+    folder = p.parent if p.name == EXPORT_FILE else p
+    meta_path = folder / EXPORT_FILE
+    if not meta_path.is_file():
+        raise PolicyKDError(f"{folder} is not an export folder (no {EXPORT_FILE}); run policy-kd export")
+    try:
+        meta = json.loads(meta_path.read_text())
+        fmt, file, info = meta["export_format"], meta["file"], meta["student"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PolicyKDError(f"{meta_path} is damaged ({exc}); export the student again") from None
+    if fmt not in FILES:
+        raise PolicyKDError(f"{meta_path} names format {fmt!r}; choose one of {', '.join(FILES)}")
+    artifact = folder / file
+    if not artifact.is_file():
+        raise PolicyKDError(f"exported file missing: {artifact}; export the student again")
+    try:
+        run = _runner(fmt, artifact, info)
+    except PolicyKDError:
+        raise
+    except Exception as exc:
+        raise PolicyKDError(
+            f"could not load {artifact} ({type(exc).__name__}); export the student again"
+        ) from None
+    return ExportedStudent(format=fmt, path=artifact, info=info, meta=meta, run=run)
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Export a distilled student as ONNX, TorchScript, int8 (dynamic quantisation), numpy or an SB3 policy."""
+
+    student: tyro.conf.Positional[str | None] = None
+    """Student: a distill --out folder (its best weights) or a .pt weights file inside one."""
+    format: Literal["onnx", "torchscript", "int8", "numpy", "sb3"] = "onnx"
+    """onnx (ONNX Runtime), torchscript, int8 (dynamic quantisation of Linear layers), numpy (.npz + a plain
+    numpy forward), sb3 (a DQN .zip, for discrete-action MLP students)."""
+    out: str | None = None
+    """Folder for the exported file and export.json (refused if it exists, unless --force)."""
+    parity_rows: int = 4096
+    """Observations (from the student's buffer when it still exists) the export is checked on."""
+    force: bool = False
+    """Replace an existing --out folder."""
+
+
+def parity_observations(student: Any, rows: int = 4096, seed: int = 0) -> np.ndarray:
+    """Observations to compare an export with its eager student: the student's buffer when it is still
+    there, otherwise draws around the student's input standardisation (or uniform bytes for uint8)."""
+    info = student.info
+    buf = info.get("buffer")
+    if buf and Path(buf).is_dir():
+        try:
+            from policy_kd.buffer import Buffer
+
+            return np.asarray(Buffer.open(buf).spaced("obs", rows))
+        except Exception:  # a damaged buffer only loses us realistic inputs, not the check
+            pass
+    rng = np.random.default_rng(seed)
+    shape = tuple(info["spec"]["obs_shape"])
+    dtype = _obs_dtype(info)
+    if dtype == np.uint8:
+        return rng.integers(0, 256, size=(rows, *shape), dtype=np.uint8)
+    mean = getattr(student.net, "obs_mean", None)
+    std = getattr(student.net, "obs_std", None)
+    z = rng.standard_normal((rows, *shape)).astype(np.float32)
+    if mean is not None and std is not None:
+        z = z * std.numpy() * 2 + mean.numpy()
+    return z.astype(dtype)
+
+
+def eager_outputs(net: Any, obs: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return net(torch.as_tensor(np.asarray(obs))).float().numpy()
+
+
+def _numpy_program(
+    net: Any, obs_shape: tuple[int, ...]
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """The student's forward pass as a chain of numpy operations, read with torch.fx (see the module doc)."""
+    import operator
+
+    import torch
+    from torch import fx, nn
+
+    try:
+        gm = fx.symbolic_trace(net)
+    except Exception as exc:
+        raise PolicyKDError(
+            f"numpy export could not trace the student ({type(exc).__name__}); use --format onnx"
+        ) from None
+    modules = dict(gm.named_modules())
+    program: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    consts: dict[fx.Node, Any] = {}
+    prev: fx.Node | None = None
+
+    def refuse(what: str) -> PolicyKDError:
+        return PolicyKDError(
+            f"numpy export supports students whose forward is a chain of linear/conv2d/activation/"
+            f"standardisation steps; this one has {what}; use --format onnx"
+        )
+
+    def store(value: Any) -> str:
+        key = f"a{len(arrays)}"
+        arrays[key] = np.asarray(
+            value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value, dtype=np.float32
+        )
+        return key
+
+    def attr(target: str) -> Any:
+        obj: Any = gm
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    binops = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div"}
+    acts = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu", nn.GELU: "gelu"}
+    fn_acts = {
+        torch.relu: "relu",
+        torch.tanh: "tanh",
+        nn.functional.relu: "relu",
+        torch.nn.functional.gelu: "gelu",
+    }
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if prev is not None:
+                raise refuse("more than one input")
+            prev = node
+            continue
+        if node.op == "get_attr":
+            consts[node] = attr(node.target)
+            continue
+        if node.op == "output":
+            if node.args[0] is not prev:
+                raise refuse("an output that is not the last step")
+            break
+        data = [a for a in node.args if isinstance(a, fx.Node) and a not in consts]
+        if data != [prev] or len(prev.users) != 1:
+            raise refuse(f"a branch at {node.name}")
+        if node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, nn.Linear):
+                program.append(
+                    {
+                        "op": "linear",
+                        "weight": store(m.weight.T.contiguous()),
+                        "bias": store(m.bias) if m.bias is not None else None,
+                    }
+                )
+            elif isinstance(m, nn.Conv2d):
+                if m.groups != 1 or m.dilation != (1, 1) or not isinstance(m.padding, tuple):
+                    raise refuse(f"a grouped, dilated or 'same'-padded Conv2d ({node.target})")
+                program.append(
+                    {
+                        "op": "conv2d",
+                        "weight": store(m.weight),
+                        "bias": store(m.bias) if m.bias is not None else None,
+                        "stride": list(m.stride),
+                        "padding": list(m.padding),
+                    }
+                )
+            elif type(m) in acts:
+                op: dict[str, Any] = {"op": acts[type(m)]}
+                if isinstance(m, nn.ELU):
+                    op["alpha"] = float(m.alpha)
+                if isinstance(m, nn.GELU):
+                    op["approximate"] = m.approximate
+                program.append(op)
+            elif isinstance(m, nn.Flatten):
+                if m.start_dim != 1 or m.end_dim != -1:
+                    raise refuse(f"a Flatten({m.start_dim}, {m.end_dim})")
+                program.append({"op": "flatten"})
+            elif isinstance(m, nn.Identity):
+                continue
+            else:
+                raise refuse(f"a {type(m).__name__} module ({node.target})")
+        elif node.op == "call_method" and node.target == "float":
+            program.append({"op": "float"})
+        elif node.op == "call_method" and node.target == "permute" and node.args[1:] and node.args[1] == 0:
+            program.append({"op": "permute", "axes": [int(a) for a in node.args[1:]]})
+        elif node.op == "call_method" and node.target == "flatten" and node.args[1:] == (1,):
+            program.append({"op": "flatten"})
+        elif node.op == "call_function" and node.target in binops:
+            a, b = node.args
+            if a is not prev or (isinstance(b, fx.Node) and b not in consts):
+                raise refuse(f"a {binops[node.target]} that is not by a constant ({node.name})")
+            program.append({"op": binops[node.target], "value": store(consts.get(b, b))})
+        elif (
+            node.op == "call_function" and node.target in fn_acts and len(node.args) == 1 and not node.kwargs
+        ):
+            program.append({"op": fn_acts[node.target]})
+        elif node.op == "call_function" and node.target is torch.flatten and node.args[1:] == (1,):
+            program.append({"op": "flatten"})
+        else:
+            raise refuse(f"the operation {node.target} ({node.name})")
+        prev = node
+    return _fold_standardisation(program, arrays, obs_shape), arrays
+
+
+def _fold_standardisation(
+    program: list[dict[str, Any]], arrays: dict[str, np.ndarray], obs_shape: tuple[int, ...]
+) -> list[dict[str, Any]]:
+    """Fold a leading ``[float] sub c, div s, [flatten], linear`` into the linear layer:
+    ``((x - c) / s) @ W + b  ==  x @ (W / s) + (b - (c / s) @ W)`` (computed in float64)."""
+    i = 1 if program and program[0]["op"] == "float" else 0
+    ops = [o["op"] for o in program[i:]]
+    pattern = next(
+        (p for p in (["sub", "div", "flatten", "linear"], ["sub", "div", "linear"]) if ops[: len(p)] == p),
+        None,
+    )
+    if pattern is None or (pattern[2] == "linear" and len(obs_shape) != 1):
+        return program
+    sub, div, lin = program[i], program[i + 1], program[i + len(pattern) - 1]
+    w = arrays[lin["weight"]].astype(np.float64)  # (in_features, out_features)
+    try:
+        c = np.broadcast_to(arrays[sub["value"]], obs_shape).reshape(-1).astype(np.float64)
+        s = np.broadcast_to(arrays[div["value"]], obs_shape).reshape(-1).astype(np.float64)
+    except ValueError:
+        return program
+    if c.size != w.shape[0]:
+        return program
+    w = w / s[:, None]
+    bias = arrays[lin["bias"]].astype(np.float64) if lin.get("bias") is not None else np.zeros(w.shape[1])
+    for key in (sub["value"], div["value"], lin.get("bias")):
+        if key is not None:
+            arrays.pop(key)
+    arrays[lin["weight"]] = w.astype(np.float32)
+    bias_key = f"{lin['weight']}_bias"
+    arrays[bias_key] = (bias - c @ w).astype(np.float32)
+    flatten = [{"op": "flatten"}] if pattern[2] == "flatten" else []
+    return [{"op": "float"}, *flatten, {**lin, "bias": bias_key}, *program[i + len(pattern) :]]
+
+
+def _sb3_layers(program: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> tuple[list[int], str]:
+    """Hidden widths and activation of a folded MLP program, or a refusal."""
+    body = [o for o in program if o["op"] not in ("float", "flatten")]
+    kinds = [o["op"] for o in body]
+    acts = set(kinds[1::2])
+    ok = (
+        len(kinds) % 2 == 1
+        and all(k == "linear" for k in kinds[::2])
+        and len(acts) <= 1
+        and acts <= {"relu", "tanh", "elu", "gelu"}
+        and all(o.get("approximate", "none") == "none" for o in body)
+        and not any(o["op"] == "flatten" for o in program[program.index(body[0]) + 1 :])
+    )
+    if not ok:
+        raise PolicyKDError(
+            "sb3 export needs an MLP student (Linear layers with one activation); use --format onnx or numpy"
+        )
+    widths = [int(arrays[o["weight"]].shape[1]) for o in body[::2]][:-1]
+    return widths, acts.pop() if acts else "relu"
+
+
+def _export_sb3(student: Any, path: Path) -> None:
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import DQN
+    from torch import nn
+
+    info = student.info
+    space = info.get("action_space") or {}
+    if space.get("type") != "Discrete":
+        raise PolicyKDError(
+            f"sb3 export writes a DQN policy, which needs discrete actions; this student acts in {space.get('type')}"
+        )
+    if _obs_dtype(info) == np.uint8:
+        raise PolicyKDError(
+            "sb3 export supports students with float observations (SB3 rescales uint8 images itself); use --format onnx"
+        )
+    program, arrays = _numpy_program(student.net, tuple(info["spec"]["obs_shape"]))
+    widths, act = _sb3_layers(program, arrays)
+    obs_shape = tuple(info["spec"]["obs_shape"])
+    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=obs_shape, dtype=_obs_dtype(info))
+
+    class _Spaces(gym.Env):  # only the spaces: DQN needs them to build the policy
+        observation_space = obs_space
+        action_space = gym.spaces.Discrete(int(space["n"]))
+
+        def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+            return np.zeros(obs_shape, dtype=obs_space.dtype), {}
+
+        def step(self, action: Any) -> Any:
+            return np.zeros(obs_shape, dtype=obs_space.dtype), 0.0, True, False, {}
+
+    activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DQN(
+            "MlpPolicy",
+            _Spaces(),
+            policy_kwargs={"net_arch": widths, "activation_fn": activations[act]},
+            buffer_size=1,
+            learning_starts=0,
+            device="cpu",
+            seed=0,
+        )
+    linears = [m for m in model.policy.q_net.q_net if isinstance(m, nn.Linear)]
+    body = [o for o in program if o["op"] == "linear"]
+    with torch.no_grad():
+        for lin, op in zip(linears, body, strict=True):
+            lin.weight.copy_(torch.from_numpy(arrays[op["weight"]].T.copy()))
+            lin.bias.copy_(
+                torch.from_numpy(arrays[op["bias"]]) if op.get("bias") else torch.zeros_like(lin.bias)
+            )
+        model.policy.q_net_target.load_state_dict(model.policy.q_net.state_dict())
+    model.save(str(path))
+
+
+def _write(fmt: str, student: Any, path: Path) -> dict[str, Any]:
+    """Write ``student`` in ``fmt`` to ``path``; returns format details for export.json."""
+    import torch
+
+    net = student.net
+    info = student.info
+    example = torch.as_tensor(parity_observations(student, rows=2))
+    if fmt == "numpy":
+        program, arrays = _numpy_program(net, tuple(info["spec"]["obs_shape"]))
+        np.savez(path, program=np.array(json.dumps(program)), **arrays)
+        return {"program": [o["op"] for o in program]}
+    if fmt == "sb3":
+        _export_sb3(student, path)
+        return {"algo": "dqn"}
+    if fmt in ("torchscript", "int8"):
+        module = net
+        if fmt == "int8":
+            import copy
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = torch.ao.quantization.quantize_dynamic(
+                    copy.deepcopy(net), {torch.nn.Linear}, dtype=torch.qint8
+                )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, example, check_trace=False)
+            torch.jit.save(traced, str(path))
+        return {"quantized": "dynamic int8 Linear weights"} if fmt == "int8" else {}
+    if fmt == "onnx":
+        try:
+            import onnx
+            import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
+        except ImportError:
+            raise PolicyKDError(
+                "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'policy-kd[onnx]'"
+            ) from None
+        from torch.onnx import _constants
+
+        opset = min(onnx.defs.onnx_opset_version(), int(getattr(_constants, "ONNX_MAX_OPSET", 18)))
+        batch = torch.export.Dim("batch", min=1)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net,
+                (example,),
+                str(path),
+                dynamo=True,
+                input_names=["obs"],
+                output_names=["outputs"],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                verbose=False,
+            )
+        return {"opset": opset, "input": "obs", "input_dtype": str(_obs_dtype(info))}
+    raise PolicyKDError(f"unknown export format {fmt!r}; choose one of {', '.join(FILES)}")
+
+
+def export_student(config: ExportConfig) -> Path:
+    """Export ``config.student`` as ``config.format`` into ``config.out``; check parity; return the folder."""
+    from policy_kd.cost import count_macs
+    from policy_kd.run import prepare_out_dir, write_json, write_run_info
+    from policy_kd.students import count_params, load_student
+
+    if config.student is None:
+        raise PolicyKDError("export needs a student: policy-kd export STUDENT_DIR --format FORMAT --out DIR")
+    if config.format not in FILES:
+        raise PolicyKDError(f"unknown export format {config.format!r}; choose one of {', '.join(FILES)}")
+    if config.parity_rows <= 0:
+        raise PolicyKDError(f"--parity-rows must be > 0, got {config.parity_rows}")
+    if is_export(config.student):
+        raise PolicyKDError(f"{config.student} is already an export; export the distill folder it came from")
+    student = load_student(config.student)
+    out = prepare_out_dir(config.out, force=config.force, inputs=(config.student,))
+    import torch
+
+    torch.set_num_threads(1)
+    path = out / FILES[config.format]
+    details = _write(config.format, student, path)
+    log_std = getattr(student.net, "log_std", None)
+    meta: dict[str, Any] = {
+        "format": "policy_kd.export",
+        "version": 1,
+        "export_format": config.format,
+        "file": path.name,
+        "source": str(Path(config.student).resolve()),
+        "params": count_params(student.net),
+        "bytes": path.stat().st_size,
+        "log_std": None if log_std is None else log_std.detach().reshape(-1).tolist(),
+        "action_bounds": (
+            [student.net.action_low.tolist(), student.net.action_high.tolist()]
+            if hasattr(student.net, "action_low")
+            else None
+        ),
+        "macs": count_macs(student.net, torch.as_tensor(parity_observations(student, rows=2))),
+        "details": details,
+        "student": student.info,
+    }
+    write_json(out / EXPORT_FILE, meta)
+    exported = load_exported(out)
+    obs = parity_observations(student, config.parity_rows)
+    ref, got = eager_outputs(student.net, obs), exported.outputs(obs)
+    diff = float(np.max(np.abs(ref - got)))
+    scale = float(np.max(np.abs(ref))) if config.format in RELATIVE else 1.0
+    tol = TOLERANCE[config.format] * scale
+    a_ref = np.asarray(student.predict(obs)).reshape(len(obs), -1)
+    same_action = float(
+        np.mean(np.all(np.isclose(a_ref, exported.predict(obs).reshape(len(obs), -1)), axis=-1))
+    )
+    meta["parity"] = {
+        "rows": len(obs),
+        "max_abs_diff": diff,
+        "tolerance": tol,
+        "tolerance_rule": f"{TOLERANCE[config.format]} x max|output|"
+        if config.format in RELATIVE
+        else "absolute",
+        "action_agreement": same_action,
+    }
+    write_json(out / EXPORT_FILE, meta)
+    write_run_info(out, config, job="export")
+    if not diff <= tol:
+        shutil.rmtree(out)
+        raise PolicyKDError(
+            f"{config.format} export differs from the student by {diff:.3g} (> {tol:.3g}); nothing was written"
+        )
+    return out
+
+
+def describe_export(out: Path) -> str:
+    meta = json.loads((out / EXPORT_FILE).read_text())
+    p = meta["parity"]
+    return (
+        f"{meta['export_format']} export saved to {out / meta['file']} ({meta['bytes']:,} bytes); "
+        f"max |export - student| = {p['max_abs_diff']:.2e} on {p['rows']} observations "
+        f"(tolerance {p['tolerance']:.2e}), same action on {p['action_agreement'] * 100:.2f}%"
+    )

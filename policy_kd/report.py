@@ -1,0 +1,423 @@
+"""Turn an evaluation result (``eval.json``) into tables, a Markdown report, PNG plots and videos.
+
+Everything here reads the result dictionary ``policy_kd.evaluate.evaluate`` returns (the same content as
+``eval.json``), so a report can be regenerated from a saved ``eval.json`` without playing again:
+``write_report(json.loads(Path("eval/eval.json").read_text()), Path("eval"))``.
+
+Plots need matplotlib (the ``[report]`` extra) and videos moviepy (the ``[video]`` extra); without them
+the report says so in one line and the rest is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policy_kd.run import atomic_write_text
+
+#: Panels of the learning-curve plot: title -> the TensorBoard tags that hold it (first found is used; the
+#: distill engine's current names first, then the pipeline's first ones).
+LEARNING_CURVE_PANELS = {
+    "distillation loss": ("loss/total", "distill/loss"),
+    "agreement with the teacher (train batch)": ("fidelity/agreement", "distill/agreement"),
+    "evaluation return": ("eval/mean_return",),
+}
+
+__all__ = ["LEARNING_CURVE_PANELS", "format_table", "learning_curves", "markdown", "write_report"]
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.{digits}f}" if abs(x) < 1e4 else f"{x:.3g}"
+
+
+def _ci(ci: Sequence[float] | None, digits: int = 1) -> str:
+    return "n/a" if not ci else f"[{_num(ci[0], digits)}, {_num(ci[1], digits)}]"
+
+
+def _policies(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [result["teacher"], *result.get("students", [result["student"]])]
+
+
+def return_rows(result: dict[str, Any]) -> list[list[str]]:
+    """One row per policy and mode: return statistics and the paired comparison with the teacher."""
+    rows = [
+        [
+            "policy",
+            "mode",
+            "mean ± std",
+            "95% CI",
+            "median",
+            "IQM [95% CI]",
+            "Δ vs teacher [95% CI]",
+            "ratio [95% CI]",
+        ]
+    ]
+    for p in _policies(result):
+        for mode, m in p.get("modes", {result.get("modes", ["deterministic"])[0]: p}).items():
+            diff, ratio = m.get("paired_difference"), m.get("return_ratio")
+            rows.append(
+                [
+                    p.get("name", "teacher"),
+                    mode,
+                    f"{_num(m['mean_return'])} ± {_num(m['std_return'])}",
+                    _ci(m["ci95"]),
+                    _num(m["median_return"]),
+                    f"{_num(m.get('iqm_return'))} {_ci(m.get('iqm_ci95'))}",
+                    "—" if diff is None else f"{diff['mean']:+.1f} {_ci(diff['ci'])}",
+                    "—" if ratio is None else f"{ratio['value']:.3f} {_ci(ratio['ci'], 3)}",
+                ]
+            )
+    return rows
+
+
+def fidelity_rows(result: dict[str, Any]) -> list[list[str]]:
+    """Agreement and KL with the teacher on the student's states and on the teacher's (buffer) states."""
+    rows = [
+        [
+            "student",
+            "agreement (own states)",
+            "KL (own states)",
+            "agreement (teacher states)",
+            "KL (teacher states)",
+            "episodes with a disagreement",
+            "median first disagreement step",
+        ]
+    ]
+    for s in result.get("students", [result["student"]]):
+        f = s.get("fidelity") or {}
+        own, theirs = f.get("student_states") or {}, f.get("teacher_states") or {}
+        agree = own.get("agreement", s.get("agreement"))
+        rows.append(
+            [
+                s.get("name", "student"),
+                "n/a" if agree is None else f"{agree * 100:.1f}%",
+                _num(own.get("kl"), 4),
+                "—" if not theirs else f"{theirs['agreement'] * 100:.1f}%",
+                "—" if not theirs else _num(theirs.get("kl"), 4),
+                f"{own.get('episodes_with_disagreement', 'n/a')}/{result['episodes']}",
+                _num(own.get("median_first_disagreement"), 0),
+            ]
+        )
+    return rows
+
+
+def cost_rows(result: dict[str, Any]) -> list[list[str]]:
+    """Parameters, bytes on disk, FLOPs per step and CPU latency of every policy."""
+    rows = [["policy", "format", "params", "bytes", "FLOPs/step", "batch-1 µs", "batch-256 µs"]]
+    for p in _policies(result):
+        lat = p.get("latency") or {}
+        rows.append(
+            [
+                p.get("name", "teacher"),
+                p.get("format", ""),
+                f"{p['params']:,}",
+                f"{p['bytes']:,}",
+                "n/a" if p.get("flops") is None else f"{p['flops']:,}",
+                _num(lat.get("batch1_us")),
+                _num(lat.get("batch256_us")),
+            ]
+        )
+    return rows
+
+
+def aggregate_rows(result: dict[str, Any]) -> list[list[str]]:
+    rows = [["mode", "runs", "IQM of mean return [95% CI]", "IQM of return ratio [95% CI]"]]
+    for mode, a in (result.get("aggregate") or {}).items():
+        r = a.get("return_ratio")
+        rows.append(
+            [
+                mode,
+                str(len(a["runs"])),
+                f"{_num(a['mean_return']['value'])} {_ci(a['mean_return']['ci'])}",
+                "n/a" if r is None else f"{r['value']:.3f} {_ci(r['ci'], 3)}",
+            ]
+        )
+    return rows
+
+
+def _text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _md_table(rows: list[list[str]]) -> str:
+    head, *body = rows
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(out)
+
+
+def _footer(result: dict[str, Any]) -> list[str]:
+    s = result["student"]
+    ratio = result["return_ratio"]
+    lines = [
+        f"env {result['env_id']}, {result['episodes']} episodes on seeds {result['seeds'][0]}..{result['seeds'][-1]}",
+        f"student/teacher return ratio: {ratio:.3f}"
+        if ratio is not None
+        else "student/teacher return ratio: n/a (teacher mean is 0)",
+        f"student/teacher params ratio: {result['params_ratio']:.4f} ({result['params_ratio'] * 100:.2f}%)",
+        f"action agreement with the teacher on the student's own states: {s['agreement'] * 100:.1f}%",
+    ]
+    if "agreement_teacher_states" in s:
+        lines.append(
+            "action agreement with the teacher on the teacher's recorded states: "
+            f"{s['agreement_teacher_states'] * 100:.1f}%"
+        )
+    if len(result.get("students", [])) > 1:
+        lines[1:4] = [f"(first student: {s.get('name', 'student')})", *lines[1:4]]
+    return lines
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The tables ``policy-kd evaluate`` prints: returns, fidelity, cost (when measured), then a summary."""
+    parts = [_text_table(return_rows(result)), "", _text_table(fidelity_rows(result))]
+    if any(p.get("latency") or p.get("flops") for p in _policies(result)):
+        parts += ["", _text_table(cost_rows(result))]
+    if result.get("aggregate"):
+        parts += ["", _text_table(aggregate_rows(result))]
+    parts += ["", *_footer(result)]
+    return "\n".join(parts)
+
+
+def markdown(result: dict[str, Any], images: Sequence[str] = ()) -> str:
+    """``report.md``: the same tables in Markdown, the plots, and how to read them."""
+    stats = result.get("statistics", {})
+    parts = [
+        f"# Evaluation on {result['env_id']}",
+        "",
+        f"{result['episodes']} episodes per policy and mode, episode *i* of every policy from `reset(seed="
+        f"{result['seeds'][0]} + i)`. CIs: {int(stats.get('confidence', 0.95) * 100)}% bootstrap "
+        f"({stats.get('bootstrap', 'scipy.stats.bootstrap')}, {stats.get('n_resamples', 'n/a')} resamples); "
+        "Δ and ratio are paired by seed.",
+        "",
+        "## Return",
+        "",
+        _md_table(return_rows(result)),
+        "",
+        "## Fidelity",
+        "",
+        f"KL = mean KL(softmax(teacher / {result.get('kl_tau', 1.0)}) ‖ softmax(student)) per state "
+        "(Gaussian heads: closed form). Own states: those the student visits acting greedily; teacher "
+        "states: the buffer's.",
+        "",
+        _md_table(fidelity_rows(result)),
+        "",
+        "## Cost",
+        "",
+        "FLOPs = 2 × multiply-accumulates of Linear/Conv2d layers per step; latency: median of many calls, "
+        "one CPU thread, warm-up excluded, numpy in and out.",
+        "",
+        _md_table(cost_rows(result)),
+    ]
+    if result.get("aggregate"):
+        parts += ["", "## Runs aggregated (IQM, stratified bootstrap)", "", _md_table(aggregate_rows(result))]
+    if images:
+        parts += ["", "## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images]
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def learning_curves(tb_dir: str | Path, tags: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Scalars of a TensorBoard folder (every event file below it; all tags, or only ``tags``):
+    tag -> ``(n, 2)`` array of (step, value) sorted by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(Path(tb_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            if tags is None or tag in tags:
+                curves.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {t: np.asarray(sorted(v), dtype=np.float64) for t, v in curves.items()}
+
+
+def plot_all(result: dict[str, Any], out: Path) -> list[str]:
+    """Write the PNG plots; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    policies = _policies(result)
+    mode = result.get("modes", ["deterministic"])[0]
+
+    # Return distributions: one box + jittered points per policy.
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(policies) + 1), 3.6))
+    data = [np.asarray(p.get("modes", {}).get(mode, p)["returns"]) for p in policies]
+    labels = [p.get("name", "teacher") for p in policies]
+    ax.boxplot(data, showfliers=False, widths=0.5)
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=15)
+    rng = np.random.default_rng(0)
+    for i, d in enumerate(data, start=1):
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(d)), d, s=8, alpha=0.5)
+    ax.set_ylabel("episode return")
+    ax.set_title(f"{result['env_id']}: return over {result['episodes']} seeds ({mode})")
+    fig.tight_layout()
+    fig.savefig(out / "returns.png", dpi=110)
+    plt.close(fig)
+    files.append("returns.png")
+
+    # Return vs parameter count (log x), mean with its 95% CI.
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for p in policies:
+        m = p.get("modes", {}).get(mode, p)
+        lo, hi = m["ci95"]
+        ax.errorbar(
+            p["params"],
+            m["mean_return"],
+            yerr=[[m["mean_return"] - lo], [hi - m["mean_return"]]],
+            fmt="*" if p is result["teacher"] else "o",
+            markersize=10 if p is result["teacher"] else 6,
+            capsize=3,
+            label=p.get("name", "teacher"),
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("mean return (95% CI)")
+    ax.legend(fontsize=8)
+    ax.set_title("return vs size")
+    fig.tight_layout()
+    fig.savefig(out / "return_vs_params.png", dpi=110)
+    plt.close(fig)
+    files.append("return_vs_params.png")
+
+    # Distillation learning curves from each student's TensorBoard folder.
+    curves = {}
+    for s in result.get("students", []):
+        if s.get("tb") and Path(s["tb"]).is_dir() and s["tb"] not in {c[0] for c in curves.values()}:
+            got = learning_curves(s["tb"])
+            if got:
+                curves[s["name"]] = (s["tb"], got)
+    panels = {
+        title: [
+            (name, next(c[t] for t in tags if t in c))
+            for name, (_, c) in curves.items()
+            if any(t in c for t in tags)
+        ]
+        for title, tags in LEARNING_CURVE_PANELS.items()
+    }
+    panels = {k: v for k, v in panels.items() if v}
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+        for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+            for name, xy in lines:
+                ax.plot(xy[:, 0], xy[:, 1], marker="." if len(xy) < 30 else None, label=name)
+            if title == "evaluation return":
+                ax.axhline(result["teacher"]["mean_return"], color="k", ls="--", lw=1, label="teacher")
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("distillation step")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "learning_curves.png", dpi=110)
+        plt.close(fig)
+        files.append("learning_curves.png")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------- video
+
+
+def record_videos(teacher: Any, contenders: Sequence[Any], out: Path, seed: int, episodes: int) -> list[str]:
+    """Record ``episodes`` greedy episodes (from ``seed``) of every policy with gymnasium's RecordVideo into
+    ``out/videos/<name>/``, then (moviepy) ``side_by_side.mp4`` with the first episode of each.
+
+    Returns the files written; an env without ``rgb_array`` rendering or a missing moviepy gets a one-line
+    message on stderr and no video.
+    """
+    import gymnasium as gym
+
+    from policy_kd.envs import make_env_from_spec
+
+    spec = teacher.env_spec
+    modes = (
+        (gym.spec(spec["env_id"]).kwargs.get("render_modes") or []) if spec["env_id"] in gym.registry else []
+    )
+    try:
+        probe = make_env_from_spec({**spec, "env_kwargs": {**spec["env_kwargs"], "render_mode": "rgb_array"}})
+        can_render = probe.metadata.get("render_modes") and "rgb_array" in probe.metadata["render_modes"]
+        probe.close()
+    except Exception:
+        can_render = "rgb_array" in modes
+    if not can_render:
+        print(f"policy-kd: no video: {spec['env_id']} cannot render rgb_array frames", file=sys.stderr)
+        return []
+    try:
+        import moviepy  # noqa: F401
+    except ImportError:
+        print("policy-kd: no video: recording needs moviepy: pip install 'policy-kd[video]'", file=sys.stderr)
+        return []
+    files: list[str] = []
+    firsts = []
+    for c in contenders:
+        folder = out / "videos" / c.name.replace("/", "_").replace(" ", "_")
+        env = make_env_from_spec({**spec, "env_kwargs": {**spec["env_kwargs"], "render_mode": "rgb_array"}})
+        env = gym.wrappers.RecordVideo(
+            env, str(folder), episode_trigger=lambda _: True, name_prefix="episode", disable_logger=True
+        )
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            done = False
+            while not done:
+                action = np.asarray(c.greedy(np.asarray(obs)[None]))[0]
+                obs, _, term, trunc, _ = env.step(action.item() if np.ndim(action) == 0 else action)
+                done = term or trunc
+        env.close()
+        videos = sorted(folder.glob("*.mp4"))
+        files += [str(v.relative_to(out)) for v in videos]
+        if videos:
+            firsts.append((c.name, videos[0]))
+    if len(firsts) > 1:
+        try:
+            from moviepy import TextClip, VideoFileClip, clips_array  # noqa: F401
+
+            clips = [VideoFileClip(str(v)) for _, v in firsts]
+            clips_array([clips]).write_videofile(str(out / "videos" / "side_by_side.mp4"), logger=None)
+            for clip in clips:
+                clip.close()
+            files.append("videos/side_by_side.mp4")
+        except Exception as exc:  # the per-policy videos are still there
+            print(f"policy-kd: no side-by-side video ({type(exc).__name__}: {exc})", file=sys.stderr)
+    return files
+
+
+def write_report(
+    result: dict[str, Any],
+    out: Path,
+    *,
+    plots: bool = True,
+    video: tuple[Any, Sequence[Any], int] | None = None,
+) -> list[str]:
+    """Write ``report.md``, the plots and (``video=(teacher, contenders, episodes)``) videos into ``out``;
+    returns the files written (``eval.json`` is written by the caller)."""
+    files: list[str] = []
+    images: list[str] = []
+    if plots:
+        try:
+            images = plot_all(result, out)
+        except ImportError:
+            print(
+                "policy-kd: no plots: they need matplotlib: pip install 'policy-kd[report]'", file=sys.stderr
+            )
+    files += images
+    if video is not None:
+        teacher, contenders, episodes = video
+        files += record_videos(teacher, contenders, out, result["seeds"][0], episodes)
+    atomic_write_text(out / "report.md", markdown(result, images))
+    return ["eval.json", "report.md", *files]
