@@ -25,6 +25,13 @@ labelled), ``action`` (taken by the behaviour policy), ``reward``, ``first`` (fi
 ``terminated``, ``truncated``, ``env`` (parallel env index), ``source`` (index into ``sources``) and the
 teacher's outputs at ``obs``: ``teacher`` (Q-values, logits or Gaussian mean) and kind-specific extras
 (``teacher_log_std``, ``teacher_quantiles``). This module knows no network and no SB3.
+
+Frame-stacked observations (Atari's 4 frames, a zoo run's ``frame_stack``) are stored once per frame:
+``meta.frame_stack`` = ``{"k", "axis", "frame_shape"}`` says so, ``obs`` then holds only each step's newest
+frame and ``episode_step`` (steps since the episode began, capped at 255) says how many earlier frames
+belong to the same episode. Readers (``take``, ``field``, ``spaced``, ``Sampler``) rebuild the stack from
+rows ``r - j * n_envs`` (the same env ``j`` steps back), with zeros before the episode's first frame, as
+SB3's ``VecFrameStack`` does; ``Buffer.obs_shape`` is the stacked shape.
 """
 
 from __future__ import annotations
@@ -281,6 +288,43 @@ class BufferWriter:
             self.flush()
 
 
+@dataclass(frozen=True)
+class FrameStack:
+    """How a buffer's ``obs`` rows rebuild into stacked observations (see the module docstring)."""
+
+    k: int
+    axis: int
+    """Stacking axis within one (stacked) observation, non-negative."""
+    frame_shape: tuple[int, ...]
+
+    @property
+    def stacked_shape(self) -> tuple[int, ...]:
+        shape = list(self.frame_shape)
+        shape[self.axis] *= self.k
+        return tuple(shape)
+
+    def newest(self, obs: np.ndarray) -> np.ndarray:
+        """The newest frame of a batch of stacked observations ``(n, *stacked_shape)``."""
+        c = self.frame_shape[self.axis]
+        return np.take(obs, np.arange((self.k - 1) * c, self.k * c), axis=1 + self.axis)
+
+    def rebuild(self, frames: Any, episode_step: Any, idx: np.ndarray, n_envs: np.ndarray) -> np.ndarray:
+        """Stacked observations of rows ``idx`` from per-row ``frames`` and ``episode_step`` (indexable by
+        row arrays; ``n_envs`` per row of ``idx``): frame ``j`` back is row ``idx - j * n_envs``, zeros where
+        it would precede the episode."""
+        steps = np.asarray(episode_step[idx]).astype(np.int64)
+        parts = []
+        for j in range(self.k - 1, -1, -1):  # oldest first, as VecFrameStack lays them out
+            valid = steps >= j
+            rows = np.where(valid, idx - j * n_envs, idx)
+            order = np.argsort(rows, kind="stable")  # memory maps read best front to back
+            got = np.empty((len(idx), *self.frame_shape), dtype=frames.dtype)
+            got[order] = frames[rows[order]]
+            got[~valid] = 0
+            parts.append(got)
+        return np.concatenate(parts, axis=1 + self.axis)
+
+
 def _describe(fields: dict[str, FieldSpec]) -> str:
     return ", ".join(f"{k}{list(f.shape)}:{f.dtype}" for k, f in fields.items())
 
@@ -298,6 +342,17 @@ class Buffer:
         self.rows = int(manifest["rows"])
         self.complete = bool(manifest.get("complete", False))
         self._maps: dict[tuple[int, str], np.ndarray] = {}
+        fs = self.meta.get("frame_stack")
+        self.stack = FrameStack(int(fs["k"]), int(fs["axis"]), tuple(fs["frame_shape"])) if fs else None
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        """The shape of one observation as the teacher saw it (stacked frames rebuilt)."""
+        return self.stack.stacked_shape if self.stack else self.fields["obs"].shape
+
+    def segment_n_envs(self, i: int) -> int:
+        """Parallel envs of segment ``i``'s recording (rows interleave them step by step)."""
+        return int(self.sources[self.segments[i]["source"]].get("n_envs", 1))
 
     @classmethod
     def open(cls, path: str | Path, *, verify: bool = True, allow_empty: bool = False) -> Buffer:
@@ -367,15 +422,30 @@ class Buffer:
         return self._maps[key]
 
     def field(self, name: str) -> np.ndarray:
-        """A whole field, all segments concatenated into memory: ``(rows, *shape)``."""
+        """A whole field, all segments concatenated into memory: ``(rows, *shape)`` (obs stacked)."""
         if name not in self.fields:
             raise PolicyKDError(f"buffer {self.path} has no field {name!r}; it has {', '.join(self.fields)}")
+        if name == "obs" and self.stack:
+            return self.take("obs", np.arange(self.rows))
         return np.concatenate([self.segment_array(i, name) for i in range(len(self.segments))])
 
     def take(self, name: str, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` (global, sorted ascending) of field ``name``, gathered from the memory maps."""
         sizes = [s["rows"] for s in self.segments]
-        return _gather([self.segment_array(i, name) for i in range(len(sizes))], np.cumsum([0, *sizes]), idx)
+        offsets = np.cumsum([0, *sizes])
+        if name == "obs" and self.stack:
+            pieces = []
+            for i in range(len(sizes)):
+                local = idx[(idx >= offsets[i]) & (idx < offsets[i + 1])] - offsets[i]
+                if len(local):
+                    n = np.full(len(local), self.segment_n_envs(i))
+                    pieces.append(
+                        self.stack.rebuild(
+                            self.segment_array(i, "obs"), self.segment_array(i, "episode_step"), local, n
+                        )
+                    )
+            return np.concatenate(pieces)
+        return _gather([self.segment_array(i, name) for i in range(len(sizes))], offsets, idx)
 
     def spaced(self, name: str, max_rows: int) -> np.ndarray:
         """At most ``max_rows`` rows of ``name``, evenly spaced over the whole buffer (for statistics)."""
@@ -468,7 +538,12 @@ class Sampler:
                 )
             self.weights = torch.tensor(source_weights, dtype=torch.float64)
         fields = buffers[0].fields
-        nbytes = sum(self.rows * fields[k].row_bytes for k in names)
+        self.stack = buffers[0].stack if "obs" in names else None
+        if self.stack is not None:
+            # stacked obs are rebuilt from per-frame rows: keep episode_step and each segment's n_envs
+            self.arrays["episode_step"] = [b.segment_array(i, "episode_step") for b, i, _ in segs]
+            self.seg_n_envs = np.array([b.segment_n_envs(i) for b, i, _ in segs], dtype=np.int64)
+        nbytes = sum(self.rows * fields[k].row_bytes for k in self.arrays)
         self.in_memory = nbytes <= max_ram_bytes if in_memory is None else in_memory
         if self.in_memory:
             self.in_ram = {k: np.concatenate(v) for k, v in self.arrays.items()}
@@ -484,6 +559,8 @@ class Sampler:
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         idx = self.indices(batch_size)
+        if self.stack is not None:
+            return self._sample_stacked(idx)
         if self.in_memory:
             # numpy's take gathers rows of small dtypes (uint8 frames) about twice as fast as tensor indexing
             return {k: torch.from_numpy(a.take(idx, axis=0)) for k, a in self.in_ram.items()}
@@ -491,12 +568,43 @@ class Sampler:
         idx = np.sort(idx)
         return {k: torch.from_numpy(_gather(parts, self.offsets, idx)) for k, parts in self.arrays.items()}
 
+    def _sample_stacked(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        assert self.stack is not None
+        idx = np.sort(idx)
+        n_envs = self.seg_n_envs[np.searchsorted(self.offsets, idx, side="right") - 1]
+        out: dict[str, torch.Tensor] = {}
+        if self.in_memory:
+            obs = self.stack.rebuild(self.in_ram["obs"], self.in_ram["episode_step"], idx, n_envs)
+            for k in self.names:
+                if k != "obs":
+                    out[k] = torch.from_numpy(self.in_ram[k].take(idx, axis=0))
+        else:
+            obs = self.stack.rebuild(
+                _Concat(self.arrays["obs"], self.offsets), _Concat(self.arrays["episode_step"], self.offsets),
+                idx, n_envs,
+            )  # fmt: skip
+            for k in self.names:
+                if k != "obs":
+                    out[k] = torch.from_numpy(_gather(self.arrays[k], self.offsets, idx))
+        out["obs"] = torch.from_numpy(obs)
+        return out
+
     def state(self) -> torch.Tensor:
         """The generator's state, to checkpoint (restore with ``set_state``) for bit-identical resumption."""
         return self.gen.get_state()
 
     def set_state(self, state: torch.Tensor) -> None:
         self.gen.set_state(state)
+
+
+class _Concat:
+    """Row-indexable view of memory-mapped segments as one array (``view[sorted_rows]``), without copying."""
+
+    def __init__(self, parts: list[np.ndarray], offsets: np.ndarray):
+        self.parts, self.offsets, self.dtype = parts, offsets, parts[0].dtype
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        return _gather(self.parts, self.offsets, idx)
 
 
 def _gather(parts: list[np.ndarray], offsets: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -264,7 +264,7 @@ class _Run:
         self.teacher_params = int(meta["teacher"]["policy_params"])
         spec = size_student(
             config.student,
-            buffer.fields["obs"].shape,
+            buffer.obs_shape,
             buffer.fields["teacher"].shape[0],
             hidden=config.hidden,
             params_fraction=config.params_fraction,

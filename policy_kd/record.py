@@ -16,9 +16,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 from tqdm.auto import tqdm
 
-from policy_kd.buffer import BufferWriter, FieldSpec, read_manifest
+from policy_kd.buffer import BufferWriter, FieldSpec, FrameStack, read_manifest
 from policy_kd.config import config_from_mapping, to_dict
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import prepare_out_dir, write_run_info
@@ -204,14 +205,27 @@ def _resume(config: RecordConfig) -> Path:
     return _record_into(out, teacher, cfg, mode="resume")
 
 
+def _frame_stack(teacher: Teacher) -> FrameStack | None:
+    """How the teacher's envs stack frames (as SB3's VecFrameStack), or None when they do not."""
+    k = teacher.frame_stack or 1
+    if k <= 1:
+        return None
+    frame_space = teacher.make_env(stacked=False).observation_space
+    _, _, _, repeat_axis = StackedObservations.compute_stacking(k, frame_space)  # type: ignore[arg-type]
+    axis = repeat_axis % len(frame_space.shape)
+    return FrameStack(k=k, axis=axis, frame_shape=tuple(frame_space.shape))
+
+
 def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str) -> Path:
     n = config.n_envs
     done_before = read_manifest(out)["segments"][-1]["rows"] if mode == "resume" else 0
     # A resumed recording starts new episodes; new env seeds keep it from replaying the first part.
     venv = teacher.make_vec_env(n, config.seed + done_before)
     obs_space = venv.observation_space
+    stack = _frame_stack(teacher)
+    obs_shape = stack.frame_shape if stack else tuple(obs_space.shape)
     fields = {
-        "obs": FieldSpec(str(obs_space.dtype), tuple(obs_space.shape)),
+        "obs": FieldSpec(str(obs_space.dtype), obs_shape),
         "action": _action_spec(teacher.action_space),
         "reward": FieldSpec("float32", ()),
         "first": FieldSpec("bool", ()),
@@ -221,6 +235,8 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
         "source": FieldSpec("int16", ()),
         **{k: FieldSpec(dtype, shape) for k, (dtype, shape) in teacher.output_fields().items()},
     }
+    if stack:  # one frame per row; the stack is rebuilt from earlier rows of the same episode
+        fields["episode_step"] = FieldSpec("uint8", ())
     teacher_meta = {
         "kind": teacher.kind,
         "algo": teacher.algo,
@@ -237,11 +253,14 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
         # of students without loading the teacher
         "env_spec": teacher.env_spec,
     }
+    if stack:
+        meta["frame_stack"] = {"k": stack.k, "axis": stack.axis, "frame_shape": list(stack.frame_shape)}
     source = {
         "behaviour": config.behaviour,
         "config": to_dict(replace(config, resume=False, append=False, force=False)),
         "teacher": teacher_meta,
         "student": config.student,
+        "n_envs": n,
     }
     writer = BufferWriter(
         out,
@@ -258,6 +277,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     env_index = np.arange(n, dtype=np.int16)
     source_col = np.full(n, source_id, dtype=np.int16)
     first = np.ones(n, dtype=bool)
+    episode_step = np.zeros(n, dtype=np.int64)
     running = np.zeros(n, dtype=np.float64)
     returns: list[float] = []
     teacher_acted = written = 0
@@ -275,8 +295,9 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
             next_obs, rewards, dones, infos = venv.step(actions)
             truncated = np.fromiter((info.get("TimeLimit.truncated", False) for info in infos), bool, n)
             take = min(n, writer.remaining)
+            extra = {"episode_step": np.minimum(episode_step[:take], 255).astype(np.uint8)} if stack else {}
             writer.append(
-                obs=np.asarray(obs)[:take],
+                obs=(stack.newest(np.asarray(obs[:take])) if stack else np.asarray(obs)[:take]),
                 action=np.asarray(actions)[:take].astype(fields["action"].dtype, copy=False),
                 reward=rewards[:take].astype(np.float32),
                 first=first[:take],
@@ -285,6 +306,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
                 env=env_index[:take],
                 source=source_col[:take],
                 **{k: v[:take] for k, v in labels.outputs.items()},
+                **extra,
             )
             teacher_acted += int(by_teacher[:take].sum())
             written += take
@@ -292,6 +314,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
             returns.extend(running[:take][dones[:take]].tolist())
             running[dones] = 0.0
             first = dones.copy()
+            episode_step = np.where(dones, 0, episode_step + 1)
             bar.update(take)
             obs = next_obs
         r = np.asarray(returns)

@@ -26,7 +26,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
 
 from policy_kd import envs
-from policy_kd.buffer import Buffer
+from policy_kd.buffer import Buffer, Sampler
 from policy_kd.errors import PolicyKDError
 from policy_kd.students import load_student
 from policy_kd.teacher import (
@@ -483,3 +483,49 @@ def test_atari_without_ale_py_gets_install_hint() -> None:
         PolicyKDError, match=r"needs ale-py; install it with: pip install 'policy-kd\[atari\]'"
     ):
         envs.ensure_registered("ALE/Pong-v5")
+
+
+@needs_contrib
+def test_stacked_frames_are_stored_once_and_rebuilt_exactly(tmp_path: Path) -> None:
+    """A frame-stacking teacher (zoo run, frame_stack 2): each row stores one frame; every reader rebuilds
+    the stack the teacher saw, which the teacher's recorded outputs confirm (they were computed on it)."""
+    run = _fake_zoo_run(tmp_path, ZOO_CONFIG)
+    teacher = load_teacher(run)
+    buf_dir = tmp_path / "buffer"
+    # 3 envs and 7-row chunks: chunk boundaries fall mid-step
+    args = [
+        "record",
+        "--teacher",
+        run,
+        "--out",
+        buf_dir,
+        "--steps",
+        "400",
+        "--n-envs",
+        "3",
+        "--chunk-rows",
+        "7",
+    ]
+    assert run_cli(*args, "--no-progress") == 0
+    buf = Buffer.open(buf_dir)
+    frame = teacher.make_env(stacked=False).observation_space.shape
+    assert buf.fields["obs"].shape == frame and buf.obs_shape == teacher.observation_space.shape
+    assert buf.meta["frame_stack"]["k"] == 2
+    obs = buf.field("obs")
+    assert obs.shape == (400, *teacher.observation_space.shape)
+    np.testing.assert_allclose(teacher.outputs(obs), buf.field("teacher"), rtol=1e-5, atol=1e-5)
+    first = buf.field("first")
+    assert (obs[first][:, : frame[0]] == 0).all()  # before an episode's first frame: zeros, as VecFrameStack
+    idx = np.array([3, 50, 51, 399])
+    np.testing.assert_array_equal(buf.take("obs", idx), obs[idx])
+    for in_memory in (True, False):
+        sampler = Sampler(buf, ("obs", "teacher"), seed=0, in_memory=in_memory)
+        batch = sampler.sample(64)
+        np.testing.assert_allclose(
+            teacher.outputs(batch["obs"].numpy()), batch["teacher"].numpy(), rtol=1e-5, atol=1e-5
+        )
+    # an appended recording with another env count rebuilds with its own stride
+    args = ["record", "--teacher", run, "--out", buf_dir, "--steps", "90", "--n-envs", "2", "--append"]
+    assert run_cli(*args, "--no-progress") == 0
+    buf = Buffer.open(buf_dir)
+    np.testing.assert_allclose(teacher.outputs(buf.field("obs")), buf.field("teacher"), rtol=1e-5, atol=1e-5)
