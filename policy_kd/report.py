@@ -301,10 +301,15 @@ def plot_all(result: dict[str, Any], out: Path) -> list[str]:
     # Distillation learning curves from each student's TensorBoard folder.
     curves = {}
     for s in result.get("students", []):
-        if s.get("tb") and Path(s["tb"]).is_dir() and s["tb"] not in {c[0] for c in curves.values()}:
+        # exports of a student share its distillation run: plot each run once
+        if (
+            s.get("tb")
+            and Path(s["tb"]).is_dir()
+            and Path(s["tb"]).resolve() not in {c[0] for c in curves.values()}
+        ):
             got = learning_curves(s["tb"])
             if got:
-                curves[s["name"]] = (s["tb"], got)
+                curves[s["name"]] = (Path(s["tb"]).resolve(), got)
     panels = {
         title: [
             (name, next(c[t] for t in tags if t in c))
