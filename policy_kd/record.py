@@ -129,6 +129,7 @@ class Behaviour:
 
     def __init__(self, config: RecordConfig, teacher: Teacher, rng: np.random.Generator):
         self.config, self.teacher, self.rng = config, teacher, rng
+        self._ones = np.ones(0, dtype=bool)
         self.student = None
         if config.behaviour in ("student", "mixture"):
             from policy_kd.evaluate import check_compatible
@@ -139,16 +140,21 @@ class Behaviour:
                 self.student.info, teacher.env_id, teacher.n_outputs, f"student {config.student}"
             )
 
+    def _all(self, n: int) -> np.ndarray:
+        if len(self._ones) != n:  # reused: a fresh array per step costs more than CartPole's physics
+            self._ones = np.ones(n, dtype=bool)
+        return self._ones
+
     def __call__(self, obs: np.ndarray, labels: Any) -> tuple[np.ndarray, np.ndarray]:
         """Actions to take and whether the teacher chose each of them."""
         cfg, n = self.config, len(obs)
         t_act = self.teacher.sample(labels, self.rng) if cfg.sample else labels.greedy
         if cfg.behaviour == "teacher":
-            return t_act, np.ones(n, dtype=bool)
+            return t_act, self._all(n)
         if cfg.behaviour == "epsilon":
             explore = self.rng.random(n) < cfg.epsilon
             if not explore.any():
-                return t_act, np.ones(n, dtype=bool)
+                return t_act, self._all(n)
             rand = _random_actions(self.teacher.action_space, n, self.rng)
             mask = explore.reshape(n, *([1] * (np.ndim(t_act) - 1)))
             return np.where(mask, rand, t_act), ~explore
@@ -308,7 +314,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
                 **{k: v[:take] for k, v in labels.outputs.items()},
                 **extra,
             )
-            teacher_acted += int(by_teacher[:take].sum())
+            teacher_acted += int(np.count_nonzero(by_teacher[:take]))
             written += take
             running += rewards
             returns.extend(running[:take][dones[:take]].tolist())
