@@ -27,7 +27,7 @@ import json
 import shutil
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -61,6 +61,7 @@ from policy_kd.errors import PolicyKDError
 from policy_kd.run import prepare_out_dir, write_json, write_run_info
 
 ALGOS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c")
+CHECKPOINT_DIR = "checkpoint"
 """Teacher algorithms. ``qrdqn`` comes from sb3-contrib (the ``contrib`` extra), imported only when used."""
 CONTRIB_HINT = "pip install 'policy-kd[contrib]'"
 TEACHER_FILE = "teacher.json"
@@ -109,12 +110,23 @@ class TrainTeacherConfig:
     """torch CPU threads (small networks run fastest on one)."""
     device: str = "cpu"
     """torch device for training (cpu, cuda, auto)."""
+    checkpoint_freq: int = 100_000
+    """Environment steps between resumable checkpoints (model, replay buffer, VecNormalize, evaluation
+    history) in checkpoint/; 0: none."""
+    resume: bool = False
+    """Continue the interrupted run in --out from its checkpoint, with its saved options."""
     progress: bool = True
     """Show a progress bar."""
     force: bool = False
     """Replace an existing --out folder."""
 
     def validate(self) -> None:
+        if self.resume:
+            if self.out is None:
+                raise PolicyKDError("--resume needs --out RUN_DIR (the interrupted train-teacher run)")
+            return
+        if self.checkpoint_freq < 0:
+            raise PolicyKDError(f"--checkpoint-freq must be >= 0, got {self.checkpoint_freq}")
         if self.algo not in ALGOS:
             raise PolicyKDError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
         if self.n_timesteps is not None and self.n_timesteps <= 0:
@@ -178,6 +190,11 @@ def algo_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
             kwargs[key] = _schedule(kwargs[key])
     if isinstance(kwargs.get("train_freq"), list):
         kwargs["train_freq"] = tuple(kwargs["train_freq"])
+    if not isinstance(kwargs.get("policy_kwargs") or {}, dict):
+        raise PolicyKDError(
+            f"preset policy_kwargs must be a YAML mapping such as {{net_arch: [64, 64]}}, got "
+            f"{kwargs['policy_kwargs']!r} (python expressions are never evaluated)"
+        )
     pk = dict(kwargs.get("policy_kwargs") or {})
     if "activation_fn" in pk:
         name = pk["activation_fn"]
@@ -268,18 +285,104 @@ class _SaveVecNormalizeOnBest(BaseCallback):
         return True
 
 
-def train_teacher(config: TrainTeacherConfig) -> Path:
-    """Train a teacher into ``config.out``; return the run folder. ``teacher.json`` is written last."""
+class _Checkpoint(BaseCallback):
+    """Every ``freq`` env steps, save what a resumed run needs into ``out/checkpoint/`` atomically: the
+    model, the replay buffer (off-policy algorithms), VecNormalize statistics and the evaluation history.
+
+    Files go to ``checkpoint.new/`` first, which then replaces ``checkpoint/`` by two renames, so a kill at
+    any moment leaves one complete checkpoint (``checkpoint/``, or ``checkpoint.old/`` between the renames).
+    """
+
+    def __init__(self, out: Path, freq: int, eval_cb: EvalCallback, seconds_before: float):
+        super().__init__()
+        self.out, self.freq, self.eval_cb = out, freq, eval_cb
+        self.seconds_before, self.start = seconds_before, time.perf_counter()
+        self.last = 0
+
+    def _on_training_start(self) -> None:
+        self.last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self.last >= self.freq:
+            self.last = self.num_timesteps
+            seconds = self.seconds_before + time.perf_counter() - self.start
+            save_checkpoint(self.out, self.model, self.eval_cb, seconds)
+        return True
+
+
+def save_checkpoint(out: Path, model: BaseAlgorithm, eval_cb: EvalCallback, seconds: float) -> None:
+    new, cur, old = out / "checkpoint.new", out / CHECKPOINT_DIR, out / "checkpoint.old"
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir()
+    model.save(new / "model.zip")
+    if hasattr(model, "replay_buffer") and model.replay_buffer is not None:
+        model.save_replay_buffer(new / "replay_buffer.pkl")  # type: ignore[attr-defined]
+    venv = model.get_env()
+    if isinstance(venv, VecNormalize):
+        venv.save(str(new / "vecnormalize.pkl"))
+    state = {
+        "num_timesteps": int(model.num_timesteps),
+        "best_mean_reward": float(eval_cb.best_mean_reward),
+        "evaluations_timesteps": [int(t) for t in eval_cb.evaluations_timesteps],
+        "evaluations_results": [[float(r) for r in rs] for rs in eval_cb.evaluations_results],
+        "evaluations_length": [[int(n) for n in ns] for ns in eval_cb.evaluations_length],
+        "train_seconds": round(seconds, 2),
+    }
+    write_json(new / "state.json", state)
+    shutil.rmtree(old, ignore_errors=True)
+    if cur.exists():
+        cur.rename(old)
+    new.rename(cur)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _checkpoint_dir(out: Path) -> Path | None:
+    for name in (CHECKPOINT_DIR, "checkpoint.old"):
+        if (out / name / "state.json").is_file():
+            return out / name
+    return None
+
+
+def _saved_train_config(out: Path, progress: bool) -> TrainTeacherConfig:
+    if (out / TEACHER_FILE).is_file():
+        raise PolicyKDError(f"{out} holds a finished teacher; nothing to resume")
+    if _checkpoint_dir(out) is None:
+        raise PolicyKDError(f"{out} has no checkpoint to resume from; train again with --force to start over")
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        saved.pop("job", None)
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise PolicyKDError(f"{out}/config.yaml is unreadable ({exc}); start over with --force") from None
+    from policy_kd.config import config_from_mapping
+
+    cfg = config_from_mapping(TrainTeacherConfig, saved, source=f"{out}/config.yaml")
+    return replace(cfg, resume=True, progress=progress, force=False)
+
+
+def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseCallback] = ()) -> Path:
+    """Train a teacher into ``config.out``; return the run folder. ``teacher.json`` is written last.
+
+    ``extra_callbacks`` run after the evaluation callback on every step (online distillation and
+    kickstarting hook into the training this way, see ``policy_kd.online`` and ``policy_kd.kickstart``).
+    """
     config.validate()
+    resume_from: Path | None = None
+    if config.resume:
+        out = Path(config.out)  # type: ignore[arg-type]
+        config = _saved_train_config(out, config.progress)
+        resume_from = _checkpoint_dir(out)
+        preset = yaml.safe_load((out / "preset.yaml").read_text())[config.env]
+    else:
+        preset = load_preset(config.algo, config.env, config.preset)
     cls = algo_class(config.algo)
     ensure_registered(config.env)
-    preset = load_preset(config.algo, config.env, config.preset)
     n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", 100_000))
     config = replace(config, n_timesteps=n_timesteps)
-    out = prepare_out_dir(config.out, force=config.force)
+    if resume_from is None:
+        out = prepare_out_dir(config.out, force=config.force)
+        write_run_info(out, config, job="train-teacher")
+        (out / "preset.yaml").write_text(yaml.safe_dump({config.env: preset}, sort_keys=False))
     torch.set_num_threads(config.threads)
-    write_run_info(out, config, job="train-teacher")
-    (out / "preset.yaml").write_text(yaml.safe_dump({config.env: preset}, sort_keys=False))
 
     n_envs = int(preset.get("n_envs", 1))
     frame_stack = preset.get("frame_stack")
@@ -293,7 +396,11 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
         eval_env = VecTransposeImage(eval_env)
     if norm is not None:
         gamma = preset.get("gamma", 0.99)
-        env = VecNormalize(env, gamma=gamma, **norm)
+        if resume_from is not None and (resume_from / "vecnormalize.pkl").is_file():
+            env = VecNormalize.load(str(resume_from / "vecnormalize.pkl"), env)
+            env.training = True
+        else:
+            env = VecNormalize(env, gamma=gamma, **norm)
         # Evaluation sees observations normalised with the training statistics, and raw rewards.
         eval_env = VecNormalize(
             eval_env,
@@ -304,15 +411,23 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
         )
 
     try:
-        model = cls(
-            preset.get("policy", "MlpPolicy"),
-            env,
-            seed=config.seed,
-            device=config.device,
-            tensorboard_log=str(out / "tb"),
-            verbose=0,
-            **algo_kwargs(preset),
-        )
+        if resume_from is not None:
+            # a resumed run continues the saved model and replay buffer; its envs start new episodes
+            model = cls.load(
+                resume_from / "model.zip", env=env, device=config.device, tensorboard_log=str(out / "tb")
+            )
+            if (resume_from / "replay_buffer.pkl").is_file():
+                model.load_replay_buffer(resume_from / "replay_buffer.pkl")  # type: ignore[attr-defined]
+        else:
+            model = cls(
+                preset.get("policy", "MlpPolicy"),
+                env,
+                seed=config.seed,
+                device=config.device,
+                tensorboard_log=str(out / "tb"),
+                verbose=0,
+                **algo_kwargs(preset),
+            )
     except TypeError as exc:
         raise PolicyKDError(
             f"preset for {config.env} has an option {config.algo} does not take: {exc}"
@@ -329,11 +444,27 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
         deterministic=True,
         verbose=0,
     )
+    done_before, wall_before = 0, 0.0
+    if resume_from is not None:
+        state = json.loads((resume_from / "state.json").read_text())
+        done_before = int(state["num_timesteps"])
+        wall_before = float(state.get("train_seconds", 0.0))
+        eval_cb.best_mean_reward = float(state["best_mean_reward"])
+        eval_cb.evaluations_timesteps = list(state["evaluations_timesteps"])
+        eval_cb.evaluations_results = [list(r) for r in state["evaluations_results"]]
+        eval_cb.evaluations_length = [list(n) for n in state["evaluations_length"]]
+    callbacks: list[BaseCallback] = [eval_cb, *extra_callbacks]
+    if config.checkpoint_freq:
+        callbacks.append(_Checkpoint(out, config.checkpoint_freq, eval_cb, wall_before))
     start = time.perf_counter()
     model.learn(
-        total_timesteps=n_timesteps, callback=eval_cb, progress_bar=config.progress, tb_log_name="teacher"
+        total_timesteps=n_timesteps - done_before,
+        callback=callbacks,
+        progress_bar=config.progress,
+        tb_log_name="teacher",
+        reset_num_timesteps=resume_from is None,
     )
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start + wall_before
     model.save(out / "last_model.zip")
     if norm is not None:
         assert isinstance(env, VecNormalize)
@@ -345,6 +476,8 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
             shutil.copyfile(out / "last_vecnormalize.pkl", out / "best_vecnormalize.pkl")
     env.close()
     eval_env.close()
+    for name in (CHECKPOINT_DIR, "checkpoint.old", "checkpoint.new"):  # finished: the teacher replaces them
+        shutil.rmtree(out / name, ignore_errors=True)
 
     write_json(
         out / TEACHER_FILE,
@@ -361,6 +494,7 @@ def train_teacher(config: TrainTeacherConfig) -> Path:
             "best_eval_mean_return": float(eval_cb.best_mean_reward) if eval_cb.n_calls else None,
             "policy_params": policy_param_count(model, config.algo),
             "train_seconds": round(wall, 2),
+            "resumed": resume_from is not None,
         },
     )
     return out

@@ -529,3 +529,53 @@ def test_stacked_frames_are_stored_once_and_rebuilt_exactly(tmp_path: Path) -> N
     assert run_cli(*args, "--no-progress") == 0
     buf = Buffer.open(buf_dir)
     np.testing.assert_allclose(teacher.outputs(buf.field("obs")), buf.field("teacher"), rtol=1e-5, atol=1e-5)
+
+
+def test_train_teacher_resumes_after_kill9(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, preset = tmp_path / "teacher", tmp_path / "preset.yml"
+    small_dqn = {
+        "policy": "MlpPolicy",
+        "learning_starts": 500,
+        "train_freq": 4,
+        "policy_kwargs": {"net_arch": [32]},
+    }
+    preset.write_text(yaml.safe_dump({"default": small_dqn}))
+    cmd = [sys.executable, "-m", "policy_kd", "train-teacher", "--algo", "dqn", "--env", "CartPole-v1", "--out",
+           str(out), "--n-timesteps", "12000", "--checkpoint-freq", "2000", "--eval-freq", "1000",
+           "--eval-episodes", "2", "--preset", str(preset), "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoint" / "state.json").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "teacher.json").exists(), "finished before the kill; raise --n-timesteps"
+    ckpt = out / "checkpoint" if (out / "checkpoint").exists() else out / "checkpoint.old"
+    state = json.loads((ckpt / "state.json").read_text())
+    assert 2000 <= state["num_timesteps"] < 12000 and (ckpt / "replay_buffer.pkl").is_file()
+    assert run_cli("train-teacher", "--out", out, "--no-progress") == 2  # exists: refused without --force
+    assert run_cli("train-teacher", "--resume", "--out", out, "--no-progress") == 0
+    info = json.loads((out / "teacher.json").read_text())
+    assert info["resumed"] and info["n_timesteps"] == 12000
+    # SB3 stops at the first rollout (train_freq steps) that reaches the budget, as an uninterrupted run does
+    assert 12000 <= DQN.load(out / "last_model.zip").num_timesteps < 12000 + 4
+    evals = np.load(out / "evaluations.npz")["timesteps"]
+    assert list(evals) == sorted(evals) and evals[0] == 1000 and evals[-1] >= 11000  # history kept
+    assert not (out / "checkpoint").exists()
+    assert run_cli("train-teacher", "--resume", "--out", out, "--no-progress") == 2  # finished
+
+
+def test_preset_policy_kwargs_as_python_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    preset = tmp_path / "p.yml"
+    preset.write_text("default:\n  policy: MlpPolicy\n  policy_kwargs: dict(net_arch=[32])\n")
+    assert run_cli("train-teacher", "--out", tmp_path / "t", "--preset", preset, "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert "YAML mapping" in err and "never evaluated" in err and len(err.splitlines()) == 1
