@@ -306,3 +306,43 @@ def test_resume_without_checkpoint_says_how_to_start_over(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert run_cli("distill", "--resume", "--out", tmp_path / "run") == 2
     assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss", ["kl", "nll", "mse", "hinton", "kl_entropy"])
+def test_every_discrete_loss_distils_and_lowers_its_loss(artifacts, tmp_path, loss):
+    m = _distill(artifacts, tmp_path / loss, "--steps", "200", "--eval-every", "0", "--log-every", "20",
+                 "--loss", loss, "--lr", "3e-3")  # fmt: skip
+    acc = EventAccumulator(str(tmp_path / loss / "tb"))
+    acc.Reload()
+    curve = [e.value for e in acc.Scalars("loss/output")]
+    assert curve[-1] < curve[0]
+    assert load_student(tmp_path / loss).info["loss"]["name"] == loss and m["steps"] == 200
+
+
+def test_nature_cnn_distils_from_channels_last_frames(tmp_path):
+    """A synthetic Atari-shaped buffer (84x84x4 uint8, channels last) where the teacher's best action is
+    which quarter of the last frame is lit: a NatureCNN student learns it."""
+    from policy_kd.buffer import BufferWriter, FieldSpec
+
+    rng = np.random.default_rng(0)
+    n = 512
+    obs = np.zeros((n, 84, 84, 4), dtype=np.uint8)
+    label = rng.integers(4, size=n)
+    for i, a in enumerate(label):
+        r, c = divmod(int(a), 2)
+        obs[i, r * 42 : (r + 1) * 42, c * 42 : (c + 1) * 42, 3] = 255
+    q = np.eye(4, dtype=np.float32)[label] * 10
+    box = {"type": "Box", "shape": [84, 84, 4], "dtype": "uint8"}
+    meta = {"env_id": "Synthetic-v0", "observation_space": box, "action_space": {"type": "Discrete", "n": 4},
+            "teacher": {"kind": "q_values", "algo": "dqn", "path": None, "policy_params": 1_684_000}}  # fmt: skip
+    fields = {"obs": FieldSpec("uint8", (84, 84, 4)), "teacher": FieldSpec("float32", (4,))}
+    with BufferWriter(tmp_path / "buf", fields=fields, meta=meta, source={"behaviour": "synthetic"},
+                      capacity=n, chunk_rows=256) as w:  # fmt: skip
+        w.append(obs=obs, teacher=q)
+    out = tmp_path / "student"
+    args = ["distill", "--buffer", tmp_path / "buf", "--out", out, "--student", "nature_cnn", "--params-fraction",
+            "0.02", "--steps", "150", "--batch-size", "32", "--eval-every", "0", "--no-progress"]  # fmt: skip
+    assert run_cli(*args) == 0
+    student = load_student(out)
+    assert student.info["spec"]["arch"] == "nature_cnn" and student.info["params_ratio"] <= 0.02
+    assert (student.predict(obs[:128]) == label[:128]).mean() > 0.9
