@@ -1,0 +1,242 @@
+"""Run one task's experiment grid: teacher -> buffer -> students (sizes x losses x seeds) -> evaluation.
+
+    python experiments/grid.py experiments/configs/cartpole_dqn.yaml [--only teacher,buffer,distill,eval,dagger]
+
+Every stage skips what is finished and resumes what was interrupted (train-teacher and distill from their
+checkpoints, record from its last chunk), so re-running the same command after a kill continues the grid.
+Runs go under ``experiments/runs/<task>/`` (not committed); the per-run results are collected into
+``experiments/results/<task>.json`` (committed) as each evaluation lands. ``experiments/tables.py`` turns
+the results into the tables and plots of ``experiments/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from policy_kd.buffer import Buffer, read_manifest
+from policy_kd.distill import CHECKPOINT, DistillConfig, distill
+from policy_kd.evaluate import EvaluateConfig, evaluate
+from policy_kd.record import RecordConfig, record
+from policy_kd.teacher import TrainTeacherConfig, train_teacher
+
+ROOT = Path(__file__).resolve().parent
+STAGES = ("teacher", "buffer", "distill", "eval", "dagger")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Grid:
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        self.task = cfg["task"]
+        self.runs = ROOT / "runs" / self.task
+        self.results_path = ROOT / "results" / f"{self.task}.json"
+        self.results: dict[str, Any] = (
+            json.loads(self.results_path.read_text()) if self.results_path.is_file() else {"task": self.task}
+        )
+        self.results.update({"env": cfg["env"], "config": cfg})
+        self.results.setdefault("stage_seconds", {})
+        self.results.setdefault("runs", {})
+
+    def save(self) -> None:
+        self.results_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.results_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.results, indent=1, sort_keys=True) + "\n")
+        tmp.replace(self.results_path)
+
+    def timed(self, stage: str, seconds: float) -> None:
+        self.results["stage_seconds"][stage] = round(
+            self.results["stage_seconds"].get(stage, 0.0) + seconds, 1
+        )
+        self.save()
+
+    # -- stages ---------------------------------------------------------------------------------------------
+
+    @property
+    def teacher_dir(self) -> Path:
+        t = self.cfg["teacher"]
+        return Path(t["path"]) if "path" in t else self.runs / "teacher"
+
+    def teacher(self) -> None:
+        t, out = self.cfg["teacher"], self.teacher_dir
+        if (out / "teacher.json").is_file():
+            return
+        start = time.perf_counter()
+        resume = (out / "checkpoint").is_dir() or (out / "checkpoint.old").is_dir()
+        log(f"teacher: {'resuming' if resume else 'training'} {t['algo']} on {self.cfg['env']} into {out}")
+        if resume:
+            train_teacher(TrainTeacherConfig(out=str(out), resume=True, progress=False))
+        else:
+            opts = {k: v for k, v in t.items() if k != "path"}
+            train_teacher(
+                TrainTeacherConfig(env=self.cfg["env"], out=str(out), progress=False, force=True, **opts)
+            )
+        self.timed("teacher", time.perf_counter() - start)
+
+    def _record(self, out: Path, opts: dict[str, Any]) -> None:
+        if (out / "manifest.json").is_file():
+            if read_manifest(out).get("complete"):
+                return
+            log(f"buffer: resuming {out}")
+            record(RecordConfig(out=str(out), resume=True, progress=False))
+            return
+        log(f"buffer: recording {opts.get('steps')} steps into {out}")
+        record(RecordConfig(teacher=str(self.teacher_dir), out=str(out), progress=False, force=True, **opts))
+
+    def buffer(self) -> None:
+        start = time.perf_counter()
+        self._record(self.runs / "buffer", self.cfg["buffer"])
+        self.timed("buffer", time.perf_counter() - start)
+        b = Buffer.open(self.runs / "buffer", verify=False)
+        self.results["buffer"] = {"rows": b.rows, "source": b.sources[0]}
+        self.save()
+
+    def cells(self) -> list[tuple[str, float, str, int]]:
+        """(run name, params fraction, loss name, seed) of every grid cell."""
+        return [
+            (f"f{size}_{loss}_s{seed}", size, loss, seed)
+            for size in self.cfg["sizes"]
+            for loss in self.cfg["losses"]
+            for seed in self.cfg["seeds"]
+        ]
+
+    def _distill(self, name: str, options: dict[str, Any]) -> Path:
+        out = self.runs / "students" / name
+        if (out / "student.json").is_file():
+            return out
+        start = time.perf_counter()
+        if (out / CHECKPOINT).is_file():
+            log(f"distill: resuming {name}")
+            distill(DistillConfig(out=str(out), resume=True, progress=False))
+        else:
+            log(f"distill: {name}")
+            distill(DistillConfig(out=str(out), progress=False, force=True, **options))
+        self.timed("distill", time.perf_counter() - start)
+        return out
+
+    def distill(self) -> None:
+        for name, size, loss, seed in self.cells():
+            options = {
+                **self.cfg["distill"],
+                **self.cfg["losses"][loss],
+                "buffer": str(self.runs / "buffer"),
+                "params_fraction": size,
+                "seed": seed,
+            }
+            self._distill(name, options)
+
+    def _evaluate(self, names: list[str], group: str, kind: str) -> None:
+        """Evaluate ``names`` (with the teacher, once) and file each student's figures under runs[name]."""
+        todo = [n for n in names if n not in self.results["runs"]]
+        if not todo:
+            return
+        start = time.perf_counter()
+        log(f"eval: {group} ({len(todo)} students)")
+        result = evaluate(
+            EvaluateConfig(
+                teacher=str(self.teacher_dir),
+                student=tuple(str(self.runs / "students" / n) for n in todo),
+                out=str(self.runs / "evals" / group),
+                episodes=self.cfg.get("episodes", 100),
+                plots=False,
+                force=True,
+            )
+        )
+        self.timed("eval", time.perf_counter() - start)
+        teacher = result["teacher"]
+        self.results["teacher"] = {
+            k: teacher.get(k)
+            for k in ("mean_return", "std_return", "ci95", "iqm_return", "params", "latency")
+        }
+        self.results["teacher"]["info"] = json.loads((self.teacher_dir / "teacher.json").read_text())
+        for name, st in zip(todo, result["students"], strict=True):
+            metrics = json.loads((self.runs / "students" / name / "metrics.json").read_text())
+            info = json.loads((self.runs / "students" / name / "student.json").read_text())
+            self.results["runs"][name] = {
+                "kind": kind,
+                "loss": info["loss"],
+                "hidden": info["spec"]["hidden"],
+                "channels": info["spec"].get("channels", []),
+                "params": st["params"],
+                "params_ratio": st["params_ratio"],
+                "mean_return": st["mean_return"],
+                "std_return": st["std_return"],
+                "ci95": st["ci95"],
+                "return_ratio": st["return_ratio"],
+                "agreement": st.get("agreement"),
+                "latency": st.get("latency"),
+                "teacher_labels": metrics.get("teacher_labels"),
+                "distill_steps": metrics["steps"],
+                "distill_seconds": metrics["seconds"],
+            }
+            self.save()
+
+    def eval(self) -> None:
+        cells = self.cells()
+        for size in self.cfg["sizes"]:
+            self._evaluate([n for n, s, _, _ in cells if s == size], f"f{size}", "grid")
+
+    def dagger(self) -> None:
+        """Teacher-driven vs student-driven rounds at an equal number of teacher labels and steps."""
+        d = self.cfg.get("dagger")
+        if not d:
+            return
+        labels, rounds = int(d["labels"]), int(d["rounds"])
+        per_round = labels // (2 * (rounds - 1))  # half the labels from the teacher, half from the rounds
+        teacher_part = labels - per_round * (rounds - 1)
+        base = {**self.cfg["distill"], **self.cfg["losses"][d["loss"]], "params_fraction": d["size"]}
+        steps = int(base.get("steps", 5000))
+        opts = {k: v for k, v in self.cfg["buffer"].items() if k != "steps"}
+        self._record(self.runs / "buffer_td", {**opts, "steps": labels, "seed": 101})
+        self._record(self.runs / "buffer_half", {**opts, "steps": teacher_part, "seed": 102})
+        names = []
+        for seed in self.cfg["seeds"]:
+            td, sd = f"td_s{seed}", f"dagger_s{seed}"
+            self._distill(td, {**base, "buffer": str(self.runs / "buffer_td"), "seed": seed})
+            self._distill(
+                sd,
+                {
+                    **base,
+                    "buffer": str(self.runs / "buffer_half"),
+                    "seed": seed,
+                    "steps": steps // rounds,
+                    "eval_every": max(1, int(base.get("eval_every", 1000)) // rounds),
+                    "rounds": rounds,
+                    "round_steps": per_round,
+                    "round_n_envs": int(opts.get("n_envs", 1)),
+                    "behaviour": "mixture",
+                    "beta": 1.0,
+                    "beta_schedule": "linear",
+                },
+            )
+            names += [td, sd]
+        self._evaluate([n for n in names if n.startswith("td")], "teacher_driven", "teacher_driven")
+        self._evaluate([n for n in names if n.startswith("dagger")], "student_driven", "student_driven")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--only", default=",".join(STAGES), help="comma-separated stages to run")
+    args = ap.parse_args()
+    grid = Grid(yaml.safe_load(args.config.read_text()))
+    for stage in args.only.split(","):
+        if stage not in STAGES:
+            print(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}", file=sys.stderr)
+            return 2
+        getattr(grid, stage)()
+    log(f"{grid.task}: done; results in {grid.results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

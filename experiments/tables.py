@@ -1,0 +1,159 @@
+"""Regenerate the tables and plots of experiments/README.md from experiments/results/*.json.
+
+    python experiments/tables.py            # rewrites the part of README.md between the RESULTS markers
+
+Per task: the teacher; the student/teacher return ratio per loss and size (mean over seeds with a 95%
+stratified-bootstrap CI over seeds, via ``policy_kd.stats.aggregate_runs``); parameters and batch-1 latency
+per size; teacher- vs student-driven data at equal labels; wall time per stage; and a plot of return ratio
+against student parameters, one line per loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policy_kd.stats import aggregate_runs
+
+ROOT = Path(__file__).resolve().parent
+BEGIN, END = "<!-- RESULTS:BEGIN (experiments/tables.py) -->", "<!-- RESULTS:END -->"
+
+
+def _ratio(run: dict[str, Any]) -> float:
+    r = run["return_ratio"]
+    return float(r["value"] if isinstance(r, dict) else r)
+
+
+def _agg(values: list[float]) -> str:
+    if not values:
+        return "—"
+    a = aggregate_runs(np.asarray(values), statistic="mean")
+    return f"{a['value']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
+
+
+def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]]]:
+    cfg, runs = res["config"], res.get("runs", {})
+    t = res.get("teacher")
+    lines = [f"### {res['task']}", ""]
+    if t is None:
+        return "\n".join([*lines, "(no evaluation yet)", ""]), {}
+    info = t.get("info", {})
+    lines += [
+        f"Teacher: {info.get('algo', '?')} on {res['env']}, {t['params']:,} policy parameters, "
+        f"{info.get('n_timesteps', '?'):,} training steps ({info.get('train_seconds', 0) / 60:.1f} min); "
+        f"return over {cfg.get('episodes', 100)} episodes (seeds 0..{cfg.get('episodes', 100) - 1}): "
+        f"**{t['mean_return']:.1f} ± {t['std_return']:.1f}**, batch-1 latency "
+        f"{(t.get('latency') or {}).get('batch1_us', float('nan')):.0f} µs.",
+        "",
+    ]
+    grid = {k: v for k, v in runs.items() if v["kind"] == "grid"}
+    sizes, losses = cfg["sizes"], list(cfg["losses"])
+    by: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for name, run in grid.items():
+        size = float(name.split("_")[0][1:])
+        loss = name[len(name.split("_")[0]) + 1 : name.rindex("_s")]
+        by[(loss, size)].append(run)
+    n_seeds = len(cfg["seeds"])
+    lines += [
+        f"Return ratio (student ÷ teacher, same {cfg.get('episodes', 100)} seeds), mean over {n_seeds} "
+        "distillation seeds [95% bootstrap CI over seeds]:",
+        "",
+        "| loss | " + " | ".join(f"{s:.0%} of teacher" for s in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    curves: dict[str, dict[float, float]] = defaultdict(dict)
+    for loss in losses:
+        cells = []
+        for s in sizes:
+            rs = by.get((loss, float(s)), [])
+            cells.append(_agg([_ratio(r) for r in rs]) + ("" if len(rs) == n_seeds else f" ({len(rs)} runs)"))
+            if rs:
+                curves[loss][float(np.mean([r["params"] for r in rs]))] = float(
+                    np.mean([_ratio(r) for r in rs])
+                )
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| size | params | % of teacher | batch-1 µs | agreement (own states) |",
+        "|---|---|---|---|---|",
+    ]
+    for s in sizes:
+        rs = [r for (_, size), v in by.items() if size == float(s) for r in v]
+        if rs:
+            lat = [((r.get("latency") or {}).get("batch1_us")) for r in rs]
+            lat = [x for x in lat if x is not None]
+            agree = [r["agreement"] for r in rs if r.get("agreement") is not None]
+            lines.append(
+                f"| {s:.0%} | {rs[0]['params']:,} | {100 * rs[0]['params_ratio']:.2f}% | "
+                f"{np.median(lat) if lat else float('nan'):.0f} | {np.mean(agree):.3f} |"
+            )
+    td = [v for v in runs.values() if v["kind"] == "teacher_driven"]
+    sd = [v for v in runs.values() if v["kind"] == "student_driven"]
+    if td or sd:
+        d = cfg["dagger"]
+        lines += [
+            "",
+            f"Teacher-driven vs student-driven (DAgger, {d['rounds']} rounds, β linear 1 → 0) at {d['labels']:,} "
+            f"teacher labels and equal gradient steps ({d['loss']}, {d['size']:.0%} of teacher):",
+            "",
+            "| data | return ratio [95% CI over seeds] | runs |",
+            "|---|---|---|",
+            f"| teacher-driven | {_agg([_ratio(r) for r in td])} | {len(td)} |",
+            f"| student-driven | {_agg([_ratio(r) for r in sd])} | {len(sd)} |",
+        ]
+    stages = res.get("stage_seconds", {})
+    if stages:
+        lines += ["", "Wall time (this machine, 2 cores shared): " + ", ".join(
+            f"{k} {v / 60:.1f} min" for k, v in stages.items()) + "."]  # fmt: skip
+    lines.append("")
+    return "\n".join(lines), curves
+
+
+def plot(task: str, curves: dict[str, dict[float, float]], out: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for loss, pts in curves.items():
+        xs = sorted(pts)
+        ax.plot(xs, [pts[x] for x in xs], marker="o", label=loss)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("student parameters")
+    ax.set_ylabel("return ratio (student / teacher)")
+    ax.set_title(task)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    sections = []
+    for path in sorted((ROOT / "results").glob("*.json")):
+        res = json.loads(path.read_text())
+        text, curves = task_section(res)
+        png = ROOT / "plots" / f"{res['task']}_return_vs_params.png"
+        if curves and plot(res["task"], curves, png):
+            text += f"\n![{res['task']}](plots/{png.name})\n"
+        sections.append(text)
+    readme = ROOT / "README.md"
+    body = readme.read_text() if readme.is_file() else f"# Experiments\n\n{BEGIN}\n{END}\n"
+    head, rest = body.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + BEGIN + "\n\n" + "\n".join(sections) + "\n" + END + tail)
+    print(f"wrote {readme} ({len(sections)} task(s))")
+
+
+if __name__ == "__main__":
+    main()
