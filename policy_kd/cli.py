@@ -187,6 +187,20 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "distill": _job("distill", "distill", "DistillConfig", "distill", lambda p: f"student saved to {p}"),
     "evaluate": _job("evaluate", "evaluate", "EvaluateConfig", "evaluate", _print_eval),
     "export": _job("export", "export", "ExportConfig", "export_student", _describe_export),
+    "distill-online": _job(
+        "distill-online",
+        "online",
+        "DistillOnlineConfig",
+        "distill_online",
+        lambda p: f"teacher and online-distilled student saved side by side in {p} (teacher/, student/)",
+    ),
+    "kickstart": _job(
+        "kickstart",
+        "kickstart",
+        "KickstartConfig",
+        "kickstart",
+        lambda p: f"kickstarted student saved to {p} (model/: its SB3 run, student/: as a policy_kd student)",
+    ),
     "inspect": lambda argv: _inspect(
         parse_cli(InspectConfig, argv, prog=f"{PROG} inspect", description=InspectConfig.__doc__)
     ),
@@ -203,6 +217,8 @@ commands:
   distill         train a small student on the buffer
   evaluate        compare student and teacher on the same episode seeds
   export          save a student as ONNX, TorchScript, int8, numpy or an SB3 policy
+  distill-online  train a teacher and distil a student from it while it trains
+  kickstart       train a small student with RL plus an annealed distillation loss toward a teacher
   inspect         validate a buffer and summarise it
   demo            all four on CartPole-v1 into runs/demo/, then the comparison table
 

@@ -1,0 +1,466 @@
+"""Kickstarting (Schmitt et al. 2018) / QDagger-style (Agarwal et al. 2022) distillation-regularised RL.
+
+A small student is trained by SB3 DQN, PPO or A2C on the environment's reward *plus* a distillation loss
+toward a fixed teacher, whose weight ``lambda_t`` is annealed to zero, so the student starts by imitating
+the teacher and ends as a plain RL agent that may surpass it. The RL side is ``train-teacher`` unchanged
+(the student's preset is the algorithm's zoo preset for the env with a small ``net_arch``); the
+distillation side is one SB3 callback, :class:`Kickstart`, and no copy of SB3's training loop:
+
+* Before **every** optimizer step SB3 takes (a DQN gradient step, a PPO/A2C minibatch update), a
+  ``torch.optim`` step pre-hook draws a minibatch of states from the same data SB3 is learning from (the
+  replay buffer; the current rollout), lets the teacher label them, and adds ``lambda_t * grad L_distill``
+  to the gradients SB3 has just computed. The update is therefore that of ``L_RL + lambda_t * L_distill``
+  (SB3 clips its own gradient before the hook; the distillation gradient is added unclipped). This works
+  for every SB3 algorithm without mirroring its ``train()`` body (checked against SB3 2.9).
+* ``lambda_t`` depends only on the env step count: ``linear`` (``weight * (1 - t / horizon)`` until the
+  horizon, then 0), ``step`` (``weight`` until the horizon, then 0) or ``constant``; ``horizon`` is
+  ``--anneal-fraction`` of the training steps.
+* The student's outputs in the loss: a PPO/A2C student's action logits; a DQN student's Q-values divided by
+  ``--tau`` for the softmax losses (kl, kl_entropy, nll), as QDagger softens both sides with one
+  temperature: then KL = 0 exactly when the student's Q-values equal the teacher's up to a constant, which
+  the TD loss is free to fix (raw Q-values for mse and hinton).
+
+Layout of ``policy-kd kickstart --out OUT``::
+
+    OUT/config.yaml, command.txt, versions.json, student_preset.yaml, kickstart.json
+    OUT/model/    a train-teacher run folder of the student (best_model.zip, teacher.json, evaluations.npz,
+                  tb/): ``load_teacher(OUT/model)`` and ``policy-kd evaluate --teacher OUT/model`` read it
+    OUT/student/  the same network as a policy_kd student folder (student.json, best.pt), for
+                  ``policy-kd evaluate --teacher TEACHER --student OUT/student``
+
+``--weight 0`` trains the same student, with the same hyperparameters, from scratch: the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from torch import nn
+
+from policy_kd.config import to_dict
+from policy_kd.errors import PolicyKDError
+from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
+from policy_kd.online import algo_name, check_supported, sample_states
+from policy_kd.record import space_json
+from policy_kd.run import prepare_out_dir, write_json, write_run_info
+from policy_kd.students import StudentSpec, build_student, count_params, save_student, width_for_budget
+from policy_kd.teacher import (
+    Teacher,
+    TrainTeacherConfig,
+    algo_class,
+    load_preset,
+    load_teacher,
+    policy_param_count,
+    train_teacher,
+)
+
+ANNEALS = ("linear", "step", "constant")
+STUDENT_ALGOS = ("dqn", "ppo", "a2c")
+# Losses that compare softmaxes: a DQN student's Q-values enter them divided by tau (see the module doc).
+SOFTMAX_LOSSES = ("kl", "kl_entropy", "nll")
+_ACTIVATION_NAMES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu", nn.GELU: "gelu"}
+
+
+def distill_weight(step: int, *, weight: float, anneal: str, horizon: int) -> float:
+    """The distillation weight ``lambda_t`` after ``step`` env steps.
+
+    ``linear``: ``weight * (1 - step / horizon)``, 0 from ``horizon`` on; ``step``: ``weight`` before
+    ``horizon``, 0 from it on; ``constant``: ``weight`` always.
+    """
+    if anneal == "constant":
+        return weight
+    if anneal not in ANNEALS:
+        raise ValueError(f"unknown anneal {anneal!r}; choose one of {', '.join(ANNEALS)}")
+    if step >= horizon:
+        return 0.0
+    return weight if anneal == "step" else weight * (1.0 - step / horizon)
+
+
+@dataclass(frozen=True)
+class KickstartConfig:
+    """Train a small student with SB3 DQN/PPO/A2C on the env reward plus an annealed distillation loss
+    toward a fixed teacher (kickstarting; --weight 0 trains the same student from scratch)."""
+
+    teacher: str | None = None
+    """Teacher: a train-teacher run folder, a zoo run folder, or an SB3 .zip with --env."""
+    env: str | None = None
+    """Environment id, for a plain .zip --teacher."""
+    algo: str = "dqn"
+    """The student's RL algorithm: dqn, ppo or a2c (its preset for the env comes from agents/<algo>.yml)."""
+    out: str | None = None
+    """Run folder to create (refused if it exists, unless --force)."""
+    student_hidden: tuple[int, ...] | None = None
+    """The student's hidden widths (its SB3 net_arch; PPO/A2C: the actor's and the critic's), e.g.
+    --student-hidden 32 32; overrides --params-fraction."""
+    params_fraction: float = 0.01
+    """Student size as a fraction of the teacher's policy parameters (equal widths solved for)."""
+    layers: int = 2
+    """Hidden layers of a student sized by --params-fraction."""
+    loss: str = "kl"
+    """Distillation loss: kl, nll, mse, hinton or kl_entropy (see policy_kd.losses)."""
+    tau: float = 0.01
+    """Temperature of the softmax losses (the teacher's outputs; a DQN student's Q-values too)."""
+    temperature: float = 2.0
+    """Temperature T for hinton."""
+    lam: float = 0.5
+    """hinton weight of the soft term."""
+    entropy_coef: float = 0.01
+    """kl_entropy: weight of the student's entropy bonus."""
+    weight: float = 1.0
+    """Initial distillation weight lambda_0; 0 trains the student from scratch (the baseline)."""
+    anneal: str = "linear"
+    """How lambda_t falls: linear (to 0 at the horizon), step (lambda_0, then 0 at the horizon) or constant."""
+    anneal_fraction: float = 0.5
+    """The horizon as a fraction of the training steps."""
+    distill_batch_size: int | None = None
+    """States per distillation minibatch; default: the algorithm's batch_size."""
+    n_timesteps: int | None = None
+    """Training env steps; default: the student preset's n_timesteps."""
+    preset: str | None = None
+    """YAML file of presets in the agents/ format for the student's algorithm; default: agents/<algo>.yml."""
+    eval_freq: int = 5000
+    """Env steps between evaluations (the learning curve in model/evaluations.npz; the best model is kept)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
+    seed: int = 0
+    """Seed for the student's weights, its envs and its distillation minibatches."""
+    threads: int = 1
+    """torch CPU threads."""
+    device: str = "cpu"
+    """torch device for training."""
+    progress: bool = True
+    """Show a progress bar."""
+    force: bool = False
+    """Replace an existing --out folder."""
+
+    def validate(self) -> None:
+        if self.teacher is None:
+            raise PolicyKDError("kickstart needs a teacher: pass --teacher DIR (a train-teacher run folder)")
+        if self.algo not in STUDENT_ALGOS:
+            raise PolicyKDError(f"unknown algo {self.algo!r}; choose one of {', '.join(STUDENT_ALGOS)}")
+        if self.loss not in DISCRETE_LOSSES:
+            raise PolicyKDError(f"unknown loss {self.loss!r}; choose one of {', '.join(DISCRETE_LOSSES)}")
+        if self.anneal not in ANNEALS:
+            raise PolicyKDError(f"unknown --anneal {self.anneal!r}; choose one of {', '.join(ANNEALS)}")
+        for name in ("tau", "temperature", "params_fraction"):
+            if not getattr(self, name) > 0:
+                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not self.weight >= 0:
+            raise PolicyKDError(f"--weight must be >= 0, got {self.weight}")
+        if not 0.0 < self.anneal_fraction <= 1.0:
+            raise PolicyKDError(f"--anneal-fraction must lie in (0, 1], got {self.anneal_fraction}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise PolicyKDError(f"--lam must lie in [0, 1], got {self.lam}")
+        for name in ("layers", "threads", "eval_freq", "eval_episodes"):
+            if getattr(self, name) <= 0:
+                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in ("n_timesteps", "distill_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.student_hidden is not None and (not self.student_hidden or min(self.student_hidden) <= 0):
+            raise PolicyKDError(f"--student-hidden needs positive widths, got {list(self.student_hidden)}")
+
+    @property
+    def loss_config(self) -> LossConfig:
+        return LossConfig(
+            name=self.loss, tau=self.tau, temperature=self.temperature, lam=self.lam, beta=self.entropy_coef
+        )
+
+
+# ------------------------------------------------------------------------------------------- the callback
+
+
+class Kickstart(BaseCallback):
+    """Add ``lambda_t * grad L_distill(student, teacher)`` to the gradient of every SB3 update.
+
+    :param teacher: the fixed teacher; it labels raw observations (its own normalisation applied inside)
+    :param loss: which distillation loss, with its settings
+    :param weight: lambda_0
+    :param anneal: ``linear``, ``step`` or ``constant`` (see :func:`distill_weight`)
+    :param horizon: env steps at which lambda_t reaches 0
+    :param batch_size: states per distillation minibatch (default: the algorithm's ``batch_size``)
+    :param seed: seeds the minibatch draws
+
+    ``weights`` holds ``(env step, lambda_t)`` for every env step count at which SB3 updated the student;
+    ``distill_steps`` counts the updates that got a distillation term, ``log`` one summary per rollout.
+    """
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        loss: LossConfig,
+        *,
+        weight: float,
+        anneal: str,
+        horizon: int,
+        batch_size: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if anneal not in ANNEALS:
+            raise PolicyKDError(f"unknown --anneal {anneal!r}; choose one of {', '.join(ANNEALS)}")
+        self.teacher, self.loss = teacher, loss
+        self.weight, self.anneal, self.horizon = weight, anneal, horizon
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.weights: list[tuple[int, float]] = []
+        self.distill_steps = 0
+        self.log: list[dict[str, float]] = []
+        self._sums = {"loss": 0.0, "agreement": 0.0, "n": 0}
+        self._handle: Any = None
+
+    def weight_at(self, step: int) -> float:
+        return distill_weight(step, weight=self.weight, anneal=self.anneal, horizon=self.horizon)
+
+    def _init_callback(self) -> None:
+        model = self.model
+        check_supported(model, "kickstart")
+        self.algo = algo_name(model)
+        if self.algo not in STUDENT_ALGOS:
+            raise PolicyKDError(f"kickstart trains dqn, ppo or a2c students, not {self.algo}")
+        if tuple(model.observation_space.shape or ()) != tuple(self.teacher.observation_space.shape or ()):
+            raise PolicyKDError(
+                f"the teacher takes observations {self.teacher.observation_space.shape} but the student's env "
+                f"gives {model.observation_space.shape}; kickstart a student on the teacher's environment"
+            )
+        if self.teacher.n_outputs != model.action_space.n:  # type: ignore[attr-defined]
+            raise PolicyKDError(
+                f"the teacher has {self.teacher.n_outputs} actions, the student's env {model.action_space}"
+            )
+        self.batch_size = self.batch_size or int(getattr(model, "batch_size", None) or 64)
+        self.scale = self.loss.tau if self.algo == "dqn" and self.loss.name in SOFTMAX_LOSSES else 1.0
+        # register_step_pre_hook is torch's public API: the hook runs inside optimizer.step(), after SB3's
+        # backward() and gradient clipping, before the parameters move.
+        self._handle = model.policy.optimizer.register_step_pre_hook(self._add_distillation)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        t, s = self.num_timesteps, self._sums
+        w = self.weight_at(t)
+        self.logger.record("kickstart/weight", w)
+        if s["n"]:
+            loss, agreement = s["loss"] / s["n"], s["agreement"] / s["n"]
+            self.logger.record("kickstart/distill_loss", loss)
+            self.logger.record("kickstart/agreement", agreement)
+            self.log.append(
+                {"step": t, "weight": w, "distill_loss": loss, "agreement": agreement, "updates": s["n"]}
+            )
+            self._sums = {"loss": 0.0, "agreement": 0.0, "n": 0}
+
+    def _on_training_end(self) -> None:
+        self._on_rollout_end()
+        if self._handle is not None:  # the model goes on without the teacher (e.g. further .learn calls)
+            self._handle.remove()
+            self._handle = None
+
+    def student_outputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """What the loss compares with the teacher's outputs ``(batch, n_actions)``: a DQN student's
+        Q-values (divided by tau for softmax losses), a PPO/A2C student's action logits."""
+        policy = self.model.policy
+        if self.algo == "dqn":
+            return policy.q_net(obs) / self.scale
+        return policy.get_distribution(obs).distribution.logits
+
+    def _add_distillation(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        t = self.model.num_timesteps
+        w = self.weight_at(t)
+        if not self.weights or self.weights[-1][0] != t:
+            self.weights.append((t, w))
+        if w == 0.0:
+            return  # no teacher forward pass at all: exactly SB3's update
+        model = self.model
+        raw = sample_states(model, self.batch_size, self.rng)  # (batch, *obs_shape), as the env gave them
+        target = torch.as_tensor(self.teacher.label(raw).outputs["teacher"], device=model.device)
+        vec_normalize = model.get_vec_normalize_env()
+        obs = vec_normalize.normalize_obs(raw) if vec_normalize is not None else raw
+        obs_t, _ = model.policy.obs_to_tensor(obs)
+        with torch.enable_grad():
+            out = self.student_outputs(obs_t)  # (batch, n_actions)
+            loss = compute_loss(out, target, self.loss)
+            # backward() adds into .grad, which holds SB3's gradient for this step by now
+            (w * loss).backward()
+        self.distill_steps += 1
+        self._sums["loss"] += float(loss.detach())
+        self._sums["agreement"] += float((out.argmax(-1) == target.argmax(-1)).float().mean())
+        self._sums["n"] += 1
+
+
+# ------------------------------------------------------------------------------------- the student folder
+
+
+def _linears(model: BaseAlgorithm, algo: str) -> tuple[list[nn.Linear], type[nn.Module] | None]:
+    """The Linear layers that choose actions, in order, and their activation class."""
+    policy = model.policy
+    seq = list(policy.q_net.q_net) if algo == "dqn" else [*policy.mlp_extractor.policy_net, policy.action_net]
+    linears = [m for m in seq if isinstance(m, nn.Linear)]
+    acts = {type(m) for m in seq if not isinstance(m, nn.Linear)}
+    return linears, (acts.pop() if len(acts) == 1 else None)
+
+
+def export_student(model: BaseAlgorithm, out: Path, info: dict[str, Any]) -> tuple[Path | None, str]:
+    """Write an SB3 MLP student as a policy_kd student folder (``student.json``, ``best.pt``) with the same
+    outputs (Q-values or logits); return (folder or None, why not)."""
+    algo = algo_name(model)
+    if model.get_vec_normalize_env() is not None:
+        return None, "the student was trained on normalised observations (VecNormalize)"
+    extractor = model.policy.q_net.features_extractor if algo == "dqn" else model.policy.pi_features_extractor
+    if type(extractor).__name__ != "FlattenExtractor":
+        return None, f"the student's features extractor is {type(extractor).__name__}, not an MLP's"
+    linears, act = _linears(model, algo)
+    if len(linears) > 1 and act not in _ACTIVATION_NAMES:
+        return None, f"the student's activation {act} has no policy_kd equivalent"
+    spec = StudentSpec(
+        arch="mlp",
+        obs_shape=tuple(model.observation_space.shape or ()),
+        n_outputs=int(model.action_space.n),  # type: ignore[attr-defined]
+        hidden=tuple(m.out_features for m in linears[:-1]),
+        activation=_ACTIVATION_NAMES.get(act, "relu") if act else "relu",  # type: ignore[arg-type]
+    )
+    net = build_student(spec)
+    targets = [m for m in net.net if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for dst, src in zip(targets, linears, strict=True):
+            dst.weight.copy_(src.weight.cpu())
+            dst.bias.copy_(src.bias.cpu())
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), out / "best.pt")
+    params = count_params(net)
+    save_student(out, spec, {**info, "params": params, "weights": "best.pt"})
+    return out, ""
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+
+def student_hidden(config: KickstartConfig, teacher: Teacher) -> tuple[int, ...]:
+    """The student's widths: --student-hidden, or equal widths within --params-fraction of the teacher."""
+    if config.student_hidden is not None:
+        return tuple(config.student_hidden)
+    budget = math.floor(config.params_fraction * teacher.policy_params)
+    in_dim = int(np.prod(teacher.observation_space.shape or ()))
+    width = width_for_budget(budget, in_dim, teacher.n_outputs, config.layers)
+    return (width,) * config.layers
+
+
+def kickstart(config: KickstartConfig) -> Path:
+    """Kickstart a student into ``config.out`` (see the module docstring for the layout); return it."""
+    config.validate()
+    teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
+    if teacher.continuous:
+        raise PolicyKDError(
+            f"kickstart supports discrete actions; teacher {config.teacher} acts in {teacher.action_space}"
+        )
+    if teacher.env_wrappers or teacher.raw_env:
+        raise PolicyKDError(
+            f"teacher {config.teacher} acts in a zoo-wrapped {teacher.env_id}, which the student's training "
+            "env would not reproduce; kickstart from a train-teacher run"
+        )
+    algo_class(config.algo)
+    env_id = teacher.env_id
+    preset = load_preset(config.algo, env_id, config.preset)
+    hidden = student_hidden(config, teacher)
+    policy_kwargs = dict(preset.get("policy_kwargs") or {})
+    policy_kwargs["net_arch"] = (
+        list(hidden) if config.algo == "dqn" else {"pi": list(hidden), "vf": list(hidden)}
+    )
+    preset = {**preset, "policy_kwargs": policy_kwargs}
+    n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", 100_000))
+    horizon = max(1, round(config.anneal_fraction * n_timesteps))
+
+    out = prepare_out_dir(config.out, force=config.force, what="kickstart folder", inputs=(config.teacher,))
+    write_run_info(out, config, job="kickstart")
+    preset_path = out / "student_preset.yaml"
+    preset_path.write_text(yaml.safe_dump({env_id: preset}, sort_keys=False))
+    torch.set_num_threads(config.threads)
+    callback = Kickstart(
+        teacher,
+        config.loss_config,
+        weight=config.weight,
+        anneal=config.anneal,
+        horizon=horizon,
+        batch_size=config.distill_batch_size,
+        seed=config.seed,
+    )
+    rl_config = TrainTeacherConfig(
+        algo=config.algo,
+        env=env_id,
+        out=str(out / "model"),
+        seed=config.seed,
+        n_timesteps=n_timesteps,
+        preset=str(preset_path),
+        eval_freq=config.eval_freq,
+        eval_episodes=config.eval_episodes,
+        threads=config.threads,
+        device=config.device,
+        progress=config.progress,
+    )
+    start = time.perf_counter()
+    model_dir = train_teacher(rl_config, extra_callbacks=[callback])
+    seconds = time.perf_counter() - start
+
+    best = algo_class(config.algo).load(model_dir / "best_model.zip", device="cpu")
+    teacher_meta = {
+        "kind": teacher.kind,
+        "algo": teacher.algo,
+        "path": str(Path(teacher.path).resolve()),
+        "policy_params": teacher.policy_params,
+        "n_outputs": teacher.n_outputs,
+    }
+    student_params = policy_param_count(best, config.algo)
+    info = {
+        "env_id": env_id,
+        "action_space": space_json(best.action_space),
+        "observation_space": space_json(best.observation_space),
+        "env_spec": teacher.env_spec,
+        "teacher": teacher_meta,
+        "buffer": None,
+        "kickstart": {
+            "algo": config.algo,
+            "weight": config.weight,
+            "anneal": config.anneal,
+            "horizon": horizon,
+        },
+        "loss": config.loss_config.__dict__,
+        "teacher_params": teacher.policy_params,
+        "params_ratio": student_params / teacher.policy_params,
+    }
+    student_dir, why_not = export_student(best, out / "student", info)
+    evals = np.load(model_dir / "evaluations.npz") if (model_dir / "evaluations.npz").is_file() else None
+    write_json(
+        out / "kickstart.json",
+        {
+            "config": to_dict(replace(config, progress=False)),
+            "env_id": env_id,
+            "teacher": teacher_meta,
+            "student_hidden": list(hidden),
+            "student_params": student_params,
+            "params_ratio": student_params / teacher.policy_params,
+            "n_timesteps": n_timesteps,
+            "horizon": horizon,
+            "distill_updates": callback.distill_steps,
+            "student_folder": str(student_dir) if student_dir else None,
+            "student_folder_skipped": why_not or None,
+            "best_eval_mean_return": json.loads((model_dir / "teacher.json").read_text())[
+                "best_eval_mean_return"
+            ],
+            "curve": {
+                "timesteps": evals["timesteps"].tolist() if evals is not None else [],
+                "mean_return": evals["results"].mean(axis=1).tolist() if evals is not None else [],
+            },
+            "log": callback.log,
+            "seconds": round(seconds, 2),
+        },
+    )
+    return out

@@ -1,0 +1,471 @@
+"""Online distillation (Rusu et al. 2016, §4): distil a student while its teacher is still learning.
+
+The teacher trains with SB3 as ``train-teacher`` trains it; :class:`OnlineDistillation`, an SB3 callback,
+hooks into that training. Every ``every`` teacher updates (SB3's own ``_n_updates`` count: gradient steps
+for DQN, epochs for PPO/A2C) or env steps, the student takes ``steps`` gradient steps, each on a minibatch
+of states drawn from the teacher's own data (DQN: its replay buffer; PPO/A2C: its latest rollout), labelled
+by the teacher's *current* network. The student is evaluated every ``student_eval_every`` teacher env
+steps on the same episode seeds as the current teacher, so its return can be read against the teacher's
+as training goes on (TensorBoard, ``metrics.json``).
+
+``policy-kd distill-online`` writes teacher and student side by side::
+
+    OUT/teacher/   a train-teacher run folder (teacher.json, best_model.zip, evaluations.npz, tb/)
+    OUT/student/   a distill-style student folder (student.json, best.pt, last.pt, metrics.json, tb/)
+
+The student folder is what ``policy-kd distill`` writes, so ``policy-kd evaluate --teacher OUT/teacher
+--student OUT/student`` compares them. Online runs do not resume: a killed run starts over with --force.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecFrameStack, VecTransposeImage, unwrap_vec_wrapper
+from torch.utils.tensorboard import SummaryWriter
+
+from policy_kd.envs import make_env_from_spec
+from policy_kd.errors import PolicyKDError
+from policy_kd.evaluate import run_episodes
+from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
+from policy_kd.record import space_json
+from policy_kd.run import prepare_out_dir, write_json, write_run_info
+from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
+from policy_kd.teacher import ALGOS, Teacher, TrainTeacherConfig, policy_param_count, train_teacher
+
+UNITS = ("updates", "steps")
+# Student evaluations start here (as distill's model selection does), away from evaluate's seeds 0..N.
+EVAL_SEED = 1_000_000
+# States used to refresh the student's input standardisation before each distillation phase.
+STATS_ROWS = 10_000
+
+
+# ------------------------------------------------------------------------------- states an SB3 model trains on
+
+
+def algo_name(model: BaseAlgorithm) -> str:
+    """``dqn``, ``qrdqn``, ``ppo`` or ``a2c`` for an SB3 (or sb3-contrib) model."""
+    name = type(model).__name__.lower()
+    for algo in ALGOS:
+        if name == algo or name.endswith(algo):  # e.g. a subclass named KickstartDQN
+            return algo
+    raise PolicyKDError(f"{type(model).__name__} is not one of the supported algorithms {', '.join(ALGOS)}")
+
+
+def check_supported(model: BaseAlgorithm, what: str) -> None:
+    """Refuse models whose stored states are not the env's observations, and non-discrete actions."""
+    if not isinstance(model.action_space, gym.spaces.Discrete):
+        raise PolicyKDError(
+            f"{what} supports discrete actions, not {model.action_space}; distil continuous teachers from a "
+            "recorded buffer with policy-kd distill"
+        )
+    if not isinstance(model.observation_space, gym.spaces.Box):
+        raise PolicyKDError(f"{what} needs array observations, not {model.observation_space}")
+    env = model.get_env()
+    if env is not None and unwrap_vec_wrapper(env, VecTransposeImage) is not None:
+        # SB3 stores transposed (channels-first) frames; students and teachers take the env's layout.
+        raise PolicyKDError(f"{what} does not support channels-last image observations (SB3 transposes them)")
+
+
+def _pool(model: BaseAlgorithm) -> np.ndarray:
+    """The stored observations ``(N, *obs_shape)`` the model learns from (a view where possible)."""
+    if isinstance(model, OffPolicyAlgorithm):
+        buf: Any = model.replay_buffer
+    elif isinstance(model, OnPolicyAlgorithm):
+        buf = model.rollout_buffer
+    else:
+        raise PolicyKDError(f"{type(model).__name__} has neither a replay nor a rollout buffer")
+    obs = buf.observations
+    if isinstance(obs, dict):
+        raise PolicyKDError("dict observations are not supported")
+    shape = tuple(model.observation_space.shape or ())
+    if getattr(buf, "generator_ready", False):
+        # PPO's get() flattened the full rollout to (buffer_size * n_envs, *obs_shape) in place
+        return obs.reshape(-1, *shape)
+    size = buf.buffer_size if buf.full else buf.pos
+    return obs[:size].reshape(-1, *shape)  # (buffer_size, n_envs, *obs_shape) -> rows
+
+
+def sample_states(model: BaseAlgorithm, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` states drawn uniformly, with replacement, from the data ``model`` learns from, as the env
+    returned them ``(n, *obs_shape)``.
+
+    Off-policy algorithms: the replay buffer, where SB3 keeps the unnormalised observations. On-policy: the
+    latest rollout, stored after ``VecNormalize``, so unnormalised here with the current statistics.
+    """
+    pool = _pool(model)
+    if len(pool) == 0:
+        raise PolicyKDError("the model has stored no states yet; distil after its first rollout")
+    rows = pool[rng.integers(0, len(pool), size=n)]
+    vec_normalize = model.get_vec_normalize_env()
+    if isinstance(model, OnPolicyAlgorithm) and vec_normalize is not None:
+        rows = vec_normalize.unnormalize_obs(rows)
+    return np.asarray(rows)
+
+
+def live_teacher(model: BaseAlgorithm, env_id: str, path: str) -> Teacher:
+    """A :class:`Teacher` view of a model that is still training: labels come from its current network,
+    and raw observations are normalised with its live ``VecNormalize`` statistics, if any."""
+    env = model.get_env()
+    stack = unwrap_vec_wrapper(env, VecFrameStack) if env is not None else None
+    return Teacher(
+        model=model,
+        algo=algo_name(model),
+        path=path,
+        env_id=env_id,
+        frame_stack=stack.stacked_obs.n_stack if isinstance(stack, VecFrameStack) else None,
+        vec_normalize=model.get_vec_normalize_env(),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+
+@dataclass(frozen=True)
+class DistillOnlineConfig:
+    """Train an SB3 teacher (as train-teacher does) and distil a student from it while it trains."""
+
+    algo: str = "dqn"
+    """Teacher algorithm: dqn, ppo or a2c (the teacher's preset comes from agents/<algo>.yml)."""
+    env: str = "CartPole-v1"
+    """Gymnasium environment id."""
+    out: str | None = None
+    """Run folder to create, holding teacher/ and student/ (refused if it exists, unless --force)."""
+    seed: int = 0
+    """Seed for the teacher, the student's weights and its minibatches."""
+    n_timesteps: int | None = None
+    """Teacher training steps; default: the preset's n_timesteps."""
+    preset: str | None = None
+    """YAML file of teacher presets in the agents/ format; default: the packaged agents/<algo>.yml."""
+    eval_freq: int = 5000
+    """Teacher env steps between the teacher's own evaluations (which keep its best model)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation, for the teacher's and the student's."""
+    student: str = "mlp"
+    """Student architecture (registry name): mlp, nature_cnn or minatar_cnn."""
+    hidden: tuple[int, ...] | None = None
+    """Explicit student hidden widths, e.g. --hidden 32 32; overrides --params-fraction."""
+    params_fraction: float = 0.01
+    """Student size as a fraction of the teacher's policy parameters."""
+    layers: int = 2
+    """Hidden layers of an mlp student sized by --params-fraction."""
+    activation: str = "relu"
+    """Student hidden activation: relu, tanh, elu, gelu."""
+    normalize_obs: bool = True
+    """Standardise the student's inputs with the mean/std of the teacher's stored states (refreshed before
+    every distillation phase, since the teacher's data drifts as it learns)."""
+    loss: str = "kl"
+    """Distillation loss: kl, nll, mse, hinton or kl_entropy (see policy_kd.losses)."""
+    tau: float = 0.01
+    """Teacher temperature for kl and kl_entropy."""
+    temperature: float = 2.0
+    """Temperature T for hinton."""
+    lam: float = 0.5
+    """hinton weight of the soft term."""
+    entropy_coef: float = 0.01
+    """kl_entropy: weight of the student's entropy bonus."""
+    every: int = 128
+    """Distil every this many teacher updates (or env steps, see --unit)."""
+    unit: str = "updates"
+    """What --every counts: updates (SB3's update counter: DQN gradient steps, PPO/A2C epochs) or steps
+    (teacher env steps, summed over its parallel envs)."""
+    distill_steps: int = 32
+    """Student gradient steps per --every (M): the student takes M steps each K teacher updates."""
+    batch_size: int = 256
+    """Student minibatch size (states drawn with replacement from the teacher's buffer)."""
+    lr: float = 1e-3
+    """Student Adam learning rate."""
+    student_eval_every: int | None = None
+    """Teacher env steps between evaluations of the student (and of the current teacher, on the same
+    seeds); default: --eval-freq."""
+    threads: int = 1
+    """torch CPU threads."""
+    device: str = "cpu"
+    """torch device for the teacher's training (the student trains on the CPU)."""
+    progress: bool = True
+    """Show a progress bar."""
+    force: bool = False
+    """Replace an existing --out folder."""
+
+    def validate(self) -> None:
+        if self.algo not in ("dqn", "ppo", "a2c"):
+            raise PolicyKDError(
+                f"unknown algo {self.algo!r} for online distillation; choose one of dqn, ppo, a2c"
+            )
+        if self.loss not in DISCRETE_LOSSES:
+            raise PolicyKDError(f"unknown loss {self.loss!r}; choose one of {', '.join(DISCRETE_LOSSES)}")
+        if self.student not in STUDENTS:
+            raise PolicyKDError(f"unknown student {self.student!r}; choose one of {', '.join(STUDENTS)}")
+        if self.unit not in UNITS:
+            raise PolicyKDError(f"unknown --unit {self.unit!r}; choose one of {', '.join(UNITS)}")
+        for name in ("tau", "temperature", "params_fraction", "lr"):
+            if not getattr(self, name) > 0:
+                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in (
+            "every",
+            "distill_steps",
+            "batch_size",
+            "layers",
+            "threads",
+            "eval_freq",
+            "eval_episodes",
+        ):
+            if getattr(self, name) <= 0:
+                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.student_eval_every is not None and self.student_eval_every <= 0:
+            raise PolicyKDError(f"--student-eval-every must be > 0, got {self.student_eval_every}")
+        if self.n_timesteps is not None and self.n_timesteps <= 0:
+            raise PolicyKDError(f"--n-timesteps must be > 0, got {self.n_timesteps}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise PolicyKDError(f"--lam must lie in [0, 1], got {self.lam}")
+
+    @property
+    def loss_config(self) -> LossConfig:
+        return LossConfig(
+            name=self.loss, tau=self.tau, temperature=self.temperature, lam=self.lam, beta=self.entropy_coef
+        )
+
+
+def distill_online(config: DistillOnlineConfig) -> Path:
+    """Train a teacher into ``OUT/teacher`` while distilling a student into ``OUT/student``; return OUT."""
+    config.validate()
+    root = prepare_out_dir(config.out, force=config.force, what="run folder")
+    write_run_info(root, config, job="distill-online")
+    torch.set_num_threads(config.threads)
+    student_dir = root / "student"
+    student_dir.mkdir()
+    callback = OnlineDistillation(config, student_dir, teacher_dir=root / "teacher")
+    teacher_config = TrainTeacherConfig(
+        algo=config.algo,
+        env=config.env,
+        out=str(root / "teacher"),
+        seed=config.seed,
+        n_timesteps=config.n_timesteps,
+        preset=config.preset,
+        eval_freq=config.eval_freq,
+        eval_episodes=config.eval_episodes,
+        threads=config.threads,
+        device=config.device,
+        progress=config.progress,
+    )
+    train_teacher(teacher_config, extra_callbacks=[callback])
+    return root
+
+
+# ------------------------------------------------------------------------------------------- the callback
+
+
+class OnlineDistillation(BaseCallback):
+    """Distil a student from the model being trained: ``distill_steps`` steps every ``every`` updates.
+
+    Distillation is checked at the end of each rollout (DQN: every ``train_freq`` env steps; PPO: every
+    ``n_steps``), where the stored data is complete, and once more when training ends; the steps owed for
+    every ``every`` boundary passed since the last check are taken then, so after training the student has
+    taken exactly ``distill_steps * (progress // every)`` steps, ``progress`` being the final update (or
+    step) count. Attributes read by tests and the job: ``student_steps``, ``phases`` (one entry per
+    distillation phase: teacher steps, updates, student steps taken, mean loss) and ``history`` (one entry
+    per evaluation).
+    """
+
+    def __init__(self, config: DistillOnlineConfig, out: Path, *, teacher_dir: Path | None = None):
+        super().__init__()
+        config.validate()
+        self.cfg, self.out, self.teacher_dir = config, Path(out), teacher_dir
+        self.loss_cfg = config.loss_config
+        self.eval_every = config.student_eval_every or config.eval_freq
+        self.rng = np.random.default_rng(config.seed)
+        self.student_steps = 0
+        self.boundaries = 0  # multiples of --every already distilled for
+        self.last_eval: int | None = None
+        self.phases: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = []
+        self.best: float | None = None
+        self.seconds = 0.0
+        self.last_loss: float | None = None
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+
+    def _init_callback(self) -> None:
+        model, cfg = self.model, self.cfg
+        check_supported(model, "online distillation")
+        path = str(self.teacher_dir.resolve()) if self.teacher_dir else "<training>"
+        self.teacher = live_teacher(model, cfg.env, path)
+        obs_shape = tuple(model.observation_space.shape or ())
+        self.teacher_params = policy_param_count(model, self.teacher.algo)
+        self.spec = size_student(
+            cfg.student,
+            obs_shape,
+            self.teacher.n_outputs,
+            hidden=cfg.hidden,
+            params_fraction=cfg.params_fraction,
+            teacher_params=self.teacher_params,
+            layers=cfg.layers,
+            activation=cfg.activation,
+        )
+        # the student's initialisation must not draw from the global torch RNG the teacher's training uses:
+        # with or without an online student, a seed gives the same teacher
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            self.net: Student = build_student(self.spec)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.tb = SummaryWriter(str(self.out / "tb"))
+        spec = self.teacher.env_spec
+        self.make_eval_env = lambda: make_env_from_spec(spec)
+        self.eval_seeds = [EVAL_SEED + i for i in range(cfg.eval_episodes)]
+
+    # -- SB3 hooks -----------------------------------------------------------------------------------------------
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self._catch_up()
+        if self.last_eval is None or self.num_timesteps - self.last_eval >= self.eval_every:
+            self.evaluate()
+
+    def _on_training_end(self) -> None:
+        self._catch_up()
+        if self.last_eval != self.num_timesteps:
+            self.evaluate()
+        self._finish()
+        self.tb.close()
+
+    # -- distillation ---------------------------------------------------------------------------------------------
+
+    def _progress(self) -> int:
+        return int(self.model._n_updates if self.cfg.unit == "updates" else self.num_timesteps)
+
+    def _catch_up(self) -> None:
+        due = self._progress() // self.cfg.every - self.boundaries
+        if due > 0:
+            self.distill(due * self.cfg.distill_steps)
+            self.boundaries += due
+
+    def distill(self, n_steps: int) -> float:
+        """Take ``n_steps`` student gradient steps on fresh teacher labels; return their mean loss."""
+        start = time.perf_counter()
+        cfg, net = self.cfg, self.net
+        if cfg.normalize_obs:
+            net.set_obs_stats(torch.from_numpy(sample_states(self.model, STATS_ROWS, self.rng)))
+        net.train()
+        total, agree = torch.zeros(()), torch.zeros(())
+        for _ in range(n_steps):
+            raw = sample_states(self.model, cfg.batch_size, self.rng)  # (batch, *obs_shape)
+            target = torch.from_numpy(self.teacher.label(raw).outputs["teacher"])  # (batch, n_actions)
+            out = net(torch.from_numpy(raw))  # (batch, n_actions)
+            loss = compute_loss(out, target, self.loss_cfg)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.detach()
+            agree += (out.argmax(-1) == target.argmax(-1)).float().mean()
+        self.student_steps += n_steps
+        mean_loss, mean_agree = float(total) / n_steps, float(agree) / n_steps
+        self.last_loss = mean_loss
+        t = self.num_timesteps
+        self.phases.append(
+            {
+                "teacher_steps": t,
+                "teacher_updates": int(self.model._n_updates),
+                "student_steps": n_steps,
+                "loss": mean_loss,
+                "agreement": mean_agree,
+            }
+        )
+        # the teacher's env steps are the x axis of every student scalar, as of the teacher's own
+        self.tb.add_scalar("distill/loss", mean_loss, t)
+        self.tb.add_scalar("distill/agreement", mean_agree, t)
+        self.tb.add_scalar("distill/student_steps", self.student_steps, t)
+        self.seconds += time.perf_counter() - start
+        return mean_loss
+
+    def evaluate(self) -> dict[str, float]:
+        """Play the student and the current teacher (greedy) on the same seeds; log and keep the best."""
+        start = time.perf_counter()
+        self.net.eval()
+        env_id = self.cfg.env
+        student = float(
+            run_episodes(self.net, env_id, self.eval_seeds, env_factory=self.make_eval_env).returns.mean()
+        )
+        teacher = float(
+            run_episodes(self.teacher, env_id, self.eval_seeds, env_factory=self.make_eval_env).returns.mean()
+        )
+        self.net.train()
+        t = self.last_eval = self.num_timesteps
+        # the same tag as SB3's EvalCallback in the teacher's tb/: TensorBoard overlays the two runs
+        self.tb.add_scalar("eval/mean_reward", student, t)
+        self.tb.add_scalar("eval/teacher_mean_reward", teacher, t)
+        entry = {
+            "teacher_steps": t,
+            "teacher_updates": int(self.model._n_updates),
+            "student_steps": self.student_steps,
+            "student_return": student,
+            "teacher_return": teacher,
+            "distill_loss": self.last_loss,
+        }
+        self.history.append(entry)  # type: ignore[arg-type]
+        # ties go to the later student: it has distilled from a teacher that trained longer
+        if self.student_steps > 0 and (self.best is None or student >= self.best):
+            self.best = student
+            torch.save(self.net.state_dict(), self.out / "best.pt")
+        self.seconds += time.perf_counter() - start
+        write_json(self.out / "metrics.json", self._metrics())
+        return entry  # type: ignore[return-value]
+
+    # -- the student folder -------------------------------------------------------------------------------------
+
+    def _metrics(self) -> dict[str, Any]:
+        return {
+            "student_steps": self.student_steps,
+            "teacher_steps": int(self.num_timesteps),
+            "teacher_updates": int(self.model._n_updates),
+            "best_eval_mean_return": self.best,
+            "history": self.history,
+            "phases": self.phases,
+            "seconds": round(self.seconds, 2),
+        }
+
+    def _info(self) -> dict[str, Any]:
+        teacher, params = self.teacher, count_params(self.net)
+        return {
+            "env_id": self.cfg.env,
+            "action_space": space_json(self.model.action_space),
+            "observation_space": space_json(self.model.observation_space),
+            "env_spec": teacher.env_spec,
+            "teacher": {
+                "kind": teacher.kind,
+                "algo": teacher.algo,
+                "path": teacher.path,
+                "policy_params": self.teacher_params,
+                "n_outputs": teacher.n_outputs,
+            },
+            "buffer": None,
+            "online": {
+                "every": self.cfg.every,
+                "unit": self.cfg.unit,
+                "distill_steps": self.cfg.distill_steps,
+                "batch_size": self.cfg.batch_size,
+            },
+            "loss": self.loss_cfg.__dict__,
+            "params": params,
+            "teacher_params": self.teacher_params,
+            "params_ratio": params / self.teacher_params,
+        }
+
+    def _finish(self) -> None:
+        torch.save(self.net.state_dict(), self.out / "last.pt")
+        if not (self.out / "best.pt").is_file():  # never evaluated after a distillation step
+            shutil.copyfile(self.out / "last.pt", self.out / "best.pt")
+        write_json(self.out / "metrics.json", self._metrics())
+        save_student(self.out, self.spec, {**self._info(), "weights": "best.pt"})
