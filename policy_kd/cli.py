@@ -187,6 +187,13 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "distill": _job("distill", "distill", "DistillConfig", "distill", lambda p: f"student saved to {p}"),
     "evaluate": _job("evaluate", "evaluate", "EvaluateConfig", "evaluate", _print_eval),
     "export": _job("export", "export", "ExportConfig", "export_student", _describe_export),
+    "distill-multitask": _job(
+        "distill-multitask",
+        "multitask",
+        "MultiTaskConfig",
+        "distill_multitask",
+        lambda p: f"multi-task student saved to {p} (one student folder per task)",
+    ),
     "distill-online": _job(
         "distill-online",
         "online",
@@ -217,6 +224,7 @@ commands:
   distill         train a small student on the buffer
   evaluate        compare student and teacher on the same episode seeds
   export          save a student as ONNX, TorchScript, int8, numpy or an SB3 policy
+  distill-multitask  one student (shared trunk, a head per task) from several teachers' buffers
   distill-online  train a teacher and distil a student from it while it trains
   kickstart       train a small student with RL plus an annealed distillation loss toward a teacher
   inspect         validate a buffer and summarise it

@@ -46,6 +46,9 @@ class StudentSpec:
     """Hidden activation: relu, tanh, elu or gelu."""
     channels: tuple[int, ...] = ()
     """Convolution channels of a CNN student (empty for an MLP)."""
+    pad_channels: int = 0
+    """CNN students: zero-pad the input channels up to this many (a multi-task trunk shared by games with
+    different channel counts); 0: no padding."""
     head: str = "discrete"
     """``discrete`` (logits), ``gaussian`` (action mean + state-independent log-std, actions clipped to
     the bounds) or ``squashed_gaussian`` (pre-tanh mean, actions squashed into the bounds, as SAC)."""
@@ -153,6 +156,17 @@ def _image_layout(obs_shape: tuple[int, ...], arch: str) -> tuple[bool, int]:
     return channels_last, obs_shape[2] if channels_last else obs_shape[0]
 
 
+class _PadChannels(nn.Module):
+    """(B, C, H, W) -> (B, target, H, W), zeros in the added channels."""
+
+    def __init__(self, target: int):
+        super().__init__()
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x, (0, 0, 0, 0, 0, self.target - x.shape[1]))
+
+
 class _CNNStudent(Student):
     """[Conv -> ReLU] per channel count -> Flatten -> [Linear -> activation] * len(hidden) -> Linear."""
 
@@ -165,6 +179,11 @@ class _CNNStudent(Student):
             )
         channels_last, c_in = _image_layout(spec.obs_shape, spec.arch)
         convs: list[nn.Module] = [_ToChannelsFirst()] if channels_last else []
+        if spec.pad_channels:  # present even when nothing is padded: every task's trunk has one layout
+            if spec.pad_channels < c_in:
+                raise PolicyKDError(f"cannot pad {c_in} input channels down to {spec.pad_channels}")
+            convs.append(_PadChannels(spec.pad_channels))
+            c_in = spec.pad_channels
         for c_out, (k, stride) in zip(spec.channels, self.kernels, strict=True):
             convs += [nn.Conv2d(c_in, c_out, k, stride), nn.ReLU()]
             c_in = c_out
@@ -250,6 +269,7 @@ def size_student(
     activation: str = "relu",
     channels: tuple[int, ...] | None = None,
     head: str = "discrete",
+    pad_channels: int = 0,
 ) -> StudentSpec:
     """A spec from explicit widths, or solved for ``params_fraction`` x ``teacher_params``.
 
@@ -263,7 +283,19 @@ def size_student(
     if not is_cnn and channels:
         raise PolicyKDError("--channels applies to CNN students only; use --hidden for an mlp")
     extra = n_outputs if head != "discrete" else 0  # the Gaussian head's log-std
-    make = lambda h, c: StudentSpec(arch, tuple(obs_shape), n_outputs, h, activation, c, head)  # noqa: E731
+
+    def make(h: tuple[int, ...], c: tuple[int, ...]) -> StudentSpec:
+        return StudentSpec(
+            arch=arch,
+            obs_shape=tuple(obs_shape),
+            n_outputs=n_outputs,
+            hidden=h,
+            activation=activation,
+            channels=c,
+            head=head,
+            pad_channels=pad_channels,
+        )
+
     if hidden is None and (not is_cnn or channels is None):
         if params_fraction is None or teacher_params is None:
             raise PolicyKDError("size the student with --hidden W [W ...] or --params-fraction F")
@@ -349,6 +381,7 @@ def load_student(path: str | Path) -> LoadedStudent:
             activation=s.get("activation", "relu"),
             channels=tuple(s.get("channels", ())),
             head=s.get("head", "discrete"),
+            pad_channels=int(s.get("pad_channels", 0)),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PolicyKDError(f"{meta_path} is damaged ({exc}); distil the student again") from None
