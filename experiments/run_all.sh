@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Every single-task grid in turn; each skips what is finished, so re-running resumes. Then the tables.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+for cfg in cartpole_dqn lunarlander_ppo lunarlander_dqn; do
+  .venv/bin/python experiments/grid.py experiments/configs/$cfg.yaml || echo "grid $cfg failed; re-run to resume"
+  .venv/bin/python experiments/tables.py
+done
