@@ -499,8 +499,11 @@ class Sampler:
         max_ram_bytes: int = 2 << 30,
         sources: tuple[int, ...] | None = None,
         source_weights: tuple[float, ...] | None = None,
+        prefetch: bool = False,
     ):
         buffers = [buffers] if isinstance(buffers, Buffer) else list(buffers)
+        self._pool: Any = None
+        self._pending: tuple[torch.Tensor, Any, int] | None = None  # (generator state before, future, size)
         self.names = names
         self.gen = torch.Generator().manual_seed(seed)
         segs = [
@@ -547,6 +550,12 @@ class Sampler:
         self.in_memory = nbytes <= max_ram_bytes if in_memory is None else in_memory
         if self.in_memory:
             self.in_ram = {k: np.concatenate(v) for k, v in self.arrays.items()}
+        elif prefetch:
+            # numpy releases the GIL while it gathers rows, so the next batch's page-cache reads overlap
+            # the training step's compute (as a DataLoader worker would, without a process)
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="policy_kd-sampler")
 
     def indices(self, batch_size: int) -> np.ndarray:
         """Global row indices of the next minibatch (advances the generator)."""
@@ -558,7 +567,21 @@ class Sampler:
         return self.source_starts[which] + within
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        idx = self.indices(batch_size)
+        """The next minibatch. With prefetching (memory-mapped only), the batch after it is gathered in a
+        background thread while the caller trains on this one; the indices are still drawn here, in
+        order, so the batches are the same as without prefetching."""
+        if self._pool is None:
+            return self._gather_batch(self.indices(batch_size))
+        if self._pending is None or self._pending[2] != batch_size:
+            self._pending = (self.gen.get_state(), self._pool.submit(self._gather_batch, self.indices(batch_size)),
+                             batch_size)  # fmt: skip
+        _, future, _ = self._pending
+        batch = future.result()
+        before = self.gen.get_state()
+        self._pending = (before, self._pool.submit(self._gather_batch, self.indices(batch_size)), batch_size)
+        return batch
+
+    def _gather_batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         if self.stack is not None:
             return self._sample_stacked(idx)
         if self.in_memory:
@@ -590,11 +613,25 @@ class Sampler:
         return out
 
     def state(self) -> torch.Tensor:
-        """The generator's state, to checkpoint (restore with ``set_state``) for bit-identical resumption."""
-        return self.gen.get_state()
+        """The generator's state, to checkpoint (restore with ``set_state``) for bit-identical resumption;
+        a batch prefetched but not yet returned is not counted as drawn."""
+        return self._pending[0] if self._pending is not None else self.gen.get_state()
 
     def set_state(self, state: torch.Tensor) -> None:
+        self._drop_pending()
         self.gen.set_state(state)
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            self._pending[1].result()
+            self._pending = None
+
+    def close(self) -> None:
+        """Stop the prefetch thread (if any)."""
+        self._drop_pending()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 class _Concat:

@@ -379,6 +379,7 @@ class _Run:
             seed=self.cfg.seed + self.round,
             in_memory=self.cfg.in_memory,
             source_weights=self.cfg.source_weights,
+            prefetch=True,
         )
 
     # -- checkpoints --------------------------------------------------------------------------------------------
@@ -509,6 +510,7 @@ class _Run:
                 if self.step > 0 and self.step % cfg.steps == 0 and self.step // cfg.steps > self.round:
                     self.round = self.step // cfg.steps
                     self._start_round(self.round)
+                    sampler.close()
                     sampler = self._sampler()
                     tb.add_scalar("rounds/labels", sum(b.rows for b in self.buffers), self.step)
                 self.step += 1
@@ -542,6 +544,7 @@ class _Run:
                     self.wall = time.perf_counter() - start
                     self._save_checkpoint(sampler)
         finally:
+            sampler.close()
             bar.close()
             tb.close()
         self.wall = time.perf_counter() - start

@@ -203,7 +203,18 @@ def test_source_weights_choose_recordings(artifacts, tmp_path):
 
 # ------------------------------------------------------------------------------------------- resumption
 
-DISTILL_ARGS = ["--steps", "3000", "--eval-every", "500", "--checkpoint-every", "100", "--log-every", "50"]
+DISTILL_ARGS = [
+    "--steps",
+    "3000",
+    "--eval-every",
+    "500",
+    "--checkpoint-every",
+    "100",
+    "--log-every",
+    "50",
+    "--in-memory",
+    "False",
+]  # memory-mapped: the prefetching sampler, the harder case to resume
 
 
 def _cmd(buffer: Path, out: Path, *extra: str) -> list[str]:
