@@ -27,7 +27,7 @@ from policy_kd.record import RecordConfig, record
 from policy_kd.teacher import TrainTeacherConfig, train_teacher
 
 ROOT = Path(__file__).resolve().parent
-STAGES = ("teacher", "buffer", "distill", "eval", "dagger")
+STAGES = ("teacher", "buffer", "distill", "eval", "dagger")  # eval: whatever distill left unevaluated
 
 
 def log(msg: str) -> None:
@@ -50,7 +50,7 @@ class Grid:
     def save(self) -> None:
         self.results_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(self.results, indent=1) + "\n")  # key order kept: the config's order
         tmp.replace(self.results_path)
 
     def timed(self, stage: str, seconds: float) -> None:
@@ -124,15 +124,19 @@ class Grid:
         return out
 
     def distill(self) -> None:
-        for name, size, loss, seed in self.cells():
-            options = {
-                **self.cfg["distill"],
-                **self.cfg["losses"][loss],
-                "buffer": str(self.runs / "buffer"),
-                "params_fraction": size,
-                "seed": seed,
-            }
-            self._distill(name, options)
+        """Students size by size, each size evaluated as soon as its students exist (results land early)."""
+        for size in self.cfg["sizes"]:
+            group = [(n, loss, seed) for n, s, loss, seed in self.cells() if s == size]
+            for name, loss, seed in group:
+                options = {
+                    **self.cfg["distill"],
+                    **self.cfg["losses"][loss],
+                    "buffer": str(self.runs / "buffer"),
+                    "params_fraction": size,
+                    "seed": seed,
+                }
+                self._distill(name, options)
+            self._evaluate([n for n, _, _ in group], f"f{size}", "grid")
 
     def _evaluate(self, names: list[str], group: str, kind: str) -> None:
         """Evaluate ``names`` (with the teacher, once) and file each student's figures under runs[name]."""
