@@ -101,11 +101,22 @@ class Grid:
         self.save()
 
     def cells(self) -> list[tuple[str, float, str, int]]:
-        """(run name, params fraction, loss name, seed) of every grid cell."""
+        """(run name, params fraction, loss name, seed) of every grid cell.
+
+        A config may restrict the sizes x losses product with ``cells``: a list of ``{sizes, losses}``
+        groups whose union is run (the MinAtar grids run every loss at one size only, for CPU time).
+        """
+        groups = self.cfg.get("cells") or [{"sizes": self.cfg["sizes"], "losses": list(self.cfg["losses"])}]
+        for g in groups:
+            unknown = [x for x in g["sizes"] if x not in self.cfg["sizes"]]
+            unknown += [x for x in g["losses"] if x not in self.cfg["losses"]]
+            if unknown:
+                raise SystemExit(f"cells names {unknown}, which sizes/losses do not define; add them there")
         return [
             (f"f{size}_{loss}_s{seed}", size, loss, seed)
             for size in self.cfg["sizes"]
             for loss in self.cfg["losses"]
+            if any(size in g["sizes"] and loss in g["losses"] for g in groups)
             for seed in self.cfg["seeds"]
         ]
 

@@ -70,7 +70,8 @@ def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]
         cells = []
         for s in sizes:
             rs = by.get((loss, float(s)), [])
-            cells.append(_agg([_ratio(r) for r in rs]) + ("" if len(rs) == n_seeds else f" ({len(rs)} runs)"))
+            note = "" if len(rs) in (0, n_seeds) else f" ({len(rs)} runs)"  # 0: a cell the config skips
+            cells.append(_agg([_ratio(r) for r in rs]) + note)
             if rs:
                 curves[loss][float(np.mean([r["params"] for r in rs]))] = float(
                     np.mean([_ratio(r) for r in rs])
@@ -113,6 +114,98 @@ def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]
     return "\n".join(lines), curves
 
 
+def multitask_section(res: dict[str, Any]) -> str:
+    cfg, runs = res["config"], res.get("runs", {})
+    d = cfg["distill"]
+    lines = [
+        "### Multi-task MinAtar student",
+        "",
+        f"One {d['student']} student, shared trunk + one head per game, {d['loss']} τ={d.get('tau')}, "
+        f"{d['steps']:,} steps (one minibatch per game each), {len(cfg['seeds'])} seeds; each head evaluated "
+        f"against its game's teacher over {cfg.get('episodes', 100)} episodes (same seeds).",
+        "",
+    ]
+    if not runs:
+        return "\n".join([*lines, "(no evaluation yet)", ""])
+    params = [r["params"] for r in runs.values()]
+    lines += [
+        f"Whole student: {params[0]:,} parameters ({len(runs)} seed(s) evaluated).",
+        "",
+        "| game | teacher return | teacher params | student ÷ that teacher (params) | return ratio [95% CI over seeds] | agreement |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task in cfg["tasks"]:
+        rs = [r["tasks"][task] for r in runs.values() if task in r["tasks"]]
+        if not rs:
+            continue
+        agree = [r["agreement"] for r in rs if r.get("agreement") is not None]
+        lines.append(
+            f"| {task} | {rs[0]['teacher_return']:.2f} | {rs[0]['teacher_params']:,} | "
+            f"{100 * rs[0]['params_ratio']:.1f}% | {_agg([_ratio(r) for r in rs])} | "
+            f"{np.mean(agree) if agree else float('nan'):.3f} |"
+        )
+    stages = res.get("stage_seconds", {})
+    if stages:
+        lines += ["", "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items()) + "."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _ratios(res: dict[str, Any], loss: str, size: float) -> list[float]:
+    return [
+        _ratio(r)
+        for name, r in res.get("runs", {}).items()
+        if r["kind"] == "grid" and name.startswith(f"f{size}_{loss}_s")
+    ]
+
+
+def _mean_ratio(res: dict[str, Any], loss: str, size: float) -> float | None:
+    rs = _ratios(res, loss, size)
+    return float(np.mean(rs)) if rs else None
+
+
+def goals_section(results: list[dict[str, Any]]) -> str:
+    """The issue's goals, checked from the results (mean return ratio over seeds)."""
+    lines = [
+        "### Goals, checked from the results",
+        "",
+        "Mean return ratio over the distillation seeds; a size counts for the first goal if it is ≤ 5% of the "
+        "teacher's parameters.",
+        "",
+        "| task | best student ≤ 5% of teacher (loss, size: ratio) | ≥ 100%? | kl τ=0.01 / nll / mse at 4% | kl ≥ nll > mse? |",
+        "|---|---|---|---|---|",
+    ]
+    n_order = n_tasks = 0
+    for res in results:
+        if res.get("task") == "multitask" or not res.get("runs"):
+            continue
+        best: tuple[float, str, list[float]] | None = None
+        for size in res["config"]["sizes"]:
+            if size > 0.05:
+                continue
+            for loss in res["config"]["losses"]:
+                m = _mean_ratio(res, loss, size)
+                if m is not None and (best is None or m > best[0]):
+                    best = (m, f"{loss}, {size:.0%}", _ratios(res, loss, size))
+        reached = "—"
+        if best:
+            lo, hi = aggregate_runs(np.asarray(best[2]), statistic="mean")["ci"]
+            reached = "yes" if best[0] >= 1.0 else ("no (CI includes 1)" if lo <= 1.0 <= hi else "no")
+        kl, nll, mse = (_mean_ratio(res, k, 0.04) for k in ("kl_t0.01", "nll", "mse"))
+        order = None if None in (kl, nll, mse) else bool(kl >= nll > mse)  # type: ignore[operator]
+        if order is not None:
+            n_tasks += 1
+            n_order += order
+        fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
+        lines.append(
+            f"| {res['task']} | {best[1] + ': ' + _agg(best[2]) if best else '—'} | "
+            f"{reached} | {fmt(kl)} / {fmt(nll)} / {fmt(mse)} | "
+            f"{'—' if order is None else ('yes' if order else 'no')} |"
+        )
+    lines += ["", f"KL (τ=0.01) ≥ NLL > MSE holds on {n_order} of {n_tasks} single-task settings.", ""]
+    return "\n".join(lines)
+
+
 def plot(task: str, curves: dict[str, dict[float, float]], out: Path) -> bool:
     try:
         import matplotlib
@@ -140,13 +233,17 @@ def plot(task: str, curves: dict[str, dict[float, float]], out: Path) -> bool:
 
 def main() -> None:
     sections = []
-    for path in sorted((ROOT / "results").glob("*.json")):
-        res = json.loads(path.read_text())
+    all_results = [json.loads(p.read_text()) for p in sorted((ROOT / "results").glob("*.json"))]
+    for res in all_results:
+        if res.get("task") == "multitask":
+            sections.append(multitask_section(res))
+            continue
         text, curves = task_section(res)
         png = ROOT / "plots" / f"{res['task']}_return_vs_params.png"
         if curves and plot(res["task"], curves, png):
             text += f"\n![{res['task']}](plots/{png.name})\n"
         sections.append(text)
+    sections.append(goals_section(all_results))
     readme = ROOT / "README.md"
     body = readme.read_text() if readme.is_file() else f"# Experiments\n\n{BEGIN}\n{END}\n"
     head, rest = body.split(BEGIN, 1)

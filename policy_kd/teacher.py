@@ -54,11 +54,11 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 from stable_baselines3.common.vec_env.util import dict_to_obs
 
-from policy_kd.config import load_yaml_mapping
+from policy_kd.config import load_yaml_mapping, to_dict
 from policy_kd.envs import ensure_registered, features_extractor, make_env, make_env_from_spec, zoo_wrapper
 from policy_kd.envs.atari import is_atari
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import prepare_out_dir, write_json, write_run_info
+from policy_kd.run import atomic_write_text, prepare_out_dir, write_json, write_run_info
 
 ALGOS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c")
 CHECKPOINT_DIR = "checkpoint"
@@ -114,7 +114,8 @@ class TrainTeacherConfig:
     """Environment steps between resumable checkpoints (model, replay buffer, VecNormalize, evaluation
     history) in checkpoint/; 0: none."""
     resume: bool = False
-    """Continue the interrupted run in --out from its checkpoint, with its saved options."""
+    """Continue the interrupted run in --out from its checkpoint, with its saved options (--n-timesteps
+    may change the total budget: stop a long run earlier, or extend it)."""
     progress: bool = True
     """Show a progress bar."""
     force: bool = False
@@ -124,6 +125,8 @@ class TrainTeacherConfig:
         if self.resume:
             if self.out is None:
                 raise PolicyKDError("--resume needs --out RUN_DIR (the interrupted train-teacher run)")
+            if self.n_timesteps is not None and self.n_timesteps <= 0:
+                raise PolicyKDError(f"--n-timesteps must be > 0, got {self.n_timesteps}")
             return
         if self.checkpoint_freq < 0:
             raise PolicyKDError(f"--checkpoint-freq must be >= 0, got {self.checkpoint_freq}")
@@ -369,7 +372,17 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
     resume_from: Path | None = None
     if config.resume:
         out = Path(config.out)  # type: ignore[arg-type]
+        new_budget = config.n_timesteps
         config = _saved_train_config(out, config.progress)
+        if new_budget is not None:
+            config = replace(config, n_timesteps=new_budget)
+            # a later --resume must keep the new budget
+            atomic_write_text(
+                out / "config.yaml",
+                yaml.safe_dump(
+                    {"job": "train-teacher", **to_dict(replace(config, resume=False))}, sort_keys=False
+                ),
+            )
         resume_from = _checkpoint_dir(out)
         preset = yaml.safe_load((out / "preset.yaml").read_text())[config.env]
     else:
@@ -448,6 +461,10 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
     if resume_from is not None:
         state = json.loads((resume_from / "state.json").read_text())
         done_before = int(state["num_timesteps"])
+        if done_before >= n_timesteps:
+            raise PolicyKDError(
+                f"{out} has already trained {done_before} steps; pass --n-timesteps above that to extend it"
+            )
         wall_before = float(state.get("train_seconds", 0.0))
         eval_cb.best_mean_reward = float(state["best_mean_reward"])
         eval_cb.evaluations_timesteps = list(state["evaluations_timesteps"])

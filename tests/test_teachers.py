@@ -562,13 +562,18 @@ def test_train_teacher_resumes_after_kill9(tmp_path: Path) -> None:
     state = json.loads((ckpt / "state.json").read_text())
     assert 2000 <= state["num_timesteps"] < 12000 and (ckpt / "replay_buffer.pkl").is_file()
     assert run_cli("train-teacher", "--out", out, "--no-progress") == 2  # exists: refused without --force
-    assert run_cli("train-teacher", "--resume", "--out", out, "--no-progress") == 0
+    done = state["num_timesteps"]
+    resume = ("train-teacher", "--resume", "--out", out, "--no-progress")
+    assert run_cli(*resume, "--n-timesteps", str(done)) == 2  # a budget already spent: refused
+    budget = done + 2000  # a new total budget (shorter than the saved 12000 unless killed late)
+    assert run_cli(*resume, "--n-timesteps", str(budget)) == 0
     info = json.loads((out / "teacher.json").read_text())
-    assert info["resumed"] and info["n_timesteps"] == 12000
+    assert info["resumed"] and info["n_timesteps"] == budget
+    assert yaml.safe_load((out / "config.yaml").read_text())["n_timesteps"] == budget
     # SB3 stops at the first rollout (train_freq steps) that reaches the budget, as an uninterrupted run does
-    assert 12000 <= DQN.load(out / "last_model.zip").num_timesteps < 12000 + 4
+    assert budget <= DQN.load(out / "last_model.zip").num_timesteps < budget + 4
     evals = np.load(out / "evaluations.npz")["timesteps"]
-    assert list(evals) == sorted(evals) and evals[0] == 1000 and evals[-1] >= 11000  # history kept
+    assert list(evals) == sorted(evals) and evals[0] == 1000 and evals[-1] >= budget - 1000  # history kept
     assert not (out / "checkpoint").exists()
     assert run_cli("train-teacher", "--resume", "--out", out, "--no-progress") == 2  # finished
 
