@@ -6,3 +6,4 @@ for cfg in cartpole_dqn lunarlander_ppo lunarlander_dqn; do
   .venv/bin/python experiments/grid.py experiments/configs/$cfg.yaml || echo "grid $cfg failed; re-run to resume"
   .venv/bin/python experiments/tables.py
 done
+bash experiments/scripts/minatar.sh all || echo "MinAtar part failed; re-run to resume"

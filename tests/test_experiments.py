@@ -1,0 +1,78 @@
+"""The experiment scripts' pure parts: which grid cells a config runs, and the goals table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def _load(name: str) -> ModuleType:
+    # private module names: "grid" and "tables" would shadow real packages (PyTables is "tables")
+    spec = importlib.util.spec_from_file_location(f"_pkd_experiments_{name}", EXPERIMENTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+grid = _load("grid")
+tables = _load("tables")
+
+LOSSES = {"kl_t0.01": {}, "nll": {}, "mse": {}, "kl_t0.01_30k": {"steps": 30}}
+
+
+def _grid(cells=None) -> grid.Grid:
+    g = grid.Grid.__new__(grid.Grid)  # no results file touched
+    g.cfg = {"sizes": [0.25, 0.04], "losses": LOSSES, "seeds": [0, 1], **({"cells": cells} if cells else {})}
+    return g
+
+
+def test_cells_default_to_the_whole_product() -> None:
+    assert len(_grid().cells()) == 2 * 4 * 2
+
+
+def test_cells_restrict_to_the_union_of_groups() -> None:
+    cells = [
+        {"sizes": [0.04], "losses": ["kl_t0.01", "nll", "mse"]},
+        {"sizes": [0.25], "losses": ["kl_t0.01"]},
+    ]
+    names = [c[0] for c in _grid(cells).cells()]
+    assert names == [
+        "f0.25_kl_t0.01_s0", "f0.25_kl_t0.01_s1",
+        "f0.04_kl_t0.01_s0", "f0.04_kl_t0.01_s1", "f0.04_nll_s0", "f0.04_nll_s1", "f0.04_mse_s0", "f0.04_mse_s1",
+    ]  # fmt: skip
+
+
+def test_cells_naming_an_undefined_loss_are_refused() -> None:
+    with pytest.raises(SystemExit, match="hinton"):
+        _grid([{"sizes": [0.04], "losses": ["hinton"]}]).cells()
+
+
+def _results(task: str, ratios: dict[str, list[float]]) -> dict:
+    runs = {
+        f"f0.04_{loss}_s{i}": {"kind": "grid", "return_ratio": {"value": r}}
+        for loss, rs in ratios.items()
+        for i, r in enumerate(rs)
+    }
+    return {"task": task, "config": {"sizes": [0.25, 0.04], "losses": LOSSES}, "runs": runs}
+
+
+def test_goals_table_reads_the_results() -> None:
+    ordered = _results("A", {"kl_t0.01": [1.0, 1.02, 1.01], "nll": [0.99, 1.0, 0.98], "mse": [0.5, 0.6, 0.4]})
+    not_ordered = _results(
+        "B", {"kl_t0.01": [0.9, 0.92, 0.91], "nll": [0.95, 0.96, 0.97], "mse": [0.5, 0.5, 0.5]}
+    )
+    text = tables.goals_section([ordered, not_ordered])
+    row_a = next(line for line in text.splitlines() if line.startswith("| A |"))
+    row_b = next(line for line in text.splitlines() if line.startswith("| B |"))
+    assert "kl_t0.01, 4%: 1.010" in row_a and "| yes |" in row_a  # best <= 5% cell and its mean
+    assert row_a.endswith("| yes |") and row_b.endswith("| no |")
+    assert "nll, 4%: 0.960" in row_b and "| no" in row_b  # below 1: goal missed
+    assert "holds on 1 of 2 single-task settings" in text
