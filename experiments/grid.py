@@ -104,7 +104,8 @@ class Grid:
         """(run name, params fraction, loss name, seed) of every grid cell.
 
         A config may restrict the sizes x losses product with ``cells``: a list of ``{sizes, losses}``
-        groups whose union is run (the MinAtar grids run every loss at one size only, for CPU time).
+        groups (each with its own ``seeds`` if given) whose union is run (the MinAtar grids run most losses
+        at one size only, for CPU time).
         """
         groups = self.cfg.get("cells") or [{"sizes": self.cfg["sizes"], "losses": list(self.cfg["losses"])}]
         for g in groups:
@@ -112,13 +113,13 @@ class Grid:
             unknown += [x for x in g["losses"] if x not in self.cfg["losses"]]
             if unknown:
                 raise SystemExit(f"cells names {unknown}, which sizes/losses do not define; add them there")
-        return [
-            (f"f{size}_{loss}_s{seed}", size, loss, seed)
-            for size in self.cfg["sizes"]
-            for loss in self.cfg["losses"]
-            if any(size in g["sizes"] and loss in g["losses"] for g in groups)
-            for seed in self.cfg["seeds"]
-        ]
+        cells = []
+        for size in self.cfg["sizes"]:
+            for loss in self.cfg["losses"]:
+                matching = [g for g in groups if size in g["sizes"] and loss in g["losses"]]
+                seeds = sorted({s for g in matching for s in g.get("seeds", self.cfg["seeds"])})
+                cells += [(f"f{size}_{loss}_s{seed}", size, loss, seed) for seed in seeds]
+        return cells
 
     def _distill(self, name: str, options: dict[str, Any]) -> Path:
         out = self.runs / "students" / name

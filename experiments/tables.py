@@ -51,7 +51,7 @@ def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]
         "",
     ]
     grid = {k: v for k, v in runs.items() if v["kind"] == "grid"}
-    sizes, losses = cfg["sizes"], list(cfg["losses"])
+    sizes, losses = sorted(cfg["sizes"], reverse=True), list(cfg["losses"])
     by: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     for name, run in grid.items():
         size = float(name.split("_")[0][1:])

@@ -50,6 +50,18 @@ def test_cells_restrict_to_the_union_of_groups() -> None:
     ]  # fmt: skip
 
 
+def test_a_cells_group_may_run_fewer_seeds() -> None:
+    cells = [
+        {"sizes": [0.04], "losses": ["kl_t0.01"]},
+        {"sizes": [0.25], "losses": ["kl_t0.01"], "seeds": [1]},
+    ]
+    assert [c[0] for c in _grid(cells).cells()] == [
+        "f0.25_kl_t0.01_s1",
+        "f0.04_kl_t0.01_s0",
+        "f0.04_kl_t0.01_s1",
+    ]
+
+
 def test_cells_naming_an_undefined_loss_are_refused() -> None:
     with pytest.raises(SystemExit, match="hinton"):
         _grid([{"sizes": [0.04], "losses": ["hinton"]}]).cells()
