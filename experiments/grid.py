@@ -27,7 +27,7 @@ from policy_kd.record import RecordConfig, record
 from policy_kd.teacher import TrainTeacherConfig, train_teacher
 
 ROOT = Path(__file__).resolve().parent
-STAGES = ("teacher", "buffer", "distill", "eval", "dagger")  # eval: whatever distill left unevaluated
+STAGES = ("teacher", "buffer", "distill", "eval", "dagger", "curve")  # eval: what distill left unevaluated
 
 
 def log(msg: str) -> None:
@@ -195,6 +195,21 @@ class Grid:
                 "distill_seconds": metrics["seconds"],
             }
             self.save()
+
+    def curve(self) -> None:
+        """The teacher's training curve (its periodic evaluations) into the results, for the tables."""
+        path = self.teacher_dir / "evaluations.npz"
+        if not path.is_file():
+            return
+        import numpy as np
+
+        with np.load(path) as ev:
+            self.results["teacher_curve"] = {
+                "timesteps": [int(t) for t in ev["timesteps"]],
+                "mean_return": [round(float(r), 3) for r in ev["results"].mean(axis=1)],
+                "episodes": int(ev["results"].shape[1]),
+            }
+        self.save()
 
     def eval(self) -> None:
         cells = self.cells()

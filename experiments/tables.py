@@ -231,6 +231,33 @@ def plot(task: str, curves: dict[str, dict[float, float]], out: Path) -> bool:
     return True
 
 
+def plot_curves(results: list[dict[str, Any]], out: Path) -> bool:
+    """Teachers' training curves (periodic evaluation return against env steps), one panel per task."""
+    curves = [r for r in results if r.get("teacher_curve")]
+    if not curves:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3), squeeze=False)
+    for ax, res in zip(axes[0], curves, strict=True):
+        c = res["teacher_curve"]
+        ax.plot(c["timesteps"], c["mean_return"], marker=".")
+        ax.set_title(res["task"], fontsize=8)
+        ax.set_xlabel("env steps", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("evaluation return (mean)", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def main() -> None:
     sections = []
     all_results = [json.loads(p.read_text()) for p in sorted((ROOT / "results").glob("*.json"))]
@@ -243,6 +270,11 @@ def main() -> None:
         if curves and plot(res["task"], curves, png):
             text += f"\n![{res['task']}](plots/{png.name})\n"
         sections.append(text)
+    if plot_curves(all_results, ROOT / "plots" / "teacher_curves.png"):
+        sections.append(
+            "### Teachers' training curves\n\nMean return of each periodic evaluation during training "
+            "(the best one selects the teacher).\n\n![teacher curves](plots/teacher_curves.png)\n"
+        )
     sections.append(goals_section(all_results))
     readme = ROOT / "README.md"
     body = readme.read_text() if readme.is_file() else f"# Experiments\n\n{BEGIN}\n{END}\n"

@@ -16,7 +16,7 @@ if [[ $what == teachers || $what == all ]]; then
 fi
 if [[ $what == grids || $what == all ]]; then
   for g in $games; do
-    $PY experiments/grid.py experiments/configs/minatar_$g.yaml --only buffer,distill,eval || exit 1
+    $PY experiments/grid.py experiments/configs/minatar_$g.yaml --only buffer,distill,eval,curve || exit 1
     $PY experiments/tables.py
   done
 fi
