@@ -39,9 +39,10 @@ def main() -> int:
         t: Path(g["teacher"]["path"]) if "path" in g["teacher"] else ROOT / "runs" / g["task"] / "teacher"
         for t, g in grids.items()
     }
-    results_path = ROOT / "results" / "multitask.json"
+    name = cfg.get("name", "multitask")  # results/<name>.json, runs/<name>/
+    results_path = ROOT / "results" / f"{name}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results.update({"task": "multitask", "config": cfg})
+    results.update({"task": name, "kind": "multitask", "config": cfg})
     results.setdefault("runs", {})
     results.setdefault("stage_seconds", {})
 
@@ -49,14 +50,14 @@ def main() -> int:
         results_path.write_text(json.dumps(results, indent=1) + "\n")
 
     for seed in cfg["seeds"]:
-        name = f"s{seed}"
-        out = ROOT / "runs" / "multitask" / name
-        if name in results["runs"]:
+        run_name = f"s{seed}"
+        out = ROOT / "runs" / name / run_name
+        if run_name in results["runs"]:
             continue
         start = time.perf_counter()
         if not (out / "multitask.json").is_file():
             resume = (out / CHECKPOINT).is_file()
-            log(f"multitask: {'resuming' if resume else 'distilling'} {name}")
+            log(f"{name}: {'resuming' if resume else 'distilling'} {run_name}")
             if resume:
                 distill_multitask(MultiTaskConfig(out=str(out), resume=True, progress=False))
             else:
@@ -77,12 +78,12 @@ def main() -> int:
         run = {"params": info["params"], "distill_seconds": info["seconds"], "tasks": {}}
         for task, spec in zip(cfg["tasks"], info["tasks"], strict=True):
             start = time.perf_counter()
-            log(f"eval: {name} {task}")
+            log(f"eval: {run_name} {task}")
             res = evaluate(
                 EvaluateConfig(
                     teacher=str(teachers[task]),
                     student=(str(out / spec["task"]),),
-                    out=str(ROOT / "runs" / "multitask" / "evals" / f"{name}_{task}"),
+                    out=str(ROOT / "runs" / name / "evals" / f"{run_name}_{task}"),
                     episodes=cfg.get("episodes", 100),
                     plots=False,
                     force=True,
@@ -105,9 +106,9 @@ def main() -> int:
                 "return_ratio": st["return_ratio"],
                 "agreement": st.get("agreement"),
             }
-        results["runs"][name] = run
+        results["runs"][run_name] = run
         save()
-    log(f"multitask: done; results in {results_path}")
+    log(f"{name}: done; results in {results_path}")
     return 0
 
 

@@ -118,7 +118,7 @@ def multitask_section(res: dict[str, Any]) -> str:
     cfg, runs = res["config"], res.get("runs", {})
     d = cfg["distill"]
     lines = [
-        "### Multi-task MinAtar student",
+        f"### Multi-task MinAtar student ({res['task']})",
         "",
         f"One {d['student']} student, shared trunk + one head per game, {d['loss']} τ={d.get('tau')}, "
         f"{d['steps']:,} steps (one minibatch per game each), {len(cfg['seeds'])} seeds; each head evaluated "
@@ -177,7 +177,7 @@ def goals_section(results: list[dict[str, Any]]) -> str:
     ]
     n_order = n_tasks = 0
     for res in results:
-        if res.get("task") == "multitask" or not res.get("runs"):
+        if res.get("kind") == "multitask" or res.get("task") == "multitask" or not res.get("runs"):
             continue
         best: tuple[float, str, list[float]] | None = None
         for size in res["config"]["sizes"]:
@@ -262,7 +262,7 @@ def main() -> None:
     sections = []
     all_results = [json.loads(p.read_text()) for p in sorted((ROOT / "results").glob("*.json"))]
     for res in all_results:
-        if res.get("task") == "multitask":
+        if res.get("kind") == "multitask" or res.get("task") == "multitask":
             sections.append(multitask_section(res))
             continue
         text, curves = task_section(res)
