@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from policy_kd.buffer import Buffer, read_manifest
@@ -34,30 +35,43 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+class Results:
+    """``experiments/results/<name>.json``: read if it exists, written atomically after every change."""
+
+    def __init__(self, name: str, **fields: Any):
+        self.path = ROOT / "results" / f"{name}.json"
+        self.data: dict[str, Any] = (
+            json.loads(self.path.read_text()) if self.path.is_file() else {"task": name}
+        )
+        self.data.update(fields)
+        self.data.setdefault("stage_seconds", {})
+        self.data.setdefault("runs", {})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1) + "\n")  # key order kept: the config's order
+        tmp.replace(self.path)
+
+    def timed(self, stage: str, seconds: float) -> None:
+        stages = self.data["stage_seconds"]
+        stages[stage] = round(stages.get(stage, 0.0) + seconds, 1)
+        self.save()
+
+
 class Grid:
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
         self.task = cfg["task"]
         self.runs = ROOT / "runs" / self.task
-        self.results_path = ROOT / "results" / f"{self.task}.json"
-        self.results: dict[str, Any] = (
-            json.loads(self.results_path.read_text()) if self.results_path.is_file() else {"task": self.task}
-        )
-        self.results.update({"env": cfg["env"], "config": cfg})
-        self.results.setdefault("stage_seconds", {})
-        self.results.setdefault("runs", {})
+        self.store = Results(self.task, env=cfg["env"], config=cfg)
+        self.results, self.results_path = self.store.data, self.store.path
 
     def save(self) -> None:
-        self.results_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1) + "\n")  # key order kept: the config's order
-        tmp.replace(self.results_path)
+        self.store.save()
 
     def timed(self, stage: str, seconds: float) -> None:
-        self.results["stage_seconds"][stage] = round(
-            self.results["stage_seconds"].get(stage, 0.0) + seconds, 1
-        )
-        self.save()
+        self.store.timed(stage, seconds)
 
     # -- stages ---------------------------------------------------------------------------------------------
 
@@ -201,8 +215,6 @@ class Grid:
         path = self.teacher_dir / "evaluations.npz"
         if not path.is_file():
             return
-        import numpy as np
-
         with np.load(path) as ev:
             self.results["teacher_curve"] = {
                 "timesteps": [int(t) for t in ev["timesteps"]],

@@ -18,36 +18,21 @@ import time
 from pathlib import Path
 
 import yaml
+from grid import ROOT, Grid, Results, log
 
 from policy_kd.evaluate import EvaluateConfig, evaluate
 from policy_kd.multitask import CHECKPOINT, MultiTaskConfig, distill_multitask
-
-ROOT = Path(__file__).resolve().parent
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "minatar_multitask.yaml")
     cfg = yaml.safe_load(ap.parse_args().config.read_text())
-    grids = {t: yaml.safe_load((ROOT / "configs" / f).read_text()) for t, f in cfg["tasks"].items()}
-    buffers = [str(ROOT / "runs" / g["task"] / "buffer") for g in grids.values()]
-    teachers = {
-        t: Path(g["teacher"]["path"]) if "path" in g["teacher"] else ROOT / "runs" / g["task"] / "teacher"
-        for t, g in grids.items()
-    }
+    grids = {t: Grid(yaml.safe_load((ROOT / "configs" / f).read_text())) for t, f in cfg["tasks"].items()}
+    buffers = [str(g.runs / "buffer") for g in grids.values()]
     name = cfg.get("name", "multitask")  # results/<name>.json, runs/<name>/
-    results_path = ROOT / "results" / f"{name}.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results.update({"task": name, "kind": "multitask", "config": cfg})
-    results.setdefault("runs", {})
-    results.setdefault("stage_seconds", {})
-
-    def save() -> None:
-        results_path.write_text(json.dumps(results, indent=1) + "\n")
+    store = Results(name, kind="multitask", config=cfg)
+    results = store.data
 
     for seed in cfg["seeds"]:
         run_name = f"s{seed}"
@@ -71,9 +56,7 @@ def main() -> int:
                         **cfg["distill"],
                     )
                 )
-            results["stage_seconds"]["distill"] = round(
-                results["stage_seconds"].get("distill", 0.0) + time.perf_counter() - start, 1
-            )
+            store.timed("distill", time.perf_counter() - start)
         info = json.loads((out / "multitask.json").read_text())
         run = {"params": info["params"], "distill_seconds": info["seconds"], "tasks": {}}
         for task, spec in zip(cfg["tasks"], info["tasks"], strict=True):
@@ -81,7 +64,7 @@ def main() -> int:
             log(f"eval: {run_name} {task}")
             res = evaluate(
                 EvaluateConfig(
-                    teacher=str(teachers[task]),
+                    teacher=str(grids[task].teacher_dir),
                     student=(str(out / spec["task"]),),
                     out=str(ROOT / "runs" / name / "evals" / f"{run_name}_{task}"),
                     episodes=cfg.get("episodes", 100),
@@ -89,9 +72,7 @@ def main() -> int:
                     force=True,
                 )
             )
-            results["stage_seconds"]["eval"] = round(
-                results["stage_seconds"].get("eval", 0.0) + time.perf_counter() - start, 1
-            )
+            store.timed("eval", time.perf_counter() - start)
             st, te = res["students"][0], res["teacher"]
             run["tasks"][task] = {
                 "env": spec["env_id"],
@@ -107,8 +88,9 @@ def main() -> int:
                 "agreement": st.get("agreement"),
             }
         results["runs"][run_name] = run
-        save()
-    log(f"{name}: done; results in {results_path}")
+        store.save()
+    store.save()  # the config, even when every seed was already done
+    log(f"{name}: done; results in {store.path}")
     return 0
 
 

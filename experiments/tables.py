@@ -35,6 +35,36 @@ def _agg(values: list[float]) -> str:
     return f"{a['value']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
 
 
+def _wall_time(res: dict[str, Any]) -> list[str]:
+    stages = res.get("stage_seconds", {})
+    if not stages:
+        return []
+    text = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items())
+    return ["", f"Wall time (this machine, 2 cores shared): {text}."]
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, or None without matplotlib (the tables are still written)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _grid_cells(res: dict[str, Any]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    """Grid runs by (loss, size), parsed from grid.py's run names ``f<size>_<loss>_s<seed>``."""
+    by: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for name, run in res.get("runs", {}).items():
+        if run["kind"] == "grid":
+            head, rest = name.split("_", 1)
+            by[(rest[: rest.rindex("_s")], float(head[1:]))].append(run)
+    return by
+
+
 def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]]]:
     cfg, runs = res["config"], res.get("runs", {})
     t = res.get("teacher")
@@ -50,13 +80,8 @@ def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]
         f"{(t.get('latency') or {}).get('batch1_us', float('nan')):.0f} µs.",
         "",
     ]
-    grid = {k: v for k, v in runs.items() if v["kind"] == "grid"}
     sizes, losses = sorted(cfg["sizes"], reverse=True), list(cfg["losses"])
-    by: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
-    for name, run in grid.items():
-        size = float(name.split("_")[0][1:])
-        loss = name[len(name.split("_")[0]) + 1 : name.rindex("_s")]
-        by[(loss, size)].append(run)
+    by = _grid_cells(res)
     n_seeds = len(cfg["seeds"])
     lines += [
         f"Return ratio (student ÷ teacher, same {cfg.get('episodes', 100)} seeds), mean over {n_seeds} "
@@ -106,11 +131,7 @@ def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]
             f"| teacher-driven | {_agg([_ratio(r) for r in td])} | {len(td)} |",
             f"| student-driven | {_agg([_ratio(r) for r in sd])} | {len(sd)} |",
         ]
-    stages = res.get("stage_seconds", {})
-    if stages:
-        lines += ["", "Wall time (this machine, 2 cores shared): " + ", ".join(
-            f"{k} {v / 60:.1f} min" for k, v in stages.items()) + "."]  # fmt: skip
-    lines.append("")
+    lines += [*_wall_time(res), ""]
     return "\n".join(lines), curves
 
 
@@ -144,19 +165,12 @@ def multitask_section(res: dict[str, Any]) -> str:
             f"{100 * rs[0]['params_ratio']:.1f}% | {_agg([_ratio(r) for r in rs])} | "
             f"{np.mean(agree) if agree else float('nan'):.3f} |"
         )
-    stages = res.get("stage_seconds", {})
-    if stages:
-        lines += ["", "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items()) + "."]
-    lines.append("")
+    lines += [*_wall_time(res), ""]
     return "\n".join(lines)
 
 
 def _ratios(res: dict[str, Any], loss: str, size: float) -> list[float]:
-    return [
-        _ratio(r)
-        for name, r in res.get("runs", {}).items()
-        if r["kind"] == "grid" and name.startswith(f"f{size}_{loss}_s")
-    ]
+    return [_ratio(r) for r in _grid_cells(res).get((loss, float(size)), [])]
 
 
 def _mean_ratio(res: dict[str, Any], loss: str, size: float) -> float | None:
@@ -177,7 +191,7 @@ def goals_section(results: list[dict[str, Any]]) -> str:
     ]
     n_order = n_tasks = 0
     for res in results:
-        if res.get("kind") == "multitask" or res.get("task") == "multitask" or not res.get("runs"):
+        if res.get("kind") == "multitask" or not res.get("runs"):
             continue
         best: tuple[float, str, list[float]] | None = None
         for size in res["config"]["sizes"]:
@@ -207,12 +221,8 @@ def goals_section(results: list[dict[str, Any]]) -> str:
 
 
 def plot(task: str, curves: dict[str, dict[float, float]], out: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))
     for loss, pts in curves.items():
@@ -236,12 +246,8 @@ def plot_curves(results: list[dict[str, Any]], out: Path) -> bool:
     curves = [r for r in results if r.get("teacher_curve")]
     if not curves:
         return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3), squeeze=False)
     for ax, res in zip(axes[0], curves, strict=True):
@@ -262,7 +268,7 @@ def main() -> None:
     sections = []
     all_results = [json.loads(p.read_text()) for p in sorted((ROOT / "results").glob("*.json"))]
     for res in all_results:
-        if res.get("kind") == "multitask" or res.get("task") == "multitask":
+        if res.get("kind") == "multitask":
             sections.append(multitask_section(res))
             continue
         text, curves = task_section(res)

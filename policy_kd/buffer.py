@@ -572,14 +572,17 @@ class Sampler:
         order, so the batches are the same as without prefetching."""
         if self._pool is None:
             return self._gather_batch(self.indices(batch_size))
-        if self._pending is None or self._pending[2] != batch_size:
-            self._pending = (self.gen.get_state(), self._pool.submit(self._gather_batch, self.indices(batch_size)),
-                             batch_size)  # fmt: skip
-        _, future, _ = self._pending
-        batch = future.result()
-        before = self.gen.get_state()
-        self._pending = (before, self._pool.submit(self._gather_batch, self.indices(batch_size)), batch_size)
+        if self._pending is not None and self._pending[2] != batch_size:
+            self.set_state(self._pending[0])  # un-draw the batch prefetched at another size
+        if self._pending is None:
+            self._pending = self._prefetch(batch_size)
+        batch = self._pending[1].result()
+        self._pending = self._prefetch(batch_size)
         return batch
+
+    def _prefetch(self, batch_size: int) -> tuple[torch.Tensor, Any, int]:
+        before = self.gen.get_state()
+        return before, self._pool.submit(self._gather_batch, self.indices(batch_size)), batch_size
 
     def _gather_batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         if self.stack is not None:

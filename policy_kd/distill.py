@@ -12,27 +12,24 @@ the uninterrupted run's weights bit for bit on CPU.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from policy_kd.buffer import Buffer, Sampler
-from policy_kd.config import config_from_mapping
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
 from policy_kd.losses import CONTINUOUS_LOSSES, DISCRETE_LOSSES, LOSSES, LossConfig, compute_loss, hint, kl
-from policy_kd.run import prepare_out_dir, write_json, write_run_info
+from policy_kd.run import atomic_torch_save, prepare_out_dir, read_run_config, write_json, write_run_info
 from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
 
 # Episodes used to pick the best checkpoint start here, far from evaluate's default seeds (0..N), so the
@@ -218,6 +215,18 @@ def distill(config: DistillConfig) -> Path:
     return _Run(config, out).train()
 
 
+def selection_return(net: Student, meta: dict[str, Any], episodes: int) -> float:
+    """Mean greedy return of ``net`` on the buffer's env over ``episodes`` SELECTION_SEED episodes."""
+    spec = meta.get("env_spec") or {"env_id": meta["env_id"]}
+    seeds = [SELECTION_SEED + i for i in range(episodes)]
+    net.eval()
+    try:
+        result = run_episodes(net, meta["env_id"], seeds, env_factory=lambda: make_env_from_spec(spec))
+    finally:
+        net.train()
+    return float(result.returns.mean())
+
+
 def _saved_config(out: Path, *, progress: bool) -> DistillConfig:
     if not (out / CHECKPOINT).is_file():
         if (out / "student.json").is_file():
@@ -225,13 +234,7 @@ def _saved_config(out: Path, *, progress: bool) -> DistillConfig:
         raise PolicyKDError(
             f"{out} has no {CHECKPOINT} to resume from; run distill again with --force to start over"
         )
-    try:
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        saved.pop("job", None)
-    except (OSError, yaml.YAMLError, AttributeError) as exc:
-        raise PolicyKDError(f"{out}/config.yaml is unreadable ({exc}); start over with --force") from None
-    cfg = config_from_mapping(DistillConfig, saved, source=f"{out}/config.yaml")
-    return replace(cfg, resume=True, progress=progress, force=False)
+    return read_run_config(DistillConfig, out, progress=progress)
 
 
 class _Run:
@@ -296,9 +299,6 @@ class _Run:
             if config.lr_schedule == "cosine"
             else None
         )
-        env_spec = meta.get("env_spec") or {"env_id": meta["env_id"]}
-        self.make_eval_env = lambda: make_env_from_spec(env_spec)
-        self.eval_seeds = [SELECTION_SEED + i for i in range(config.eval_episodes)]
         self.loss_cfg = config.loss_config
         # training state (all of it checkpointed)
         self.step = 0
@@ -404,9 +404,7 @@ class _Run:
         }
 
     def _save_checkpoint(self, sampler: Sampler) -> None:
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(self._state(sampler), tmp)
-        os.replace(tmp, self.out / CHECKPOINT)
+        atomic_torch_save(self._state(sampler), self.out / CHECKPOINT)
 
     def _load_checkpoint(self) -> torch.Tensor:
         try:
@@ -484,12 +482,7 @@ class _Run:
         return total, {k: v.detach() for k, v in terms.items()}
 
     def _evaluate(self) -> float:
-        self.net.eval()
-        episodes = run_episodes(
-            self.net, self.meta["env_id"], self.eval_seeds, env_factory=self.make_eval_env
-        )
-        self.net.train()
-        return float(episodes.returns.mean())
+        return selection_return(self.net, self.meta, self.cfg.eval_episodes)
 
     def train(self) -> Path:
         cfg, out = self.cfg, self.out

@@ -13,29 +13,24 @@ parameter count. Checkpoints every ``--checkpoint-every`` steps; ``--resume`` co
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import torch
 import tyro
-import yaml
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from policy_kd.buffer import Buffer, Sampler
-from policy_kd.config import config_from_mapping
-from policy_kd.distill import SELECTION_SEED
-from policy_kd.envs import make_env_from_spec
+from policy_kd.distill import selection_return
 from policy_kd.errors import PolicyKDError
-from policy_kd.evaluate import run_episodes
 from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
-from policy_kd.run import prepare_out_dir, write_json, write_run_info
+from policy_kd.run import atomic_torch_save, prepare_out_dir, read_run_config, write_json, write_run_info
 from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
 
 CHECKPOINT = "checkpoint.pt"
@@ -117,13 +112,7 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
         out = Path(config.out)  # type: ignore[arg-type]
         if not (out / CHECKPOINT).is_file():
             raise PolicyKDError(f"{out} has no {CHECKPOINT} to resume from; start over with --force")
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        saved.pop("job", None)
-        progress = config.progress
-        config = replace(
-            config_from_mapping(MultiTaskConfig, saved, source=f"{out}/config.yaml"), resume=True
-        )
-        config = replace(config, progress=progress)
+        config = read_run_config(MultiTaskConfig, out, progress=config.progress)
     else:
         out = prepare_out_dir(config.out, force=config.force, what="multi-task folder", inputs=config.buffer)
         write_run_info(out, config, job="distill-multitask")
@@ -218,15 +207,7 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
             if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
                 rets = []
                 for s, b, n in zip(students, buffers, names, strict=True):
-                    s.eval()
-                    spec = b.meta.get("env_spec") or {"env_id": b.meta["env_id"]}
-                    seeds = [SELECTION_SEED + i for i in range(config.eval_episodes)]
-                    r = float(
-                        run_episodes(
-                            s, b.meta["env_id"], seeds, env_factory=lambda sp=spec: make_env_from_spec(sp)
-                        ).returns.mean()
-                    )
-                    s.train()
+                    r = selection_return(s, b.meta, config.eval_episodes)
                     tb.add_scalar(f"eval/{n}", r, step)
                     rets.append(r)
                 score = float(np.mean([r / x for r, x in zip(rets, ref, strict=True)]))
@@ -247,8 +228,7 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
                     "history": history,
                     "best": best,
                 }
-                torch.save(state, out / (CHECKPOINT + ".tmp"))
-                os.replace(out / (CHECKPOINT + ".tmp"), out / CHECKPOINT)
+                atomic_torch_save(state, out / CHECKPOINT)
     finally:
         bar.close()
         tb.close()

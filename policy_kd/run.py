@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import os
 import platform
@@ -12,12 +13,14 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from policy_kd.config import to_dict
+from policy_kd.config import config_from_mapping, to_dict
 from policy_kd.errors import PolicyKDError
+
+T = TypeVar("T")
 
 #: The command line a job was started with; the CLI sets it so in-process calls record their own argv.
 COMMAND_LINE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("COMMAND_LINE", default=None)
@@ -93,9 +96,34 @@ def versions() -> dict[str, str]:
     return out
 
 
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` so that a kill leaves the previous file whole (checkpoints are read on --resume)."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_run_config(out: Path, config: Any, *, job: str) -> None:
+    """The resolved config in ``out/config.yaml``: what ``read_run_config`` resumes from."""
+    atomic_write_text(out / "config.yaml", yaml.safe_dump({"job": job, **to_dict(config)}, sort_keys=False))
+
+
+def read_run_config(cls: type[T], out: Path, *, progress: bool) -> T:
+    """The config an interrupted run in ``out`` was started with, set to resume it."""
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        saved.pop("job", None)
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise PolicyKDError(f"{out}/config.yaml is unreadable ({exc}); start over with --force") from None
+    cfg = config_from_mapping(cls, saved, source=f"{out}/config.yaml")
+    return dataclasses.replace(cfg, resume=True, progress=progress, force=False)  # type: ignore[type-var]
+
+
 def write_run_info(out: Path, config: Any, *, job: str) -> None:
     """Write the resolved config, the command line and package versions beside a job's outputs."""
-    atomic_write_text(out / "config.yaml", yaml.safe_dump({"job": job, **to_dict(config)}, sort_keys=False))
+    write_run_config(out, config, job=job)
     argv = COMMAND_LINE.get() or [Path(sys.argv[0]).name, *sys.argv[1:]]
     atomic_write_text(out / "command.txt", shlex.join(argv) + "\n")
     write_json(out / "versions.json", versions())

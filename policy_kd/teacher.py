@@ -54,11 +54,17 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 from stable_baselines3.common.vec_env.util import dict_to_obs
 
-from policy_kd.config import load_yaml_mapping, to_dict
+from policy_kd.config import load_yaml_mapping
 from policy_kd.envs import ensure_registered, features_extractor, make_env, make_env_from_spec, zoo_wrapper
 from policy_kd.envs.atari import is_atari
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import atomic_write_text, prepare_out_dir, write_json, write_run_info
+from policy_kd.run import (
+    prepare_out_dir,
+    read_run_config,
+    write_json,
+    write_run_config,
+    write_run_info,
+)
 
 ALGOS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c")
 CHECKPOINT_DIR = "checkpoint"
@@ -351,15 +357,7 @@ def _saved_train_config(out: Path, progress: bool) -> TrainTeacherConfig:
         raise PolicyKDError(f"{out} holds a finished teacher; nothing to resume")
     if _checkpoint_dir(out) is None:
         raise PolicyKDError(f"{out} has no checkpoint to resume from; train again with --force to start over")
-    try:
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        saved.pop("job", None)
-    except (OSError, yaml.YAMLError, AttributeError) as exc:
-        raise PolicyKDError(f"{out}/config.yaml is unreadable ({exc}); start over with --force") from None
-    from policy_kd.config import config_from_mapping
-
-    cfg = config_from_mapping(TrainTeacherConfig, saved, source=f"{out}/config.yaml")
-    return replace(cfg, resume=True, progress=progress, force=False)
+    return read_run_config(TrainTeacherConfig, out, progress=progress)
 
 
 def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseCallback] = ()) -> Path:
@@ -370,20 +368,22 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
     """
     config.validate()
     resume_from: Path | None = None
+    state: dict[str, Any] = {}
     if config.resume:
         out = Path(config.out)  # type: ignore[arg-type]
         new_budget = config.n_timesteps
         config = _saved_train_config(out, config.progress)
+        resume_from = _checkpoint_dir(out)
+        state = json.loads((resume_from / "state.json").read_text())  # type: ignore[operator]
         if new_budget is not None:
+            if int(state["num_timesteps"]) >= new_budget:
+                raise PolicyKDError(
+                    f"{out} has already trained {state['num_timesteps']} steps; "
+                    "pass --n-timesteps above that to extend it"
+                )
             config = replace(config, n_timesteps=new_budget)
             # a later --resume must keep the new budget
-            atomic_write_text(
-                out / "config.yaml",
-                yaml.safe_dump(
-                    {"job": "train-teacher", **to_dict(replace(config, resume=False))}, sort_keys=False
-                ),
-            )
-        resume_from = _checkpoint_dir(out)
+            write_run_config(out, replace(config, resume=False), job="train-teacher")
         preset = yaml.safe_load((out / "preset.yaml").read_text())[config.env]
     else:
         preset = load_preset(config.algo, config.env, config.preset)
@@ -459,12 +459,7 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
     )
     done_before, wall_before = 0, 0.0
     if resume_from is not None:
-        state = json.loads((resume_from / "state.json").read_text())
         done_before = int(state["num_timesteps"])
-        if done_before >= n_timesteps:
-            raise PolicyKDError(
-                f"{out} has already trained {done_before} steps; pass --n-timesteps above that to extend it"
-            )
         wall_before = float(state.get("train_seconds", 0.0))
         eval_cb.best_mean_reward = float(state["best_mean_reward"])
         eval_cb.evaluations_timesteps = list(state["evaluations_timesteps"])

@@ -258,8 +258,8 @@ def test_prefetching_sampler_gives_the_same_batches_and_resumes_exactly(artifact
     buf = Buffer.open(artifacts["buffer"])
     plain = Sampler(buf, ("obs", "teacher"), seed=3, in_memory=False)
     ahead = Sampler(buf, ("obs", "teacher"), seed=3, in_memory=False, prefetch=True)
-    for _ in range(5):
-        a, b = plain.sample(64), ahead.sample(64)
+    for size in (64, 64, 32, 64, 64):  # a new batch size drops the batch prefetched at the old one
+        a, b = plain.sample(size), ahead.sample(size)
         assert all(torch.equal(a[k], b[k]) for k in a)
     state = ahead.state()  # a prefetched batch is pending: not counted as drawn
     assert torch.equal(state, plain.state())

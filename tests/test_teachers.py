@@ -565,6 +565,7 @@ def test_train_teacher_resumes_after_kill9(tmp_path: Path) -> None:
     done = state["num_timesteps"]
     resume = ("train-teacher", "--resume", "--out", out, "--no-progress")
     assert run_cli(*resume, "--n-timesteps", str(done)) == 2  # a budget already spent: refused
+    assert yaml.safe_load((out / "config.yaml").read_text())["n_timesteps"] == 12000  # and not saved
     budget = done + 2000  # a new total budget (shorter than the saved 12000 unless killed late)
     assert run_cli(*resume, "--n-timesteps", str(budget)) == 0
     info = json.loads((out / "teacher.json").read_text())
