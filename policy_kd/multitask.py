@@ -67,7 +67,11 @@ class MultiTaskConfig:
     lr_schedule: str = "cosine"
     """constant or cosine."""
     eval_every: int = 2_000
-    """Steps between evaluations of every task (best checkpoint by the mean of return / teacher's); 0: never."""
+    """Steps between evaluations of every task (best checkpoint by --select); 0: never."""
+    select: str = "mean"
+    """Score that picks the best checkpoint from each task's return / its teacher's: ``mean`` over tasks, or
+    ``min`` (the worst task: for a target such as "90% of every teacher", which one easy game's high score
+    would otherwise hide)."""
     eval_episodes: int = 10
     """Episodes per task per evaluation."""
     checkpoint_every: int = 1_000
@@ -94,6 +98,8 @@ class MultiTaskConfig:
             raise PolicyKDError(f"unknown loss {self.loss!r}; choose one of {', '.join(DISCRETE_LOSSES)}")
         if self.student not in STUDENTS:
             raise PolicyKDError(f"unknown student {self.student!r}; choose one of {', '.join(STUDENTS)}")
+        if self.select not in ("mean", "min"):
+            raise PolicyKDError(f"unknown --select {self.select!r}; choose mean or min")
         if self.lr_schedule not in ("constant", "cosine"):
             raise PolicyKDError(f"unknown --lr-schedule {self.lr_schedule!r}; choose constant or cosine")
         for name in ("steps", "batch_size", "eval_episodes", "tau", "lr", "params_fraction"):
@@ -165,7 +171,7 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
     )
     samplers = [Sampler(b, ("obs", "teacher"), seed=config.seed + i) for i, b in enumerate(buffers)]
     loss_cfg = LossConfig(name=config.loss, tau=config.tau)
-    # return of each teacher in its own buffer: the yardstick for the mean score that picks the best step
+    # return of each teacher in its own buffer: the yardstick for the score that picks the best step
     ref = [max(abs(float(b.sources[0].get("episode_return_mean") or 1.0)), 1e-6) for b in buffers]
     step, best, history = 0, None, []
     if config.resume:
@@ -210,7 +216,8 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
                     r = selection_return(s, b.meta, config.eval_episodes)
                     tb.add_scalar(f"eval/{n}", r, step)
                     rets.append(r)
-                score = float(np.mean([r / x for r, x in zip(rets, ref, strict=True)]))
+                ratios = [r / x for r, x in zip(rets, ref, strict=True)]
+                score = float(np.mean(ratios) if config.select == "mean" else np.min(ratios))
                 history.append(
                     {"step": step, "eval_mean_return": dict(zip(names, rets, strict=True)), "score": score}
                 )

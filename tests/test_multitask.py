@@ -85,3 +85,21 @@ def test_multitask_needs_two_buffers_of_different_envs(buffers, tmp_path, capsys
         == 2
     )
     assert "same env" in capsys.readouterr().err
+
+
+def test_select_min_scores_the_worst_task(buffers, tmp_path, capsys):
+    from policy_kd.buffer import Buffer
+
+    out = tmp_path / "mt_min"
+    args = ["distill-multitask", "--buffer", buffers[0], "--buffer", buffers[1], "--out", out, "--hidden", "8",
+            "--channels", "2", "--steps", "40", "--eval-every", "20", "--eval-episodes", "2", "--select", "min",
+            "--no-progress"]  # fmt: skip
+    assert run_cli(*args) == 0
+    summary = json.loads((out / "multitask.json").read_text())
+    refs = [max(abs(Buffer.open(b).sources[0]["episode_return_mean"]), 1e-6) for b in buffers]
+    for entry in summary["history"]:
+        ratios = [r / x for r, x in zip(entry["eval_mean_return"].values(), refs, strict=True)]
+        assert entry["score"] == pytest.approx(min(ratios))
+    assert summary["best_score"] == max(e["score"] for e in summary["history"])
+    assert run_cli(*args[:-2], "median", "--force") == 2
+    assert "unknown --select 'median'; choose mean or min" in capsys.readouterr().err
