@@ -141,9 +141,11 @@ def multitask_section(res: dict[str, Any]) -> str:
     lines = [
         f"### Multi-task MinAtar student ({res['task']})",
         "",
-        f"One {d['student']} student, shared trunk + one head per game, {d['loss']} τ={d.get('tau')}, "
-        f"{d['steps']:,} steps (one minibatch per game each), {len(cfg['seeds'])} seeds; each head evaluated "
-        f"against its game's teacher over {cfg.get('episodes', 100)} episodes (same seeds).",
+        f"One {d['student']} student, shared trunk + one head per game (sized to "
+        f"{d.get('params_fraction', 0.05):.0%} of one teacher), {d['loss']} τ={d.get('tau')}, "
+        f"{d['steps']:,} steps (one minibatch per game each), best checkpoint by the "
+        f"{d.get('select', 'mean')} over games of return ÷ teacher's, {len(cfg['seeds'])} seeds; each head "
+        f"evaluated against its game's teacher over {cfg.get('episodes', 100)} episodes (same seeds).",
         "",
     ]
     if not runs:
@@ -217,6 +219,20 @@ def goals_section(results: list[dict[str, Any]]) -> str:
             f"{'—' if order is None else ('yes' if order else 'no')} |"
         )
     lines += ["", f"KL (τ=0.01) ≥ NLL > MSE holds on {n_order} of {n_tasks} single-task settings.", ""]
+    multi = [r for r in results if r.get("kind") == "multitask" and r.get("runs")]
+    if multi:
+        lines += ["| multi-task student | return ratio per game (mean over seeds) | ≥ 90% of every teacher? |",
+                  "|---|---|---|"]  # fmt: skip
+        for res in multi:
+            per_game = {
+                task: float(
+                    np.mean([_ratio(r["tasks"][task]) for r in res["runs"].values() if task in r["tasks"]])
+                )
+                for task in res["config"]["tasks"]
+            }
+            shown = ", ".join(f"{t} {v:.3f}" for t, v in per_game.items())
+            lines.append(f"| {res['task']} | {shown} | {'yes' if min(per_game.values()) >= 0.9 else 'no'} |")
+        lines.append("")
     return "\n".join(lines)
 
 
