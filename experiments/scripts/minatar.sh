@@ -16,12 +16,13 @@ if [[ $what == teachers || $what == all ]]; then
 fi
 if [[ $what == grids || $what == all ]]; then
   for g in $games; do
-    $PY experiments/grid.py experiments/configs/minatar_$g.yaml --only buffer,distill,eval,curve || exit 1
+    $PY experiments/grid.py experiments/configs/minatar_$g.yaml --only buffer,distill,eval,dagger,curve || exit 1
     $PY experiments/tables.py
   done
 fi
 if [[ $what == multitask || $what == all ]]; then
   $PY experiments/multitask.py || exit 1
   $PY experiments/multitask.py --config experiments/configs/minatar_multitask_t0.1.yaml || exit 1
+  $PY experiments/multitask.py --config experiments/configs/minatar_multitask_full.yaml || exit 1
   $PY experiments/tables.py
 fi
