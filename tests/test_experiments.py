@@ -88,3 +88,18 @@ def test_goals_table_reads_the_results() -> None:
     assert row_a.endswith("| yes |") and row_b.endswith("| no |")
     assert "nll, 4%: 0.960" in row_b and "| no" in row_b  # below 1: goal missed
     assert "holds on 1 of 2 single-task settings" in text
+
+
+def test_goals_table_checks_every_game_of_a_multitask_student() -> None:
+    def multitask(name: str, per_seed: list[dict[str, float]]) -> dict:
+        runs = {
+            f"s{i}": {"tasks": {g: {"return_ratio": {"value": v}} for g, v in seed.items()}}
+            for i, seed in enumerate(per_seed)
+        }
+        return {"task": name, "kind": "multitask", "config": {"tasks": {"G1": "", "G2": ""}}, "runs": runs}
+
+    met = multitask("M1", [{"G1": 0.95, "G2": 0.90}, {"G1": 1.0, "G2": 0.92}])
+    missed = multitask("M2", [{"G1": 1.2, "G2": 0.95}, {"G1": 1.2, "G2": 0.8}])  # mean over games 1.04
+    lines = tables.goals_section([met, missed]).splitlines()
+    assert next(x for x in lines if x.startswith("| M1 |")) == "| M1 | G1 0.975, G2 0.910 | yes |"
+    assert next(x for x in lines if x.startswith("| M2 |")) == "| M2 | G1 1.200, G2 0.875 | no |"
