@@ -135,6 +135,11 @@ def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]
     return "\n".join(lines), curves
 
 
+def _game_runs(res: dict[str, Any], task: str) -> list[dict[str, Any]]:
+    """One game's figures from every seed of a multi-task result."""
+    return [r["tasks"][task] for r in res.get("runs", {}).values() if task in r["tasks"]]
+
+
 def multitask_section(res: dict[str, Any]) -> str:
     cfg, runs = res["config"], res.get("runs", {})
     d = cfg["distill"]
@@ -158,7 +163,7 @@ def multitask_section(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for task in cfg["tasks"]:
-        rs = [r["tasks"][task] for r in runs.values() if task in r["tasks"]]
+        rs = _game_runs(res, task)
         if not rs:
             continue
         agree = [r["agreement"] for r in rs if r.get("agreement") is not None]
@@ -225,10 +230,7 @@ def goals_section(results: list[dict[str, Any]]) -> str:
                   "|---|---|---|"]  # fmt: skip
         for res in multi:
             per_game = {
-                task: float(
-                    np.mean([_ratio(r["tasks"][task]) for r in res["runs"].values() if task in r["tasks"]])
-                )
-                for task in res["config"]["tasks"]
+                t: float(np.mean([_ratio(r) for r in _game_runs(res, t)])) for t in res["config"]["tasks"]
             }
             shown = ", ".join(f"{t} {v:.3f}" for t, v in per_game.items())
             lines.append(f"| {res['task']} | {shown} | {'yes' if min(per_game.values()) >= 0.9 else 'no'} |")

@@ -564,7 +564,7 @@ class _Run:
         score = (ret, self._fidelity())
         if self.best is None or score > self.best:
             self.best, self.since_best = score, 0
-            torch.save(self.net.state_dict(), self.out / "best.pt")
+            atomic_torch_save(self.net.state_dict(), self.out / "best.pt")  # a kill here must not tear it
         else:
             self.since_best += 1
         if self.cfg.target_return is not None and ret >= self.cfg.target_return:

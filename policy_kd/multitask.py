@@ -107,6 +107,12 @@ class MultiTaskConfig:
                 raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
 
 
+def selection_score(returns: list[float], teacher_returns: list[float], select: str) -> float:
+    """The score that picks the best checkpoint: each task's return ÷ its teacher's, then their mean or min."""
+    ratios = [r / t for r, t in zip(returns, teacher_returns, strict=True)]
+    return float(np.mean(ratios) if select == "mean" else np.min(ratios))
+
+
 def task_name(env_id: str) -> str:
     """A folder name for a task: ``MinAtar/Breakout-v1`` -> ``MinAtar_Breakout-v1``."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", env_id)
@@ -188,7 +194,7 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
 
     def save(folder: Path, net: Student, weights: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), folder / weights)
+        atomic_torch_save(net.state_dict(), folder / weights)  # best.pt is rewritten mid-run
 
     tb = SummaryWriter(str(out / "tb"), purge_step=step + 1 if config.resume else None)
     bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="multitask", unit="step")
@@ -216,8 +222,7 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
                     r = selection_return(s, b.meta, config.eval_episodes)
                     tb.add_scalar(f"eval/{n}", r, step)
                     rets.append(r)
-                ratios = [r / x for r, x in zip(rets, ref, strict=True)]
-                score = float(np.mean(ratios) if config.select == "mean" else np.min(ratios))
+                score = selection_score(rets, ref, config.select)
                 history.append(
                     {"step": step, "eval_mean_return": dict(zip(names, rets, strict=True)), "score": score}
                 )

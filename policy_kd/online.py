@@ -40,7 +40,7 @@ from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
 from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
 from policy_kd.record import space_json
-from policy_kd.run import prepare_out_dir, write_json, write_run_info
+from policy_kd.run import atomic_torch_save, prepare_out_dir, write_json, write_run_info
 from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
 from policy_kd.teacher import ALGOS, Teacher, TrainTeacherConfig, policy_param_count, train_teacher
 
@@ -418,7 +418,7 @@ class OnlineDistillation(BaseCallback):
         # ties go to the later student: it has distilled from a teacher that trained longer
         if self.student_steps > 0 and (self.best is None or student >= self.best):
             self.best = student
-            torch.save(self.net.state_dict(), self.out / "best.pt")
+            atomic_torch_save(self.net.state_dict(), self.out / "best.pt")  # a kill here must not tear it
         self.seconds += time.perf_counter() - start
         write_json(self.out / "metrics.json", self._metrics())
         return entry  # type: ignore[return-value]

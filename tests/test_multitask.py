@@ -97,9 +97,17 @@ def test_select_min_scores_the_worst_task(buffers, tmp_path, capsys):
     assert run_cli(*args) == 0
     summary = json.loads((out / "multitask.json").read_text())
     refs = [max(abs(Buffer.open(b).sources[0]["episode_return_mean"]), 1e-6) for b in buffers]
-    for entry in summary["history"]:
+    for entry in summary["history"]:  # (these barely trained students score 0: see the test below for min)
         ratios = [r / x for r, x in zip(entry["eval_mean_return"].values(), refs, strict=True)]
         assert entry["score"] == pytest.approx(min(ratios))
     assert summary["best_score"] == max(e["score"] for e in summary["history"])
     assert run_cli(*args[:-2], "median", "--force") == 2
     assert "unknown --select 'median'; choose mean or min" in capsys.readouterr().err
+
+
+def test_selection_score_is_the_mean_or_the_worst_tasks_ratio():
+    from policy_kd.multitask import selection_score
+
+    returns, teachers = [3.0, 1.0, 8.0], [2.0, 4.0, 8.0]  # ratios 1.5, 0.25, 1.0
+    assert selection_score(returns, teachers, "mean") == pytest.approx(2.75 / 3)
+    assert selection_score(returns, teachers, "min") == pytest.approx(0.25)
