@@ -24,5 +24,6 @@ if [[ $what == multitask || $what == all ]]; then
   $PY experiments/multitask.py || exit 1
   $PY experiments/multitask.py --config experiments/configs/minatar_multitask_t0.1.yaml || exit 1
   $PY experiments/multitask.py --config experiments/configs/minatar_multitask_full.yaml || exit 1
+  $PY experiments/multitask.py --config experiments/configs/minatar_multitask_30k_min.yaml || exit 1
   $PY experiments/tables.py
 fi
