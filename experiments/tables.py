@@ -211,7 +211,11 @@ def goals_section(results: list[dict[str, Any]]) -> str:
         reached = "—"
         if best:
             lo, hi = aggregate_runs(np.asarray(best[2]), statistic="mean")["ci"]
-            reached = "yes" if best[0] >= 1.0 else ("no (CI includes 1)" if lo <= 1.0 <= hi else "no")
+            # A verdict whose CI reaches the other side of 1 is weak either way: say so. A CI that only
+            # touches 1 from above (every seed at the teacher's return) is a clean yes.
+            met = best[0] >= 1.0
+            crosses = lo < 1.0 if met else lo <= 1.0 <= hi
+            reached = ("yes" if met else "no") + (" (CI includes 1)" if crosses else "")
         kl, nll, mse = (_mean_ratio(res, k, 0.04) for k in ("kl_t0.01", "nll", "mse"))
         order = None if None in (kl, nll, mse) else bool(kl >= nll > mse)  # type: ignore[operator]
         if order is not None:

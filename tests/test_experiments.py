@@ -90,6 +90,16 @@ def test_goals_table_reads_the_results() -> None:
     assert "holds on 1 of 2 single-task settings" in text
 
 
+def test_goals_table_flags_a_met_goal_whose_ci_crosses_1() -> None:
+    weak = _results("C", {"kl_t0.01": [0.9, 1.0, 1.15], "nll": [0.9], "mse": [0.5]})  # mean 1.017
+    exact = _results("D", {"kl_t0.01": [1.0, 1.0, 1.0], "nll": [1.0], "mse": [0.8]})  # CI [1, 1]
+    lines = tables.goals_section([weak, exact]).splitlines()
+    row_c = next(line for line in lines if line.startswith("| C |"))
+    row_d = next(line for line in lines if line.startswith("| D |"))
+    assert "kl_t0.01, 4%: 1.017" in row_c and "| yes (CI includes 1) |" in row_c
+    assert "| yes |" in row_d and "CI includes" not in row_d
+
+
 def test_goals_table_checks_every_game_of_a_multitask_student() -> None:
     def multitask(name: str, per_seed: list[dict[str, float]]) -> dict:
         runs = {
