@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= dev
+# extra pip constraints, e.g. CONSTRAINTS=experiments/constraints.txt (the experiments' exact versions)
+CONSTRAINTS ?=
 
 .PHONY: setup demo test test-all lint format bench clean
 
@@ -13,7 +15,7 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-cpu.txt
-	$(PY) -m pip install -q -c requirements-cpu.txt -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -c requirements-cpu.txt $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(EXTRAS)]"
 	touch $@
 
 demo: setup

@@ -25,10 +25,15 @@ from policy_kd.buffer import Buffer, read_manifest
 from policy_kd.distill import CHECKPOINT, DistillConfig, distill
 from policy_kd.evaluate import EvaluateConfig, evaluate
 from policy_kd.record import RecordConfig, record
+from policy_kd.run import versions
 from policy_kd.teacher import TrainTeacherConfig, train_teacher
 
 ROOT = Path(__file__).resolve().parent
 STAGES = ("teacher", "buffer", "distill", "eval", "dagger", "curve")  # eval: what distill left unevaluated
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def log(msg: str) -> None:
@@ -137,7 +142,8 @@ class Grid:
 
     def _distill(self, name: str, options: dict[str, Any]) -> Path:
         out = self.runs / "students" / name
-        if (out / "student.json").is_file():
+        # a run filed in the committed results is done: a fresh machine extends a grid, not redoes it
+        if (out / "student.json").is_file() or name in self.results["runs"]:
             return out
         start = time.perf_counter()
         if (out / CHECKPOINT).is_file():
@@ -188,6 +194,9 @@ class Grid:
             for k in ("mean_return", "std_return", "ci95", "iqm_return", "params", "latency")
         }
         self.results["teacher"]["info"] = json.loads((self.teacher_dir / "teacher.json").read_text())
+        # what the teacher was trained with, and what evaluated it: a retrain elsewhere is compared by these
+        self.results["teacher"]["versions"] = _read_json(self.teacher_dir / "versions.json")
+        self.results["eval_versions"] = versions()
         for name, st in zip(todo, result["students"], strict=True):
             metrics = json.loads((self.runs / "students" / name / "metrics.json").read_text())
             info = json.loads((self.runs / "students" / name / "student.json").read_text())
@@ -232,6 +241,10 @@ class Grid:
         """Teacher-driven vs student-driven rounds at an equal number of teacher labels and steps."""
         d = self.cfg.get("dagger")
         if not d:
+            return
+        if all(
+            f"{k}_s{seed}" in self.results["runs"] for k in ("td", "dagger") for seed in self.cfg["seeds"]
+        ):
             return
         labels, rounds = int(d["labels"]), int(d["rounds"])
         per_round = labels // (2 * (rounds - 1))  # half the labels from the teacher, half from the rounds

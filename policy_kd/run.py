@@ -25,7 +25,18 @@ T = TypeVar("T")
 #: The command line a job was started with; the CLI sets it so in-process calls record their own argv.
 COMMAND_LINE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("COMMAND_LINE", default=None)
 
-_VERSIONED = ("policy-kd", "torch", "gymnasium", "stable-baselines3", "numpy", "sb3-contrib", "minatar")
+_VERSIONED = (
+    "policy-kd",
+    "torch",
+    "gymnasium",
+    "stable-baselines3",
+    "numpy",
+    "sb3-contrib",
+    "minatar",
+    "ale-py",
+)
+
+_ISA_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def prepare_out_dir(
@@ -86,8 +97,35 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
+    """Package versions and the machine (CPU model, the kernel set torch dispatches to).
+
+    The machine is kept because "same seed, same result" is only promised on the same CPU build: torch
+    may pick other float kernels elsewhere, and a long DQN run compounds the last-bit differences.
+    """
+    import torch
+
+    out = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "torch_cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+    }
+    # the overrides that pin the CPU kernels (how an AVX-512 machine reproduces an AVX2 machine's runs)
+    for var in _ISA_VARS:
+        if var in os.environ:
+            out[var] = os.environ[var]
     for name in _VERSIONED:
         try:
             out[name] = metadata.version(name)
