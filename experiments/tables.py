@@ -28,11 +28,17 @@ def _ratio(run: dict[str, Any]) -> float:
     return float(r["value"] if isinstance(r, dict) else r)
 
 
+def _ratio_text(x: float) -> str:
+    """Three decimals, or four where three would print a ratio just under (or over) 1 as 1.000."""
+    return f"{x:.4f}" if f"{x:.3f}" == "1.000" and x != 1.0 else f"{x:.3f}"
+
+
 def _agg(values: list[float]) -> str:
     if not values:
         return "—"
     a = aggregate_runs(np.asarray(values), statistic="mean")
-    return f"{a['value']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
+    lo, hi = a["ci"]
+    return f"{_ratio_text(a['value'])} [{_ratio_text(lo)}, {_ratio_text(hi)}]"
 
 
 def _wall_time(res: dict[str, Any]) -> list[str]:
