@@ -32,10 +32,6 @@ ROOT = Path(__file__).resolve().parent
 STAGES = ("teacher", "buffer", "distill", "eval", "dagger", "curve")  # eval: what distill left unevaluated
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -195,7 +191,8 @@ class Grid:
         }
         self.results["teacher"]["info"] = json.loads((self.teacher_dir / "teacher.json").read_text())
         # what the teacher was trained with, and what evaluated it: a retrain elsewhere is compared by these
-        self.results["teacher"]["versions"] = _read_json(self.teacher_dir / "versions.json")
+        ver = self.teacher_dir / "versions.json"
+        self.results["teacher"]["versions"] = json.loads(ver.read_text()) if ver.is_file() else None
         self.results["eval_versions"] = versions()
         for name, st in zip(todo, result["students"], strict=True):
             metrics = json.loads((self.runs / "students" / name / "metrics.json").read_text())
@@ -242,10 +239,9 @@ class Grid:
         d = self.cfg.get("dagger")
         if not d:
             return
-        if all(
-            f"{k}_s{seed}" in self.results["runs"] for k in ("td", "dagger") for seed in self.cfg["seeds"]
-        ):
-            return
+        pairs = [(f"td_s{seed}", f"dagger_s{seed}", seed) for seed in self.cfg["seeds"]]
+        if all(td in self.results["runs"] and sd in self.results["runs"] for td, sd, _ in pairs):
+            return  # filed: do not re-record its two buffers
         labels, rounds = int(d["labels"]), int(d["rounds"])
         per_round = labels // (2 * (rounds - 1))  # half the labels from the teacher, half from the rounds
         teacher_part = labels - per_round * (rounds - 1)
@@ -255,8 +251,7 @@ class Grid:
         self._record(self.runs / "buffer_td", {**opts, "steps": labels, "seed": 101})
         self._record(self.runs / "buffer_half", {**opts, "steps": teacher_part, "seed": 102})
         names = []
-        for seed in self.cfg["seeds"]:
-            td, sd = f"td_s{seed}", f"dagger_s{seed}"
+        for td, sd, seed in pairs:
             self._distill(td, {**base, "buffer": str(self.runs / "buffer_td"), "seed": seed})
             self._distill(
                 sd,

@@ -34,6 +34,18 @@ def _grid(cells=None) -> grid.Grid:
     return g
 
 
+def test_a_run_filed_in_the_results_is_not_distilled_again(tmp_path, monkeypatch) -> None:
+    g = _grid()
+    g.runs, g.results = tmp_path, {"runs": {"f0.04_nll_s0": {"return_ratio": 1.0}}}
+    g.timed = lambda stage, seconds: None  # no results file touched
+    distilled = []
+    monkeypatch.setattr(grid, "distill", lambda cfg: distilled.append(cfg.out))
+    g._distill("f0.04_nll_s0", {})  # filed: skipped although its run folder is absent
+    assert distilled == []
+    g._distill("f0.04_nll_s1", {"buffer": "b", "params_fraction": 0.04})  # not filed: distilled
+    assert distilled == [str(tmp_path / "students" / "f0.04_nll_s1")]
+
+
 def test_cells_default_to_the_whole_product() -> None:
     assert len(_grid().cells()) == 2 * 4 * 2
 
