@@ -136,6 +136,18 @@ class Grid:
                 cells += [(f"f{size}_{loss}_s{seed}", size, loss, seed) for seed in seeds]
         return cells
 
+    def shape(self, size: float) -> dict[str, Any]:
+        """The widths a config pins for a size (``shapes: {0.01: {channels: [1], hidden: [10]}}``), else none.
+
+        A pinned size keeps the students its results were made with when the library's solver for
+        ``params_fraction`` changes; explicit widths win over the fraction.
+        """
+        pinned = self.cfg.get("shapes") or {}
+        unknown = [s for s in pinned if s not in self.cfg["sizes"]]
+        if unknown:
+            raise SystemExit(f"shapes names sizes {unknown}, which sizes does not list; add them there")
+        return dict(pinned.get(size, {}))
+
     def _distill(self, name: str, options: dict[str, Any]) -> Path:
         out = self.runs / "students" / name
         # a run filed in the committed results is done: a fresh machine extends a grid, not redoes it
@@ -158,6 +170,7 @@ class Grid:
             for name, loss, seed in group:
                 options = {
                     **self.cfg["distill"],
+                    **self.shape(size),
                     **self.cfg["losses"][loss],
                     "buffer": str(self.runs / "buffer"),
                     "params_fraction": size,
@@ -245,7 +258,12 @@ class Grid:
         labels, rounds = int(d["labels"]), int(d["rounds"])
         per_round = labels // (2 * (rounds - 1))  # half the labels from the teacher, half from the rounds
         teacher_part = labels - per_round * (rounds - 1)
-        base = {**self.cfg["distill"], **self.cfg["losses"][d["loss"]], "params_fraction": d["size"]}
+        base = {
+            **self.cfg["distill"],
+            **self.shape(d["size"]),
+            **self.cfg["losses"][d["loss"]],
+            "params_fraction": d["size"],
+        }
         steps = int(base.get("steps", 5000))
         opts = {k: v for k, v in self.cfg["buffer"].items() if k != "steps"}
         self._record(self.runs / "buffer_td", {**opts, "steps": labels, "seed": 101})

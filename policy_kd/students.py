@@ -274,7 +274,8 @@ def size_student(
     """A spec from explicit widths, or solved for ``params_fraction`` x ``teacher_params``.
 
     An MLP sized by budget gets ``layers`` hidden layers of one equal width; a CNN keeps its
-    architecture's proportions (channels and hidden width scaled by one factor, in steps of 1/64).
+    architecture's proportions (channels and hidden width scaled by one factor, in steps of 1/64), then
+    widens its hidden layers to fill what the channels' coarse steps leave of the budget.
     """
     if arch not in STUDENTS:
         raise PolicyKDError(f"unknown student {arch!r}; choose one of {', '.join(STUDENTS)}")
@@ -319,6 +320,19 @@ def size_student(
                 return count_params(cls(make(h, c))) - extra
 
             channels, hidden = scaled(_largest_fit(params_at, budget, "channels"))
+            # A channel is a coarse step (it adds a whole feature map to the dense layer's input), so the
+            # factor that first overshoots the budget often does so by one channel while the hidden layers
+            # could still grow: widen them, channels fixed, to fill the budget.
+            base_w = base_h[0]
+
+            def widened(w: int) -> tuple[int, ...]:
+                return tuple(max(1, round(h * w / base_w)) for h in base_h)
+
+            hidden = widened(
+                _largest_fit(
+                    lambda w: count_params(cls(make(widened(w), channels))) - extra, budget, "channels"
+                )
+            )
     if is_cnn:
         channels = channels or cls.default_channels  # type: ignore[attr-defined]
         hidden = cls.default_hidden if hidden is None else hidden  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -62,6 +63,26 @@ def test_students_sized_by_fraction_stay_within_budget(arch, shape, teacher_para
     out = net(torch.zeros(3, *shape, dtype=torch.uint8))
     assert out.shape == (3, 6)
     assert net.features(torch.zeros(3, *shape)).shape == (3, net.feature_dim)
+
+
+@pytest.mark.parametrize(
+    ("arch", "shape", "teacher_params"),
+    [
+        ("minatar_cnn", (4, 10, 10), 132_179),
+        ("minatar_cnn", (6, 10, 10), 132_596),
+        ("nature_cnn", (4, 84, 84), 1_684_000),
+    ],
+)
+@pytest.mark.parametrize("fraction", [0.25, 0.07, 0.05, 0.04, 0.01])
+def test_cnn_students_sized_by_fraction_fill_the_budget_with_hidden_width(
+    arch, shape, teacher_params, fraction
+):
+    # A channel is a coarse step: before the fill, 1% of a MinAtar teacher solved to 1x10 (0.57%) and 5% to
+    # 4%'s 3x26. Now only one more hidden unit, not just one more channel-and-width step, overflows.
+    spec = size_student(arch, shape, 6, hidden=None, params_fraction=fraction, teacher_params=teacher_params)
+    assert count_params(build_student(spec)) <= fraction * teacher_params
+    wider = dataclasses.replace(spec, hidden=(spec.hidden[0] + 1,))
+    assert count_params(build_student(wider)) > fraction * teacher_params
 
 
 def test_cnn_students_take_channels_last_and_first_alike():

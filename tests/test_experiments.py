@@ -125,3 +125,20 @@ def test_goals_table_checks_every_game_of_a_multitask_student() -> None:
     lines = tables.goals_section([met, missed]).splitlines()
     assert next(x for x in lines if x.startswith("| M1 |")) == "| M1 | G1 0.975, G2 0.910 | yes |"
     assert next(x for x in lines if x.startswith("| M2 |")) == "| M2 | G1 1.200, G2 0.875 | no |"
+
+
+def test_a_size_pinned_by_shapes_distills_those_widths_and_a_loss_still_wins(tmp_path, monkeypatch) -> None:
+    g = _grid()
+    g.cfg = {**g.cfg, "distill": {"steps": 10}, "shapes": {0.25: {"channels": [8], "hidden": [62]}}}
+    g.cfg["losses"] = {**LOSSES, "nll": {"hidden": [32]}}
+    g.runs, g.results = tmp_path, {"runs": {}}
+    seen: dict[str, dict] = {}
+    monkeypatch.setattr(g, "_distill", lambda name, options: seen.setdefault(name, options))
+    monkeypatch.setattr(g, "_evaluate", lambda *a: None)
+    g.distill()
+    assert seen["f0.25_mse_s0"]["channels"] == [8] and seen["f0.25_mse_s0"]["hidden"] == [62]
+    assert seen["f0.25_nll_s0"]["hidden"] == [32]  # the loss entry's explicit width wins over the pin
+    assert "hidden" not in seen["f0.04_mse_s0"]  # an unpinned size is solved from its fraction
+    g.cfg["shapes"] = {0.5: {"hidden": [4]}}
+    with pytest.raises(SystemExit, match="shapes names sizes"):
+        g.shape(0.25)
