@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The MinAtar part of the grid, resumable: the three teachers (500k-850k steps), then each game's grid, then
 # the multi-task student. Re-running skips what is finished.
-#   bash experiments/scripts/minatar.sh [teachers|grids|multitask|all]  (teachers: SpaceInvaders and Asterix in parallel)
+#   bash experiments/scripts/minatar.sh [teachers|grids|multitask|all|2m]  (teachers: SpaceInvaders and Asterix in parallel)
+# 2m (not part of all): the three 2M-step teachers and their 4% grids, in parallel (~1 h a teacher on a core).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
@@ -30,5 +31,10 @@ if [[ $what == multitask || $what == all ]]; then
   $PY experiments/multitask.py --config experiments/configs/minatar_multitask_t0.1.yaml || exit 1
   $PY experiments/multitask.py --config experiments/configs/minatar_multitask_full.yaml || exit 1
   $PY experiments/multitask.py --config experiments/configs/minatar_multitask_30k_min.yaml || exit 1
+  $PY experiments/tables.py
+fi
+if [[ $what == 2m ]]; then
+  for g in $games; do $PY experiments/grid.py experiments/configs/minatar_${g}_2m.yaml --only teacher,buffer,distill,eval,curve & done
+  wait
   $PY experiments/tables.py
 fi
