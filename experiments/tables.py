@@ -249,8 +249,9 @@ def goals_section(results: list[dict[str, Any]]) -> str:
 
 
 def plot(task: str, curves: dict[str, dict[float, float]], out: Path) -> bool:
+    """Return ratio against student parameters, a line per loss; none for a grid of one size (points only)."""
     plt = _pyplot()
-    if plt is None:
+    if plt is None or max((len(pts) for pts in curves.values()), default=0) < 2:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))
     for loss, pts in curves.items():
@@ -277,14 +278,19 @@ def plot_curves(results: list[dict[str, Any]], out: Path) -> bool:
     plt = _pyplot()
     if plt is None:
         return False
-    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3), squeeze=False)
-    for ax, res in zip(axes[0], curves, strict=True):
+    cols = min(len(curves), 5)  # rows of five: a single row of every task reads as a strip
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(curves) :]:
+        ax.set_visible(False)
+    for ax, res in zip(axes.flat, curves, strict=False):
         c = res["teacher_curve"]
         ax.plot(c["timesteps"], c["mean_return"], marker=".")
         ax.set_title(res["task"], fontsize=8)
         ax.set_xlabel("env steps", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("evaluation return (mean)", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("evaluation return (mean)", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

@@ -142,3 +142,11 @@ def test_a_size_pinned_by_shapes_distills_those_widths_and_a_loss_still_wins(tmp
     g.cfg["shapes"] = {0.5: {"hidden": [4]}}
     with pytest.raises(SystemExit, match="shapes names sizes"):
         g.shape(0.25)
+
+
+def test_a_grid_of_one_size_gets_no_return_vs_params_plot(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    assert not tables.plot("t", {"kl": {5210: 0.99}, "nll": {5210: 0.87}}, tmp_path / "one.png")
+    assert not (tmp_path / "one.png").exists()
+    assert tables.plot("t", {"kl": {742: 0.2, 5210: 0.99}}, tmp_path / "two.png")
+    assert (tmp_path / "two.png").is_file()
