@@ -1,9 +1,12 @@
 """Run one task's experiment grid: teacher -> buffer -> students (sizes x losses x seeds) -> evaluation.
 
     python experiments/grid.py experiments/configs/cartpole_dqn.yaml [--only teacher,buffer,distill,eval,dagger]
+                                                                     [--jobs 2]
 
 Every stage skips what is finished and resumes what was interrupted (train-teacher and distill from their
 checkpoints, record from its last chunk), so re-running the same command after a kill continues the grid.
+``--jobs N`` distils up to N students of a size at once, each in its own process on one torch thread (a
+student's result does not depend on it: every run is seeded and single-threaded either way).
 Runs go under ``experiments/runs/<task>/`` (not committed); the per-run results are collected into
 ``experiments/results/<task>.json`` (committed) as each evaluation lands. ``experiments/tables.py`` turns
 the results into the tables and plots of ``experiments/README.md``.
@@ -13,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,26 @@ STAGES = ("teacher", "buffer", "distill", "eval", "dagger", "curve")  # eval: wh
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_distill(out: Path, options: dict[str, Any]) -> float:
+    """Distil one student into ``out``, resuming its checkpoint if it has one; return the seconds taken.
+
+    Module-level so that a process pool can run it (``--jobs``).
+    """
+    start = time.perf_counter()
+    if (out / CHECKPOINT).is_file():
+        log(f"distill: resuming {out.name}")
+        distill(DistillConfig(out=str(out), resume=True, progress=False))
+    else:
+        log(f"distill: {out.name}")
+        distill(DistillConfig(out=str(out), progress=False, force=True, **options))
+    return time.perf_counter() - start
+
+
+def _pool(jobs: int) -> Executor:
+    # spawn, not fork: a forked child inherits torch's thread pools and locks mid-state
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
 class Results:
@@ -61,8 +86,12 @@ class Results:
 
 
 class Grid:
-    def __init__(self, cfg: dict[str, Any]):
+    jobs: int = 1
+    """Students distilled at once (``--jobs``)."""
+
+    def __init__(self, cfg: dict[str, Any], jobs: int = 1):
         self.cfg = cfg
+        self.jobs = jobs
         self.task = cfg["task"]
         self.runs = ROOT / "runs" / self.task
         self.store = Results(self.task, env=cfg["env"], config=cfg)
@@ -148,35 +177,52 @@ class Grid:
             raise SystemExit(f"shapes names sizes {unknown}, which sizes does not list; add them there")
         return dict(pinned.get(size, {}))
 
+    def _pending(self, name: str) -> bool:
+        # a run filed in the committed results is done: a fresh machine extends a grid, not redoes it
+        out = self.runs / "students" / name
+        return not ((out / "student.json").is_file() or name in self.results["runs"])
+
     def _distill(self, name: str, options: dict[str, Any]) -> Path:
         out = self.runs / "students" / name
-        # a run filed in the committed results is done: a fresh machine extends a grid, not redoes it
-        if (out / "student.json").is_file() or name in self.results["runs"]:
-            return out
-        start = time.perf_counter()
-        if (out / CHECKPOINT).is_file():
-            log(f"distill: resuming {name}")
-            distill(DistillConfig(out=str(out), resume=True, progress=False))
-        else:
-            log(f"distill: {name}")
-            distill(DistillConfig(out=str(out), progress=False, force=True, **options))
-        self.timed("distill", time.perf_counter() - start)
+        if self._pending(name):
+            self.timed("distill", run_distill(out, options))
         return out
+
+    def _distill_parallel(self, todo: list[tuple[str, dict[str, Any]]]) -> None:
+        """Distil ``todo`` in ``self.jobs`` processes; the stage's time is the wall time of the batch."""
+        todo = [(name, options) for name, options in todo if self._pending(name)]
+        if not todo:
+            return
+        start = time.perf_counter()
+        with _pool(self.jobs) as pool:
+            futures = [pool.submit(run_distill, self.runs / "students" / n, o) for n, o in todo]
+            for future in futures:
+                future.result()  # a failed student stops the grid (after the others end), as in sequence
+        self.timed("distill", time.perf_counter() - start)
 
     def distill(self) -> None:
         """Students size by size, each size evaluated as soon as its students exist (results land early)."""
         for size in self.cfg["sizes"]:
             group = [(n, loss, seed) for n, s, loss, seed in self.cells() if s == size]
-            for name, loss, seed in group:
-                options = {
-                    **self.cfg["distill"],
-                    **self.shape(size),
-                    **self.cfg["losses"][loss],
-                    "buffer": str(self.runs / "buffer"),
-                    "params_fraction": size,
-                    "seed": seed,
-                }
-                self._distill(name, options)
+            todo = [
+                (
+                    name,
+                    {
+                        **self.cfg["distill"],
+                        **self.shape(size),
+                        **self.cfg["losses"][loss],
+                        "buffer": str(self.runs / "buffer"),
+                        "params_fraction": size,
+                        "seed": seed,
+                    },
+                )
+                for name, loss, seed in group
+            ]
+            if self.jobs > 1:
+                self._distill_parallel(todo)
+            else:
+                for name, options in todo:
+                    self._distill(name, options)
             self._evaluate([n for n, _, _ in group], f"f{size}", "grid")
 
     def _evaluate(self, names: list[str], group: str, kind: str) -> None:
@@ -296,8 +342,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", type=Path)
     ap.add_argument("--only", default=",".join(STAGES), help="comma-separated stages to run")
+    ap.add_argument("--jobs", type=int, default=1, help="students distilled at once, one process each")
     args = ap.parse_args()
-    grid = Grid(yaml.safe_load(args.config.read_text()))
+    if args.jobs < 1:
+        print(f"--jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    grid = Grid(yaml.safe_load(args.config.read_text()), jobs=args.jobs)
     for stage in args.only.split(","):
         if stage not in STAGES:
             print(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}", file=sys.stderr)

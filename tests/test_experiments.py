@@ -150,3 +150,42 @@ def test_a_grid_of_one_size_gets_no_return_vs_params_plot(tmp_path) -> None:
     assert not (tmp_path / "one.png").exists()
     assert tables.plot("t", {"kl": {742: 0.2, 5210: 0.99}}, tmp_path / "two.png")
     assert (tmp_path / "two.png").is_file()
+
+
+def test_jobs_distil_each_pending_student_once_and_time_the_batch(tmp_path, monkeypatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = _grid([{"sizes": [0.04], "losses": ["nll", "mse"]}])
+    g.cfg = {**g.cfg, "sizes": [0.04], "distill": {"steps": 10}}
+    g.jobs = 2
+    g.runs, g.results = tmp_path, {"runs": {"f0.04_nll_s1": {"return_ratio": 1.0}}}
+    timed: list[tuple[str, float]] = []
+    g.timed = lambda stage, seconds: timed.append((stage, seconds))
+    distilled: list[tuple[str, int]] = []
+    monkeypatch.setattr(grid, "_pool", lambda jobs: ThreadPoolExecutor(jobs))  # the same calls, in threads
+    monkeypatch.setattr(grid, "distill", lambda cfg: distilled.append((Path(cfg.out).name, cfg.seed)))
+    evaluated: list[list[str]] = []
+    monkeypatch.setattr(g, "_evaluate", lambda names, *a: evaluated.append(names))
+    g.distill()
+    # the filed run is skipped; each other cell is distilled once, with its own seed
+    assert sorted(distilled) == [("f0.04_mse_s0", 0), ("f0.04_mse_s1", 1), ("f0.04_nll_s0", 0)]
+    assert [stage for stage, _ in timed] == ["distill"]  # one wall time for the overlapping batch
+    assert evaluated == [["f0.04_nll_s0", "f0.04_nll_s1", "f0.04_mse_s0", "f0.04_mse_s1"]]
+
+
+def test_a_failed_student_under_jobs_stops_the_grid(tmp_path, monkeypatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = _grid([{"sizes": [0.04], "losses": ["nll"]}])
+    g.cfg = {**g.cfg, "sizes": [0.04], "distill": {"steps": 10}}
+    g.jobs, g.runs, g.results = 2, tmp_path, {"runs": {}}
+    g.timed = lambda stage, seconds: None
+
+    def fail(cfg):
+        raise RuntimeError(f"boom {Path(cfg.out).name}")
+
+    monkeypatch.setattr(grid, "_pool", lambda jobs: ThreadPoolExecutor(jobs))
+    monkeypatch.setattr(grid, "distill", fail)
+    monkeypatch.setattr(g, "_evaluate", lambda *a: pytest.fail("evaluated after a failed distillation"))
+    with pytest.raises(RuntimeError, match=r"boom f0\.04_nll_s0"):
+        g.distill()
