@@ -143,7 +143,8 @@ class EvaluateConfig:
     """Teacher: a train-teacher run folder, or an SB3 .zip (then --env is required)."""
     student: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """Student: a distill --out folder (its best weights), a .pt weights file inside one, or a policy-kd
-    export folder. Repeat for several students (--student a --student b)."""
+    export folder. Repeat for several students (--student a --student b); omit to evaluate the teacher
+    alone."""
     env: str | None = None
     """Environment id; required for a plain .zip teacher."""
     buffer: str | None = None
@@ -185,8 +186,11 @@ class EvaluateConfig:
             object.__setattr__(self, "student", (self.student,))
 
     def validate(self) -> None:
-        if self.teacher is None or not self.student:
-            raise PolicyKDError("evaluate needs --teacher RUN_DIR and --student DISTILL_DIR")
+        if self.teacher is None:
+            raise PolicyKDError(
+                "evaluate needs --teacher RUN_DIR (a train-teacher folder or an SB3 .zip with --env); "
+                "add --student DISTILL_DIR to compare a student with it"
+            )
         if self.episodes <= 0 or self.n_parallel <= 0:
             raise PolicyKDError("--episodes and --n-parallel must be > 0")
         if self.mode not in MODES:
@@ -513,7 +517,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     config.validate()
     names = _names(config.student)
     students = [_student_contender(p, n) for p, n in zip(config.student, names, strict=True)]
-    teacher = load_teacher(config.teacher, config.env or students[0].info.get("env_id"))  # type: ignore[arg-type]
+    env_hint = config.env or (students[0].info.get("env_id") if students else None)
+    teacher = load_teacher(config.teacher, env_hint)  # type: ignore[arg-type]
     for p, st in zip(config.student, students, strict=True):
         check_compatible(st.info, teacher.env_id, teacher.n_outputs, str(p))
     buffer = None
@@ -533,7 +538,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     t_con = _teacher_contender(teacher)
     contenders = [t_con, *students]
     modes = MODES[config.mode]
-    loss = students[0].info.get("loss") or {}
+    loss = (students[0].info.get("loss") if students else None) or {}
     tau = config.kl_tau or float(loss.get("tau") or 1.0)
     started = time.perf_counter()
 
@@ -608,8 +613,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         pool = np.concatenate(obs_pool) if obs_pool else np.stack([teacher.observation_space.sample()])
         for c, entry in zip(contenders, [t_entry, *s_entries], strict=True):
             entry["latency"] = latency(c, teacher, pool)
-    first = s_entries[0]
-    ratio = first["return_ratio"]
+    # a teacher-only evaluation has no student: its summary fields are None
+    first = s_entries[0] if s_entries else None
+    ratio = None if first is None else first["return_ratio"]
     result: dict[str, Any] = {
         "format": "policy_kd.eval",
         "schema_version": 2,
@@ -621,7 +627,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "students": s_entries,
         "student": first,
         "return_ratio": None if ratio is None else ratio["value"],
-        "params_ratio": first["params_ratio"],
+        "params_ratio": None if first is None else first["params_ratio"],
         "kl_tau": tau,
         "statistics": {
             "confidence": pkd_stats.CONFIDENCE,

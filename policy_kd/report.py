@@ -40,8 +40,16 @@ def _ci(ci: Sequence[float] | None, digits: int = 1) -> str:
     return "n/a" if not ci else f"[{_num(ci[0], digits)}, {_num(ci[1], digits)}]"
 
 
+def _students(result: dict[str, Any]) -> list[dict[str, Any]]:
+    # schema 1 results hold one "student"; a teacher-only evaluation holds none
+    students = result.get("students")
+    if students is None:
+        students = [result["student"]] if result.get("student") else []
+    return list(students)
+
+
 def _policies(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [result["teacher"], *result.get("students", [result["student"]])]
+    return [result["teacher"], *_students(result)]
 
 
 def return_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -89,7 +97,7 @@ def fidelity_rows(result: dict[str, Any]) -> list[list[str]]:
             "median first disagreement step",
         ]
     ]
-    for s in result.get("students", [result["student"]]):
+    for s in _students(result):
         f = s.get("fidelity") or {}
         own, theirs = f.get("student_states") or {}, f.get("teacher_states") or {}
         agree = own.get("agreement", s.get("agreement"))
@@ -161,10 +169,13 @@ def _md_table(rows: list[list[str]]) -> str:
 
 
 def _footer(result: dict[str, Any]) -> list[str]:
-    s = result["student"]
+    where = f"env {result['env_id']}, {result['episodes']} episodes on seeds {result['seeds'][0]}..{result['seeds'][-1]}"
+    s = result.get("student")
+    if not s:
+        return [where, "teacher only: pass --student DISTILL_DIR to compare a student with it"]
     ratio = result["return_ratio"]
     lines = [
-        f"env {result['env_id']}, {result['episodes']} episodes on seeds {result['seeds'][0]}..{result['seeds'][-1]}",
+        where,
         f"student/teacher return ratio: {ratio:.3f}"
         if ratio is not None
         else "student/teacher return ratio: n/a (teacher mean is 0)",
@@ -183,7 +194,9 @@ def _footer(result: dict[str, Any]) -> list[str]:
 
 def format_table(result: dict[str, Any]) -> str:
     """The tables ``policy-kd evaluate`` prints: returns, fidelity, cost (when measured), then a summary."""
-    parts = [_text_table(return_rows(result)), "", _text_table(fidelity_rows(result))]
+    parts = [_text_table(return_rows(result))]
+    if _students(result):
+        parts += ["", _text_table(fidelity_rows(result))]
     if any(p.get("latency") or p.get("flops") for p in _policies(result)):
         parts += ["", _text_table(cost_rows(result))]
     if result.get("aggregate"):
@@ -207,14 +220,19 @@ def markdown(result: dict[str, Any], images: Sequence[str] = ()) -> str:
         "",
         _md_table(return_rows(result)),
         "",
-        "## Fidelity",
-        "",
-        f"KL = mean KL(softmax(teacher / {result.get('kl_tau', 1.0)}) ‖ softmax(student)) per state "
-        "(Gaussian heads: closed form). Own states: those the student visits acting greedily; teacher "
-        "states: the buffer's.",
-        "",
-        _md_table(fidelity_rows(result)),
-        "",
+    ]
+    if _students(result):
+        parts += [
+            "## Fidelity",
+            "",
+            f"KL = mean KL(softmax(teacher / {result.get('kl_tau', 1.0)}) ‖ softmax(student)) per state "
+            "(Gaussian heads: closed form). Own states: those the student visits acting greedily; teacher "
+            "states: the buffer's.",
+            "",
+            _md_table(fidelity_rows(result)),
+            "",
+        ]
+    parts += [
         "## Cost",
         "",
         "FLOPs = 2 × multiply-accumulates of Linear/Conv2d layers per step; latency: median of many calls, "
@@ -300,7 +318,7 @@ def plot_all(result: dict[str, Any], out: Path) -> list[str]:
 
     # Distillation learning curves from each student's TensorBoard folder.
     curves = {}
-    for s in result.get("students", []):
+    for s in _students(result):
         # exports of a student share its distillation run: plot each run once
         if (
             s.get("tb")

@@ -346,3 +346,19 @@ def test_interrupted_record_keeps_finished_chunks(artifacts, tmp_path, monkeypat
     buf = Buffer.open(tmp_path / "b")
     assert not buf.complete and buf.rows == 1500
     assert np.isfinite(buf.field("teacher")).all()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["distill", "--help"]])
+def test_a_closed_output_pipe_ends_quietly(argv):
+    import subprocess
+    import sys
+
+    # the reader closes its end before the CLI writes (its imports take far longer): `... --help | head -0`
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "policy_kd", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
+    assert proc.returncode == 141

@@ -158,7 +158,7 @@ def test_evaluate_errors(artifacts: dict[str, Path], tmp_path: Path, capsys) -> 
     from test_errors import expect_error
 
     t, s = artifacts["teacher"], artifacts["student"]
-    expect_error(capsys, ["evaluate", "--teacher", t], "--student")
+    expect_error(capsys, ["evaluate", "--student", s], "--teacher")
     expect_error(capsys, ["evaluate", "--teacher", t, "--student", s, "--kl-tau", "0"], "--kl-tau")
     expect_error(capsys, ["evaluate", "--teacher", t, "--student", s, "--aggregate"], "at least two")
     (tmp_path / "taken").mkdir()
@@ -169,3 +169,22 @@ def test_evaluate_errors(artifacts: dict[str, Path], tmp_path: Path, capsys) -> 
         "--force",
     )
     assert (tmp_path / "taken" / "x").read_text() == "keep me"
+
+
+def test_teacher_alone_is_scored_on_the_same_episodes(
+    report: tuple[Path, dict], artifacts: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    _, with_students = report
+    capsys.readouterr()
+    out = tmp_path / "teacher_only"
+    assert run_cli("evaluate", "--teacher", artifacts["teacher"], "--episodes", "5", "--out", out) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "eval.json").read_text())
+    assert r["students"] == [] and r["student"] is None and r["return_ratio"] is None
+    # episode i starts from reset(seed=i) with or without students beside the teacher
+    expected = with_students["teacher"]["modes"]["deterministic"]["returns"][:5]
+    assert r["teacher"]["returns"] == expected
+    assert r["teacher"]["mean_return"] == pytest.approx(np.mean(expected))
+    assert "teacher only" in printed and "agreement" not in printed
+    md = (out / "report.md").read_text()
+    assert "## Return" in md and "## Fidelity" not in md and (out / "returns.png").is_file()
