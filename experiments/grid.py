@@ -188,8 +188,13 @@ class Grid:
             self.timed("distill", run_distill(out, options))
         return out
 
-    def _distill_parallel(self, todo: list[tuple[str, dict[str, Any]]]) -> None:
-        """Distil ``todo`` in ``self.jobs`` processes; the stage's time is the wall time of the batch."""
+    def _distill_batch(self, todo: list[tuple[str, dict[str, Any]]]) -> None:
+        """Distil ``todo`` (name, options) in this process, or ``self.jobs`` at a time in spawned ones (then
+        the stage's time is the wall time of the batch: the runs overlap)."""
+        if self.jobs == 1:
+            for name, options in todo:
+                self._distill(name, options)
+            return
         todo = [(name, options) for name, options in todo if self._pending(name)]
         if not todo:
             return
@@ -218,11 +223,7 @@ class Grid:
                 )
                 for name, loss, seed in group
             ]
-            if self.jobs > 1:
-                self._distill_parallel(todo)
-            else:
-                for name, options in todo:
-                    self._distill(name, options)
+            self._distill_batch(todo)
             self._evaluate([n for n, _, _ in group], f"f{size}", "grid")
 
     def _evaluate(self, names: list[str], group: str, kind: str) -> None:
