@@ -35,6 +35,7 @@ __all__ = [
     "aggregate_runs",
     "bootstrap_ci",
     "iqm",
+    "normalized_score",
     "paired_difference",
     "return_ratio",
     "summarize",
@@ -138,7 +139,7 @@ def return_ratio(
     """``mean(student) / mean(teacher)`` with a paired bootstrap CI; ``None`` when the teacher's mean is 0.
 
     Meaningful for positive returns (CartPole, a solved LunarLander); with negative teacher returns a
-    ratio above 1 means *worse*, so read the paired difference instead.
+    ratio above 1 means *worse*: read :func:`normalized_score` (or the paired difference) instead.
     """
     s, t = _check_paired(student, teacher)
     if t.mean() == 0.0:
@@ -155,6 +156,59 @@ def return_ratio(
     res = sps.bootstrap(
         (s, t),
         ratio,
+        paired=True,
+        confidence_level=confidence,
+        n_resamples=N_RESAMPLES,
+        method=METHOD,
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    ci = res.confidence_interval
+    return {"value": value, "ci": [float(ci.low), float(ci.high)]}
+
+
+def normalized_score(
+    student: Any,
+    teacher: Any,
+    random: Any,
+    *,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> dict[str, Any]:
+    """The Atari literature's normalized score ``(mean(student) - mean(random)) / (mean(teacher) - mean(random))``
+    with a paired bootstrap CI (episode ``i`` of all three policies from the same seed, resampled together).
+
+    0 is random play, 1 the teacher, above 1 better than the teacher, whatever the sign of the returns
+    (unlike :func:`return_ratio`): it is unchanged by any increasing affine map of the returns.
+
+    The score is only defined when the teacher is better than random on these seeds: when the paired CI
+    of ``teacher - random`` reaches 0 (the denominator's sign is uncertain, so the ratio's CI is unbounded),
+    ``value`` and ``ci`` are ``None`` and ``note`` says why, instead of a huge or sign-flipped number.
+    """
+    s, t = _check_paired(student, teacher)
+    _, r = _check_paired(student, random)
+    gap = paired_difference(t, r, confidence=confidence, seed=seed)
+    if not gap["ci"][0] > 0.0:
+        return {
+            "value": None,
+            "ci": None,
+            "note": (
+                f"undefined: the teacher does not beat the random policy on these seeds (teacher - random = "
+                f"{gap['mean']:+.3g}, {int(confidence * 100)}% CI [{gap['ci'][0]:.3g}, {gap['ci'][1]:.3g}])"
+            ),
+        }
+    value = float((s.mean() - r.mean()) / (t.mean() - r.mean()))
+    if s.size == 1 or (np.ptp(s) == 0.0 and np.ptp(t) == 0.0 and np.ptp(r) == 0.0):
+        return {"value": value, "ci": [value, value]}
+
+    def score(a: np.ndarray, b: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
+        mc = np.mean(c, axis=axis)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (np.mean(a, axis=axis) - mc) / (np.mean(b, axis=axis) - mc)
+
+    res = sps.bootstrap(
+        (s, t, r),
+        score,
         paired=True,
         confidence_level=confidence,
         n_resamples=N_RESAMPLES,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 from policy_kd import stats
 
@@ -73,3 +76,70 @@ def test_aggregate_runs_iqm_and_stratified_ci() -> None:
 
 def test_first_true() -> None:
     assert stats.first_true([False, False, True, True]) == 2 and stats.first_true([False]) is None
+
+
+# ------------------------------------------------------------------------------ normalized score
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+@st.composite
+def _episodes(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(student, teacher, random) returns on the same seeds, the teacher better than random on every seed."""
+    n = draw(st.integers(2, 25))
+    floats = lambda lo, hi: st.floats(lo, hi, allow_nan=False, allow_infinity=False)  # noqa: E731
+    r = draw(hnp.arrays(np.float64, n, elements=floats(-1000, 1000)))
+    t = r + draw(hnp.arrays(np.float64, n, elements=floats(1, 200)))
+    s = draw(hnp.arrays(np.float64, n, elements=floats(-2000, 2000)))
+    return s, t, r
+
+
+@SETTINGS
+@given(_episodes(), st.floats(0.01, 100), st.floats(-1e4, 1e4))
+def test_normalized_score_ignores_the_scale_and_sign_of_returns(
+    ep: tuple[np.ndarray, np.ndarray, np.ndarray], a: float, b: float
+) -> None:
+    s, t, r = ep
+    ns = stats.normalized_score(s, t, r)
+    assert ns["value"] == pytest.approx((s.mean() - r.mean()) / (t.mean() - r.mean()))
+    # the same episodes in other units, or shifted until every return is negative: the same score and CI
+    moved = stats.normalized_score(a * s + b, a * t + b, a * r + b)
+    assert moved["value"] == pytest.approx(ns["value"], rel=1e-6, abs=1e-9)
+    assert moved["ci"] == pytest.approx(ns["ci"], rel=1e-6, abs=1e-9)
+
+
+@SETTINGS
+@given(_episodes())
+def test_normalized_score_sign_identity_and_ci(ep: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    s, t, r = ep
+    ns = stats.normalized_score(s, t, r)
+    lo, hi = ns["ci"]
+    assert lo <= ns["value"] <= hi
+    assert (ns["value"] > 1) == (s.mean() > t.mean()) or s.mean() == pytest.approx(t.mean())
+    assert (ns["value"] < 0) == (s.mean() < r.mean()) or s.mean() == pytest.approx(r.mean())
+    assert stats.normalized_score(t, t, r) == {"value": 1.0, "ci": [1.0, 1.0]}  # student == teacher
+    same_as_random = stats.normalized_score(r, t, r)
+    assert same_as_random["value"] == 0.0 and same_as_random["ci"] == [0.0, 0.0]
+
+
+def test_normalized_score_reads_right_where_the_ratio_reads_backwards() -> None:
+    # Pendulum-like: every return negative, the student ~6 better than the teacher on each seed
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(-170.0, 40.0, 50)
+    student = teacher + 6.0 + rng.normal(0.0, 3.0, 50)
+    random = rng.normal(-1200.0, 250.0, 50)
+    assert stats.return_ratio(student, teacher)["value"] < 1  # "worse" by the ratio
+    ns = stats.normalized_score(student, teacher, random)
+    assert ns["value"] > 1 and ns["ci"][0] > 1  # better by the normalized score, CI on the right side
+    worse = stats.normalized_score(teacher - 6.0, teacher, random)
+    assert worse["value"] < 1 and worse["ci"][1] < 1
+
+
+def test_normalized_score_is_undefined_when_the_teacher_does_not_beat_random() -> None:
+    rng = np.random.default_rng(1)
+    random = rng.normal(-500.0, 50.0, 30)
+    for teacher in (random + rng.normal(0.0, 50.0, 30), random - 20.0, random.copy()):
+        ns = stats.normalized_score(teacher + 10.0, teacher, random)
+        assert ns["value"] is None and ns["ci"] is None and "does not beat the random policy" in ns["note"]
+    with pytest.raises(ValueError, match="same non-zero length"):
+        stats.normalized_score([1.0, 2.0], [3.0, 4.0], [0.0])
