@@ -284,8 +284,11 @@ class _Run:
             self.net.set_obs_stats(torch.from_numpy(buffer.spaced("obs", 200_000)))
         if self.continuous:
             space = meta["action_space"]
-            if "low" in space:
-                self.net.set_action_bounds(np.array(space["low"]), np.array(space["high"]))
+            if "low" not in space:  # recorded before action bounds were kept at any size: ask the env
+                env = make_env_from_spec(meta.get("env_spec") or {"env_id": meta["env_id"]})
+                space = {"low": env.action_space.low.reshape(-1), "high": env.action_space.high.reshape(-1)}
+                env.close()
+            self.net.set_action_bounds(np.array(space["low"]), np.array(space["high"]))
             with torch.no_grad():  # start from the teacher's average spread, not from std 1
                 self.net.log_std.copy_(torch.from_numpy(buffer.spaced("teacher_log_std", 10_000).mean(0)))
         self.proj: nn.Linear | None = None

@@ -26,6 +26,10 @@ from policy_kd.errors import PolicyKDError
 from policy_kd.report import format_table
 from policy_kd.run import prepare_out_dir, write_json, write_run_info
 
+ACTION_TOLERANCE = 0.05
+"""Continuous actions agree when every dimension is within this fraction of that dimension's range
+(``high - low`` of the env's action space; 1 where a dimension is unbounded)."""
+
 
 class Policy(Protocol):
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray: ...
@@ -163,6 +167,12 @@ class EvaluateConfig:
     tau 1), else 1."""
     latency: bool = True
     """Measure batch-1 and batch-256 CPU latency (one thread) of every policy."""
+    random_baseline: bool = True
+    """Also play a uniformly random policy on the same seeds: the 0 of each student's normalized score
+    (student - random) / (teacher - random)."""
+    action_tolerance: float = ACTION_TOLERANCE
+    """Continuous actions: student and teacher agree at a state when every action dimension is within this
+    fraction of its range (the env's bounds)."""
     aggregate: bool = False
     """The students are runs (seeds) of one configuration: also report their IQM with a stratified
     bootstrap CI."""
@@ -197,6 +207,8 @@ class EvaluateConfig:
             raise PolicyKDError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.kl_tau is not None and not self.kl_tau > 0:
             raise PolicyKDError(f"--kl-tau must be > 0, got {self.kl_tau}")
+        if not 0 < self.action_tolerance <= 1:
+            raise PolicyKDError(f"--action-tolerance must lie in (0, 1], got {self.action_tolerance}")
         if self.video_episodes <= 0 or self.buffer_rows <= 0:
             raise PolicyKDError("--video-episodes and --buffer-rows must be > 0")
         if self.aggregate and len(self.student) < 2:
@@ -338,6 +350,32 @@ def _student_contender(path: str, name: str) -> Contender:
     )
 
 
+#: Generator stream of the random policy's actions (contender k samples from stream k).
+RANDOM_STREAM = 1_000_003
+
+
+class RandomPolicy:
+    """Uniformly random actions over ``action_space``, drawn from ``rng`` (the normalized score's 0)."""
+
+    def __init__(self, action_space: Any, rng: np.random.Generator):
+        self.action_space, self.rng = action_space, rng
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        from policy_kd.record import _random_actions
+
+        return _random_actions(self.action_space, len(obs), self.rng)
+
+
+def play_random(teacher: Any, seeds: Sequence[int], seed: int) -> Episodes:
+    """A uniformly random policy on the teacher's env and episode seeds.
+
+    Its actions come from one generator seeded by ``seed``, and it plays one episode at a time, so its
+    returns are reproducible and do not depend on ``--n-parallel`` (nothing to batch: it has no network).
+    """
+    policy = RandomPolicy(teacher.action_space, np.random.default_rng([seed, RANDOM_STREAM]))
+    return run_episodes(policy, teacher.env_id, seeds, n_parallel=1, env_factory=teacher.make_env)
+
+
 def _names(paths: Sequence[str]) -> list[str]:
     """Short, unique display names: the folder name (``student``, ``int8``...), numbered when repeated."""
     base = []
@@ -379,30 +417,58 @@ def divergence(
     return (ls - lt + (np.exp(2 * lt) + (mt - ms) ** 2) / (2 * np.exp(2 * ls)) - 0.5).sum(axis=-1)
 
 
-def _disagree(a: np.ndarray, b: np.ndarray, head: str) -> np.ndarray:
-    """Per row: the two actions differ (exactly for discrete; by more than 1e-3 for continuous)."""
+def action_range(space: Any) -> np.ndarray | None:
+    """Per dimension ``high - low`` of a Box action space (1 where unbounded); ``None`` for a discrete one."""
+    low = getattr(space, "low", None)
+    if low is None:
+        return None
+    width = (np.asarray(space.high, np.float64) - np.asarray(low, np.float64)).reshape(-1)
+    return np.where(np.isfinite(width) & (width > 0), width, 1.0)
+
+
+def compare_actions(
+    a: np.ndarray, b: np.ndarray, width: np.ndarray | None, tolerance: float = ACTION_TOLERANCE
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per row: whether the two actions disagree, and (continuous, ``width`` given) the mean absolute
+    difference over dimensions as a fraction of the action range.
+
+    Discrete actions disagree when they differ; continuous ones when any dimension differs by more than
+    ``tolerance`` of its range (an exact match is meaningless for a network that regresses a mean).
+    """
     a, b = np.asarray(a).reshape(len(a), -1), np.asarray(b).reshape(len(b), -1)
-    if head == "discrete":
-        return np.any(a != b, axis=-1)
-    return np.any(np.abs(a.astype(np.float64) - b) > 1e-3, axis=-1)
+    if width is None:
+        return np.any(a != b, axis=-1), None
+    frac = np.abs(a.astype(np.float64) - b.astype(np.float64)) / width
+    return np.any(frac > tolerance, axis=-1), frac.mean(axis=-1)
 
 
 class _FidelityOnStudentStates:
     """Step observer of a student's episodes: the teacher labels every state the student visits."""
 
-    def __init__(self, teacher: Any, student: Contender, n_episodes: int, tau: float):
-        self.teacher, self.student, self.tau = teacher, student, tau
+    def __init__(
+        self,
+        teacher: Any,
+        student: Contender,
+        n_episodes: int,
+        tau: float,
+        tolerance: float = ACTION_TOLERANCE,
+    ):
+        self.teacher, self.student, self.tau, self.tolerance = teacher, student, tau, tolerance
+        self.width = action_range(teacher.action_space)
         self.first: list[int | None] = [None] * n_episodes
         self.rows = 0
         self.disagree = 0
+        self.diff_sum = 0.0
         self.kl_sum = 0.0
         self.kl_ok = True
 
     def __call__(self, obs: np.ndarray, actions: np.ndarray, eps: np.ndarray, steps: np.ndarray) -> None:
         labels = self.teacher.label(obs)
-        bad = _disagree(labels.greedy, actions, self.student.head)
+        bad, diff = compare_actions(labels.greedy, actions, self.width, self.tolerance)
         self.rows += len(obs)
         self.disagree += int(bad.sum())
+        if diff is not None:
+            self.diff_sum += float(diff.sum())
         for e, t in zip(eps[bad], steps[bad], strict=True):
             if self.first[e] is None:
                 self.first[e] = int(t)
@@ -424,6 +490,7 @@ class _FidelityOnStudentStates:
         return {
             "rows": self.rows,
             "agreement": 1.0 - self.disagree / max(self.rows, 1),
+            **_continuous_fields(self.width, self.diff_sum, self.rows, self.tolerance),
             "kl": self.kl_sum / max(self.rows, 1) if self.kl_ok else None,
             "first_disagreement": self.first,
             "episodes_with_disagreement": len(firsts),
@@ -431,23 +498,51 @@ class _FidelityOnStudentStates:
         }
 
 
+def _continuous_fields(
+    width: np.ndarray | None, diff_sum: float, rows: int, tolerance: float
+) -> dict[str, Any]:
+    """A continuous head's extra fidelity figures (none for a discrete one)."""
+    if width is None:
+        return {}
+    return {"mean_action_diff": diff_sum / max(rows, 1), "tolerance": tolerance}
+
+
 def teacher_state_fidelity(
-    student: Contender, buffer: Any, *, max_rows: int = 50_000, tau: float = 1.0, batch: int = 4096
+    student: Contender,
+    buffer: Any,
+    *,
+    max_rows: int = 50_000,
+    tau: float = 1.0,
+    batch: int = 4096,
+    action_space: Any = None,
+    teacher_head: str | None = None,
+    tolerance: float = ACTION_TOLERANCE,
 ) -> dict[str, Any]:
     """Agreement with the teacher's greedy action and mean KL on the buffer's states (at most ``max_rows``,
-    evenly spaced): the teacher's own state distribution."""
+    evenly spaced): the teacher's own state distribution.
+
+    A continuous head needs the env's ``action_space``: the teacher's recorded means become actions inside
+    its bounds (clipped or squashed as the teacher's ``teacher_head`` does), compared with the actions the
+    student takes there, within ``tolerance`` of the range (:func:`compare_actions`).
+    """
     from policy_kd.export import actions_from_outputs
 
     obs, target = buffer.spaced("obs", max_rows), buffer.spaced("teacher", max_rows)
     t_log_std = buffer.spaced("teacher_log_std", max_rows) if "teacher_log_std" in buffer.fields else None
-    hits, kl_sum, kl_ok = 0, 0.0, True
+    width = None if student.head == "discrete" else action_range(action_space)
+    if student.head != "discrete" and width is None:
+        raise PolicyKDError("teacher_state_fidelity of a continuous student needs the env's action_space")
+    bounds = None if width is None else [action_space.low.reshape(-1), action_space.high.reshape(-1)]
+    hits, diff_sum, kl_sum, kl_ok = 0, 0.0, 0.0, True
     for i in range(0, len(obs), batch):
         out, t = student.outputs(obs[i : i + batch]), target[i : i + batch]
         if student.head == "discrete":
             hits += int((out.argmax(-1) == t.argmax(-1)).sum())
         else:
-            a_t, a_s = actions_from_outputs(t, student.head), actions_from_outputs(out, student.head)
-            hits += int((~_disagree(a_t, a_s, student.head)).sum())
+            a_t = actions_from_outputs(t, teacher_head or student.head, bounds)
+            bad, diff = compare_actions(a_t, student.greedy(obs[i : i + batch]), width, tolerance)
+            hits += int((~bad).sum())
+            diff_sum += float(diff.sum())  # type: ignore[union-attr]
         kl = divergence(
             t,
             out,
@@ -460,7 +555,12 @@ def teacher_state_fidelity(
             kl_ok = False
         else:
             kl_sum += float(kl.sum())
-    return {"rows": len(obs), "agreement": hits / len(obs), "kl": kl_sum / len(obs) if kl_ok else None}
+    return {
+        "rows": len(obs),
+        "agreement": hits / len(obs),
+        **_continuous_fields(width, diff_sum, len(obs), tolerance),
+        "kl": kl_sum / len(obs) if kl_ok else None,
+    }
 
 
 def teacher_state_agreement(student: Policy, buffer: Any, max_rows: int = 100_000) -> float:
@@ -554,7 +654,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         for k, c in enumerate(contenders):
             fid = None
             if c.role == "student" and mode == modes[0]:
-                fid = _FidelityOnStudentStates(teacher, c, len(seeds), tau)
+                fid = _FidelityOnStudentStates(teacher, c, len(seeds), tau, config.action_tolerance)
             episodes[c.name, mode] = run_episodes(
                 c.policy(mode, np.random.default_rng([config.seed, k])),
                 teacher.env_id,
@@ -568,8 +668,15 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 fidelity[c.name] = {"mode": mode, "student_states": fid.result()}
                 if buffer is not None:
                     fidelity[c.name]["teacher_states"] = teacher_state_fidelity(
-                        c, buffer, max_rows=config.buffer_rows, tau=tau
+                        c,
+                        buffer,
+                        max_rows=config.buffer_rows,
+                        tau=tau,
+                        action_space=teacher.action_space,
+                        teacher_head=t_con.head,
+                        tolerance=config.action_tolerance,
                     )
+    rand = play_random(teacher, seeds, config.seed) if config.random_baseline else None
     play_seconds = time.perf_counter() - started
 
     def policy_entry(c: Contender) -> dict[str, Any]:
@@ -582,6 +689,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 t_ret = episodes["teacher", mode].returns
                 entry["paired_difference"] = pkd_stats.paired_difference(eps.returns, t_ret, seed=config.seed)
                 entry["return_ratio"] = pkd_stats.return_ratio(eps.returns, t_ret, seed=config.seed)
+                if rand is not None:
+                    entry["normalized_score"] = pkd_stats.normalized_score(
+                        eps.returns, t_ret, rand.returns, seed=config.seed
+                    )
             per_mode[mode] = entry
         d = {
             "name": c.name,
@@ -616,6 +727,15 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     # a teacher-only evaluation has no student: its summary fields are None
     first = s_entries[0] if s_entries else None
     ratio = None if first is None else first["return_ratio"]
+    random_entry = None
+    if rand is not None:
+        random_entry = {
+            "name": "random",
+            "actions": "uniform over the action space; one generator seeded by --seed, one episode at a time",
+            **summarize(rand.returns, seed=config.seed),
+            "mean_length": float(rand.lengths.mean()),
+            "lengths": [int(x) for x in rand.lengths],
+        }
     result: dict[str, Any] = {
         "format": "policy_kd.eval",
         "schema_version": 2,
@@ -624,8 +744,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "seeds": seeds,
         "modes": list(modes),
         "teacher": t_entry,
+        "random": random_entry,
         "students": s_entries,
         "student": first,
+        "normalized_score": None if first is None else first.get("normalized_score"),
         "return_ratio": None if ratio is None else ratio["value"],
         "params_ratio": None if first is None else first["params_ratio"],
         "kl_tau": tau,
@@ -653,17 +775,21 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
 
 
 def _aggregate(entries: list[dict[str, Any]], mode: str, seed: int) -> dict[str, Any]:
-    """The students as runs of one configuration: IQM of their mean returns (and return ratios) over runs,
-    stratified bootstrap CI (``policy_kd.stats.aggregate_runs``)."""
-    ratios = [e["modes"][mode]["return_ratio"] for e in entries]
+    """The students as runs of one configuration: IQM of their mean returns, normalized scores and return
+    ratios over runs, stratified bootstrap CI (``policy_kd.stats.aggregate_runs``); a score undefined for
+    any run is undefined for all (``None``)."""
+
+    def over_runs(key: str) -> dict[str, Any] | None:
+        values = [(e["modes"][mode].get(key) or {}).get("value") for e in entries]
+        return None if None in values else pkd_stats.aggregate_runs(values, seed=seed)
+
     return {
         "runs": [e["name"] for e in entries],
         "mean_return": pkd_stats.aggregate_runs(
             [e["modes"][mode]["mean_return"] for e in entries], seed=seed
         ),
-        "return_ratio": (
-            pkd_stats.aggregate_runs([r["value"] for r in ratios], seed=seed) if all(ratios) else None
-        ),
+        "normalized_score": over_runs("normalized_score"),
+        "return_ratio": over_runs("return_ratio"),
     }
 
 

@@ -421,7 +421,7 @@ def kickstart(config: KickstartConfig) -> Path:
     student_params = policy_param_count(best, config.algo)
     info = {
         "env_id": env_id,
-        "action_space": space_json(best.action_space),
+        "action_space": space_json(best.action_space, all_bounds=True),
         "observation_space": space_json(best.observation_space),
         "env_spec": teacher.env_spec,
         "teacher": teacher_meta,

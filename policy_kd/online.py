@@ -440,7 +440,7 @@ class OnlineDistillation(BaseCallback):
         teacher, params = self.teacher, count_params(self.net)
         return {
             "env_id": self.cfg.env,
-            "action_space": space_json(self.model.action_space),
+            "action_space": space_json(self.model.action_space, all_bounds=True),
             "observation_space": space_json(self.model.observation_space),
             "env_spec": teacher.env_spec,
             "teacher": {

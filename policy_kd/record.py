@@ -92,13 +92,17 @@ class RecordConfig:
             raise PolicyKDError("--append adds to a buffer and --force replaces it; pass one of them")
 
 
-def space_json(space: gym.Space) -> dict[str, Any]:
-    """A JSON description of a Gymnasium space (enough to check compatibility and rebuild shapes)."""
+def space_json(space: gym.Space, *, all_bounds: bool = False) -> dict[str, Any]:
+    """A JSON description of a Gymnasium space (enough to check compatibility and rebuild shapes).
+
+    A Box keeps its bounds (``low``, ``high``) up to 64 values, or at any size with ``all_bounds``: pass it
+    for an action space, whose bounds students clip into (an image observation's would be thousands).
+    """
     if isinstance(space, gym.spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n)}
     if isinstance(space, gym.spaces.Box):
         out: dict[str, Any] = {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype)}
-        if space.low.size <= 64:
+        if all_bounds or space.low.size <= 64:
             out["low"], out["high"] = space.low.reshape(-1).tolist(), space.high.reshape(-1).tolist()
         return out
     return {"type": type(space).__name__, "repr": repr(space)}
@@ -253,7 +257,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     meta: dict[str, Any] = {
         "env_id": teacher.env_id,
         "observation_space": space_json(obs_space),
-        "action_space": space_json(teacher.action_space),
+        "action_space": space_json(teacher.action_space, all_bounds=True),
         "teacher": teacher_meta,
         # how to rebuild the env exactly as the teacher saw it (wrappers, frame stacking), for evaluation
         # of students without loading the teacher

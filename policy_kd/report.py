@@ -52,12 +52,23 @@ def _policies(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [result["teacher"], *_students(result)]
 
 
+def _score(ns: dict[str, Any] | None) -> str:
+    """A normalized score with its CI; ``n/a`` where the teacher does not beat random (see its note)."""
+    if ns is None:
+        return "—"
+    if ns.get("value") is None:
+        return "n/a (teacher ≈ random)"
+    return f"{ns['value']:.3f} {_ci(ns['ci'], 3)}"
+
+
 def return_rows(result: dict[str, Any]) -> list[list[str]]:
-    """One row per policy and mode: return statistics and the paired comparison with the teacher."""
+    """One row per policy and mode (and one for the random policy): the normalized score, return statistics
+    and the paired comparison with the teacher."""
     rows = [
         [
             "policy",
             "mode",
+            "normalized [95% CI]",
             "mean ± std",
             "95% CI",
             "median",
@@ -66,13 +77,17 @@ def return_rows(result: dict[str, Any]) -> list[list[str]]:
             "ratio [95% CI]",
         ]
     ]
-    for p in _policies(result):
+    policies = _policies(result)
+    if result.get("random"):  # played once, whatever the modes: random actions have no greedy mode
+        policies.insert(1, {**result["random"], "modes": {"uniform": result["random"]}})
+    for p in policies:
         for mode, m in p.get("modes", {result.get("modes", ["deterministic"])[0]: p}).items():
             diff, ratio = m.get("paired_difference"), m.get("return_ratio")
             rows.append(
                 [
                     p.get("name", "teacher"),
                     mode,
+                    _score(m.get("normalized_score")),
                     f"{_num(m['mean_return'])} ± {_num(m['std_return'])}",
                     _ci(m["ci95"]),
                     _num(m["median_return"]),
@@ -84,8 +99,22 @@ def return_rows(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _continuous(result: dict[str, Any]) -> bool:
+    return any(
+        "mean_action_diff" in ((s.get("fidelity") or {}).get("student_states") or {})
+        for s in _students(result)
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:.1f}%"
+
+
 def fidelity_rows(result: dict[str, Any]) -> list[list[str]]:
-    """Agreement and KL with the teacher on the student's states and on the teacher's (buffer) states."""
+    """Agreement and KL with the teacher on the student's states and on the teacher's (buffer) states; for
+    continuous actions also the mean absolute action difference as a fraction of the action range."""
+    continuous = _continuous(result)
+    diff_cols = ["|Δaction|/range (own states)", "|Δaction|/range (teacher states)"] if continuous else []
     rows = [
         [
             "student",
@@ -93,6 +122,7 @@ def fidelity_rows(result: dict[str, Any]) -> list[list[str]]:
             "KL (own states)",
             "agreement (teacher states)",
             "KL (teacher states)",
+            *diff_cols,
             "episodes with a disagreement",
             "median first disagreement step",
         ]
@@ -101,6 +131,9 @@ def fidelity_rows(result: dict[str, Any]) -> list[list[str]]:
         f = s.get("fidelity") or {}
         own, theirs = f.get("student_states") or {}, f.get("teacher_states") or {}
         agree = own.get("agreement", s.get("agreement"))
+        diffs = (
+            [_pct(own.get("mean_action_diff")), _pct(theirs.get("mean_action_diff"))] if continuous else []
+        )
         rows.append(
             [
                 s.get("name", "student"),
@@ -108,6 +141,7 @@ def fidelity_rows(result: dict[str, Any]) -> list[list[str]]:
                 _num(own.get("kl"), 4),
                 "—" if not theirs else f"{theirs['agreement'] * 100:.1f}%",
                 "—" if not theirs else _num(theirs.get("kl"), 4),
+                *diffs,
                 f"{own.get('episodes_with_disagreement', 'n/a')}/{result['episodes']}",
                 _num(own.get("median_first_disagreement"), 0),
             ]
@@ -135,13 +169,22 @@ def cost_rows(result: dict[str, Any]) -> list[list[str]]:
 
 
 def aggregate_rows(result: dict[str, Any]) -> list[list[str]]:
-    rows = [["mode", "runs", "IQM of mean return [95% CI]", "IQM of return ratio [95% CI]"]]
+    rows = [
+        [
+            "mode",
+            "runs",
+            "IQM of normalized score [95% CI]",
+            "IQM of mean return [95% CI]",
+            "IQM of return ratio [95% CI]",
+        ]
+    ]
     for mode, a in (result.get("aggregate") or {}).items():
-        r = a.get("return_ratio")
+        r, ns = a.get("return_ratio"), a.get("normalized_score")
         rows.append(
             [
                 mode,
                 str(len(a["runs"])),
+                "n/a" if ns is None else f"{ns['value']:.3f} {_ci(ns['ci'], 3)}",
                 f"{_num(a['mean_return']['value'])} {_ci(a['mean_return']['ci'])}",
                 "n/a" if r is None else f"{r['value']:.3f} {_ci(r['ci'], 3)}",
             ]
@@ -173,9 +216,14 @@ def _footer(result: dict[str, Any]) -> list[str]:
     s = result.get("student")
     if not s:
         return [where, "teacher only: pass --student DISTILL_DIR to compare a student with it"]
-    ratio = result["return_ratio"]
-    lines = [
-        where,
+    ratio, ns = result["return_ratio"], result.get("normalized_score")
+    lines = [where]
+    if ns is not None:
+        lines.append(
+            "normalized score (student - random) / (teacher - random): "
+            + (f"{ns['value']:.3f} {_ci(ns['ci'], 3)}" if ns["value"] is not None else ns["note"])
+        )
+    lines += [
         f"student/teacher return ratio: {ratio:.3f}"
         if ratio is not None
         else "student/teacher return ratio: n/a (teacher mean is 0)",
@@ -187,8 +235,14 @@ def _footer(result: dict[str, Any]) -> list[str]:
             "action agreement with the teacher on the teacher's recorded states: "
             f"{s['agreement_teacher_states'] * 100:.1f}%"
         )
+    own = (s.get("fidelity") or {}).get("student_states") or {}
+    if "tolerance" in own:
+        lines[-1 - ("agreement_teacher_states" in s)] += (
+            f" (within {own['tolerance'] * 100:g}% of the action range per dimension; mean |Δaction| "
+            f"{own['mean_action_diff'] * 100:.1f}% of the range)"
+        )
     if len(result.get("students", [])) > 1:
-        lines[1:4] = [f"(first student: {s.get('name', 'student')})", *lines[1:4]]
+        lines.insert(1, f"(first student: {s.get('name', 'student')})")
     return lines
 
 
@@ -214,7 +268,10 @@ def markdown(result: dict[str, Any], images: Sequence[str] = ()) -> str:
         f"{result['episodes']} episodes per policy and mode, episode *i* of every policy from `reset(seed="
         f"{result['seeds'][0]} + i)`. CIs: {int(stats.get('confidence', 0.95) * 100)}% bootstrap "
         f"({stats.get('bootstrap', 'scipy.stats.bootstrap')}, {stats.get('n_resamples', 'n/a')} resamples); "
-        "Δ and ratio are paired by seed.",
+        "Δ and ratio are paired by seed. Normalized score = (student − random) / (teacher − random) on the "
+        "same seeds (0: a uniformly random policy, 1: the teacher, above 1: better than the teacher, whatever "
+        "the sign of the returns); n/a where the teacher does not beat random. The ratio (student ÷ teacher) "
+        "reads backwards when returns are negative.",
         "",
         "## Return",
         "",
@@ -227,7 +284,8 @@ def markdown(result: dict[str, Any], images: Sequence[str] = ()) -> str:
             "",
             f"KL = mean KL(softmax(teacher / {result.get('kl_tau', 1.0)}) ‖ softmax(student)) per state "
             "(Gaussian heads: closed form). Own states: those the student visits acting greedily; teacher "
-            "states: the buffer's.",
+            "states: the buffer's. Continuous actions (inside the env's bounds) agree when every dimension is "
+            "within the tolerance (default 5%) of its range; |Δaction|/range is the mean absolute difference.",
             "",
             _md_table(fidelity_rows(result)),
             "",
