@@ -247,6 +247,16 @@ def test_record_keeps_the_bounds_of_a_wide_box_and_the_student_acts_inside_them(
     # the teacher's 4.0 is clipped to each dimension's high (2 .. 6), not to 1
     acts = load_student(student).predict(np.zeros((1, 3), np.float32), True)[0]
     assert acts.max() > 1.5 and np.all(acts <= space.high + 1e-6) and np.all(acts >= space.low - 1e-6)
+    # a buffer recorded before the fix (no bounds for > 64 dims): distill takes them from the env
+    manifest_path = tmp_path / "student_buffer" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for key in ("low", "high"):
+        del manifest["meta"]["action_space"][key]
+    manifest_path.write_text(json.dumps(manifest))
+    assert run_cli("distill", "--buffer", tmp_path / "student_buffer", "--out", tmp_path / "old", "--hidden", "16",
+                   "--loss", "mse", "--steps", "5", "--eval-every", "5", "--eval-episodes", "1", "--no-progress") == 0  # fmt: skip
+    old = load_student(tmp_path / "old").net
+    assert np.allclose(old.action_low.numpy(), space.low) and np.allclose(old.action_high.numpy(), space.high)
 
 
 def test_normalized_score_aggregates_over_runs() -> None:
