@@ -254,6 +254,8 @@ class Grid:
         ver = self.teacher_dir / "versions.json"
         self.results["teacher"]["versions"] = json.loads(ver.read_text()) if ver.is_file() else None
         self.results["eval_versions"] = versions()
+        if result.get("random"):  # the normalized score's 0, on the same seeds (tables.py reads it)
+            self.results["random"] = {k: result["random"][k] for k in ("mean_return", "std_return", "ci95")}
         for name, st in zip(todo, result["students"], strict=True):
             metrics = json.loads((self.runs / "students" / name / "metrics.json").read_text())
             info = json.loads((self.runs / "students" / name / "student.json").read_text())
@@ -268,6 +270,7 @@ class Grid:
                 "std_return": st["std_return"],
                 "ci95": st["ci95"],
                 "return_ratio": st["return_ratio"],
+                "normalized_score": st.get("normalized_score"),
                 "agreement": st.get("agreement"),
                 "latency": st.get("latency"),
                 "teacher_labels": metrics.get("teacher_labels"),

@@ -6,12 +6,18 @@ Per task: the teacher; the student/teacher return ratio per loss and size (mean 
 stratified-bootstrap CI over seeds, via ``policy_kd.stats.aggregate_runs``); parameters and batch-1 latency
 per size; teacher- vs student-driven data at equal labels; wall time per stage; and a plot of return ratio
 against student parameters, one line per loss.
+
+Where returns can be negative (LunarLander) the ratio reads backwards, so those tasks show the normalized
+score (student - random) / (teacher - random) instead, with ``random`` the mean return of a uniformly random
+policy on the same episode seeds: the result's own ``random`` entry, else
+``results/random/<env>.json`` (``scripts/random_baseline.py``; results without either keep the ratio).
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,33 @@ BEGIN, END = "<!-- RESULTS:BEGIN (experiments/tables.py) -->", "<!-- RESULTS:END
 def _ratio(run: dict[str, Any]) -> float:
     r = run["return_ratio"]
     return float(r["value"] if isinstance(r, dict) else r)
+
+
+def random_baseline(res: dict[str, Any]) -> dict[str, Any] | None:
+    """The random policy's mean return on this task's env and episode seeds, or None where there is none (or
+    it was played on other seeds: not comparable)."""
+    if res.get("random"):  # filed by grid.py since evaluate plays one
+        return res["random"]
+    path = ROOT / "results" / "random" / f"{res.get('env')}.json"
+    if not path.is_file():
+        return None
+    rb = json.loads(path.read_text())
+    return rb if rb["seeds"] == list(range(res["config"].get("episodes", 100))) else None
+
+
+def scorer(res: dict[str, Any]) -> tuple[str, Callable[[dict[str, Any]], float]]:
+    """How this task's students are scored: (what the number is, run -> number). The normalized score where
+    a random baseline exists and the teacher beats it (their 95% CIs apart), else the return ratio."""
+    rb, t = random_baseline(res), res.get("teacher")
+    if rb is None or t is None or not t["ci95"][0] > rb["ci95"][1]:
+        return "Return ratio (student ÷ teacher", _ratio
+    r, gap = rb["mean_return"], t["mean_return"] - rb["mean_return"]
+    what = (
+        "Normalized score ((student − random) ÷ (teacher − random): 0 plays like a uniformly random policy, "
+        f"1 like the teacher; random = {r:.1f} on these seeds, where returns can be negative and a "
+        "student ÷ teacher ratio reads backwards"
+    )
+    return what, lambda run: (float(run["mean_return"]) - r) / gap
 
 
 def _ratio_text(x: float) -> str:
@@ -89,8 +122,9 @@ def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]
     sizes, losses = sorted(cfg["sizes"], reverse=True), list(cfg["losses"])
     by = _grid_cells(res)
     n_seeds = len(cfg["seeds"])
+    what, score = scorer(res)
     lines += [
-        f"Return ratio (student ÷ teacher, same {cfg.get('episodes', 100)} seeds), mean over {n_seeds} "
+        f"{what}, same {cfg.get('episodes', 100)} seeds), mean over {n_seeds} "
         "distillation seeds [95% bootstrap CI over seeds]:",
         "",
         "| loss | " + " | ".join(f"{s:.0%} of teacher" for s in sizes) + " |",
@@ -102,10 +136,10 @@ def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]
         for s in sizes:
             rs = by.get((loss, float(s)), [])
             note = "" if len(rs) in (0, n_seeds) else f" ({len(rs)} runs)"  # 0: a cell the config skips
-            cells.append(_agg([_ratio(r) for r in rs]) + note)
+            cells.append(_agg([score(r) for r in rs]) + note)
             if rs:
                 curves[loss][float(np.mean([r["params"] for r in rs]))] = float(
-                    np.mean([_ratio(r) for r in rs])
+                    np.mean([score(r) for r in rs])
                 )
         lines.append(f"| {loss} | " + " | ".join(cells) + " |")
     lines += [
@@ -132,10 +166,10 @@ def task_section(res: dict[str, Any]) -> tuple[str, dict[str, dict[float, float]
             f"Teacher-driven vs student-driven (DAgger, {d['rounds']} rounds, β linear 1 → 0) at {d['labels']:,} "
             f"teacher labels and equal gradient steps ({d['loss']}, {d['size']:.0%} of teacher):",
             "",
-            "| data | return ratio [95% CI over seeds] | runs |",
+            f"| data | {what.split(' (')[0].lower()} [95% CI over seeds] | runs |",
             "|---|---|---|",
-            f"| teacher-driven | {_agg([_ratio(r) for r in td])} | {len(td)} |",
-            f"| student-driven | {_agg([_ratio(r) for r in sd])} | {len(sd)} |",
+            f"| teacher-driven | {_agg([score(r) for r in td])} | {len(td)} |",
+            f"| student-driven | {_agg([score(r) for r in sd])} | {len(sd)} |",
         ]
     lines += [*_wall_time(res), ""]
     return "\n".join(lines), curves
@@ -248,8 +282,14 @@ def goals_section(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(task: str, curves: dict[str, dict[float, float]], out: Path) -> bool:
-    """Return ratio against student parameters, a line per loss; none for a grid of one size (points only)."""
+def plot(
+    task: str,
+    curves: dict[str, dict[float, float]],
+    out: Path,
+    ylabel: str = "return ratio (student / teacher)",
+) -> bool:
+    """Return ratio (or ``ylabel``) against student parameters, a line per loss; none for a grid of one size
+    (points only)."""
     plt = _pyplot()
     if plt is None or max((len(pts) for pts in curves.values()), default=0) < 2:
         return False
@@ -260,7 +300,7 @@ def plot(task: str, curves: dict[str, dict[float, float]], out: Path) -> bool:
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("student parameters")
-    ax.set_ylabel("return ratio (student / teacher)")
+    ax.set_ylabel(ylabel)
     ax.set_title(task)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -307,7 +347,8 @@ def main() -> None:
             continue
         text, curves = task_section(res)
         png = ROOT / "plots" / f"{res['task']}_return_vs_params.png"
-        if curves and plot(res["task"], curves, png):
+        ylabel = "return ratio (student / teacher)" if scorer(res)[1] is _ratio else "normalized score"
+        if curves and plot(res["task"], curves, png, ylabel):
             text += f"\n![{res['task']}](plots/{png.name})\n"
         sections.append(text)
     if plot_curves(all_results, ROOT / "plots" / "teacher_curves.png"):

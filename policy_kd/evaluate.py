@@ -366,14 +366,21 @@ class RandomPolicy:
         return _random_actions(self.action_space, len(obs), self.rng)
 
 
-def play_random(teacher: Any, seeds: Sequence[int], seed: int) -> Episodes:
-    """A uniformly random policy on the teacher's env and episode seeds.
+def play_random(
+    env_id: str,
+    action_space: Any,
+    seeds: Sequence[int],
+    seed: int,
+    env_factory: Callable[[], Any] | None = None,
+) -> Episodes:
+    """A uniformly random policy on ``env_id`` (built by ``env_factory``, e.g. the teacher's wrappers) from
+    ``reset(seed=s)`` for each of ``seeds``.
 
     Its actions come from one generator seeded by ``seed``, and it plays one episode at a time, so its
     returns are reproducible and do not depend on ``--n-parallel`` (nothing to batch: it has no network).
     """
-    policy = RandomPolicy(teacher.action_space, np.random.default_rng([seed, RANDOM_STREAM]))
-    return run_episodes(policy, teacher.env_id, seeds, n_parallel=1, env_factory=teacher.make_env)
+    policy = RandomPolicy(action_space, np.random.default_rng([seed, RANDOM_STREAM]))
+    return run_episodes(policy, env_id, seeds, n_parallel=1, env_factory=env_factory)
 
 
 def _names(paths: Sequence[str]) -> list[str]:
@@ -676,7 +683,11 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                         teacher_head=t_con.head,
                         tolerance=config.action_tolerance,
                     )
-    rand = play_random(teacher, seeds, config.seed) if config.random_baseline else None
+    rand = (
+        play_random(teacher.env_id, teacher.action_space, seeds, config.seed, teacher.make_env)
+        if config.random_baseline
+        else None
+    )
     play_seconds = time.perf_counter() - started
 
     def policy_entry(c: Contender) -> dict[str, Any]:
