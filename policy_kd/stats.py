@@ -144,18 +144,26 @@ def return_ratio(
     s, t = _check_paired(student, teacher)
     if t.mean() == 0.0:
         return None
-    value = float(s.mean() / t.mean())
-    if s.size == 1 or (np.ptp(s) == 0.0 and np.ptp(t) == 0.0):
-        return {"value": value, "ci": [value, value]}
 
     def ratio(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
         mb = np.mean(b, axis=axis)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.mean(a, axis=axis) / mb
 
+    return _paired_estimate((s, t), ratio, confidence, seed)
+
+
+def _paired_estimate(
+    samples: tuple[np.ndarray, ...], statistic: Callable[..., Any], confidence: float, seed: int
+) -> dict[str, Any]:
+    """``{"value", "ci"}``: ``statistic`` of same-seed samples with its paired bootstrap CI (episodes resampled
+    with all their returns together); the degenerate interval for one episode or constant samples."""
+    value = float(statistic(*samples))
+    if samples[0].size == 1 or all(np.ptp(x) == 0.0 for x in samples):
+        return {"value": value, "ci": [value, value]}
     res = sps.bootstrap(
-        (s, t),
-        ratio,
+        samples,
+        statistic,
         paired=True,
         confidence_level=confidence,
         n_resamples=N_RESAMPLES,
@@ -197,27 +205,13 @@ def normalized_score(
                 f"{gap['mean']:+.3g}, {int(confidence * 100)}% CI [{gap['ci'][0]:.3g}, {gap['ci'][1]:.3g}])"
             ),
         }
-    value = float((s.mean() - r.mean()) / (t.mean() - r.mean()))
-    if s.size == 1 or (np.ptp(s) == 0.0 and np.ptp(t) == 0.0 and np.ptp(r) == 0.0):
-        return {"value": value, "ci": [value, value]}
 
     def score(a: np.ndarray, b: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
         mc = np.mean(c, axis=axis)
         with np.errstate(divide="ignore", invalid="ignore"):
             return (np.mean(a, axis=axis) - mc) / (np.mean(b, axis=axis) - mc)
 
-    res = sps.bootstrap(
-        (s, t, r),
-        score,
-        paired=True,
-        confidence_level=confidence,
-        n_resamples=N_RESAMPLES,
-        method=METHOD,
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    ci = res.confidence_interval
-    return {"value": value, "ci": [float(ci.low), float(ci.high)]}
+    return _paired_estimate((s, t, r), score, confidence, seed)
 
 
 def aggregate_runs(
