@@ -358,12 +358,12 @@ class RandomPolicy:
     """Uniformly random actions over ``action_space``, drawn from ``rng`` (the normalized score's 0)."""
 
     def __init__(self, action_space: Any, rng: np.random.Generator):
-        self.action_space, self.rng = action_space, rng
+        from policy_kd.record import _random_actions  # record's epsilon-greedy draws them the same way
+
+        self.action_space, self.rng, self._draw = action_space, rng, _random_actions
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        from policy_kd.record import _random_actions
-
-        return _random_actions(self.action_space, len(obs), self.rng)
+        return self._draw(self.action_space, len(obs), self.rng)
 
 
 def play_random(
