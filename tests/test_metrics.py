@@ -276,3 +276,16 @@ def test_normalized_score_aggregates_over_runs() -> None:
         _aggregate([entry("a", 1.2, -90.0), entry("b", None, -80.0)], "deterministic", 0)["normalized_score"]
         is None
     )
+
+
+def test_saved_eval_json_from_before_the_random_baseline_still_renders() -> None:
+    from policy_kd.report import format_table, markdown, return_rows
+
+    saved = sorted((Path(__file__).resolve().parent.parent / "docs").glob("*/eval.json"))
+    assert saved
+    for path in saved:
+        r = json.loads(path.read_text())
+        assert "random" not in r
+        rows = return_rows(r)
+        assert rows[0][2] == "normalized [95% CI]" and all(row[2] == "—" for row in rows[1:])
+        assert "normalized score" not in format_table(r) and markdown(r).startswith("# Evaluation")
