@@ -248,7 +248,9 @@ class _Run:
             self.meta = self.buffers[0].meta
         else:  # rounds only: the first round is recorded by the teacher itself
             self.meta = {}
-        self.teacher_path = config.teacher or (self.meta.get("teacher") or {}).get("path")
+        named = self.meta.get("teacher") or {}
+        # "source": what record loaded (run folder, zoo folder, hf://...); "path": the model file alone
+        self.teacher_path = config.teacher or named.get("source") or named.get("path")
         if not self.buffers:
             self._record_round(0, student_dir=None)
             self.meta = self.buffers[0].meta
@@ -321,7 +323,7 @@ class _Run:
 
             if self.teacher_path is None:
                 raise PolicyKDError("this needs the teacher: pass --teacher (the buffer does not name one)")
-            if not Path(self.teacher_path).exists():
+            if not str(self.teacher_path).startswith("hf://") and not Path(self.teacher_path).exists():
                 raise PolicyKDError(
                     f"teacher {self.teacher_path} (named by the buffer) is gone; pass --teacher PATH"
                 )

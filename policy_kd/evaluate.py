@@ -637,6 +637,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         },
         "play_seconds": play_seconds,
     }
+    result["teacher"]["trained_env_id"] = teacher.trained_env_id  # set when --env ran it on another version
     if config.aggregate:
         result["aggregate"] = {mode: _aggregate(s_entries, mode, config.seed) for mode in modes}
     if out is not None:

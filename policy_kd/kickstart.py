@@ -411,13 +411,7 @@ def kickstart(config: KickstartConfig) -> Path:
     seconds = time.perf_counter() - start
 
     best = algo_class(config.algo).load(model_dir / "best_model.zip", device="cpu")
-    teacher_meta = {
-        "kind": teacher.kind,
-        "algo": teacher.algo,
-        "path": str(Path(teacher.path).resolve()),
-        "policy_params": teacher.policy_params,
-        "n_outputs": teacher.n_outputs,
-    }
+    teacher_meta = teacher.meta()
     student_params = policy_param_count(best, config.algo)
     info = {
         "env_id": env_id,

@@ -243,13 +243,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     }
     if stack:  # one frame per row; the stack is rebuilt from earlier rows of the same episode
         fields["episode_step"] = FieldSpec("uint8", ())
-    teacher_meta = {
-        "kind": teacher.kind,
-        "algo": teacher.algo,
-        "path": str(Path(teacher.path).resolve()),
-        "policy_params": teacher.policy_params,
-        "n_outputs": teacher.n_outputs,
-    }
+    teacher_meta = teacher.meta()
     meta: dict[str, Any] = {
         "env_id": teacher.env_id,
         "observation_space": space_json(obs_space),
