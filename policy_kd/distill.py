@@ -48,7 +48,7 @@ class DistillConfig:
     out: str | None = None
     """Student folder to create (refused if it exists, unless --force or --resume)."""
     teacher: str | None = None
-    """Teacher for --hint-weight and --rounds (default: the one that recorded --buffer)."""
+    """Teacher for --hint-weight and --rounds (default: the one that recorded --buffer): a run folder, a zoo run folder, hf://ORG/REPO or an SB3 .zip. Its .zip and .pkl files are unpickled code: load only trusted ones."""
     env: str | None = None
     """Environment id, for a plain .zip --teacher without a buffer."""
     student: str = "mlp"

@@ -92,9 +92,9 @@ class KickstartConfig:
     toward a fixed teacher (kickstarting; --weight 0 trains the same student from scratch)."""
 
     teacher: str | None = None
-    """Teacher: a train-teacher run folder, a zoo run folder, or an SB3 .zip with --env."""
+    """Teacher: a train-teacher run folder, an rl-baselines3-zoo run folder (logs/ALGO/ENV_1), hf://ORG/REPO[@REVISION] (a zoo agent on the Hugging Face Hub; hub extra), or an SB3 .zip (then --env is required). Its .zip and .pkl files are unpickled code: load only trusted ones."""
     env: str | None = None
-    """Environment id, for a plain .zip --teacher."""
+    """Environment id, for a plain .zip --teacher; another version of a run folder's env (LunarLander-v3 for a LunarLander-v2 teacher) runs it there if the spaces match."""
     algo: str = "dqn"
     """The student's RL algorithm: dqn, ppo or a2c (its preset for the env comes from agents/<algo>.yml)."""
     out: str | None = None

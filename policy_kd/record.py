@@ -33,9 +33,9 @@ class RecordConfig:
     """Let a teacher (or a student, or a mixture) act in the environment and record the teacher's outputs at every state."""
 
     teacher: str | None = None
-    """Teacher: a train-teacher run folder, an rl-zoo run folder, or an SB3 .zip (then --env is required). A .zip is unpickled code: load only trusted files."""
+    """Teacher: a train-teacher run folder, an rl-baselines3-zoo run folder (logs/ALGO/ENV_1), hf://ORG/REPO[@REVISION] (a zoo agent on the Hugging Face Hub; hub extra), or an SB3 .zip (then --env is required). Its .zip and .pkl files are unpickled code: load only trusted ones."""
     env: str | None = None
-    """Environment id; required for a plain .zip teacher, checked against a run folder's."""
+    """Environment id; required for a plain .zip teacher, checked against a run folder's; another version of a run folder's env (LunarLander-v3 for a LunarLander-v2 teacher) runs it there if the spaces match."""
     out: str | None = None
     """Buffer folder to create (refused if it exists, unless --force, --resume or --append)."""
     steps: int = 50_000

@@ -127,7 +127,8 @@ class TrainTeacherConfig:
     history) in checkpoint/; 0: none."""
     resume: bool = False
     """Continue the interrupted run in --out from its checkpoint, with its saved options (--n-timesteps
-    may change the total budget: stop a long run earlier, or extend it)."""
+    may change the total budget: stop a long run earlier, or extend it). The checkpoint's .zip and .pkl
+    files are unpickled code: resume only runs you trust."""
     progress: bool = True
     """Show a progress bar."""
     force: bool = False
