@@ -985,7 +985,7 @@ def _zoo_source(path: Path, params: Path, env_id: str | None, algo: str | None) 
     run_env, trained_env_id = _resolve_env_id(zoo_env, env_id, f"zoo teacher {path}")
     # logs/<algo>/<env>_1/<env>.zip (else the run's best_model.zip); <algo>-<env>.zip on the Hub
     names = [
-        f"{zoo_env.replace('/', '-')}.zip",
+        f"{params.name}.zip",
         "best_model.zip",
         f"{zoo_algo}-{zoo_env.replace('/', '-')}.zip",
     ]
@@ -1133,11 +1133,14 @@ def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | Non
 
 class _GymCompatUnpickler(pickle.Unpickler):
     """Unpickles files saved with OpenAI ``gym`` (SB3 1.x): its ``gym.spaces.*`` classes are read as
-    Gymnasium's, which took them over with the same names and accept their pickled state."""
+    Gymnasium's, which took them over with the same names and accept their pickled state (and numpy 1.x's
+    ``numpy.core`` as numpy 2's ``numpy._core``, without its deprecation warning)."""
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "gym" or module.startswith("gym."):
             module = "gymnasium" + module[3:]
+        elif module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 1.x arrays, read by numpy 2
+            module = "numpy._core." + module[len("numpy.core.") :]
         return super().find_class(module, name)
 
 
