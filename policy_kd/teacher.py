@@ -1217,6 +1217,8 @@ def _load_source(src: _Source) -> Teacher:
         with warnings.catch_warnings():
             # SB3 >= 2.4 truncates the optimizer state of older DQN files, which a teacher never uses
             warnings.filterwarnings("ignore", "You are probably loading a DQN model saved with SB3 < 2.4")
+            # arrays pickled by numpy 1.x name numpy.core, which numpy 2 reads with a deprecation warning
+            warnings.filterwarnings("ignore", "numpy.core", DeprecationWarning)
             model = cls.load(src.zip_path, device="cpu", custom_objects=custom)
     except Exception as exc:
         why = f"{type(exc).__name__}: {exc}".splitlines()[0]

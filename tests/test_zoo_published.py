@@ -54,7 +54,7 @@ def test_fixtures_are_old_gym_files() -> None:
     with pytest.raises(ImportError):
         import gym  # noqa: F401
     for name in [*OLD_GYM, "dqn/LunarLander-v2_1"]:
-        zip_path, params = _zoo_files(DATA / name)
+        zip_path, _ = _zoo_files(DATA / name)
         with zipfile.ZipFile(zip_path) as archive:
             data = json.loads(archive.read("data"))
             assert archive.read("_stable_baselines3_version").decode().startswith("1.8")
@@ -95,12 +95,19 @@ def test_old_gym_zoo_teacher_acts_as_saved(name: str) -> None:
 
 def test_old_gym_teacher_records_and_evaluates(tmp_path: Path) -> None:
     folder = DATA / "a2c/Pendulum-v1_1"
-    assert run_cli("record", "--teacher", folder, "--out", tmp_path / "buf", "--steps", "200", "--no-progress") == 0
+    assert (
+        run_cli("record", "--teacher", folder, "--out", tmp_path / "buf", "--steps", "200", "--no-progress")
+        == 0
+    )
     buffer = Buffer.open(tmp_path / "buf")
-    assert buffer.meta["teacher"]["kind"] == "gaussian" and buffer.meta["teacher"]["source"] == str(folder.resolve())
+    assert buffer.meta["teacher"]["kind"] == "gaussian" and buffer.meta["teacher"]["source"] == str(
+        folder.resolve()
+    )
     assert run_cli("evaluate", "--teacher", folder, "--episodes", "2", "--out", tmp_path / "eval") == 0
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert result["env_id"] == "Pendulum-v1" and len(result["teacher"]["modes"]["deterministic"]["lengths"]) == 2
+    assert (
+        result["env_id"] == "Pendulum-v1" and len(result["teacher"]["modes"]["deterministic"]["lengths"]) == 2
+    )
 
 
 # ----------------------------------------------------------------------------------- retired env versions
@@ -123,9 +130,25 @@ def test_other_version_runs_when_spaces_match(tmp_path: Path, capsys: pytest.Cap
     _check_acts_as_saved(DATA / "dqn/CartPole-v1_1", run, "CartPole-v1")
     assert load_teacher(run, "CartPole-v1").trained_env_id == "CartPole-v0"
     capsys.readouterr()
-    assert run_cli("record", "--teacher", run, "--env", "CartPole-v1", "--out", tmp_path / "buf", "--steps", "100", "--no-progress") == 0
+    assert (
+        run_cli(
+            "record",
+            "--teacher",
+            run,
+            "--env",
+            "CartPole-v1",
+            "--out",
+            tmp_path / "buf",
+            "--steps",
+            "100",
+            "--no-progress",
+        )
+        == 0
+    )
     warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warning == ["policy-kd: warning: teacher trained on CartPole-v0 runs on CartPole-v1 (same observation and action spaces)"]
+    assert warning == [
+        "policy-kd: warning: teacher trained on CartPole-v0 runs on CartPole-v1 (same observation and action spaces)"
+    ]
     meta = Buffer.open(tmp_path / "buf").meta
     assert meta["env_id"] == "CartPole-v1" and meta["teacher"]["trained_env_id"] == "CartPole-v0"
     out = tmp_path / "eval"
@@ -139,9 +162,15 @@ def test_other_version_runs_when_spaces_match(tmp_path: Path, capsys: pytest.Cap
 def test_unregistered_version_and_mismatched_spaces(tmp_path: Path) -> None:
     # a made-up retired version of an env Gymnasium has (Acrobot-v1), holding a CartPole teacher
     run = _relabelled(tmp_path, "dqn/CartPole-v1_1", "Acrobot-v0")
-    with pytest.raises(PolicyKDError, match=r"trained on Acrobot-v0, which this Gymnasium does not register \(it has Acrobot-v1\); run it there with --env Acrobot-v1"):
+    with pytest.raises(
+        PolicyKDError,
+        match=r"trained on Acrobot-v0, which this Gymnasium does not register \(it has Acrobot-v1\); run it there with --env Acrobot-v1",
+    ):
         load_teacher(run)
-    with pytest.raises(PolicyKDError, match=r"\(trained on Acrobot-v0\) expects observations Box.*\(4,\).* and actions Discrete\(2\), but Acrobot-v1 has .*\(6,\).* and Discrete\(3\)"):
+    with pytest.raises(
+        PolicyKDError,
+        match=r"\(trained on Acrobot-v0\) expects observations Box.*\(4,\).* and actions Discrete\(2\), but Acrobot-v1 has .*\(6,\).* and Discrete\(3\)",
+    ):
         load_teacher(run, "Acrobot-v1")
     with pytest.raises(PolicyKDError, match="trained on Acrobot-v0, not CartPole-v1; drop --env"):
         load_teacher(run, "CartPole-v1")
@@ -150,7 +179,7 @@ def test_unregistered_version_and_mismatched_spaces(tmp_path: Path) -> None:
 @pytest.mark.skipif(not HAS_BOX2D, reason="Box2D not installed (box2d extra)")
 def test_lunarlander_v2_teacher_runs_on_v3() -> None:
     folder = DATA / "dqn/LunarLander-v2_1"
-    with pytest.raises(PolicyKDError, match="it has LunarLander-v3.*--env LunarLander-v3"):
+    with pytest.raises(PolicyKDError, match=r"it has LunarLander-v3.*--env LunarLander-v3"):
         load_teacher(folder)
     _check_acts_as_saved(folder, folder, "LunarLander-v3")
     assert load_teacher(folder, "LunarLander-v3").trained_env_id == "LunarLander-v2"
@@ -191,15 +220,38 @@ def test_hub_teacher_loads_from_the_cache(hub_cache: Path, tmp_path: Path) -> No
         _check_acts_as_saved(DATA / "a2c/Pendulum-v1_1", uri)
         teacher = load_teacher(uri)
         assert teacher.vec_normalize is not None and teacher.source == uri
-        assert Path(teacher.path).parent == hub_cache / "models--sb3--a2c-Pendulum-v1" / "snapshots" / REVISION
+        assert (
+            Path(teacher.path).parent == hub_cache / "models--sb3--a2c-Pendulum-v1" / "snapshots" / REVISION
+        )
     # wherever a teacher is accepted: record, then distill reloads it from the buffer's record of it
     buf = tmp_path / "buf"
-    assert run_cli("record", "--teacher", "hf://sb3/a2c-Pendulum-v1", "--out", buf, "--steps", "200", "--no-progress") == 0
+    assert (
+        run_cli(
+            "record", "--teacher", "hf://sb3/a2c-Pendulum-v1", "--out", buf, "--steps", "200", "--no-progress"
+        )
+        == 0
+    )
     assert Buffer.open(buf).meta["teacher"]["source"] == "hf://sb3/a2c-Pendulum-v1"
     student = tmp_path / "student"
     args = ["--buffer", buf, "--out", student, "--steps", "20", "--eval-every", "20", "--eval-episodes", "1"]
-    assert run_cli("distill", *args, "--loss", "gaussian_kl", "--hidden", "8", "--hint-weight", "0.1", "--no-progress") == 0
-    assert run_cli("evaluate", "--teacher", "hf://sb3/a2c-Pendulum-v1", "--student", student, "--episodes", "2") == 0
+    assert (
+        run_cli(
+            "distill",
+            *args,
+            "--loss",
+            "gaussian_kl",
+            "--hidden",
+            "8",
+            "--hint-weight",
+            "0.1",
+            "--no-progress",
+        )
+        == 0
+    )
+    assert (
+        run_cli("evaluate", "--teacher", "hf://sb3/a2c-Pendulum-v1", "--student", student, "--episodes", "2")
+        == 0
+    )
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], *args: object) -> str:
