@@ -307,3 +307,13 @@ def fake_hub(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def test_hub_missing_repository(fake_hub: str, capsys: pytest.CaptureFixture[str]) -> None:
     err = _one_line_error(capsys, "evaluate", "--teacher", "hf://sb3/dqn-Nothing-v0", "--episodes", "1")
     assert "no Hugging Face model repository sb3/dqn-Nothing-v0" in err
+
+
+@pytest.mark.parametrize("command", ["record", "evaluate", "distill", "kickstart"])
+def test_help_of_teacher_loading_commands(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run_cli(command, "--help")
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())  # unwrapped
+    assert ".zip and .pkl files are unpickled code" in text
+    assert "zoo run folder" in text and "hf://ORG/REPO" in text
