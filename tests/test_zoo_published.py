@@ -176,6 +176,28 @@ def test_unregistered_version_and_mismatched_spaces(tmp_path: Path) -> None:
         load_teacher(run, "CartPole-v1")
 
 
+def test_train_teacher_folder_on_another_version(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "teacher"
+    shutil.copytree(artifacts["teacher"], run)
+    meta = json.loads((run / "teacher.json").read_text())
+    (run / "teacher.json").write_text(json.dumps({**meta, "env_id": "CartPole-v0"}))
+    teacher = load_teacher(run, "CartPole-v1")
+    assert (teacher.env_id, teacher.trained_env_id) == ("CartPole-v1", "CartPole-v0")
+    with pytest.raises(PolicyKDError, match="trained on CartPole-v0, not Acrobot-v1"):
+        load_teacher(run, "Acrobot-v1")
+
+
+def test_vecnormalize_of_other_observations_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "CartPole-v1_1"
+    shutil.copytree(DATA / "dqn/CartPole-v1_1", run)
+    shutil.copy(DATA / "a2c/Pendulum-v1_1/Pendulum-v1/vecnormalize.pkl", run / "CartPole-v1")
+    with pytest.raises(
+        PolicyKDError,
+        match=r"statistics .*vecnormalize.pkl are for observations \(3,\), but CartPole-v1 has \(4,\)",
+    ):
+        load_teacher(run)
+
+
 @pytest.mark.skipif(not HAS_BOX2D, reason="Box2D not installed (box2d extra)")
 def test_lunarlander_v2_teacher_runs_on_v3() -> None:
     folder = DATA / "dqn/LunarLander-v2_1"
