@@ -16,7 +16,8 @@ kind                      teacher                          extra fields
 (``squashed_gaussian``: a Gaussian policy whose actions SB3 squashes with tanh, gSDE with
 ``squash_output``; the fields are the pre-squash mean and log std, as for ``gaussian``.)
 
-Teachers load from a train-teacher run folder, an rl-baselines3-zoo run folder, or a plain SB3 ``.zip``.
+Teachers load from a train-teacher run folder, an rl-baselines3-zoo run folder (also ``hf://ORG/REPO`` from
+the Hugging Face Hub), or a plain SB3 ``.zip``; files SB3 1.x saved with OpenAI ``gym`` load without it.
 Loading a ``.zip`` (and a ``vecnormalize.pkl``) unpickles code (SB3 stores classes and schedules with
 cloudpickle): load only files you trust.
 """
