@@ -122,7 +122,9 @@ def main() -> None:
                 if (run / env_id / name).is_file():
                     shutil.copy(run / env_id / name, dest / env_id)
             np.savez(dest / "expected.npz", **expected(dest, algo, env_id))
-            print(f"{dest.relative_to(OUT.parent)}: {sum(f.stat().st_size for f in dest.rglob('*') if f.is_file())} bytes")
+            print(
+                f"{dest.relative_to(OUT.parent)}: {sum(f.stat().st_size for f in dest.rglob('*') if f.is_file())} bytes"
+            )
 
 
 if __name__ == "__main__":
