@@ -48,7 +48,7 @@ class DistillConfig:
     out: str | None = None
     """Student folder to create (refused if it exists, unless --force or --resume)."""
     teacher: str | None = None
-    """Teacher for --hint-weight and --rounds (default: the one that recorded --buffer)."""
+    """Teacher for --hint-weight and --rounds (default: the one that recorded --buffer): a run folder, a zoo run folder, hf://ORG/REPO or an SB3 .zip. Its .zip and .pkl files are unpickled code: load only trusted ones."""
     env: str | None = None
     """Environment id, for a plain .zip --teacher without a buffer."""
     student: str = "mlp"
@@ -248,7 +248,9 @@ class _Run:
             self.meta = self.buffers[0].meta
         else:  # rounds only: the first round is recorded by the teacher itself
             self.meta = {}
-        self.teacher_path = config.teacher or (self.meta.get("teacher") or {}).get("path")
+        named = self.meta.get("teacher") or {}
+        # "source": what record loaded (run folder, zoo folder, hf://...); "path": the model file alone
+        self.teacher_path = config.teacher or named.get("source") or named.get("path")
         if not self.buffers:
             self._record_round(0, student_dir=None)
             self.meta = self.buffers[0].meta
@@ -324,7 +326,7 @@ class _Run:
 
             if self.teacher_path is None:
                 raise PolicyKDError("this needs the teacher: pass --teacher (the buffer does not name one)")
-            if not Path(self.teacher_path).exists():
+            if not str(self.teacher_path).startswith("hf://") and not Path(self.teacher_path).exists():
                 raise PolicyKDError(
                     f"teacher {self.teacher_path} (named by the buffer) is gone; pass --teacher PATH"
                 )

@@ -144,13 +144,13 @@ class EvaluateConfig:
     """Play teacher and students on the same episode seeds and compare return, fidelity and cost."""
 
     teacher: str | None = None
-    """Teacher: a train-teacher run folder, or an SB3 .zip (then --env is required)."""
+    """Teacher: a train-teacher run folder, an rl-baselines3-zoo run folder (logs/ALGO/ENV_1), hf://ORG/REPO[@REVISION] (a zoo agent on the Hugging Face Hub; hub extra), or an SB3 .zip (then --env is required). Its .zip and .pkl files are unpickled code: load only trusted ones."""
     student: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """Student: a distill --out folder (its best weights), a .pt weights file inside one, or a policy-kd
     export folder. Repeat for several students (--student a --student b); omit to evaluate the teacher
     alone."""
     env: str | None = None
-    """Environment id; required for a plain .zip teacher."""
+    """Environment id; required for a plain .zip teacher; another version of a run folder's env (LunarLander-v3 for a LunarLander-v2 teacher) runs it there if the spaces match."""
     buffer: str | None = None
     """Optional buffer the teacher recorded: also report agreement and KL on the teacher's own states."""
     out: str | None = None
@@ -770,6 +770,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         },
         "play_seconds": play_seconds,
     }
+    result["teacher"]["trained_env_id"] = teacher.trained_env_id  # set when --env ran it on another version
     if config.aggregate:
         result["aggregate"] = {mode: _aggregate(s_entries, mode, config.seed) for mode in modes}
     if out is not None:

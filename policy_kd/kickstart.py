@@ -92,9 +92,9 @@ class KickstartConfig:
     toward a fixed teacher (kickstarting; --weight 0 trains the same student from scratch)."""
 
     teacher: str | None = None
-    """Teacher: a train-teacher run folder, a zoo run folder, or an SB3 .zip with --env."""
+    """Teacher: a train-teacher run folder, an rl-baselines3-zoo run folder (logs/ALGO/ENV_1), hf://ORG/REPO[@REVISION] (a zoo agent on the Hugging Face Hub; hub extra), or an SB3 .zip (then --env is required). Its .zip and .pkl files are unpickled code: load only trusted ones."""
     env: str | None = None
-    """Environment id, for a plain .zip --teacher."""
+    """Environment id, for a plain .zip --teacher; another version of a run folder's env (LunarLander-v3 for a LunarLander-v2 teacher) runs it there if the spaces match."""
     algo: str = "dqn"
     """The student's RL algorithm: dqn, ppo or a2c (its preset for the env comes from agents/<algo>.yml)."""
     out: str | None = None
@@ -411,13 +411,7 @@ def kickstart(config: KickstartConfig) -> Path:
     seconds = time.perf_counter() - start
 
     best = algo_class(config.algo).load(model_dir / "best_model.zip", device="cpu")
-    teacher_meta = {
-        "kind": teacher.kind,
-        "algo": teacher.algo,
-        "path": str(Path(teacher.path).resolve()),
-        "policy_params": teacher.policy_params,
-        "n_outputs": teacher.n_outputs,
-    }
+    teacher_meta = teacher.meta()
     student_params = policy_param_count(best, config.algo)
     info = {
         "env_id": env_id,

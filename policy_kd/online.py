@@ -56,10 +56,11 @@ STATS_ROWS = 10_000
 
 def algo_name(model: BaseAlgorithm) -> str:
     """``dqn``, ``qrdqn``, ``ppo`` or ``a2c`` for an SB3 (or sb3-contrib) model."""
-    name = type(model).__name__.lower()
-    for algo in ALGOS:
-        if name == algo or name.endswith(algo):  # e.g. a subclass named KickstartDQN
-            return algo
+    # The exact class name of the model's class or, for a subclass, of its nearest supported base
+    # (matching name suffixes took sb3-contrib's QRDQN for dqn).
+    for cls in type(model).__mro__:
+        if cls.__name__.lower() in ALGOS:
+            return cls.__name__.lower()
     raise PolicyKDError(f"{type(model).__name__} is not one of the supported algorithms {', '.join(ALGOS)}")
 
 

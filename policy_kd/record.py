@@ -33,9 +33,9 @@ class RecordConfig:
     """Let a teacher (or a student, or a mixture) act in the environment and record the teacher's outputs at every state."""
 
     teacher: str | None = None
-    """Teacher: a train-teacher run folder, an rl-zoo run folder, or an SB3 .zip (then --env is required). A .zip is unpickled code: load only trusted files."""
+    """Teacher: a train-teacher run folder, an rl-baselines3-zoo run folder (logs/ALGO/ENV_1), hf://ORG/REPO[@REVISION] (a zoo agent on the Hugging Face Hub; hub extra), or an SB3 .zip (then --env is required). Its .zip and .pkl files are unpickled code: load only trusted ones."""
     env: str | None = None
-    """Environment id; required for a plain .zip teacher, checked against a run folder's."""
+    """Environment id; required for a plain .zip teacher, checked against a run folder's; another version of a run folder's env (LunarLander-v3 for a LunarLander-v2 teacher) runs it there if the spaces match."""
     out: str | None = None
     """Buffer folder to create (refused if it exists, unless --force, --resume or --append)."""
     steps: int = 50_000
@@ -247,13 +247,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     }
     if stack:  # one frame per row; the stack is rebuilt from earlier rows of the same episode
         fields["episode_step"] = FieldSpec("uint8", ())
-    teacher_meta = {
-        "kind": teacher.kind,
-        "algo": teacher.algo,
-        "path": str(Path(teacher.path).resolve()),
-        "policy_params": teacher.policy_params,
-        "n_outputs": teacher.n_outputs,
-    }
+    teacher_meta = teacher.meta()
     meta: dict[str, Any] = {
         "env_id": teacher.env_id,
         "observation_space": space_json(obs_space),

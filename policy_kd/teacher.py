@@ -16,16 +16,23 @@ kind                      teacher                          extra fields
 (``squashed_gaussian``: a Gaussian policy whose actions SB3 squashes with tanh, gSDE with
 ``squash_output``; the fields are the pre-squash mean and log std, as for ``gaussian``.)
 
-Teachers load from a train-teacher run folder, an rl-baselines3-zoo run folder, or a plain SB3 ``.zip``.
+Teachers load from a train-teacher run folder, an rl-baselines3-zoo run folder (also ``hf://ORG/REPO`` from
+the Hugging Face Hub), or a plain SB3 ``.zip``; files SB3 1.x saved with OpenAI ``gym`` load without it.
 Loading a ``.zip`` (and a ``vecnormalize.pkl``) unpickles code (SB3 stores classes and schedules with
 cloudpickle): load only files you trust.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
+import pickle
 import shutil
+import sys
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -121,7 +128,8 @@ class TrainTeacherConfig:
     history) in checkpoint/; 0: none."""
     resume: bool = False
     """Continue the interrupted run in --out from its checkpoint, with its saved options (--n-timesteps
-    may change the total budget: stop a long run earlier, or extend it)."""
+    may change the total budget: stop a long run earlier, or extend it). The checkpoint's .zip and .pkl
+    files are unpickled code: resume only runs you trust."""
     progress: bool = True
     """Show a progress bar."""
     force: bool = False
@@ -590,10 +598,33 @@ class _EnvRecipe:
     env_wrappers: tuple[tuple[str, dict[str, Any]], ...] = ()
     raw_env: bool = False
     normalize_before_stack: bool = False
+    trained_env_id: str | None = None
+    """The env id the teacher was trained on, when it runs on another version of it (``env_id``)."""
 
     def recipe(self) -> dict[str, Any]:
         """The recipe's fields as keyword arguments (to pass from a _Source to a Teacher)."""
         return {f.name: getattr(self, f.name) for f in fields(_EnvRecipe)}
+
+    @property
+    def env_spec(self) -> dict[str, Any]:
+        """How to rebuild the teacher's env, as JSON-able data: ``policy_kd.envs.make_env_from_spec(spec)``
+        makes it without loading the teacher (e.g. for a student distilled from its buffer)."""
+        return {
+            "env_id": self.env_id,
+            "raw": self.raw_env,
+            "env_kwargs": dict(self.env_kwargs),
+            "wrappers": [[name, dict(kwargs)] for name, kwargs in self.env_wrappers],
+            "frame_stack": self.frame_stack,
+        }
+
+    def make_env(self, *, stacked: bool = True) -> gym.Env:
+        """One environment as the teacher saw it, with raw (unnormalised) observations: its wrappers, and
+        frame stacking laid out as ``VecFrameStack`` does (unless ``stacked=False``)."""
+        return make_env_from_spec(self.env_spec, stacked=stacked)
+
+    def make_vec_env(self, n_envs: int, seed: int | None) -> VecEnv:
+        """Envs as the teacher saw them (wrappers, frame stacking), with raw (unnormalised) observations."""
+        return _vec_env(lambda: self.make_env(stacked=False), n_envs, seed, self.frame_stack)
 
 
 @dataclass(kw_only=True)
@@ -610,6 +641,8 @@ class Teacher(_EnvRecipe):
     algo: str
     path: str
     vec_normalize: VecNormalize | None = None
+    source: str | None = None
+    """What ``load_teacher`` was given (run folder, ``.zip`` or ``hf://`` address): load it again from this."""
 
     def __post_init__(self) -> None:
         # SB3's policy.device walks the parameters on every access (~50 µs): look it up once
@@ -655,26 +688,17 @@ class Teacher(_EnvRecipe):
     def policy_params(self) -> int:
         return policy_param_count(self.model, self.algo)
 
-    @property
-    def env_spec(self) -> dict[str, Any]:
-        """How to rebuild the teacher's env, as JSON-able data: ``policy_kd.envs.make_env_from_spec(spec)``
-        makes it without loading the teacher (e.g. for a student distilled from its buffer)."""
+    def meta(self) -> dict[str, Any]:
+        """What a buffer or run records about its teacher (JSON-able)."""
         return {
-            "env_id": self.env_id,
-            "raw": self.raw_env,
-            "env_kwargs": dict(self.env_kwargs),
-            "wrappers": [[name, dict(kwargs)] for name, kwargs in self.env_wrappers],
-            "frame_stack": self.frame_stack,
+            "kind": self.kind,
+            "algo": self.algo,
+            "path": str(Path(self.path).resolve()),
+            "source": self.source,
+            "trained_env_id": self.trained_env_id,
+            "policy_params": self.policy_params,
+            "n_outputs": self.n_outputs,
         }
-
-    def make_env(self, *, stacked: bool = True) -> gym.Env:
-        """One environment as the teacher saw it, with raw (unnormalised) observations: its wrappers, and
-        frame stacking laid out as ``VecFrameStack`` does (unless ``stacked=False``)."""
-        return make_env_from_spec(self.env_spec, stacked=stacked)
-
-    def make_vec_env(self, n_envs: int, seed: int | None) -> VecEnv:
-        """Envs as the teacher saw them (wrappers, frame stacking), with raw (unnormalised) observations."""
-        return _vec_env(lambda: self.make_env(stacked=False), n_envs, seed, self.frame_stack)
 
     def output_fields(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         """Buffer fields this teacher labels each state with: name -> (dtype, per-row shape).
@@ -817,6 +841,47 @@ class _Source(_EnvRecipe):
     vecnorm_path: Path | None = None
 
 
+def _resolve_env_id(trained_on: str, requested: str | None, what: str) -> tuple[str, str | None]:
+    """Where a teacher trained on ``trained_on`` runs: ``(env_id, trained_env_id)``.
+
+    ``--env`` may name another version of the same env (``LunarLander-v3`` for a ``LunarLander-v2``
+    teacher, a version Gymnasium 1.x retired): it runs there, ``trained_env_id`` remembering where it
+    was trained, if its observation and action spaces match (``_load_source`` checks them).
+    """
+    if requested is None or requested == trained_on:
+        try:
+            ensure_registered(trained_on)
+        except PolicyKDError:
+            others = _other_versions(trained_on)
+            if requested is not None or not others:
+                raise
+            raise PolicyKDError(
+                f"{what} was trained on {trained_on}, which this Gymnasium does not register (it has "
+                f"{', '.join(others)}); run it there with --env {others[-1]} (its spaces are checked)"
+            ) from None
+        return trained_on, None
+    if _env_family(requested) != _env_family(trained_on):
+        raise PolicyKDError(
+            f"{what} was trained on {trained_on}, not {requested}; drop --env or pick another teacher"
+        )
+    return requested, trained_on
+
+
+def _env_family(env_id: str) -> tuple[str | None, str]:
+    namespace, name, _ = gym.envs.registration.parse_env_id(env_id)
+    return namespace, name
+
+
+def _other_versions(env_id: str) -> list[str]:
+    """The registered ids of ``env_id``'s env under another version, oldest first."""
+    try:
+        family = _env_family(env_id)
+    except gym.error.Error:
+        return []
+    specs = [s for s in gym.registry.values() if (s.namespace, s.name) == family and s.id != env_id]
+    return [s.id for s in sorted(specs, key=lambda s: s.version or 0)]
+
+
 def _run_folder_source(path: Path, env_id: str | None, algo: str | None) -> _Source:
     meta_path = path / TEACHER_FILE
     try:
@@ -832,10 +897,7 @@ def _run_folder_source(path: Path, env_id: str | None, algo: str | None) -> _Sou
         raise PolicyKDError(
             f"{meta_path} is damaged ({exc}); retrain the teacher or pass its .zip with --env"
         ) from None
-    if env_id is not None and env_id != source.env_id:
-        raise PolicyKDError(
-            f"teacher {path} was trained on {source.env_id}, not {env_id}; drop --env or pick another teacher"
-        )
+    source.env_id, source.trained_env_id = _resolve_env_id(source.env_id, env_id, f"teacher {path}")
     return source
 
 
@@ -877,6 +939,10 @@ def read_zoo_yaml(path: Path) -> dict[str, Any]:
 
 
 def _zoo_params_dir(path: Path) -> Path | None:
+    """Where a zoo run keeps ``args.yml``: ``<env>/`` in a ``logs/<algo>/<env>_1`` run, the folder itself
+    in a Hugging Face ``sb3/<algo>-<env>`` repository."""
+    if (path / "args.yml").is_file():
+        return path
     dirs = [p for p in sorted(path.iterdir()) if p.is_dir() and (p / "args.yml").is_file()]
     return dirs[0] if len(dirs) == 1 else None
 
@@ -913,21 +979,20 @@ def _zoo_source(path: Path, params: Path, env_id: str | None, algo: str | None) 
     zoo_env, zoo_algo = args.get("env"), args.get("algo")
     if not isinstance(zoo_env, str) or not isinstance(zoo_algo, str):
         raise PolicyKDError(f"{params / 'args.yml'} names no env or algo; pass a complete zoo run folder")
-    if env_id is not None and env_id != zoo_env:
-        raise PolicyKDError(
-            f"zoo teacher {path} was trained on {zoo_env}, not {env_id}; drop --env or pick another teacher"
-        )
     if zoo_algo not in ALGOS:
         raise PolicyKDError(
             f"zoo teacher {path} is {zoo_algo}; supported teacher algorithms are {', '.join(ALGOS)}"
         )
-    zip_path = path / f"{params.name}.zip"
-    if not zip_path.is_file():
-        zip_path = path / "best_model.zip"
-    if not zip_path.is_file():
-        raise PolicyKDError(
-            f"zoo run folder {path} has no {params.name}.zip nor best_model.zip; finish or rerun training"
-        )
+    run_env, trained_env_id = _resolve_env_id(zoo_env, env_id, f"zoo teacher {path}")
+    # logs/<algo>/<env>_1/<env>.zip (else the run's best_model.zip); <algo>-<env>.zip on the Hub
+    names = [
+        f"{params.name}.zip",
+        "best_model.zip",
+        f"{zoo_algo}-{zoo_env.replace('/', '-')}.zip",
+    ]
+    zip_path = next((path / n for n in names if (path / n).is_file()), None)
+    if zip_path is None:
+        raise PolicyKDError(f"zoo run folder {path} has none of {', '.join(names)}; finish or rerun training")
     if config.get("vec_env_wrapper"):
         raise PolicyKDError(
             f"{params / 'config.yml'} uses vec_env_wrapper {config['vec_env_wrapper']!r}, which policy_kd cannot rebuild; "
@@ -943,16 +1008,18 @@ def _zoo_source(path: Path, params: Path, env_id: str | None, algo: str | None) 
         raise PolicyKDError(
             f"{params / 'config.yml'}: frame_stack must be a positive integer, got {frame_stack!r}"
         )
-    vecnorm_path = params / "vecnormalize.pkl"
-    if not vecnorm_path.is_file():
-        if config.get("normalize") not in (None, False, "False", "false"):
-            raise PolicyKDError(
-                f"zoo teacher {path} was trained with normalize but {vecnorm_path} is missing; copy it back or retrain"
-            )
-        vecnorm_path = None
+    # vecnormalize.pkl in a run, vec_normalize.pkl on the Hub
+    vecnorm_path = next(
+        (params / n for n in ("vecnormalize.pkl", "vec_normalize.pkl") if (params / n).is_file()), None
+    )
+    if vecnorm_path is None and config.get("normalize") not in (None, False, "False", "false"):
+        raise PolicyKDError(
+            f"zoo teacher {path} was trained with normalize but {params / 'vecnormalize.pkl'} is missing; copy it back or retrain"
+        )
     return _Source(
         zip_path=zip_path,
-        env_id=zoo_env,
+        env_id=run_env,
+        trained_env_id=trained_env_id,
         algo=algo or zoo_algo,
         vecnorm_path=vecnorm_path,
         frame_stack=frame_stack,
@@ -963,12 +1030,47 @@ def _zoo_source(path: Path, params: Path, env_id: str | None, algo: str | None) 
     )
 
 
-def _obs_shapes_match(model_space: gym.Space, env_space: gym.Space) -> bool:
-    if model_space.shape == env_space.shape:
-        return True
-    # SB3 transposes channel-last images to channel-first for the network (VecTransposeImage).
-    shape = env_space.shape
-    return is_image_space(env_space) and shape is not None and model_space.shape == (shape[-1], *shape[:-1])
+HUB_PREFIX = "hf://"
+HUB_HINT = "pip install 'policy-kd[hub]'"
+# What an sb3/<algo>-<env> repository holds beside the zoo's files: training curves and a video.
+_HUB_SKIP = ["train_eval_metrics.zip", "*.mp4", "*.md", "*.json", "*.png", ".gitattributes"]
+
+
+def _hub_folder(uri: str) -> Path:
+    """The local snapshot of ``hf://ORG/REPO[@REVISION]`` in the Hugging Face cache, downloaded if missing."""
+    repo_id, _, revision = uri[len(HUB_PREFIX) :].partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (revision == "" and "@" in uri):
+        raise PolicyKDError(f"bad Hub teacher {uri!r}; write hf://ORG/REPO or hf://ORG/REPO@REVISION")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        raise PolicyKDError(f"hf:// teachers need huggingface_hub; install it with: {HUB_HINT}") from None
+    try:
+        folder = snapshot_download(repo_id, revision=revision or None, ignore_patterns=_HUB_SKIP)
+    except RepositoryNotFoundError:
+        raise PolicyKDError(
+            f"no Hugging Face model repository {repo_id} (or it is private: log in with `hf auth login`); "
+            "check the name, e.g. hf://sb3/dqn-CartPole-v1"
+        ) from None
+    except RevisionNotFoundError:
+        raise PolicyKDError(
+            f"{repo_id} has no revision {revision!r} on the Hub; drop @{revision} or fix it"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise PolicyKDError(
+            f"{uri} is not in the Hugging Face cache and the Hub cannot be reached (offline: HF_HUB_OFFLINE "
+            "or no network); download it once with network access"
+        ) from None
+    except (HfHubHTTPError, OSError) as exc:
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise PolicyKDError(f"could not download {uri} from the Hugging Face Hub ({why})") from None
+    return Path(folder)
 
 
 def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | None = None) -> Teacher:
@@ -982,18 +1084,29 @@ def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | Non
       from ``args.yml``; ``normalize``, ``frame_stack``, ``env_kwargs`` and ``env_wrapper`` (an allow-list of
       known wrappers, see ``policy_kd.envs.ZOO_WRAPPERS``) from ``config.yml``, read as plain YAML (never
       evaluated). Like the zoo's own ``enjoy``, the final model is paired with ``vecnormalize.pkl``;
+    - ``hf://ORG/REPO[@REVISION]``: a zoo agent on the Hugging Face Hub (``hf://sb3/dqn-CartPole-v1``),
+      downloaded into the Hub cache (the ``hub`` extra) and loaded as a zoo run folder;
     - a plain SB3 ``.zip``, with ``env_id`` saying where it acts (no normalisation, no frame stacking).
+
+    Files saved with OpenAI ``gym`` (the zoo's published agents, SB3 1.x) load without it. ``env_id`` may name
+    another version of the env a folder's teacher was trained on (e.g. ``LunarLander-v3`` for
+    ``LunarLander-v2``) if the spaces match; ``Teacher.trained_env_id`` then says where it was trained.
 
     ``algo`` overrides the detected algorithm (dqn, qrdqn, ppo, a2c). **Security: an SB3 ``.zip`` and a
     ``vecnormalize.pkl`` are unpickled, which runs code stored in them: load only files you trust.**
     """
-    path = Path(path)
+    given = str(path)
+    path = _hub_folder(given) if given.startswith(HUB_PREFIX) else Path(path)
     if path.is_dir():
         params = _zoo_params_dir(path)
         if (path / TEACHER_FILE).is_file():
             source = _run_folder_source(path, env_id, algo)
         elif params is not None:
             source = _zoo_source(path, params, env_id, algo)
+        elif given.startswith(HUB_PREFIX):
+            raise PolicyKDError(
+                f"{given} holds no rl-baselines3-zoo agent (no args.yml); pass a repository such as hf://sb3/dqn-CartPole-v1"
+            )
         elif (path / "best_model.zip").is_file():
             raise PolicyKDError(
                 f"{path} has no {TEACHER_FILE} (training did not finish); pass {path / 'best_model.zip'} with --env"
@@ -1008,12 +1121,69 @@ def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | Non
             raise PolicyKDError(
                 f"{path} is a plain SB3 model; say which environment it acts in with --env ENV_ID"
             )
+        ensure_registered(env_id)
         source = _Source(zip_path=path, env_id=env_id, algo=algo)
     else:
         raise PolicyKDError(
-            f"teacher not found: {path} (expected a train-teacher run folder, a zoo run folder or an SB3 .zip)"
+            f"teacher not found: {path} (expected a train-teacher run folder, a zoo run folder, hf://ORG/REPO or an SB3 .zip)"
         )
-    return _load_source(source)
+    teacher = _load_source(source)
+    teacher.source = given if given.startswith(HUB_PREFIX) else str(Path(given).resolve())
+    return teacher
+
+
+class _GymCompatUnpickler(pickle.Unpickler):
+    """Unpickles files saved with OpenAI ``gym`` (SB3 1.x): its ``gym.spaces.*`` classes are read as
+    Gymnasium's, which took them over with the same names and accept their pickled state (and numpy 1.x's
+    ``numpy.core`` as numpy 2's ``numpy._core``, without its deprecation warning)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "gym" or module.startswith("gym."):
+            module = "gymnasium" + module[3:]
+        elif module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 1.x arrays, read by numpy 2
+            module = "numpy._core." + module[len("numpy.core.") :]
+        return super().find_class(module, name)
+
+
+def _stored_space(data: dict[str, Any], key: str, zip_path: Path) -> gym.Space:
+    """The ``observation_space``/``action_space`` pickled in an SB3 ``.zip``'s data, read without ``gym``."""
+    entry = data.get(key)
+    try:
+        space = _GymCompatUnpickler(io.BytesIO(base64.b64decode(entry[":serialized:"]))).load()  # type: ignore[index]
+    except (
+        TypeError,
+        KeyError,
+        binascii.Error,
+        pickle.UnpicklingError,
+        ImportError,
+        AttributeError,
+        EOFError,
+    ) as exc:
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise PolicyKDError(
+            f"could not read the {key} stored in {zip_path} ({why}); is it an SB3 model?"
+        ) from None
+    if not isinstance(space, gym.Space):
+        raise PolicyKDError(f"{zip_path} stores {key} {space!r}, not a space; is it an SB3 model?")
+    return space
+
+
+def _network_obs_space(stored: gym.Space, env_space: gym.Space) -> gym.Space | None:
+    """The env's observation space as the teacher's network takes it, or None if the teacher cannot take it.
+
+    SB3 stores channel-last images transposed to channels-first (VecTransposeImage); preprocessing (uint8
+    images are scaled by 1/255) must agree too. Bounds of non-image spaces may differ (a retired env version
+    with tighter bounds): the network never reads them.
+    """
+    if not isinstance(stored, gym.spaces.Box) or not isinstance(env_space, gym.spaces.Box):
+        return env_space if stored == env_space else None
+    net_space = env_space
+    if stored.shape != env_space.shape and is_image_space(env_space, check_channels=False):
+        net_space = VecTransposeImage.transpose_space(env_space)
+    same_kind = is_image_space(stored, check_channels=False) == is_image_space(
+        net_space, check_channels=False
+    )
+    return net_space if stored.shape == net_space.shape and same_kind else None
 
 
 def _load_source(src: _Source) -> Teacher:
@@ -1021,25 +1191,53 @@ def _load_source(src: _Source) -> Teacher:
         raise PolicyKDError(f"teacher model file missing: {src.zip_path}; retrain the teacher")
     algo = src.algo or _detect_algo(src.zip_path)
     cls = algo_class(algo)
-    ensure_registered(src.env_id)
+    probe = src.make_vec_env(1, None)
+    obs_space, act_space = probe.observation_space, probe.action_space
+    probe.close()
+    data = _zip_data(src.zip_path)
+    stored_obs = _stored_space(data, "observation_space", src.zip_path)
+    stored_act = _stored_space(data, "action_space", src.zip_path)
+    net_obs = _network_obs_space(stored_obs, obs_space)
+    if net_obs is None or stored_act != act_space:
+        trained = f" (trained on {src.trained_env_id})" if src.trained_env_id else ""
+        raise PolicyKDError(
+            f"teacher {src.zip_path}{trained} expects observations {stored_obs} and actions {stored_act}, "
+            f"but {src.env_id} has {obs_space} and {act_space}; pass the environment it was trained on "
+            "(a frame-stacked or normalised teacher loads from its run folder)"
+        )
+    # As rl_zoo3 loads old models: the spaces come from the env (SB3 1.x pickled gym's, which need gym),
+    # and the training schedules, pickled functions that may not unpickle on another Python, become
+    # constants (a teacher only acts).
+    custom: dict[str, Any] = {"observation_space": net_obs, "action_space": act_space}
+    custom |= {
+        key: _frozen_schedule
+        for key, value in data.items()
+        if isinstance(value, dict) and value.get(":type:") == "<class 'function'>"
+    }
     try:
-        model = cls.load(src.zip_path, device="cpu")
+        with warnings.catch_warnings():
+            # SB3 >= 2.4 truncates the optimizer state of older DQN files, which a teacher never uses
+            warnings.filterwarnings("ignore", "You are probably loading a DQN model saved with SB3 < 2.4")
+            # arrays pickled by numpy 1.x name numpy.core, which numpy 2 reads with a deprecation warning
+            warnings.filterwarnings("ignore", "numpy.core", DeprecationWarning)
+            model = cls.load(src.zip_path, device="cpu", custom_objects=custom)
     except Exception as exc:
         why = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise PolicyKDError(f"could not load teacher {src.zip_path} ({UNPICKLE_WARNING}): {why}") from None
     teacher = Teacher(model=model, algo=algo, path=str(src.zip_path), **src.recipe())
-    probe = teacher.make_vec_env(1, None)
-    obs_space, act_space = probe.observation_space, probe.action_space
-    probe.close()
-    if not _obs_shapes_match(model.observation_space, obs_space) or model.action_space != act_space:
-        raise PolicyKDError(
-            f"teacher {src.zip_path} expects observations {model.observation_space.shape} and actions {model.action_space}, "
-            f"but {src.env_id} has {obs_space.shape} and {act_space}; pass the environment it was trained on "
-            "(a frame-stacked or normalised teacher loads from its run folder)"
-        )
     if src.vecnorm_path is not None:
         teacher.vec_normalize = _load_vec_normalize(src.vecnorm_path, teacher)
+    if src.trained_env_id is not None:
+        print(
+            f"policy-kd: warning: teacher trained on {src.trained_env_id} runs on {src.env_id} "
+            "(same observation and action spaces)",
+            file=sys.stderr,
+        )
     return teacher
+
+
+def _frozen_schedule(_progress_remaining: float) -> float:
+    return 0.0
 
 
 def _load_vec_normalize(path: Path, teacher: Teacher) -> VecNormalize:
@@ -1049,11 +1247,23 @@ def _load_vec_normalize(path: Path, teacher: Teacher) -> VecNormalize:
     stack = None if teacher.normalize_before_stack else teacher.frame_stack
     dummy = _vec_env(lambda: teacher.make_env(stacked=False), 1, None, stack)
     try:
-        vec_normalize = VecNormalize.load(str(path), dummy)
+        with path.open("rb") as f:
+            vec_normalize = _GymCompatUnpickler(f).load()
     except Exception as exc:
         why = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise PolicyKDError(
             f"could not load normalisation statistics {path} ({UNPICKLE_WARNING}): {why}"
         ) from None
+    if not isinstance(vec_normalize, VecNormalize):
+        raise PolicyKDError(f"{path} holds a {type(vec_normalize).__name__}, not VecNormalize statistics")
+    stored = vec_normalize.observation_space
+    if getattr(stored, "shape", None) != dummy.observation_space.shape:
+        raise PolicyKDError(
+            f"normalisation statistics {path} are for observations {getattr(stored, 'shape', stored)}, "
+            f"but {teacher.env_id} has {dummy.observation_space.shape}; pass the teacher's own vecnormalize.pkl"
+        )
+    # the env's spaces, as for the model (the stored ones may be old gym's)
+    vec_normalize.observation_space, vec_normalize.action_space = dummy.observation_space, dummy.action_space
+    vec_normalize.set_venv(dummy)
     vec_normalize.training = False
     return vec_normalize

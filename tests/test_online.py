@@ -137,3 +137,22 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys, extra: list[str], fragmen
 
 def test_no_out(capsys) -> None:
     expect_error(capsys, ["distill-online", "--n-timesteps", "10"], "--out")
+
+
+def test_algo_name_is_the_exact_class_name() -> None:
+    from sb3_contrib import QRDQN
+    from stable_baselines3 import A2C
+
+    from policy_kd.online import algo_name
+
+    class KickstartDQN(DQN):  # a subclass is named by its nearest supported base
+        pass
+
+    small = {"policy_kwargs": {"net_arch": [4]}, "device": "cpu"}
+    models = {
+        "qrdqn": QRDQN("MlpPolicy", "CartPole-v1", **small),  # was "dqn": QRDQN ends with "dqn"
+        "dqn": KickstartDQN("MlpPolicy", "CartPole-v1", **small),
+        "ppo": PPO("MlpPolicy", "CartPole-v1", n_steps=8, batch_size=8, **small),
+        "a2c": A2C("MlpPolicy", "CartPole-v1", **small),
+    }
+    assert {name: algo_name(m) for name, m in models.items()} == {n: n for n in models}
