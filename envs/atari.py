@@ -1,10 +1,19 @@
-"""Atari for SB3: the standard ``AtariWrapper`` preprocessing (84x84 grayscale, frame skip 4, no-op reset).
+"""Atari for SB3: the standard ``AtariWrapper`` preprocessing (84x84 grayscale, frame skip 4, no-op reset),
+and :class:`GameMonitor`, which keeps the score of whole games underneath it.
 
 Frame stacking (4 frames) is a vectorised wrapper applied by the teacher's env stack (preset
 ``frame_stack: 4``), not here. Needs ``ale-py`` and OpenCV (the ``atari`` extra).
+
+Why a game monitor: a teacher trained with ``AtariWrapper`` sees a life lost as the end of an episode
+(its frame stack restarts, ``FireResetEnv`` presses FIRE) and clipped rewards. Evaluation must show it
+exactly those observations, yet score what rl-baselines3-zoo and SB3's ``evaluate_policy`` report through
+a ``Monitor`` placed under the wrappers: whole games and the game's own score. :class:`GameMonitor` sits
+where that ``Monitor`` sits (right above ``gym.make``) and counts the same way.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import gymnasium as gym
 
@@ -18,12 +27,78 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/") or "NoFrameskip" in env_id
 
 
-def make_atari(env_id: str, *, training: bool = False, render_mode: str | None = None, **kwargs) -> gym.Env:
-    """``gym.make`` plus SB3's ``AtariWrapper``.
+class GameMonitor(gym.Wrapper):
+    """The game as played, under the teacher's wrappers: raw score and length of every game.
 
-    ``training=True`` gives the learning signal DQN-style training uses (episode ends at a life lost,
-    rewards clipped to their sign); otherwise episodes are whole games with their real scores, which is
-    what recording and evaluation report. The observations are the same either way.
+    Counts as SB3's ``Monitor`` does when placed right above ``gym.make`` (the zoo's layout): every
+    emulator step, no-ops and FIRE presses of the wrappers' resets included; a game ends when the emulator
+    says so (game over, or its frame/time limit), not at a lost life. Observations, rewards and episode
+    ends pass through untouched: the wrappers above still see the game exactly as in training.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.games_finished = 0
+        """Games ended so far (a reader compares it before and after a step)."""
+        self.last_game: tuple[float, int] | None = None
+        """``(score, emulator steps)`` of the last game that ended."""
+        self.in_game = False
+        self._return = 0.0
+        self._length = 0
+        self._unread = 0.0  # raw reward of the current game not yet taken by take_reward
+        self._unread_ended: float | None = None  # the same for the game that ended since
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        if self.in_game:  # reset mid-game (e.g. an evaluation cut short): that game is abandoned
+            self._close_unread()
+        self._return, self._length, self.in_game = 0.0, 0, True
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        # summed in step order from 0.0, as Monitor's sum(rewards): the same float result
+        self._return += float(reward)
+        self._unread += float(reward)
+        self._length += 1
+        if terminated or truncated:
+            self.games_finished += 1
+            self.last_game = (self._return, self._length)
+            self.in_game = False
+            self._close_unread()
+        return obs, reward, terminated, truncated, info
+
+    def _close_unread(self) -> None:
+        self._unread_ended = (self._unread_ended or 0.0) + self._unread
+        self._unread = 0.0
+
+    def take_reward(self) -> float:
+        """Raw reward paid since the last call, up to the end of the game if one ended since (what is paid
+        after it, e.g. during the next game's no-op reset, belongs to the next call): summed per game, the
+        values give each game's score exactly."""
+        if self._unread_ended is not None:
+            reward, self._unread_ended = self._unread_ended, None
+        else:
+            reward, self._unread = self._unread, 0.0
+        return reward
+
+
+def game_monitor(env: Any) -> GameMonitor | None:
+    """The :class:`GameMonitor` inside ``env``'s wrappers, or None (an env whose episodes are its games)."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, GameMonitor):
+            return env
+        env = env.env
+    return None
+
+
+def make_atari(env_id: str, *, training: bool = False, render_mode: str | None = None, **kwargs) -> gym.Env:
+    """``gym.make``, a :class:`GameMonitor`, then SB3's ``AtariWrapper``.
+
+    ``training=True`` is the env a teacher learns (and is later evaluated and recorded) in: an episode ends
+    at a lost life (the frame stack restarts, FIRE is pressed) and rewards are clipped to their sign; the
+    ``GameMonitor`` keeps the whole games' real scores. ``training=False`` plays whole games with real
+    rewards and no life-loss resets (train-teacher's own evaluation env).
     """
     try:
         import cv2  # noqa: F401  (SB3's WarpFrame resizes with OpenCV)
@@ -36,5 +111,5 @@ def make_atari(env_id: str, *, training: bool = False, render_mode: str | None =
     if env_id.startswith("ALE/"):
         # v5 envs skip 4 frames themselves; AtariWrapper does the skipping (with max-pooling) instead.
         kwargs.setdefault("frameskip", 1)
-    env = gym.make(env_id, render_mode=render_mode, **kwargs)
+    env = GameMonitor(gym.make(env_id, render_mode=render_mode, **kwargs))
     return AtariWrapper(env, terminal_on_life_loss=training, clip_reward=training)
