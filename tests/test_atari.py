@@ -1,0 +1,185 @@
+"""Atari teachers are scored per game, as rl-baselines3-zoo and SB3's ``evaluate_policy`` score them.
+
+The teacher: a zoo-config DQN (``CnnPolicy``, NatureCNN) with random-init weights on
+BreakoutNoFrameskip-v4 (5 lives, FIRE to launch the ball), saved as a zoo run folder (``env_wrapper:
+AtariWrapper``, ``frame_stack: 4``). Random weights are enough to test the mechanics: its greedy policy is
+deterministic, loses a life in ~25 steps and a game in ~130-350 steps, and scores 0 or 5 depending on the
+seed, so a mispaired seed shows. ``max_num_frames_per_episode`` guards against an endless game.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("ale_py", reason="ale-py not installed (atari extra)")
+pytest.importorskip("cv2", reason="OpenCV not installed (atari extra)")
+
+from conftest import run_cli
+from stable_baselines3 import DQN
+from stable_baselines3.common.atari_wrappers import AtariWrapper
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecFrameStack
+
+from policy_kd import envs
+from policy_kd.buffer import Buffer
+from policy_kd.evaluate import EvaluateConfig, evaluate, run_episodes
+from policy_kd.teacher import load_teacher
+
+ENV = "BreakoutNoFrameskip-v4"
+GUARD = {"max_num_frames_per_episode": 8_000}  # emulator frames; the games below last 530-1430
+SEEDS = [0, 1, 2, 3]
+
+
+def _sb3_env(seed: int) -> Any:
+    """The zoo's env: gym.make, Monitor, AtariWrapper (make_vec_env's order), then VecFrameStack(4)."""
+    return VecFrameStack(
+        make_vec_env(ENV, n_envs=1, seed=seed, wrapper_class=AtariWrapper, env_kwargs=GUARD), 4
+    )
+
+
+@pytest.fixture(scope="module")
+def zoo_breakout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A zoo run folder (logs/dqn/BreakoutNoFrameskip-v4_1) holding a random-init DQN of the zoo's Atari
+    architecture."""
+    envs.ensure_registered(ENV)
+    run = tmp_path_factory.mktemp("zoo") / "dqn" / f"{ENV}_1"
+    params = run / ENV
+    params.mkdir(parents=True)
+    DQN("CnnPolicy", _sb3_env(0), buffer_size=100, seed=0, device="cpu").save(run / f"{ENV}.zip")
+    (params / "args.yml").write_text(
+        yaml.safe_dump({"algo": "dqn", "env": ENV, "env_kwargs": GUARD, "seed": 0})
+    )
+    config = {
+        "env_wrapper": ["stable_baselines3.common.atari_wrappers.AtariWrapper"],
+        "frame_stack": 4,
+        "policy": "CnnPolicy",
+    }
+    (params / "config.yml").write_text(yaml.safe_dump(config))
+    return run
+
+
+@pytest.fixture(scope="module")
+def sb3_games(zoo_breakout: Path) -> dict[int, tuple[float, int, list[int]]]:
+    """seed -> (score, length, actions) of SB3's evaluate_policy, one env per seed (with n_envs > 1 it
+    does not pair episodes with seeds): the env's first reset is reset(seed=seed), as policy_kd's."""
+    model = DQN.load(zoo_breakout / f"{ENV}.zip", device="cpu")
+    games = {}
+    for seed in SEEDS:
+        actions: list[int] = []
+
+        def log(local: dict[str, Any], _globals: dict[str, Any], actions: list[int] = actions) -> None:
+            actions.append(int(local["actions"][local["i"]]))
+
+        returns, lengths = evaluate_policy(
+            model,
+            _sb3_env(seed),
+            n_eval_episodes=1,
+            deterministic=True,
+            return_episode_rewards=True,
+            callback=log,
+        )
+        games[seed] = (float(returns[0]), int(lengths[0]), actions)
+    return games
+
+
+def test_evaluate_scores_whole_games_as_sb3_evaluate_policy(
+    zoo_breakout: Path, sb3_games: dict[int, tuple[float, int, list[int]]]
+) -> None:
+    """Per seed, policy-kd evaluate gives SB3's full-game score and length, whatever --n-parallel."""
+    scores = [sb3_games[s][0] for s in SEEDS]
+    lengths = [sb3_games[s][1] for s in SEEDS]
+    # the comparison means something: games of several lives (a life takes ~100 frames), different
+    # lengths per seed (a mispairing shows), and a nonzero score
+    assert min(lengths) > 400 and len(set(lengths)) == len(SEEDS) and max(scores) > 0
+    # n_parallel 1 plays every game in one env, one after another; 8 gives each seed its own env
+    for n_parallel in (1, 8):
+        result = evaluate(
+            EvaluateConfig(
+                teacher=str(zoo_breakout), episodes=len(SEEDS), n_parallel=n_parallel, latency=False
+            )
+        )
+        t = result["teacher"]
+        assert result["seeds"] == SEEDS
+        assert t["returns"] == scores, n_parallel
+        assert t["modes"]["deterministic"]["lengths"] == lengths, n_parallel
+
+
+def test_teacher_acts_on_its_training_observations(
+    zoo_breakout: Path, sb3_games: dict[int, tuple[float, int, list[int]]]
+) -> None:
+    """Every action of every game equals the one SB3's model took behind SB3's own VecEnv + AtariWrapper
+    + VecFrameStack (frame stack restarted and FIRE pressed after each lost life), so the teacher saw the
+    same observations; steps are the policy's actions, lengths the emulator's frames."""
+    teacher = load_teacher(zoo_breakout)
+    taken: dict[int, list[int]] = {i: [] for i in range(len(SEEDS))}
+
+    def log(_obs: np.ndarray, actions: np.ndarray, eps: np.ndarray, steps: np.ndarray) -> None:
+        for a, e, t in zip(actions, eps, steps, strict=True):
+            assert t == len(taken[e])
+            taken[e].append(int(a))
+
+    # 2 envs for 3 seeds: one env starts a new seeded game after a game over, while the other plays on
+    eps = run_episodes(teacher, ENV, SEEDS, n_parallel=2, env_factory=teacher.make_env, step_observer=log)
+    for i, seed in enumerate(SEEDS):
+        assert taken[i] == sb3_games[seed][2], seed
+    assert eps.extra["steps"].tolist() == [len(sb3_games[s][2]) for s in SEEDS]
+    assert eps.lengths.tolist() == [sb3_games[s][1] for s in SEEDS]
+
+
+def test_train_teacher_atari_folder_plays_as_trained(
+    zoo_breakout: Path, sb3_games: dict[int, tuple[float, int, list[int]]], tmp_path: Path
+) -> None:
+    """A train-teacher run folder (teacher.json, frame_stack 4) is rebuilt with make_atari(training=True)
+    over a GameMonitor: the same games as SB3's zoo layout for the same weights."""
+    run = tmp_path / "teacher"
+    run.mkdir()
+    (run / "best_model.zip").write_bytes((zoo_breakout / f"{ENV}.zip").read_bytes())
+    meta = {"format": "policy_kd.teacher", "version": 1, "algo": "dqn", "env_id": ENV}
+    (run / "teacher.json").write_text(json.dumps({**meta, "model": "best_model.zip", "frame_stack": 4}))
+    teacher = load_teacher(run)
+    assert teacher.env_spec["raw"] is False and teacher.frame_stack == 4
+    seeds = [0, 2]  # the two short games (no env_kwargs here: ALE's own 108k-frame limit applies)
+    eps = run_episodes(teacher, ENV, seeds, n_parallel=1, env_factory=teacher.make_env)
+    assert eps.returns.tolist() == [sb3_games[s][0] for s in seeds]
+    assert eps.lengths.tolist() == [sb3_games[s][1] for s in seeds]
+
+
+def test_record_keeps_lives_and_stores_games(
+    zoo_breakout: Path, sb3_games: dict[int, tuple[float, int, list[int]]], tmp_path: Path
+) -> None:
+    """record: the teacher's per-life episodes stay (frame stacks rebuild exactly what it saw) and the
+    games are stored beside them; the first game of env i (seeded seed + i) is the evaluation's game."""
+    out = tmp_path / "buffer"
+    n_envs, per_env = 2, 360  # env 0 plays seed 0 (133 steps), then another game; env 1 seed 1 (351)
+    args = ["--teacher", zoo_breakout, "--out", out, "--behaviour", "teacher", "--n-envs", str(n_envs)]
+    assert run_cli("record", *args, "--steps", str(n_envs * per_env), "--seed", "0", "--no-progress") == 0
+    buf = Buffer.open(out)
+    env = buf.field("env")
+    for i in range(n_envs):
+        rows = env == i
+        over = np.flatnonzero(buf.field("game_over")[rows])
+        assert len(over), f"env {i} finished no game in {per_env} steps"
+        end = over[0] + 1
+        score, _, actions = sb3_games[SEEDS[i]]
+        assert buf.field("game_reward")[rows][:end].sum() == score
+        assert buf.field("action")[rows][:end].tolist() == actions
+        assert (
+            buf.field("game_first")[rows][[0, end]].all() and buf.field("game_first")[rows][1:end].sum() == 0
+        )
+        # Breakout has 5 lives: the teacher's episodes are the game's 5 lives, not the game
+        assert buf.field("first")[rows][:end].sum() == 5
+        assert (buf.field("terminated")[rows][:end] | buf.field("truncated")[rows][:end]).sum() == 5
+    # the stacks rebuilt across life boundaries are what the teacher labelled
+    teacher = load_teacher(zoo_breakout)
+    np.testing.assert_allclose(teacher.outputs(buf.field("obs")), buf.field("teacher"), rtol=1e-5, atol=1e-5)
+    games = buf.game_returns()
+    assert len(games) == int(buf.field("game_over").sum())
+    assert games[0] == sb3_games[SEEDS[0]][0]  # env 0's games come first
+    assert buf.sources[0]["games"] == len(games)
