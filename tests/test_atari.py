@@ -33,8 +33,8 @@ from policy_kd.evaluate import EvaluateConfig, evaluate, run_episodes
 from policy_kd.teacher import load_teacher
 
 ENV = "BreakoutNoFrameskip-v4"
-GUARD = {"max_num_frames_per_episode": 8_000}  # emulator frames; the games below last 530-1430
-SEEDS = [0, 1, 2, 3]
+GUARD = {"max_num_frames_per_episode": 8_000}  # emulator frames; the games below last 530-1410
+SEEDS = [0, 1, 2]
 
 
 def _sb3_env(seed: int) -> Any:
