@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 from policy_kd.errors import PolicyKDError
 
 from .atari import INSTALL_HINT as ATARI_HINT
-from .atari import GameMonitor, game_monitor, is_atari, make_atari
+from .atari import GameMonitor, game_monitor, is_atari, make_atari, wrap_game
 from .minatar import MinAtarCNN, MinAtarObservation
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "game_monitor",
     "make_env",
     "make_env_from_spec",
+    "wrap_game",
     "zoo_wrapper",
 ]
 

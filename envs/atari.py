@@ -13,6 +13,7 @@ where that ``Monitor`` sits (right above ``gym.make``) and counts the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -90,6 +91,16 @@ def game_monitor(env: Any) -> GameMonitor | None:
             return env
         env = env.env
     return None
+
+
+def wrap_game(env: gym.Env, wrapper: Callable[[gym.Env], gym.Env]) -> gym.Env:
+    """``env`` with ``wrapper`` applied to the game itself: under an Atari env's :class:`GameMonitor` (it
+    sees whole games and every emulator frame, e.g. to film them), else around ``env``."""
+    monitor = game_monitor(env)
+    if monitor is None:
+        return wrapper(env)
+    monitor.env = wrapper(monitor.env)
+    return env
 
 
 def make_atari(env_id: str, *, training: bool = False, render_mode: str | None = None, **kwargs) -> gym.Env:

@@ -157,7 +157,7 @@ def test_record_keeps_lives_and_stores_games(
     """record: the teacher's per-life episodes stay (frame stacks rebuild exactly what it saw) and the
     games are stored beside them; the first game of env i (seeded seed + i) is the evaluation's game."""
     out = tmp_path / "buffer"
-    n_envs, per_env = 2, 360  # env 0 plays seed 0 (133 steps), then another game; env 1 seed 1 (351)
+    n_envs, per_env = 2, 360  # env 0 plays seed 0 (115 steps), then more; env 1 seed 1 (338)
     args = ["--teacher", zoo_breakout, "--out", out, "--behaviour", "teacher", "--n-envs", str(n_envs)]
     assert run_cli("record", *args, "--steps", str(n_envs * per_env), "--seed", "0", "--no-progress") == 0
     buf = Buffer.open(out)
