@@ -44,8 +44,10 @@ class GameMonitor(gym.Wrapper):
         self.last_game: tuple[float, int] | None = None
         """``(score, emulator steps)`` of the last game that ended."""
         self.in_game = False
-        self._return = 0.0
-        self._length = 0
+        self.score = 0.0
+        """Score of the current game so far (of the last one, once it ended)."""
+        self.length = 0
+        """Emulator steps of the current game so far."""
         self._unread = 0.0  # raw reward of the current game not yet taken by take_reward
         self._unread_ended: float | None = None  # the same for the game that ended since
 
@@ -53,18 +55,18 @@ class GameMonitor(gym.Wrapper):
         obs, info = self.env.reset(**kwargs)
         if self.in_game:  # reset mid-game (e.g. an evaluation cut short): that game is abandoned
             self._close_unread()
-        self._return, self._length, self.in_game = 0.0, 0, True
+        self.score, self.length, self.in_game = 0.0, 0, True
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         # summed in step order from 0.0, as Monitor's sum(rewards): the same float result
-        self._return += float(reward)
+        self.score += float(reward)
         self._unread += float(reward)
-        self._length += 1
+        self.length += 1
         if terminated or truncated:
             self.games_finished += 1
-            self.last_game = (self._return, self._length)
+            self.last_game = (self.score, self.length)
             self.in_game = False
             self._close_unread()
         return obs, reward, terminated, truncated, info

@@ -183,3 +183,44 @@ def test_record_keeps_lives_and_stores_games(
     assert len(games) == int(buf.field("game_over").sum())
     assert games[0] == sb3_games[SEEDS[0]][0]  # env 0's games come first
     assert buf.sources[0]["games"] == len(games)
+
+
+def test_a_game_ending_inside_a_life_reset_still_starts_the_next_seed(zoo_breakout: Path) -> None:
+    """When the frame limit falls in the no-op/FIRE steps of a life-loss reset, the game ends inside
+    ``reset()`` and AtariWrapper begins an unseeded game; the next seed must still get its own game."""
+    teacher = load_teacher(zoo_breakout)
+
+    def factory(limit: int) -> Any:
+        spec = {**teacher.env_spec, "env_kwargs": {"max_num_frames_per_episode": limit}}
+        return lambda: envs.make_env_from_spec(spec)
+
+    def first_life_reset(limit: int) -> tuple[Any, int]:
+        """Play seed 0 to its first lost life and reset into the next; return the monitor, frames then."""
+        env = factory(limit)()
+        monitor = envs.game_monitor(env)
+        obs, _ = env.reset(seed=0)
+        done = False
+        while not done:
+            obs, _, term, trunc, _ = env.step(int(teacher.predict(obs[None])[0]))
+            done = term or trunc
+        frames = monitor.length
+        env.reset()
+        return monitor, frames
+
+    _, lost_at = first_life_reset(8_000)
+    limit = next(
+        (n for n in range(lost_at + 1, lost_at + 12) if first_life_reset(n)[0].games_finished == 1), None
+    )
+    assert limit is not None, "no frame limit ends the game inside the life-loss reset"
+
+    def seed_1_observations(seeds: list[int]) -> np.ndarray:
+        seen: list[np.ndarray] = []
+
+        def keep(obs: np.ndarray, _a: np.ndarray, eps: np.ndarray, _s: np.ndarray) -> None:
+            seen.extend(o for o, e in zip(obs, eps, strict=True) if seeds[e] == 1)
+
+        eps = run_episodes(teacher, ENV, seeds, n_parallel=1, env_factory=factory(limit), step_observer=keep)
+        assert eps.lengths[-1] == limit  # every game is cut by the limit: the observations tell them apart
+        return np.stack(seen)
+
+    np.testing.assert_array_equal(seed_1_observations([0, 1]), seed_1_observations([1]))
