@@ -9,9 +9,11 @@ core install never imports them.
 ``uint8``; Atari: SB3's ``AtariWrapper``), so train-teacher, record and evaluate all see the same
 observations. Every Atari env also gets a :class:`GameMonitor` right above ``gym.make``: the teacher's
 episodes end at a lost life, as in training, while record and evaluate read whole games' real scores
-from it (see ``policy_kd.envs.atari``). It also holds the two name registries presets and rl-baselines3-zoo runs may refer to:
-features extractors (``FEATURES_EXTRACTORS``) and environment wrappers (``ZOO_WRAPPERS``). Names are looked
-up there and nothing else is ever imported or evaluated from a config file.
+from it (see ``policy_kd.envs.atari``).
+
+It also holds the two name registries presets and rl-baselines3-zoo runs may refer to: features
+extractors (``FEATURES_EXTRACTORS``) and environment wrappers (``ZOO_WRAPPERS``). Names are looked up
+there and nothing else is ever imported or evaluated from a config file.
 """
 
 from __future__ import annotations
