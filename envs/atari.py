@@ -7,8 +7,8 @@ Frame stacking (4 frames) is a vectorised wrapper applied by the teacher's env s
 Why a game monitor: a teacher trained with ``AtariWrapper`` sees a life lost as the end of an episode
 (its frame stack restarts, ``FireResetEnv`` presses FIRE) and clipped rewards. Evaluation must show it
 exactly those observations, yet score what rl-baselines3-zoo and SB3's ``evaluate_policy`` report through
-a ``Monitor`` placed under the wrappers: whole games and the game's own score. :class:`GameMonitor` sits
-where that ``Monitor`` sits (right above ``gym.make``) and counts the same way.
+a ``Monitor`` placed under the wrappers: whole games and the game's own score. :class:`GameMonitor` is
+that ``Monitor``, where the zoo puts it (right above ``gym.make``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
+from stable_baselines3.common.monitor import Monitor
 
 from policy_kd.errors import PolicyKDError
 
@@ -28,46 +29,51 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/") or "NoFrameskip" in env_id
 
 
-class GameMonitor(gym.Wrapper):
-    """The game as played, under the teacher's wrappers: raw score and length of every game.
+class GameMonitor(Monitor):
+    """SB3's ``Monitor`` where the zoo puts it, right above ``gym.make``: it keeps the games as played.
 
-    Counts as SB3's ``Monitor`` does when placed right above ``gym.make`` (the zoo's layout): every
-    emulator step, no-ops and FIRE presses of the wrappers' resets included; a game ends when the emulator
-    says so (game over, or its frame/time limit), not at a lost life. Observations, rewards and episode
-    ends pass through untouched: the wrappers above still see the game exactly as in training.
+    It counts every emulator step (no-ops and FIRE presses of the wrappers' resets included), and a game
+    ends when the emulator says so (game over, or its frame/time limit), not at a lost life; at that step
+    ``info["episode"]`` holds its score and length, which SB3's ``evaluate_policy`` (and so
+    ``EvalCallback``) reads when no other ``Monitor`` sits above. Observations, rewards and episode ends
+    pass through untouched: the wrappers above still see the game exactly as in training. On top of
+    ``Monitor`` it says how many games ended (:attr:`games_finished`, to compare before and after a step)
+    and hands out the raw reward step by step (:meth:`take_reward`, for a buffer).
     """
 
     def __init__(self, env: gym.Env):
-        super().__init__(env)
-        self.games_finished = 0
-        """Games ended so far (a reader compares it before and after a step)."""
-        self.last_game: tuple[float, int] | None = None
-        """``(score, emulator steps)`` of the last game that ended."""
-        self.in_game = False
-        self.score = 0.0
-        """Score of the current game so far (of the last one, once it ended)."""
-        self.length = 0
-        """Emulator steps of the current game so far."""
+        super().__init__(env, allow_early_resets=True)
         self._unread = 0.0  # raw reward of the current game not yet taken by take_reward
-        self._unread_ended: float | None = None  # the same for the game that ended since
+        self._unread_ended: float | None = None  # the same for a game that ended since
+
+    @property
+    def games_finished(self) -> int:
+        return len(self.episode_returns)
+
+    @property
+    def last_game(self) -> tuple[float, int]:
+        """``(score, emulator steps)`` of the last game that ended."""
+        return self.episode_returns[-1], self.episode_lengths[-1]
+
+    @property
+    def in_game(self) -> bool:
+        """A game is under way (reset, not ended)."""
+        return not self.needs_reset
+
+    @property
+    def length(self) -> int:
+        """Emulator steps of the current game so far (of the last one, once it ended)."""
+        return len(self.rewards)
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        obs, info = self.env.reset(**kwargs)
-        if self.in_game:  # reset mid-game (e.g. an evaluation cut short): that game is abandoned
+        if self.in_game:  # reset mid-game (an evaluation cut short): that game is abandoned
             self._close_unread()
-        self.score, self.length, self.in_game = 0.0, 0, True
-        return obs, info
+        return super().reset(**kwargs)
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        # summed in step order from 0.0, as Monitor's sum(rewards): the same float result
-        self.score += float(reward)
+        obs, reward, terminated, truncated, info = super().step(action)
         self._unread += float(reward)
-        self.length += 1
         if terminated or truncated:
-            self.games_finished += 1
-            self.last_game = (self.score, self.length)
-            self.in_game = False
             self._close_unread()
         return obs, reward, terminated, truncated, info
 
@@ -111,7 +117,7 @@ def make_atari(env_id: str, *, training: bool = False, render_mode: str | None =
     ``training=True`` is the env a teacher learns (and is later evaluated and recorded) in: an episode ends
     at a lost life (the frame stack restarts, FIRE is pressed) and rewards are clipped to their sign; the
     ``GameMonitor`` keeps the whole games' real scores. ``training=False`` plays whole games with real
-    rewards and no life-loss resets (train-teacher's own evaluation env).
+    rewards and no life-loss resets.
     """
     try:
         import cv2  # noqa: F401  (SB3's WarpFrame resizes with OpenCV)

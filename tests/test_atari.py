@@ -224,3 +224,25 @@ def test_a_game_ending_inside_a_life_reset_still_starts_the_next_seed(zoo_breako
         return np.stack(seen)
 
     np.testing.assert_array_equal(seed_1_observations([0, 1]), seed_1_observations([1]))
+
+
+def test_train_teacher_evaluates_whole_games_in_the_training_env(tmp_path: Path) -> None:
+    """train-teacher's EvalCallback plays the training env (life-loss resets with FIRE) and scores whole
+    games, as the zoo's does: its recorded evaluation equals policy-kd's on the same seed. The weights never
+    change (learning_starts beyond the budget), so the evaluated model is the saved teacher."""
+    preset = tmp_path / "preset.yml"
+    entry = {"policy": "CnnPolicy", "frame_stack": 4, "buffer_size": 500, "learning_starts": 100_000}
+    preset.write_text(yaml.safe_dump({ENV: entry}))
+    out = tmp_path / "teacher"
+    args = ["--algo", "dqn", "--env", ENV, "--preset", preset, "--out", out, "--seed", "0"]
+    assert (
+        run_cli("train-teacher", *args, "--n-timesteps", "200", "--eval-freq", "200", "--eval-episodes", "1")
+        == 0
+    )
+    logged = np.load(out / "evaluations.npz")
+    teacher = load_teacher(out)
+    eps = run_episodes(
+        teacher, ENV, [10_000], n_parallel=1, env_factory=teacher.make_env
+    )  # eval seed: seed + 10k
+    assert (eps.returns[0], eps.lengths[0]) == (logged["results"][0][0], logged["ep_lengths"][0][0])
+    assert eps.lengths[0] >= 4 * eps.extra["steps"][0]  # emulator frames (4 per action), a whole game
