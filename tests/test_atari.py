@@ -234,7 +234,7 @@ def test_train_teacher_evaluates_whole_games_in_the_training_env(tmp_path: Path)
     entry = {"policy": "CnnPolicy", "frame_stack": 4, "buffer_size": 500, "learning_starts": 100_000}
     preset.write_text(yaml.safe_dump({ENV: entry}))
     out = tmp_path / "teacher"
-    args = ["--algo", "dqn", "--env", ENV, "--preset", preset, "--out", out, "--seed", "0"]
+    args = ["--algo", "dqn", "--env", ENV, "--preset", preset, "--out", out, "--seed", "0", "--no-progress"]
     assert (
         run_cli("train-teacher", *args, "--n-timesteps", "200", "--eval-freq", "200", "--eval-episodes", "1")
         == 0
