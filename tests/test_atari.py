@@ -246,3 +246,42 @@ def test_train_teacher_evaluates_whole_games_in_the_training_env(tmp_path: Path)
     )  # eval seed: seed + 10k
     assert (eps.returns[0], eps.lengths[0]) == (logged["results"][0][0], logged["ep_lengths"][0][0])
     assert eps.lengths[0] >= 4 * eps.extra["steps"][0]  # emulator frames (4 per action), a whole game
+
+
+class _AlwaysFire:
+    """A policy for both APIs (policy_kd's predict(obs, deterministic), SB3's predict(obs, state, ...)):
+    always FIRE, which scores 5-30 points per invader in Space Invaders."""
+
+    def predict(self, obs: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        actions = np.ones(len(obs), dtype=np.int64)
+        return (actions, None) if "state" in kwargs else actions  # SB3 passes state=...
+
+
+def test_scores_are_the_games_own_not_clipped() -> None:
+    """Space Invaders pays 5-30 per invader: the game score (SB3 Monitor under AtariWrapper) is far above
+    the clipped per-step rewards the teacher learns from; policy_kd reports the former."""
+    env_id = "SpaceInvadersNoFrameskip-v4"
+    envs.ensure_registered(env_id)
+    spec = {
+        "env_id": env_id,
+        "raw": True,
+        "env_kwargs": GUARD,
+        "wrappers": [["stable_baselines3.common.atari_wrappers.AtariWrapper", {}]],
+        "frame_stack": 4,
+    }
+    ours = run_episodes(
+        _AlwaysFire(), env_id, [5], n_parallel=1, env_factory=lambda: envs.make_env_from_spec(spec)
+    )
+    clipped: list[float] = []
+    venv = VecFrameStack(
+        make_vec_env(env_id, n_envs=1, seed=5, wrapper_class=AtariWrapper, env_kwargs=GUARD), 4
+    )
+    returns, lengths = evaluate_policy(
+        _AlwaysFire(),  # type: ignore[arg-type]
+        venv,
+        n_eval_episodes=1,
+        return_episode_rewards=True,
+        callback=lambda local, _g: clipped.append(float(local["reward"])),
+    )
+    assert (ours.returns[0], ours.lengths[0]) == (returns[0], lengths[0])
+    assert ours.returns[0] > 2 * sum(clipped) > 0
