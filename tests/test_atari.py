@@ -4,7 +4,8 @@ The teacher: a zoo-config DQN (``CnnPolicy``, NatureCNN) with random-init weight
 BreakoutNoFrameskip-v4 (5 lives, FIRE to launch the ball), saved as a zoo run folder (``env_wrapper:
 AtariWrapper``, ``frame_stack: 4``). Random weights are enough to test the mechanics: its greedy policy is
 deterministic, loses a life in ~25 steps and a game in ~130-350 steps, and scores 0 or 5 depending on the
-seed, so a mispaired seed shows. ``max_num_frames_per_episode`` guards against an endless game.
+seed, so a mispaired seed shows. ``max_num_frames_per_episode`` guards against an endless game. Breakout's
+bricks pay 1 point, so the game's own score against the clipped reward is tested on Space Invaders.
 """
 
 from __future__ import annotations
@@ -37,24 +38,22 @@ GUARD = {"max_num_frames_per_episode": 8_000}  # emulator frames; the games belo
 SEEDS = [0, 1, 2]
 
 
-def _sb3_env(seed: int) -> Any:
+def _sb3_env(seed: int, env_id: str = ENV) -> Any:
     """The zoo's env: gym.make, Monitor, AtariWrapper (make_vec_env's order), then VecFrameStack(4)."""
     return VecFrameStack(
-        make_vec_env(ENV, n_envs=1, seed=seed, wrapper_class=AtariWrapper, env_kwargs=GUARD), 4
+        make_vec_env(env_id, n_envs=1, seed=seed, wrapper_class=AtariWrapper, env_kwargs=GUARD), 4
     )
 
 
-@pytest.fixture(scope="module")
-def zoo_breakout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A zoo run folder (logs/dqn/BreakoutNoFrameskip-v4_1) holding a random-init DQN of the zoo's Atari
-    architecture."""
-    envs.ensure_registered(ENV)
-    run = tmp_path_factory.mktemp("zoo") / "dqn" / f"{ENV}_1"
-    params = run / ENV
+def _zoo_run(root: Path, env_id: str) -> Path:
+    """A zoo run folder (logs/dqn/<env>_1) holding a random-init DQN of the zoo's Atari architecture."""
+    envs.ensure_registered(env_id)
+    run = root / "dqn" / f"{env_id}_1"
+    params = run / env_id
     params.mkdir(parents=True)
-    DQN("CnnPolicy", _sb3_env(0), buffer_size=100, seed=0, device="cpu").save(run / f"{ENV}.zip")
+    DQN("CnnPolicy", _sb3_env(0, env_id), buffer_size=100, seed=0, device="cpu").save(run / f"{env_id}.zip")
     (params / "args.yml").write_text(
-        yaml.safe_dump({"algo": "dqn", "env": ENV, "env_kwargs": GUARD, "seed": 0})
+        yaml.safe_dump({"algo": "dqn", "env": env_id, "env_kwargs": GUARD, "seed": 0})
     )
     config = {
         "env_wrapper": ["stable_baselines3.common.atari_wrappers.AtariWrapper"],
@@ -63,6 +62,11 @@ def zoo_breakout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     (params / "config.yml").write_text(yaml.safe_dump(config))
     return run
+
+
+@pytest.fixture(scope="module")
+def zoo_breakout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _zoo_run(tmp_path_factory.mktemp("zoo"), ENV)
 
 
 @pytest.fixture(scope="module")
@@ -257,21 +261,13 @@ class _AlwaysFire:
         return (actions, None) if "state" in kwargs else actions  # SB3 passes state=...
 
 
-def test_scores_are_the_games_own_not_clipped() -> None:
+def test_scores_are_the_games_own_not_clipped(tmp_path: Path) -> None:
     """Space Invaders pays 5-30 per invader: the game score (SB3 Monitor under AtariWrapper) is far above
-    the clipped per-step rewards the teacher learns from; policy_kd reports the former."""
+    the clipped per-step rewards the teacher learns from; evaluate and record report the former."""
     env_id = "SpaceInvadersNoFrameskip-v4"
-    envs.ensure_registered(env_id)
-    spec = {
-        "env_id": env_id,
-        "raw": True,
-        "env_kwargs": GUARD,
-        "wrappers": [["stable_baselines3.common.atari_wrappers.AtariWrapper", {}]],
-        "frame_stack": 4,
-    }
-    ours = run_episodes(
-        _AlwaysFire(), env_id, [5], n_parallel=1, env_factory=lambda: envs.make_env_from_spec(spec)
-    )
+    run = _zoo_run(tmp_path, env_id)
+    teacher = load_teacher(run)
+    ours = run_episodes(_AlwaysFire(), env_id, [5], n_parallel=1, env_factory=teacher.make_env)
     clipped: list[float] = []
     venv = VecFrameStack(
         make_vec_env(env_id, n_envs=1, seed=5, wrapper_class=AtariWrapper, env_kwargs=GUARD), 4
@@ -285,3 +281,10 @@ def test_scores_are_the_games_own_not_clipped() -> None:
     )
     assert (ours.returns[0], ours.lengths[0]) == (returns[0], lengths[0])
     assert ours.returns[0] > 2 * sum(clipped) > 0
+    # record (random actions): `reward` is the teacher's clipped training reward, `game_reward` the score
+    out = tmp_path / "buffer"
+    args = ["--teacher", run, "--out", out, "--behaviour", "epsilon", "--epsilon", "1", "--steps", "300"]
+    assert run_cli("record", *args, "--no-progress") == 0
+    buf = Buffer.open(out)
+    game_reward = buf.field("game_reward")
+    assert game_reward.max() > 1 and (buf.field("reward") == np.sign(game_reward)).all()
