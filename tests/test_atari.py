@@ -3,7 +3,7 @@
 The teacher: a zoo-config DQN (``CnnPolicy``, NatureCNN) with random-init weights on
 BreakoutNoFrameskip-v4 (5 lives, FIRE to launch the ball), saved as a zoo run folder (``env_wrapper:
 AtariWrapper``, ``frame_stack: 4``). Random weights are enough to test the mechanics: its greedy policy is
-deterministic, loses a life in ~25 steps and a game in ~130-350 steps, and scores 0 or 5 depending on the
+deterministic, loses a life in ~25 steps and a game in 115-338 steps, and scores 0 or 5 depending on the
 seed, so a mispaired seed shows. ``max_num_frames_per_episode`` guards against an endless game. Breakout's
 bricks pay 1 point, so the game's own score against the clipped reward is tested on Space Invaders.
 """
