@@ -7,9 +7,13 @@ core install never imports them.
 
 :func:`make_env` applies the observation processing a suite needs for SB3 (MinAtar: channel-first
 ``uint8``; Atari: SB3's ``AtariWrapper``), so train-teacher, record and evaluate all see the same
-observations. It also holds the two name registries presets and rl-baselines3-zoo runs may refer to:
-features extractors (``FEATURES_EXTRACTORS``) and environment wrappers (``ZOO_WRAPPERS``). Names are looked
-up there and nothing else is ever imported or evaluated from a config file.
+observations. Every Atari env also gets a :class:`GameMonitor` right above ``gym.make``: the teacher's
+episodes end at a lost life, as in training, while record and evaluate read whole games' real scores
+from it (see ``policy_kd.envs.atari``).
+
+It also holds the two name registries presets and rl-baselines3-zoo runs may refer to: features
+extractors (``FEATURES_EXTRACTORS``) and environment wrappers (``ZOO_WRAPPERS``). Names are looked up
+there and nothing else is ever imported or evaluated from a config file.
 """
 
 from __future__ import annotations
@@ -28,19 +32,22 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 from policy_kd.errors import PolicyKDError
 
 from .atari import INSTALL_HINT as ATARI_HINT
-from .atari import is_atari, make_atari
+from .atari import GameMonitor, game_monitor, is_atari, make_atari, wrap_game
 from .minatar import MinAtarCNN, MinAtarObservation
 
 __all__ = [
     "FEATURES_EXTRACTORS",
     "ZOO_WRAPPERS",
     "FrameStack",
+    "GameMonitor",
     "MinAtarCNN",
     "MinAtarObservation",
     "ensure_registered",
     "features_extractor",
+    "game_monitor",
     "make_env",
     "make_env_from_spec",
+    "wrap_game",
     "zoo_wrapper",
 ]
 
@@ -105,16 +112,18 @@ def make_env(
 
     :param env_id: Gymnasium id
     :param render_mode: passed to ``gym.make``
-    :param raw: skip the suite's observation processing (``gym.make`` as it is, e.g. for an
-        rl-baselines3-zoo teacher, which names its own wrappers)
-    :param training: for Atari, end episodes at a lost life and clip rewards (the training signal);
-        observations are the same either way
+    :param raw: skip the suite's observation processing (``gym.make`` as it is, plus an Atari game's
+        :class:`GameMonitor`, e.g. for an rl-baselines3-zoo teacher, which names its own wrappers)
+    :param training: for Atari, end episodes at a lost life (frame stack restarted, FIRE pressed, as
+        the teacher learnt) and clip rewards; else whole games with real rewards
     :param kwargs: passed to ``gym.make``
     """
     ensure_registered(env_id)
     try:
         if raw:
-            return gym.make(env_id, render_mode=render_mode, **kwargs)
+            env = gym.make(env_id, render_mode=render_mode, **kwargs)
+            # where the zoo's Monitor sits, under its env_wrapper (AtariWrapper): scores whole games
+            return GameMonitor(env) if is_atari(env_id) else env
         if is_atari(env_id):
             return make_atari(env_id, training=training, render_mode=render_mode, **kwargs)
         env = gym.make(env_id, render_mode=render_mode, **kwargs)
@@ -188,13 +197,14 @@ class FrameStack(gym.Wrapper):
 
 
 def make_env_from_spec(spec: dict[str, Any], *, stacked: bool = True) -> gym.Env:
-    """One env rebuilt from a JSON-able description (``Teacher.env_spec``), raw observations.
+    """One env rebuilt from a JSON-able description (``Teacher.env_spec``), raw observations: the env as the
+    teacher saw it in training (for Atari, episodes end at a lost life; its ``GameMonitor`` scores games).
 
     ``spec``: ``env_id``; optional ``raw`` (skip the suite's processing), ``env_kwargs`` (for ``gym.make``),
     ``wrappers`` (``[[import path, kwargs], ...]``, allow-listed in ``ZOO_WRAPPERS``) and ``frame_stack``
     (applied as ``VecFrameStack`` would, unless ``stacked=False``).
     """
-    env = make_env(spec["env_id"], raw=bool(spec.get("raw")), **(spec.get("env_kwargs") or {}))
+    env = make_env(spec["env_id"], raw=bool(spec.get("raw")), training=True, **(spec.get("env_kwargs") or {}))
     for name, kwargs in spec.get("wrappers") or ():
         env = zoo_wrapper(name, kwargs)(env)
     if stacked and spec.get("frame_stack"):

@@ -32,6 +32,12 @@ frame and ``episode_step`` (steps since the episode began, capped at 255) says h
 belong to the same episode. Readers (``take``, ``field``, ``spaced``, ``Sampler``) rebuild the stack from
 rows ``r - j * n_envs`` (the same env ``j`` steps back), with zeros before the episode's first frame, as
 SB3's ``VecFrameStack`` does; ``Buffer.obs_shape`` is the stacked shape.
+
+Atari buffers keep the teacher's own episodes (``first``, ``terminated``, ``episode_step``: one life, as
+``AtariWrapper`` ends an episode at a lost life) and its training ``reward`` (clipped to its sign), and
+also store the games: ``game_reward`` (the real score the game paid at that step), ``game_first`` (first
+step of a game) and ``game_over`` (the game ended after this step: no lives left, or its frame limit).
+``Buffer.game_returns`` sums them into game scores, as ``evaluate`` reports them.
 """
 
 from __future__ import annotations
@@ -458,13 +464,23 @@ class Buffer:
 
     def episode_returns(self) -> np.ndarray:
         """Returns of the episodes that both start and end inside the buffer, in recording order per env."""
+        return self._returns("reward", "first", ("terminated", "truncated"))
+
+    def game_returns(self) -> np.ndarray:
+        """Atari: real scores of the games that both start and end inside the buffer, in recording order
+        per env (empty for a buffer without game fields)."""
+        if "game_reward" not in self.fields:
+            return np.zeros(0)
+        return self._returns("game_reward", "game_first", ("game_over",))
+
+    def _returns(self, reward_field: str, first_field: str, end_fields: tuple[str, ...]) -> np.ndarray:
         returns: list[float] = []
         for i in range(len(self.segments)):
-            reward = np.asarray(self.segment_array(i, "reward"), dtype=np.float64)
-            first = np.asarray(self.segment_array(i, "first"))
-            done = np.asarray(self.segment_array(i, "terminated")) | np.asarray(
-                self.segment_array(i, "truncated")
-            )
+            reward = np.asarray(self.segment_array(i, reward_field), dtype=np.float64)
+            first = np.asarray(self.segment_array(i, first_field))
+            done = np.zeros(len(reward), dtype=bool)
+            for name in end_fields:
+                done |= np.asarray(self.segment_array(i, name))
             env = np.asarray(self.segment_array(i, "env"))
             for e in np.unique(env):
                 sel = env == e
@@ -689,6 +705,10 @@ def describe(buffer: Buffer) -> str:
         )
         acted = src.get("teacher_action_fraction")
         acted_txt = f", teacher acted {acted * 100:.1f}%" if acted is not None else ""
+        if src.get("game_return_mean") is not None:  # Atari: episodes are lives, games are scored apart
+            ret_txt += (
+                f", {src['games']} games, score {src['game_return_mean']:.1f} ± {src['game_return_std']:.1f}"
+            )
         lines.append(
             f"  [{src['id']}] {how}: {rows:,} rows, {src.get('episodes', 0)} episodes, {ret_txt}{acted_txt}"
         )
@@ -700,6 +720,12 @@ def describe(buffer: Buffer) -> str:
         )
     else:
         lines.append("episodes finished in the buffer: 0")
+    if "game_reward" in buffer.fields:
+        games = buffer.game_returns()
+        lines.append(
+            f"games finished in the buffer: {len(games)}"
+            + (f", score mean {games.mean():.2f} ± {games.std():.2f}" if len(games) else "")
+        )
     if buffer.fields["action"].shape == ():
         counts = np.zeros(0, dtype=np.int64)
         for i in range(len(buffer.segments)):

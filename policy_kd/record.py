@@ -4,6 +4,10 @@ Who acts is the *behaviour* policy: the teacher itself (greedy, or sampling its 
 epsilon-greedy teacher, a distilled student (the teacher only labels: the data of student-driven
 distillation / DAgger), or a mixture where the teacher acts with probability beta. Whoever acts, the
 teacher labels every visited state, in one batched forward pass per step over all parallel envs.
+
+Episodes are the teacher's own (for Atari: one life, clipped rewards, as it was trained), so frame stacks
+are rebuilt as it saw them. An Atari buffer also stores the games: ``game_reward`` (the real score paid),
+``game_first`` and ``game_over`` (see ``policy_kd.buffer``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tqdm.auto import tqdm
 
 from policy_kd.buffer import BufferWriter, FieldSpec, FrameStack, read_manifest
 from policy_kd.config import config_from_mapping, to_dict
+from policy_kd.envs import game_monitor
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import prepare_out_dir, write_run_info
 from policy_kd.teacher import Teacher, load_teacher
@@ -247,6 +252,14 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     }
     if stack:  # one frame per row; the stack is rebuilt from earlier rows of the same episode
         fields["episode_step"] = FieldSpec("uint8", ())
+    monitors = [game_monitor(e) for e in venv.unwrapped.envs]  # type: ignore[attr-defined]
+    games = all(m is not None for m in monitors)
+    if games:  # Atari: an episode is a life; the games and their real scores are stored beside them
+        fields.update(
+            game_reward=FieldSpec("float32", ()),
+            game_first=FieldSpec("bool", ()),
+            game_over=FieldSpec("bool", ()),
+        )
     teacher_meta = teacher.meta()
     meta: dict[str, Any] = {
         "env_id": teacher.env_id,
@@ -276,6 +289,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
         mode=mode,
     )
     source_id = writer.segment["source"]
+    games = games and "game_reward" in writer.fields  # resuming a buffer recorded before games were stored
     rng = np.random.default_rng([config.seed, done_before])
     behaviour = Behaviour(config, teacher, rng)
     env_index = np.arange(n, dtype=np.int16)
@@ -284,6 +298,9 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     episode_step = np.zeros(n, dtype=np.int64)
     running = np.zeros(n, dtype=np.float64)
     returns: list[float] = []
+    game_first = np.ones(n, dtype=bool)
+    game_running = np.zeros(n, dtype=np.float64)
+    game_returns: list[float] = []
     teacher_acted = written = 0
     start = time.perf_counter()
     obs = venv.reset()
@@ -296,10 +313,25 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
         while writer.remaining > 0:
             labels = teacher.label(obs)  # the one forward pass: recorded outputs and the teacher's action
             actions, by_teacher = behaviour(obs, labels)
+            games_before = [m.games_finished for m in monitors] if games else []
             next_obs, rewards, dones, infos = venv.step(actions)
             truncated = np.fromiter((info.get("TimeLimit.truncated", False) for info in infos), bool, n)
             take = min(n, writer.remaining)
             extra = {"episode_step": np.minimum(episode_step[:take], 255).astype(np.uint8)} if stack else {}
+            if games:
+                game_reward = np.array([m.take_reward() for m in monitors])  # type: ignore[union-attr]
+                game_over = np.array(
+                    [m.games_finished > b for m, b in zip(monitors, games_before, strict=True)]  # type: ignore[union-attr]
+                )
+                extra.update(
+                    game_reward=game_reward[:take].astype(np.float32),
+                    game_first=game_first[:take],
+                    game_over=game_over[:take],
+                )
+                game_running += game_reward
+                game_returns.extend(game_running[:take][game_over[:take]].tolist())
+                game_running[game_over] = 0.0
+                game_first = game_over
             writer.append(
                 obs=(stack.newest(np.asarray(obs[:take])) if stack else np.asarray(obs)[:take]),
                 action=np.asarray(actions)[:take].astype(fields["action"].dtype, copy=False),
@@ -331,6 +363,13 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
             "record_seconds": round(elapsed, 2),
             "steps_per_second": round(written / max(elapsed, 1e-9), 1),
         }
+        if games:
+            g = np.asarray(game_returns)
+            stats |= {
+                "games": len(g),
+                "game_return_mean": float(g.mean()) if len(g) else None,
+                "game_return_std": float(g.std()) if len(g) else None,
+            }
         writer.close(meta_update={"transitions": writer.manifest["rows"]}, source_update=stats)
     venv.close()
     return out

@@ -424,7 +424,8 @@ def record_videos(teacher: Any, contenders: Sequence[Any], out: Path, seed: int,
     """
     import gymnasium as gym
 
-    from policy_kd.envs import make_env_from_spec
+    from policy_kd.envs import make_env_from_spec, wrap_game
+    from policy_kd.evaluate import run_episodes
 
     spec = teacher.env_spec
     modes = (
@@ -448,18 +449,22 @@ def record_videos(teacher: Any, contenders: Sequence[Any], out: Path, seed: int,
     firsts = []
     for c in contenders:
         folder = out / "videos" / c.name.replace("/", "_").replace(" ", "_")
-        env = make_env_from_spec({**spec, "env_kwargs": {**spec["env_kwargs"], "render_mode": "rgb_array"}})
-        env = gym.wrappers.RecordVideo(
-            env, str(folder), episode_trigger=lambda _: True, name_prefix="episode", disable_logger=True
-        )
-        for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
-            done = False
-            while not done:
-                action = np.asarray(c.greedy(np.asarray(obs)[None]))[0]
-                obs, _, term, trunc, _ = env.step(action.item() if np.ndim(action) == 0 else action)
-                done = term or trunc
-        env.close()
+
+        def filmed(folder: Path = folder) -> gym.Env:
+            env = make_env_from_spec(
+                {**spec, "env_kwargs": {**spec["env_kwargs"], "render_mode": "rgb_array"}}
+            )
+            # on the game itself: an Atari video is a whole game, every emulator frame
+            return wrap_game(
+                env,
+                lambda e: gym.wrappers.RecordVideo(
+                    e, str(folder), episode_trigger=lambda _: True, name_prefix="episode", disable_logger=True
+                ),
+            )
+
+        seeds = [seed + i for i in range(episodes)]
+        policy = c.policy("deterministic", np.random.default_rng(seed))
+        run_episodes(policy, spec["env_id"], seeds, n_parallel=1, env_factory=filmed)  # closes the env
         videos = sorted(folder.glob("*.mp4"))
         files += [str(v.relative_to(out)) for v in videos]
         if videos:

@@ -288,6 +288,19 @@ def _make_env_stack(
     return _vec_env(lambda: make_env(env_id, training=training), n_envs, seed, frame_stack)
 
 
+def _make_eval_env_stack(env_id: str, seed: int, frame_stack: int | None) -> VecEnv:
+    """train-teacher's evaluation env. Atari: the training env (a lost life ends an episode, the frame stack
+    restarts, FIRE is pressed) with no Monitor above its ``GameMonitor``, as the zoo's eval env: SB3's
+    ``EvalCallback`` then scores whole games with their real score while the teacher sees its training
+    observations."""
+    if not is_atari(env_id):
+        return _make_env_stack(env_id, 1, seed, frame_stack)
+    ensure_registered(env_id)
+    env: VecEnv = _DummyVecEnv([lambda: make_env(env_id, training=True)])
+    env.seed(seed)
+    return VecFrameStack(env, frame_stack) if frame_stack else env
+
+
 class _SaveVecNormalizeOnBest(BaseCallback):
     """Save VecNormalize statistics whenever EvalCallback saves a new best model (as rl-zoo does)."""
 
@@ -409,7 +422,7 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
     frame_stack = preset.get("frame_stack")
     norm = _normalize_kwargs(preset.get("normalize"))
     env = _make_env_stack(config.env, n_envs, config.seed, frame_stack, training=True)
-    eval_env = _make_env_stack(config.env, 1, config.seed + 10_000, frame_stack)
+    eval_env = _make_eval_env_stack(config.env, config.seed + 10_000, frame_stack)
     if is_image_space(eval_env.observation_space) and not is_image_space_channels_first(
         eval_env.observation_space  # type: ignore[arg-type]
     ):

@@ -42,7 +42,6 @@ from policy_kd.teacher import (
 HAS_CONTRIB = importlib.util.find_spec("sb3_contrib") is not None
 HAS_MINATAR = importlib.util.find_spec("minatar") is not None
 HAS_ZOO = importlib.util.find_spec("rl_zoo3") is not None
-HAS_ALE = importlib.util.find_spec("ale_py") is not None
 needs_contrib = pytest.mark.skipif(not HAS_CONTRIB, reason="sb3-contrib not installed (contrib extra)")
 needs_minatar = pytest.mark.skipif(not HAS_MINATAR, reason="MinAtar not installed (minatar extra)")
 
@@ -477,8 +476,9 @@ def test_atari_preset_never_falls_back_to_the_mlp_default() -> None:
         load_preset("a2c", "ALE/Pong-v5")
 
 
-@pytest.mark.skipif(HAS_ALE, reason="ale-py is installed")
-def test_atari_without_ale_py_gets_install_hint() -> None:
+def test_atari_without_ale_py_gets_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ale_py", None)  # as if not installed (the dev extra installs it)
+    monkeypatch.delitem(gym.registry, "ALE/Pong-v5", raising=False)
     with pytest.raises(
         PolicyKDError, match=r"needs ale-py; install it with: pip install 'policy-kd\[atari\]'"
     ):
