@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import tyro
 
 from policy_kd.config import parse_cli
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import COMMAND_LINE
+from policy_kd.run import COMMAND_LINE, Interrupted, job, lock_out_dir, raise_interrupted
 
 PROG = "policy-kd"
 
@@ -48,6 +49,7 @@ class DemoConfig:
     """Redo every stage, replacing --out."""
 
 
+@job(resumable=False)
 def _demo(cfg: DemoConfig) -> int:
     from policy_kd.distill import DistillConfig, distill
     from policy_kd.evaluate import EvaluateConfig, evaluate, format_table
@@ -55,6 +57,7 @@ def _demo(cfg: DemoConfig) -> int:
     from policy_kd.teacher import TrainTeacherConfig, train_teacher
 
     root = Path(cfg.out)
+    lock_out_dir(root, what="demo folder")  # each stage also locks its own folder
     stages: list[tuple[str, str, Callable[[Path], Any]]] = [
         (
             "teacher",
@@ -235,7 +238,7 @@ commands:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted, 141 output pipe closed)."""
+    """Entry point; returns the exit status (0 ok, 2 bad input, 130 Ctrl-C, 141 output pipe closed, 143 SIGTERM)."""
     try:
         try:
             return _main(argv)
@@ -265,16 +268,33 @@ def _main(argv: list[str] | None) -> int:
         )
         return 2
     token = COMMAND_LINE.set([PROG, *argv])
+    # SIGTERM (timeout, Slurm, Docker, Kubernetes) stops a job as Ctrl-C does: what is finished is
+    # committed or checkpointed (jobs that can resume check for it between steps), then one line
+    on_term = _set_handler(signal.SIGTERM, raise_interrupted)
     try:
         return COMMANDS[command](rest)
     except PolicyKDError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            said = exc.message or "finished outputs were kept"
+            print(f"{PROG}: interrupted by {exc.signal_name}; {said}", file=sys.stderr)
+            return exc.exit_code
         print(f"{PROG}: interrupted; finished outputs were kept", file=sys.stderr)
         return 130
     finally:
+        if on_term is not None:
+            _set_handler(signal.SIGTERM, on_term)
         COMMAND_LINE.reset(token)
+
+
+def _set_handler(signum: int, handler: Any) -> Any:
+    """Install a signal handler where Python allows it (the main thread); return the previous one."""
+    try:
+        return signal.signal(signum, handler)
+    except ValueError:  # main() called from another thread: leave signals alone
+        return None
 
 
 if __name__ == "__main__":

@@ -22,7 +22,13 @@ from tqdm.auto import tqdm
 from policy_kd.buffer import BufferWriter, FieldSpec, FrameStack, read_manifest
 from policy_kd.config import config_from_mapping, to_dict
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import prepare_out_dir, write_run_info
+from policy_kd.run import (
+    check_interrupted,
+    job,
+    lock_out_dir,
+    prepare_out_dir,
+    write_run_info,
+)
 from policy_kd.teacher import Teacher, load_teacher
 
 BEHAVIOURS = ("teacher", "epsilon", "student", "mixture")
@@ -167,6 +173,7 @@ class Behaviour:
         return np.where(mask, t_act, s_act), use_teacher
 
 
+@job(resumable=True)
 def record(config: RecordConfig) -> Path:
     """Record into a new buffer (or resume / append to one); return the buffer folder."""
     config.validate()
@@ -175,6 +182,7 @@ def record(config: RecordConfig) -> Path:
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
     if config.append:
         out = Path(config.out or "")
+        lock_out_dir(out, what="buffer folder")
         manifest = read_manifest(out)
         if manifest["meta"].get("env_id") != teacher.env_id:
             raise PolicyKDError(
@@ -193,6 +201,7 @@ def record(config: RecordConfig) -> Path:
 
 def _resume(config: RecordConfig) -> Path:
     out = Path(config.out)  # type: ignore[arg-type]
+    lock_out_dir(out, what="buffer folder")
     manifest = read_manifest(out)
     seg = manifest["segments"][-1]
     if seg["rows"] >= seg["capacity"]:
@@ -289,6 +298,12 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     teacher_acted = written = 0
     start = time.perf_counter()
     obs = venv.reset()
+
+    def stop() -> str:  # SIGINT/SIGTERM: commit the staged rows, say how to continue
+        writer.flush()
+        rows = writer.manifest["rows"]
+        return f"{rows} rows committed to {out}; continue with: policy-kd record --resume --out {out}"
+
     with (
         writer,
         tqdm(
@@ -296,6 +311,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
         ) as bar,
     ):
         while writer.remaining > 0:
+            check_interrupted(stop)
             labels = teacher.label(obs)  # the one forward pass: recorded outputs and the teacher's action
             actions, by_teacher = behaviour(obs, labels)
             next_obs, rewards, dones, infos = venv.step(actions)
