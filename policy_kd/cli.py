@@ -177,6 +177,45 @@ def _print_eval(result: dict[str, Any]) -> str:
     return format_table(result)
 
 
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _describe_buffer(out: Path) -> str:
+    """What a record run made, on one screen (also with --no-progress, where no bar showed the rate)."""
+    from policy_kd.buffer import read_manifest
+
+    m = read_manifest(out)
+    src = m["sources"][-1]
+    state = "complete" if m["complete"] else "INCOMPLETE"
+    return (
+        f"buffer saved to {out}\n"
+        f"  rows: {m['rows']} ({state}), this recording: {src.get('episodes', 0)} episodes, "
+        f"mean return {_fmt(src.get('episode_return_mean'))}\n"
+        f"  {_fmt(src.get('steps_per_second'), '.1f')} steps/s over {_fmt(src.get('record_seconds'))} s"
+    )
+
+
+def _describe_student(out: Path) -> str:
+    """What a distill run made, on one screen: size, speed, best evaluation, how it stopped."""
+    import json
+
+    info = json.loads((out / "student.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    steps_per_second = metrics["steps"] / max(metrics.get("seconds") or 0.0, 1e-9)
+    stopped = metrics.get("stopped_early")
+    return (
+        f"student saved to {out}\n"
+        f"  params: {info.get('params')} ({_fmt(info.get('params_ratio'), '.2%')} of the teacher's "
+        f"{info.get('teacher_params')})\n"
+        f"  steps: {metrics['steps']} at {steps_per_second:.1f} steps/s "
+        f"({_fmt(metrics.get('samples_per_second'), '.0f')} samples/s)"
+        f"{f', stopped early: {stopped}' if stopped else ''}\n"
+        f"  best evaluation: mean return {_fmt(metrics.get('best_eval_mean_return'))}, "
+        f"final train agreement {_fmt(metrics.get('final_train_agreement'), '.3f')}"
+    )
+
+
 def _describe_export(out: Path) -> str:
     from policy_kd.export import describe_export
 
@@ -187,8 +226,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train-teacher": _job(
         "train-teacher", "teacher", "TrainTeacherConfig", "train_teacher", lambda p: f"teacher saved to {p}"
     ),
-    "record": _job("record", "record", "RecordConfig", "record", lambda p: f"buffer saved to {p}"),
-    "distill": _job("distill", "distill", "DistillConfig", "distill", lambda p: f"student saved to {p}"),
+    "record": _job("record", "record", "RecordConfig", "record", _describe_buffer),
+    "distill": _job("distill", "distill", "DistillConfig", "distill", _describe_student),
     "evaluate": _job("evaluate", "evaluate", "EvaluateConfig", "evaluate", _print_eval),
     "export": _job("export", "export", "ExportConfig", "export_student", _describe_export),
     "distill-multitask": _job(

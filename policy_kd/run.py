@@ -226,10 +226,9 @@ def deferred_interrupts() -> Iterator[None]:
         if _STOP:
             raise Interrupted(signum)
         _STOP.append(signum)
-        name = signal.Signals(signum).name
-        print(
-            f"policy-kd: {name}: stopping at the next checkpoint (send it again to stop now)", file=sys.stderr
-        )
+        if sys.stderr.isatty():  # someone pressed Ctrl-C and waits; a batch log keeps its one final line
+            name = signal.Signals(signum).name
+            print(f"policy-kd: {name}: stopping at the next checkpoint (again to stop now)", file=sys.stderr)
 
     previous = {s: signal.signal(s, request) for s in _SIGNALS}
     _DEFER_DEPTH[0] += 1
