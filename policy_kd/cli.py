@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,14 @@ import tyro
 
 from policy_kd.config import parse_cli
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import COMMAND_LINE, Interrupted, job, lock_out_dir, raise_interrupted
+from policy_kd.run import (
+    COMMAND_LINE,
+    Interrupted,
+    job,
+    lock_out_dir,
+    quiet_no_space_in_threads,
+    raise_interrupted,
+)
 
 PROG = "policy-kd"
 
@@ -310,6 +318,7 @@ def _main(argv: list[str] | None) -> int:
     # SIGTERM (timeout, Slurm, Docker, Kubernetes) stops a job as Ctrl-C does: what is finished is
     # committed or checkpointed (jobs that can resume check for it between steps), then one line
     on_term = _set_handler(signal.SIGTERM, raise_interrupted)
+    thread_hook, threading.excepthook = threading.excepthook, quiet_no_space_in_threads
     try:
         return COMMANDS[command](rest)
     except PolicyKDError as exc:
@@ -323,6 +332,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"{PROG}: interrupted; finished outputs were kept", file=sys.stderr)
         return 130
     finally:
+        threading.excepthook = thread_hook
         if on_term is not None:
             _set_handler(signal.SIGTERM, on_term)
         COMMAND_LINE.reset(token)

@@ -142,6 +142,14 @@ def _holder_pid(fd: int) -> str:
     return "unknown"
 
 
+def quiet_no_space_in_threads(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook`` for the CLI: a background writer (TensorBoard's) that hits a full disk dies
+    without a traceback; the foreground gets its error on the next write and the job reports it in one line."""
+    if isinstance(args.exc_value, OSError) and args.exc_value.errno in NO_SPACE:
+        return
+    threading.__excepthook__(args)
+
+
 def _unlock(fd: int) -> None:
     # LOCK_UN, not just close: a forked child (a vec env worker) may share the open file and outlive us
     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -170,9 +178,9 @@ def job(*, resumable: bool) -> Callable[[F], F]:
                     raise
                 where = held[0][1] if held else Path(exc.filename or ".").parent
                 fix = "--resume to continue (or --force to start over)" if resumable else "--force"
+                what = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
                 raise PolicyKDError(
-                    f"no space left writing {where} ({exc.strerror}: {exc.filename}); "
-                    f"free disk space, then run it again with {fix}"
+                    f"no space left writing {where} ({what}); free disk space, then run it again with {fix}"
                 ) from None
             finally:
                 _LOCK_SCOPE.reset(token)
@@ -283,8 +291,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write() names no file: say which one
         raise
 
 

@@ -180,7 +180,7 @@ def test_distill_force_over_a_running_distill_is_refused_and_sigterm_checkpoints
     artifacts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     buffer, cut, full = artifacts["buffer"], tmp_path / "cut", tmp_path / "full"
-    steps = 8000
+    steps = 4000
     proc = _start(*_distill_args(buffer, cut, steps))
     try:
         _wait_for(lambda: (cut / "tb").is_dir() and _holder(cut) == str(proc.pid), proc)
@@ -196,7 +196,6 @@ def test_distill_force_over_a_running_distill_is_refused_and_sigterm_checkpoints
     _one_line(err, "interrupted by SIGTERM", "checkpoint at step", "distill --resume")
     assert not (cut / "student.json").exists(), "finished before SIGTERM; raise steps"
     stopped_at = torch.load(cut / "checkpoint.pt", weights_only=True)["step"]
-    print('stopped at', stopped_at)
     assert 0 < stopped_at < steps  # no periodic checkpoint (--checkpoint-every 1e6): SIGTERM wrote this one
     assert run_cli("distill", "--resume", "--out", cut, "--no-progress") == 0
     # as after Ctrl-C or kill -9: the resumed run ends on the uninterrupted run's weights, bit for bit
@@ -267,20 +266,20 @@ def test_record_on_a_full_disk_is_one_line_not_sigbus(artifacts: dict[str, Path]
 def test_a_full_disk_is_one_line_and_leaves_no_torn_or_temp_file(
     artifacts: dict[str, Path], tmp_path: Path, job_name: str
 ) -> None:
-    """Fill a real small file system so the job fails mid-run; then free space and run it again."""
+    """Fill a real small file system so the job fails mid-run, after a checkpoint; free space, --resume."""
     res, preset = tmp_path, tmp_path / "preset.yml"
-    preset.write_text(yaml.safe_dump({"default": SMALL_DQN}))
+    preset.write_text(yaml.safe_dump({"default": {**SMALL_DQN, "buffer_size": 5000}}))  # a small checkpoint
     if job_name == "distill":
-        argv = f"distill --buffer {artifacts['buffer']} --out $FS/o --steps 400 --eval-every 100 --eval-episodes 1"
-        again, fill = "--force", 1900  # KB of 2048 taken before the job starts
+        argv = f"distill --buffer {artifacts['buffer']} --out $FS/o --steps 400 --eval-every 100 --eval-episodes 1 --checkpoint-every 100"
+        free = 64  # KB left free: enough to start and checkpoint, not to finish
     else:
         argv = (f"train-teacher --algo dqn --env CartPole-v1 --out $FS/o --n-timesteps 3000 --eval-freq 1000 "
                 f"--eval-episodes 2 --checkpoint-freq 1000 --preset {preset}")  # fmt: skip
-        again, fill = "--force", 1700
+        free = 512
     script = (
-        f"dd if=/dev/zero of=$FS/fill bs=1k count={fill} 2>/dev/null; "
+        f"dd if=/dev/zero of=$FS/fill bs=1k count=2048 2>/dev/null; truncate -s -{free}k $FS/fill; "
         f"$PK {argv} --no-progress 2>{res}/err; echo $? >{res}/code; find $FS/o >{res}/files; "
-        f"rm $FS/fill; $PK {argv} {again} --no-progress 2>{res}/err2; echo $? >{res}/code2"
+        f"rm $FS/fill; $PK {job_name} --resume --out $FS/o --no-progress 2>{res}/err2; echo $? >{res}/code2"
     )
     _in_small_fs(tmp_path, script)
     assert (res / "code").read_text().strip() == "2", (res / "err").read_text()
