@@ -342,7 +342,10 @@ class _Checkpoint(BaseCallback):
                 f"no checkpoint (--checkpoint-freq 0): {self.out} cannot be resumed; start over with --force"
             )
         self._save()
-        return f"checkpoint at step {self.num_timesteps} saved in {self.out}; continue with --resume"
+        return (
+            f"checkpoint at step {self.num_timesteps} saved; "
+            f"continue with: policy-kd train-teacher --resume --out {self.out}"
+        )
 
     def _on_step(self) -> bool:
         check_interrupted(self._on_stop)
