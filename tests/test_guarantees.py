@@ -7,6 +7,7 @@ elsewhere), and a file-size limit (RLIMIT_FSIZE) or a failing fsync everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,10 +44,29 @@ def _cli(*args: object) -> list[str]:
     return [sys.executable, "-m", "policy_kd", *map(str, args)]
 
 
-def _start(*args: object, **kw: object) -> subprocess.Popen[str]:
+def _start(*args: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        _cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw
+        _cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+
+
+@contextlib.contextmanager
+def _running(*args: object) -> Iterator[subprocess.Popen[str]]:
+    """``policy-kd ARGS`` in a subprocess, killed if the test leaves it running."""
+    proc = _start(*args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _terminate(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """Send SIGTERM as ``timeout``/Slurm do; the exit status and stderr."""
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(120)
+    return code, proc.communicate()[1]
 
 
 def _wait_for(cond: Callable[[], bool], *procs: subprocess.Popen[str], timeout: float = 180) -> None:
@@ -124,21 +144,14 @@ def test_simultaneous_writers_of_one_folder_exactly_one_runs(tmp_path: Path) -> 
 def test_two_records_started_together_exactly_one_runs(artifacts: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "b"
     args = ("record", "--teacher", artifacts["teacher"], "--out", out, "--steps", "400000", "--force")
-    procs = [_start(*args, "--no-progress") for _ in range(2)]
-    try:
-        _wait_for(lambda: any(p.poll() is not None for p in procs), timeout=240)
-        loser = next(p for p in procs if p.poll() is not None)
-        winner = next(p for p in procs if p is not loser)
+    with _running(*args, "--no-progress") as a, _running(*args, "--no-progress") as b:
+        _wait_for(lambda: a.poll() is not None or b.poll() is not None, timeout=240)
+        loser, winner = (a, b) if a.poll() is not None else (b, a)
         assert winner.poll() is None, "both ended"
         assert loser.returncode == 2
         _one_line(loser.communicate()[1], "in use by another policy-kd job", f"PID {winner.pid}")
         _wait_for(lambda: _rows(out) > 0, winner)
-        winner.send_signal(signal.SIGTERM)
-        assert winner.wait(120) == 143
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        assert _terminate(winner)[0] == 143
     Buffer.open(out, verify=True)  # the winner's rows, whole
 
 
@@ -150,19 +163,25 @@ def test_record_locked_while_running_and_sigterm_commits_staged_rows(
 ) -> None:
     out, teacher = tmp_path / "b", artifacts["teacher"]
     chunk = 5000
-    proc = _start("record", "--teacher", teacher, "--out", out, "--steps", "60000", "--chunk-rows", chunk,
-                  "--no-progress")  # fmt: skip
-    try:
+    args = (
+        "record",
+        "--teacher",
+        teacher,
+        "--out",
+        out,
+        "--steps",
+        60000,
+        "--chunk-rows",
+        chunk,
+        "--no-progress",
+    )
+    with _running(*args) as proc:
         _wait_for(lambda: _rows(out) >= chunk, proc)
         # --force, --resume and --append on the folder being written are refused, naming the writer
         _refused(capsys, proc.pid, "record", "--teacher", teacher, "--out", out, "--steps", 100, "--force")
         _refused(capsys, proc.pid, "record", "--resume", "--out", out, "--no-progress")
         _refused(capsys, proc.pid, "record", "--teacher", teacher, "--out", out, "--steps", 100, "--append")
-        proc.send_signal(signal.SIGTERM)
-        code, err = proc.wait(120), proc.communicate()[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        code, err = _terminate(proc)
     assert code == 143, err
     _one_line(err, "interrupted by SIGTERM", "rows committed", "record --resume")
     buf = Buffer.open(out, verify=True)
@@ -181,17 +200,12 @@ def test_distill_force_over_a_running_distill_is_refused_and_sigterm_checkpoints
 ) -> None:
     buffer, cut, full = artifacts["buffer"], tmp_path / "cut", tmp_path / "full"
     steps = 4000
-    proc = _start(*_distill_args(buffer, cut, steps))
-    try:
+    with _running(*_distill_args(buffer, cut, steps)) as proc:
         _wait_for(lambda: (cut / "tb").is_dir() and _holder(cut) == str(proc.pid), proc)
         _refused(capsys, proc.pid, *_distill_args(buffer, cut, 10), "--force")
         _refused(capsys, proc.pid, "distill", "--resume", "--out", cut, "--no-progress")
         time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        code, err = proc.wait(120), proc.communicate()[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        code, err = _terminate(proc)
     assert code == 143, err
     _one_line(err, "interrupted by SIGTERM", "checkpoint at step", "distill --resume")
     assert not (cut / "student.json").exists(), "finished before SIGTERM; raise steps"
@@ -207,15 +221,11 @@ def test_distill_force_over_a_running_distill_is_refused_and_sigterm_checkpoints
 def test_train_teacher_sigterm_checkpoints_then_resumes(tmp_path: Path) -> None:
     out, preset = tmp_path / "teacher", tmp_path / "preset.yml"
     preset.write_text(yaml.safe_dump({"default": SMALL_DQN}))
-    proc = _start("train-teacher", "--algo", "dqn", "--env", "CartPole-v1", "--out", out, "--n-timesteps", 10**6,
-                  "--eval-freq", 1000, "--eval-episodes", 2, "--preset", preset, "--no-progress")  # fmt: skip
-    try:
+    args = ("train-teacher", "--algo", "dqn", "--env", "CartPole-v1", "--out", out, "--n-timesteps", 10**6,
+            "--eval-freq", 1000, "--eval-episodes", 2, "--preset", preset, "--no-progress")  # fmt: skip
+    with _running(*args) as proc:
         _wait_for(lambda: (out / "evaluations.npz").is_file(), proc)  # training, past its first evaluation
-        proc.send_signal(signal.SIGTERM)
-        code, err = proc.wait(120), proc.communicate()[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        code, err = _terminate(proc)
     assert code == 143, err
     _one_line(err, "interrupted by SIGTERM", "checkpoint at step", "--resume")
     state = json.loads((out / "checkpoint" / "state.json").read_text())
