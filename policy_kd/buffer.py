@@ -97,6 +97,7 @@ def _reserve(f: Path) -> None:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system that cannot reserve: go on
+            exc.filename = str(f)
             raise
     finally:
         os.close(fd)
