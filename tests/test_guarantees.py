@@ -316,7 +316,10 @@ def test_record_past_a_file_size_limit_is_one_line(artifacts: dict[str, Path], t
     assert not (out / "segment_000").exists() and not _temp_files(out)
 
 
-@pytest.mark.parametrize(("job_name", "model"), [("distill", "best.pt"), ("train-teacher", "best_model.zip")])
+@pytest.mark.parametrize(
+    ("job_name", "model"),
+    [("distill", "best.pt"), ("train-teacher", "best_model.zip"), ("evaluate", "eval.json")],
+)
 def test_a_failed_model_write_leaves_no_temp_file(
     artifacts: dict[str, Path],
     tmp_path: Path,
@@ -325,7 +328,8 @@ def test_a_failed_model_write_leaves_no_temp_file(
     job_name: str,
     model: str,
 ) -> None:
-    """The disk fills exactly while the best model is written: one line, no torn model, no temp file."""
+    """The disk fills exactly while the best model (evaluate: its result) is written: one line naming the
+    folder and the fix, no torn file, no temp file."""
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
@@ -337,14 +341,18 @@ def test_a_failed_model_write_leaves_no_temp_file(
     out = tmp_path / "o"
     if job_name == "distill":
         argv: tuple[object, ...] = ("distill", "--buffer", artifacts["buffer"], "--out", out, "--steps", 100,
-                                    "--eval-every", 50, "--eval-episodes", 1, "--hidden", 8)  # fmt: skip
-    else:
+                                    "--eval-every", 50, "--eval-episodes", 1, "--hidden", 8, "--no-progress")  # fmt: skip
+    elif job_name == "train-teacher":
         preset = tmp_path / "preset.yml"
         preset.write_text(yaml.safe_dump({"default": SMALL_DQN}))
         argv = ("train-teacher", "--algo", "dqn", "--env", "CartPole-v1", "--out", out, "--n-timesteps", 1000,
-                "--eval-freq", 500, "--eval-episodes", 1, "--preset", preset)  # fmt: skip
-    assert run_cli(*argv, "--no-progress") == 2
-    _one_line(capsys.readouterr().err, "no space left writing", str(out), "--resume")
+                "--eval-freq", 500, "--eval-episodes", 1, "--preset", preset, "--no-progress")  # fmt: skip
+    else:
+        argv = ("evaluate", "--teacher", artifacts["teacher"], "--student", artifacts["student"], "--out", out,
+                "--episodes", 2)  # fmt: skip
+    assert run_cli(*argv) == 2
+    fix = "--force" if job_name == "evaluate" else "--resume"
+    _one_line(capsys.readouterr().err, "no space left writing", str(out), f"{model}); free disk space", fix)
     assert not (out / model).exists() and not _temp_files(out)
 
 
