@@ -42,8 +42,11 @@ step of a game) and ``game_over`` (the game ended after this step: no lives left
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +93,20 @@ def _npy_size(spec: FieldSpec, rows: int) -> int:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, header)
     return buf.tell() + rows * spec.row_bytes
+
+
+def _reserve(f: Path) -> None:
+    """Allocate the disk blocks of a (sparse) segment file now: a full disk is then an ENOSPC here, not a
+    SIGBUS when a memory-mapped page is first written, rows later."""
+    fd = os.open(f, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system that cannot reserve: go on
+            exc.filename = str(f)
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -209,19 +226,26 @@ class BufferWriter:
         seg_dir = self.path / self.segment["name"]
         seg_dir.mkdir(exist_ok=True)
         self._maps: dict[str, np.memmap] = {}
-        for k, spec in self.fields.items():
-            f = seg_dir / f"{k}.npy"
-            shape = (self.segment["capacity"], *spec.shape)
-            if create:
-                self._maps[k] = np.lib.format.open_memmap(
-                    f, mode="w+", dtype=np.dtype(spec.dtype), shape=shape
-                )
-            else:
-                if not f.is_file() or f.stat().st_size != _npy_size(spec, shape[0]):
-                    raise PolicyKDError(
-                        f"cannot resume: {f} is missing or truncated; record into a new buffer"
+        try:
+            for k, spec in self.fields.items():
+                f = seg_dir / f"{k}.npy"
+                shape = (self.segment["capacity"], *spec.shape)
+                if create:
+                    self._maps[k] = np.lib.format.open_memmap(
+                        f, mode="w+", dtype=np.dtype(spec.dtype), shape=shape
                     )
-                self._maps[k] = np.load(f, mmap_mode="r+")
+                else:
+                    if not f.is_file() or f.stat().st_size != _npy_size(spec, shape[0]):
+                        raise PolicyKDError(
+                            f"cannot resume: {f} is missing or truncated; record into a new buffer"
+                        )
+                    self._maps[k] = np.load(f, mmap_mode="r+")
+                _reserve(f)
+        except OSError:
+            self._maps = {}
+            if create:  # not listed in any manifest yet: leave no half-made segment behind
+                shutil.rmtree(seg_dir, ignore_errors=True)
+            raise
 
     @property
     def remaining(self) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,14 @@ import tyro
 
 from policy_kd.config import parse_cli
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import COMMAND_LINE
+from policy_kd.run import (
+    COMMAND_LINE,
+    Interrupted,
+    job,
+    lock_out_dir,
+    quiet_no_space_in_threads,
+    raise_interrupted,
+)
 
 PROG = "policy-kd"
 
@@ -48,6 +57,7 @@ class DemoConfig:
     """Redo every stage, replacing --out."""
 
 
+@job(resumable=False)
 def _demo(cfg: DemoConfig) -> int:
     from policy_kd.distill import DistillConfig, distill
     from policy_kd.evaluate import EvaluateConfig, evaluate, format_table
@@ -55,6 +65,7 @@ def _demo(cfg: DemoConfig) -> int:
     from policy_kd.teacher import TrainTeacherConfig, train_teacher
 
     root = Path(cfg.out)
+    lock_out_dir(root, what="demo folder")  # each stage also locks its own folder
     stages: list[tuple[str, str, Callable[[Path], Any]]] = [
         (
             "teacher",
@@ -174,6 +185,45 @@ def _print_eval(result: dict[str, Any]) -> str:
     return format_table(result)
 
 
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _describe_buffer(out: Path) -> str:
+    """What a record run made, on one screen (also with --no-progress, where no bar showed the rate)."""
+    from policy_kd.buffer import read_manifest
+
+    m = read_manifest(out)
+    src = m["sources"][-1]
+    state = "complete" if m["complete"] else "INCOMPLETE"
+    return (
+        f"buffer saved to {out}\n"
+        f"  rows: {m['rows']} ({state}), this recording: {src.get('episodes', 0)} episodes, "
+        f"mean return {_fmt(src.get('episode_return_mean'))}\n"
+        f"  {_fmt(src.get('steps_per_second'), '.1f')} steps/s over {_fmt(src.get('record_seconds'))} s"
+    )
+
+
+def _describe_student(out: Path) -> str:
+    """What a distill run made, on one screen: size, speed, best evaluation, how it stopped."""
+    import json
+
+    info = json.loads((out / "student.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    steps_per_second = metrics["steps"] / max(metrics.get("seconds") or 0.0, 1e-9)
+    stopped = metrics.get("stopped_early")
+    return (
+        f"student saved to {out}\n"
+        f"  params: {info.get('params')} ({_fmt(info.get('params_ratio'), '.2%')} of the teacher's "
+        f"{info.get('teacher_params')})\n"
+        f"  steps: {metrics['steps']} at {steps_per_second:.1f} steps/s "
+        f"({_fmt(metrics.get('samples_per_second'), '.0f')} samples/s)"
+        f"{f', stopped early: {stopped}' if stopped else ''}\n"
+        f"  best evaluation: mean return {_fmt(metrics.get('best_eval_mean_return'))}, "
+        f"final train agreement {_fmt(metrics.get('final_train_agreement'), '.3f')}"
+    )
+
+
 def _describe_export(out: Path) -> str:
     from policy_kd.export import describe_export
 
@@ -184,8 +234,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train-teacher": _job(
         "train-teacher", "teacher", "TrainTeacherConfig", "train_teacher", lambda p: f"teacher saved to {p}"
     ),
-    "record": _job("record", "record", "RecordConfig", "record", lambda p: f"buffer saved to {p}"),
-    "distill": _job("distill", "distill", "DistillConfig", "distill", lambda p: f"student saved to {p}"),
+    "record": _job("record", "record", "RecordConfig", "record", _describe_buffer),
+    "distill": _job("distill", "distill", "DistillConfig", "distill", _describe_student),
     "evaluate": _job("evaluate", "evaluate", "EvaluateConfig", "evaluate", _print_eval),
     "export": _job("export", "export", "ExportConfig", "export_student", _describe_export),
     "distill-multitask": _job(
@@ -235,7 +285,7 @@ commands:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted, 141 output pipe closed)."""
+    """Entry point; returns the exit status (0 ok, 2 bad input, 130 Ctrl-C, 141 output pipe closed, 143 SIGTERM)."""
     try:
         try:
             return _main(argv)
@@ -265,16 +315,35 @@ def _main(argv: list[str] | None) -> int:
         )
         return 2
     token = COMMAND_LINE.set([PROG, *argv])
+    # SIGTERM (timeout, Slurm, Docker, Kubernetes) stops a job as Ctrl-C does: what is finished is
+    # committed or checkpointed (jobs that can resume check for it between steps), then one line
+    on_term = _set_handler(signal.SIGTERM, raise_interrupted)
+    thread_hook, threading.excepthook = threading.excepthook, quiet_no_space_in_threads
     try:
         return COMMANDS[command](rest)
     except PolicyKDError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            said = exc.message or "finished outputs were kept"
+            print(f"{PROG}: interrupted by {exc.signal_name}; {said}", file=sys.stderr)
+            return exc.exit_code
         print(f"{PROG}: interrupted; finished outputs were kept", file=sys.stderr)
         return 130
     finally:
+        threading.excepthook = thread_hook
+        if on_term is not None:
+            _set_handler(signal.SIGTERM, on_term)
         COMMAND_LINE.reset(token)
+
+
+def _set_handler(signum: int, handler: Any) -> Any:
+    """Install a signal handler where Python allows it (the main thread); return the previous one."""
+    try:
+        return signal.signal(signum, handler)
+    except ValueError:  # main() called from another thread: leave signals alone
+        return None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ the uninterrupted run's weights bit for bit on CPU.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,17 @@ from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
 from policy_kd.losses import CONTINUOUS_LOSSES, DISCRETE_LOSSES, LOSSES, LossConfig, compute_loss, hint, kl
-from policy_kd.run import atomic_torch_save, prepare_out_dir, read_run_config, write_json, write_run_info
+from policy_kd.run import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    check_interrupted,
+    job,
+    lock_out_dir,
+    prepare_out_dir,
+    read_run_config,
+    write_json,
+    write_run_info,
+)
 from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
 
 # Episodes used to pick the best checkpoint start here, far from evaluate's default seeds (0..N), so the
@@ -201,11 +210,13 @@ class DistillConfig:
         return self.beta * (1.0 - r / max(self.rounds - 1, 1))
 
 
+@job(resumable=True)
 def distill(config: DistillConfig) -> Path:
     """Distil a student into ``config.out``; return the folder. ``student.json`` is written last."""
     config.validate()
     if config.resume:
         out = Path(config.out)  # type: ignore[arg-type]
+        lock_out_dir(out, what="student folder")
         config = _saved_config(out, progress=config.progress)
     else:
         inputs = (config.buffer, config.teacher)
@@ -373,7 +384,7 @@ class _Run:
         """Save the current student, let it act (mixed with the teacher) and add what it saw to the data."""
         student_dir = self._round_dir(r) / "student"
         student_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(self.net.state_dict(), student_dir / "weights.pt")
+        atomic_torch_save(self.net.state_dict(), student_dir / "weights.pt")
         save_student(student_dir, self.spec, {**self._info(), "weights": "weights.pt"})
         self._record_round(r, student_dir)
 
@@ -503,8 +514,17 @@ class _Run:
         tb = SummaryWriter(str(out / "tb"), purge_step=self.step + 1 if cfg.resume else None)
         bar = tqdm(total=total, initial=self.step, disable=not cfg.progress, desc="distill", unit="step")
         start = time.perf_counter() - self.wall
+
+        def stop() -> str:  # SIGINT/SIGTERM between two steps: checkpoint this step, as --resume expects
+            self.wall = time.perf_counter() - start
+            self._save_checkpoint(sampler)
+            return (
+                f"checkpoint at step {self.step} saved; continue with: policy-kd distill --resume --out {out}"
+            )
+
         try:
             while self.step < total and self.stopped is None:
+                check_interrupted(stop)
                 if self.step > 0 and self.step % cfg.steps == 0 and self.step // cfg.steps > self.round:
                     self.round = self.step // cfg.steps
                     self._start_round(self.round)
@@ -579,9 +599,9 @@ class _Run:
 
     def _finish(self) -> Path:
         cfg, out = self.cfg, self.out
-        torch.save(self.net.state_dict(), out / "last.pt")
+        atomic_torch_save(self.net.state_dict(), out / "last.pt")
         if self.best is None:  # no evaluation: the last weights are the student
-            shutil.copyfile(out / "last.pt", out / "best.pt")
+            atomic_write_bytes(out / "best.pt", (out / "last.pt").read_bytes())
         labels = sum(b.rows for b in self.buffers)
         metrics = {
             "steps": self.step,

@@ -29,7 +29,7 @@ from policy_kd import stats as pkd_stats
 from policy_kd.envs import game_monitor, make_env
 from policy_kd.errors import PolicyKDError
 from policy_kd.report import format_table
-from policy_kd.run import prepare_out_dir, write_json, write_run_info
+from policy_kd.run import job, prepare_out_dir, write_json, write_run_info
 
 ACTION_TOLERANCE = 0.05
 """Continuous actions agree when every dimension is within this fraction of that dimension's range
@@ -644,6 +644,7 @@ def latency(contender: Contender, teacher: Any, obs_pool: np.ndarray) -> dict[st
 # ------------------------------------------------------------------------------------------ evaluate
 
 
+@job(resumable=False)
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Run the comparison; with ``config.out`` write eval.json, report.md and plots; return the result."""
     from policy_kd.teacher import load_teacher

@@ -55,6 +55,7 @@ import numpy as np
 import tyro
 
 from policy_kd.errors import PolicyKDError
+from policy_kd.run import job
 
 EXPORT_FILE = "export.json"
 FILES = {
@@ -739,6 +740,7 @@ def _write(fmt: str, student: Any, path: Path) -> dict[str, Any]:
     raise PolicyKDError(f"unknown export format {fmt!r}; choose one of {', '.join(FILES)}")
 
 
+@job(resumable=False)
 def export_student(config: ExportConfig) -> Path:
     """Export ``config.student`` as ``config.format`` into ``config.out``; check parity; return the folder."""
     from policy_kd.cost import count_macs

@@ -52,7 +52,7 @@ from policy_kd.errors import PolicyKDError
 from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
 from policy_kd.online import algo_name, check_supported, sample_states
 from policy_kd.record import space_json
-from policy_kd.run import prepare_out_dir, write_json, write_run_info
+from policy_kd.run import atomic_torch_save, job, prepare_out_dir, write_json, write_run_info
 from policy_kd.students import StudentSpec, build_student, count_params, save_student, width_for_budget
 from policy_kd.teacher import (
     Teacher,
@@ -335,7 +335,7 @@ def export_student(model: BaseAlgorithm, out: Path, info: dict[str, Any]) -> tup
             dst.weight.copy_(src.weight.cpu())
             dst.bias.copy_(src.bias.cpu())
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), out / "best.pt")
+    atomic_torch_save(net.state_dict(), out / "best.pt")
     params = count_params(net)
     save_student(out, spec, {**info, "params": params, "weights": "best.pt"})
     return out, ""
@@ -354,6 +354,7 @@ def student_hidden(config: KickstartConfig, teacher: Teacher) -> tuple[int, ...]
     return (width,) * config.layers
 
 
+@job(resumable=False)
 def kickstart(config: KickstartConfig) -> Path:
     """Kickstart a student into ``config.out`` (see the module docstring for the layout); return it."""
     config.validate()

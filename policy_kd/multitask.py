@@ -30,7 +30,16 @@ from policy_kd.buffer import Buffer, Sampler
 from policy_kd.distill import selection_return
 from policy_kd.errors import PolicyKDError
 from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
-from policy_kd.run import atomic_torch_save, prepare_out_dir, read_run_config, write_json, write_run_info
+from policy_kd.run import (
+    atomic_torch_save,
+    check_interrupted,
+    job,
+    lock_out_dir,
+    prepare_out_dir,
+    read_run_config,
+    write_json,
+    write_run_info,
+)
 from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
 
 CHECKPOINT = "checkpoint.pt"
@@ -118,10 +127,12 @@ def task_name(env_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", env_id)
 
 
+@job(resumable=True)
 def distill_multitask(config: MultiTaskConfig) -> Path:
     config.validate()
     if config.resume:
         out = Path(config.out)  # type: ignore[arg-type]
+        lock_out_dir(out, what="multi-task folder")
         if not (out / CHECKPOINT).is_file():
             raise PolicyKDError(f"{out} has no {CHECKPOINT} to resume from; start over with --force")
         config = read_run_config(MultiTaskConfig, out, progress=config.progress)
@@ -199,8 +210,23 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
     tb = SummaryWriter(str(out / "tb"), purge_step=step + 1 if config.resume else None)
     bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="multitask", unit="step")
     start = time.perf_counter()
+
+    def checkpoint() -> str:
+        state = {
+            "step": step,
+            "students": [s.state_dict() for s in students],
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict() if sched else None,
+            "samplers": [smp.state() for smp in samplers],
+            "history": history,
+            "best": best,
+        }
+        atomic_torch_save(state, out / CHECKPOINT)
+        return f"checkpoint at step {step} saved; continue with: policy-kd distill-multitask --resume --out {out}"
+
     try:
         while step < config.steps:
+            check_interrupted(checkpoint)  # SIGINT/SIGTERM: checkpoint between two steps and stop
             step += 1
             losses = [
                 compute_loss(s(b["obs"]), b["teacher"], loss_cfg)
@@ -231,16 +257,7 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
                     for s, n in zip(students, names, strict=True):
                         save(out / n, s, "best.pt")
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                state = {
-                    "step": step,
-                    "students": [s.state_dict() for s in students],
-                    "opt": opt.state_dict(),
-                    "sched": sched.state_dict() if sched else None,
-                    "samplers": [smp.state() for smp in samplers],
-                    "history": history,
-                    "best": best,
-                }
-                atomic_torch_save(state, out / CHECKPOINT)
+                checkpoint()
     finally:
         bar.close()
         tb.close()

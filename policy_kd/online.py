@@ -40,7 +40,7 @@ from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
 from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
 from policy_kd.record import space_json
-from policy_kd.run import atomic_torch_save, prepare_out_dir, write_json, write_run_info
+from policy_kd.run import atomic_torch_save, job, prepare_out_dir, write_json, write_run_info
 from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
 from policy_kd.teacher import ALGOS, Teacher, TrainTeacherConfig, policy_param_count, train_teacher
 
@@ -238,6 +238,7 @@ class DistillOnlineConfig:
         )
 
 
+@job(resumable=False)
 def distill_online(config: DistillOnlineConfig) -> Path:
     """Train a teacher into ``OUT/teacher`` while distilling a student into ``OUT/student``; return OUT."""
     config.validate()
@@ -465,7 +466,7 @@ class OnlineDistillation(BaseCallback):
         }
 
     def _finish(self) -> None:
-        torch.save(self.net.state_dict(), self.out / "last.pt")
+        atomic_torch_save(self.net.state_dict(), self.out / "last.pt")
         if not (self.out / "best.pt").is_file():  # never evaluated after a distillation step
             shutil.copyfile(self.out / "last.pt", self.out / "best.pt")
         write_json(self.out / "metrics.json", self._metrics())

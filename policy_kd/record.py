@@ -27,7 +27,13 @@ from policy_kd.buffer import BufferWriter, FieldSpec, FrameStack, read_manifest
 from policy_kd.config import config_from_mapping, to_dict
 from policy_kd.envs import game_monitor
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import prepare_out_dir, write_run_info
+from policy_kd.run import (
+    check_interrupted,
+    job,
+    lock_out_dir,
+    prepare_out_dir,
+    write_run_info,
+)
 from policy_kd.teacher import Teacher, load_teacher
 
 BEHAVIOURS = ("teacher", "epsilon", "student", "mixture")
@@ -176,6 +182,7 @@ class Behaviour:
         return np.where(mask, t_act, s_act), use_teacher
 
 
+@job(resumable=True)
 def record(config: RecordConfig) -> Path:
     """Record into a new buffer (or resume / append to one); return the buffer folder."""
     config.validate()
@@ -184,6 +191,7 @@ def record(config: RecordConfig) -> Path:
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
     if config.append:
         out = Path(config.out or "")
+        lock_out_dir(out, what="buffer folder")
         manifest = read_manifest(out)
         if manifest["meta"].get("env_id") != teacher.env_id:
             raise PolicyKDError(
@@ -202,6 +210,7 @@ def record(config: RecordConfig) -> Path:
 
 def _resume(config: RecordConfig) -> Path:
     out = Path(config.out)  # type: ignore[arg-type]
+    lock_out_dir(out, what="buffer folder")
     manifest = read_manifest(out)
     seg = manifest["segments"][-1]
     if seg["rows"] >= seg["capacity"]:
@@ -304,6 +313,12 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     teacher_acted = written = 0
     start = time.perf_counter()
     obs = venv.reset()
+
+    def stop() -> str:  # SIGINT/SIGTERM: commit the staged rows, say how to continue
+        writer.flush()
+        rows = writer.manifest["rows"]
+        return f"{rows} rows committed to {out}; continue with: policy-kd record --resume --out {out}"
+
     with (
         writer,
         tqdm(
@@ -311,6 +326,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
         ) as bar,
     ):
         while writer.remaining > 0:
+            check_interrupted(stop)
             labels = teacher.label(obs)  # the one forward pass: recorded outputs and the teacher's action
             actions, by_teacher = behaviour(obs, labels)
             games_before = [m.games_finished for m in monitors] if games else []

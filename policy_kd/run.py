@@ -1,19 +1,29 @@
-"""Run folders: refuse to overwrite without ``--force``, record how a result was made, write atomically."""
+"""Run folders: refuse to overwrite without ``--force``, lock them while a job writes, record how a result
+was made, write atomically, stop cleanly on SIGINT/SIGTERM and report a full disk in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
+import errno
+import fcntl
+import functools
+import io
 import json
 import os
 import platform
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import yaml
 
@@ -21,6 +31,7 @@ from policy_kd.config import config_from_mapping, to_dict
 from policy_kd.errors import PolicyKDError
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: The command line a job was started with; the CLI sets it so in-process calls record their own argv.
 COMMAND_LINE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("COMMAND_LINE", default=None)
@@ -46,17 +57,26 @@ def prepare_out_dir(
     what: str = "output folder",
     inputs: tuple[str | Path | None, ...] = (),
 ) -> Path:
-    """Create an empty output folder; an existing non-empty one is refused unless ``force``.
+    """Lock and create an empty output folder; an existing non-empty one is refused unless ``force``.
 
     ``inputs`` are the job's input paths: an output folder that is, holds or sits inside one is refused
-    before anything is deleted.
+    before anything is deleted. The folder stays locked (see :func:`lock_out_dir`) until the job ends.
     """
     if path is None or str(path) == "":
         raise PolicyKDError(f"no {what} given; pass --out DIR")
     out = Path(path)
     check_not_inside(out, *inputs)
+    if out.is_symlink() and (force or not out.exists()):
+        # --force deletes what the folder holds: never through a link, whose target may be anything
+        raise PolicyKDError(
+            f"{what} {out} is a symbolic link (to {os.readlink(out)}); pass the folder itself as --out, "
+            "or another --out"
+        )
     if out.exists() and not out.is_dir():
         raise PolicyKDError(f"{what} {out} exists and is a file; choose another --out")
+    # The lock comes before the emptiness check and the rmtree: two jobs started together cannot both
+    # see "empty" or both clear it; the loser is refused before it has touched anything.
+    lock_out_dir(out, what=what)
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise PolicyKDError(
@@ -65,6 +85,180 @@ def prepare_out_dir(
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+# ------------------------------------------------------------------------------------------------- locks
+#
+# An output folder is locked with flock(2) on a sibling file ``.NAME.lock`` beside it (in its real parent):
+# - beside, not inside, so ``--force``'s rmtree of the folder never deletes the lock out from under its
+#   holder, and a folder that does not exist yet can be locked before it is created;
+# - flock, not a PID file: the kernel drops the lock when the holder dies (kill -9 included), so a crash
+#   never leaves a stale lock to clear by hand; the PID written into the file only names the holder;
+# - the lock file is never deleted: unlinking it would let a process that opened the old file and one that
+#   creates a new one both "hold" the lock.
+
+_LOCK_SCOPE: contextvars.ContextVar[list[tuple[int, Path]] | None] = contextvars.ContextVar(
+    "_LOCK_SCOPE", default=None
+)
+_UNSCOPED_LOCKS: list[tuple[int, Path]] = []  # taken outside any job: held until the process exits
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of output folder ``out`` (beside the folder the path resolves to)."""
+    real = Path(os.path.realpath(out))
+    return real.parent / f".{real.name}.lock"
+
+
+def lock_out_dir(out: str | Path, *, what: str = "output folder") -> None:
+    """Take the exclusive lock on ``out`` for the running job, or refuse in one line naming the holder."""
+    out = Path(out)
+    lock = lock_path(out)
+    if lock.name == "..lock":
+        raise PolicyKDError(f"{what} {out} is the file-system root; choose another --out")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder_pid(fd)
+        os.close(fd)
+        raise PolicyKDError(
+            f"{what} {out} is in use by another policy-kd job (PID {holder}); wait for it to finish "
+            "or stop it, or choose another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    held = _LOCK_SCOPE.get()
+    (held if held is not None else _UNSCOPED_LOCKS).append((fd, out))
+
+
+def _holder_pid(fd: int) -> str:
+    # the holder writes its PID just after it locks: give it a moment
+    for _ in range(40):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.025)
+    return "unknown"
+
+
+def quiet_no_space_in_threads(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook`` for the CLI: a background writer (TensorBoard's) that hits a full disk dies
+    without a traceback; the foreground gets its error on the next write and the job reports it in one line."""
+    if isinstance(args.exc_value, OSError) and args.exc_value.errno in NO_SPACE:
+        return
+    threading.__excepthook__(args)
+
+
+def _unlock(fd: int) -> None:
+    # LOCK_UN, not just close: a forked child (a vec env worker) may share the open file and outlive us
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Errors of a write the file system could not take: full disk, quota, file size limit."""
+
+
+def job(*, resumable: bool) -> Callable[[F], F]:
+    """Decorate a job: the output folders it locks are released when it returns or fails, and a full disk
+    becomes one line naming the folder and the fix (``resumable``: whether ``--resume`` continues it)."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            held: list[tuple[int, Path]] = []
+            token = _LOCK_SCOPE.set(held)
+            try:
+                # a job that can resume stops at its next checkpoint; the others stop at once
+                with deferred_interrupts() if resumable else contextlib.nullcontext():
+                    return fn(*args, **kwargs)
+            except OSError as exc:
+                if exc.errno not in NO_SPACE:
+                    raise
+                where = held[0][1] if held else Path(exc.filename or ".").parent
+                fix = "--resume to continue (or --force to start over)" if resumable else "--force"
+                what = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+                raise PolicyKDError(
+                    f"no space left writing {where} ({what}); free disk space, then run it again with {fix}"
+                ) from None
+            finally:
+                _LOCK_SCOPE.reset(token)
+                for fd, _ in reversed(held):
+                    _unlock(fd)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------- interruptions
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the job can stop cleanly; the CLI exits with ``128 + signum``."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message)
+        self.signum, self.message = signum, message
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+_STOP: list[int] = []  # signals received inside a deferring block, not yet acted on
+_DEFER_DEPTH = [0]
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def raise_interrupted(signum: int, _frame: Any = None) -> None:
+    """A signal handler: stop now (what Ctrl-C does by default), for SIGTERM as for SIGINT."""
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Inside the block SIGINT/SIGTERM only ask the job to stop: it calls :func:`check_interrupted` where
+    it can commit or checkpoint (between steps). A second signal stops at once. Signal handlers live in
+    the main thread: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request(signum: int, _frame: Any) -> None:
+        if _STOP:
+            raise Interrupted(signum)
+        _STOP.append(signum)
+        if sys.stderr.isatty():  # someone pressed Ctrl-C and waits; a batch log keeps its one final line
+            name = signal.Signals(signum).name
+            print(f"policy-kd: {name}: stopping at the next checkpoint (again to stop now)", file=sys.stderr)
+
+    previous = {s: signal.signal(s, request) for s in _SIGNALS}
+    _DEFER_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _DEFER_DEPTH[0] -= 1
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if _DEFER_DEPTH[0] == 0:
+            # the job ended (finished, or failed) before it reached a checkpoint: nothing left to stop
+            _STOP.clear()
+
+
+def check_interrupted(on_stop: Callable[[], str] | None = None) -> None:
+    """Raise :class:`Interrupted` if a signal arrived; ``on_stop`` first saves what can be saved and
+    returns the one line to print (what was kept, how to resume)."""
+    if not _STOP:
+        return
+    signum = _STOP.pop()
+    _STOP.clear()
+    raise Interrupted(signum, on_stop() if on_stop else "")
 
 
 def check_not_inside(out: Path, *inputs: str | Path | None) -> None:
@@ -80,17 +274,39 @@ def check_not_inside(out: Path, *inputs: str | Path | None) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` so that readers see the old file or the new one, never half of it."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it and rename it over ``path``.
+
+    A kill leaves the old file whole; a failure (a full disk included) removes the temporary file, so no
+    ``*.tmp`` is ever left behind, and raises the ``OSError``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write() names no file: say which one
         raise
+
+
+def atomic_save(path: Path, save: Callable[[IO[bytes]], Any]) -> None:
+    """Atomically write what ``save(file)`` writes (``torch.save``, SB3's ``model.save``, pickle).
+
+    It is serialised in memory first: ``torch.save`` into a file swallows the write error of a full disk
+    into a RuntimeError, and the files saved this way (students, checkpoints, teacher zips) are small.
+    """
+    buf = io.BytesIO()
+    save(buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -135,12 +351,11 @@ def versions() -> dict[str, str]:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` so that a kill leaves the previous file whole (checkpoints are read on --resume)."""
+    """``torch.save`` so that a kill or a full disk leaves the previous file whole (checkpoints are read on
+    --resume)."""
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_save(path, lambda f: torch.save(obj, f))
 
 
 def write_run_config(out: Path, config: Any, *, job: str) -> None:

@@ -66,6 +66,12 @@ from policy_kd.envs import ensure_registered, features_extractor, make_env, make
 from policy_kd.envs.atari import is_atari
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import (
+    atomic_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_interrupted,
+    job,
+    lock_out_dir,
     prepare_out_dir,
     read_run_config,
     write_json,
@@ -301,23 +307,37 @@ def _make_eval_env_stack(env_id: str, seed: int, frame_stack: int | None) -> Vec
     return VecFrameStack(env, frame_stack) if frame_stack else env
 
 
-class _SaveVecNormalizeOnBest(BaseCallback):
-    """Save VecNormalize statistics whenever EvalCallback saves a new best model (as rl-zoo does)."""
+def save_model(model: BaseAlgorithm, path: Path) -> None:
+    """``model.save`` atomically: a kill or a full disk leaves the previous file whole, never a torn zip."""
+    atomic_save(path, model.save)
 
-    def __init__(self, path: Path):
+
+def save_vecnormalize(venv: VecNormalize, path: Path) -> None:
+    """``VecNormalize.save`` (a pickle of the statistics) atomically."""
+    atomic_save(path, lambda f: pickle.dump(venv, f))
+
+
+class _SaveBest(BaseCallback):
+    """EvalCallback's ``callback_on_new_best``: save the new best model (and its VecNormalize statistics,
+    as rl-zoo does) atomically. EvalCallback's own ``best_model_save_path`` is left unset because it calls
+    ``model.save`` in place, which a kill or a full disk tears."""
+
+    def __init__(self, out: Path):
         super().__init__()
-        self.path = path
+        self.out = out
 
     def _on_step(self) -> bool:
+        save_model(self.model, self.out / "best_model.zip")
         venv = self.model.get_vec_normalize_env()
         if venv is not None:
-            venv.save(str(self.path))
+            save_vecnormalize(venv, self.out / "best_vecnormalize.pkl")
         return True
 
 
 class _Checkpoint(BaseCallback):
-    """Every ``freq`` env steps, save what a resumed run needs into ``out/checkpoint/`` atomically: the
-    model, the replay buffer (off-policy algorithms), VecNormalize statistics and the evaluation history.
+    """Every ``freq`` env steps (0: never), save what a resumed run needs into ``out/checkpoint/``
+    atomically: the model, the replay buffer (off-policy algorithms), VecNormalize statistics and the
+    evaluation history. On SIGINT/SIGTERM, save one more and stop.
 
     Files go to ``checkpoint.new/`` first, which then replaces ``checkpoint/`` by two renames, so a kill at
     any moment leaves one complete checkpoint (``checkpoint/``, or ``checkpoint.old/`` between the renames).
@@ -332,11 +352,26 @@ class _Checkpoint(BaseCallback):
     def _on_training_start(self) -> None:
         self.last = self.num_timesteps
 
+    def _save(self) -> None:
+        seconds = self.seconds_before + time.perf_counter() - self.start
+        save_checkpoint(self.out, self.model, self.eval_cb, seconds)
+
+    def _on_stop(self) -> str:
+        if not self.freq:
+            return (
+                f"no checkpoint (--checkpoint-freq 0): {self.out} cannot be resumed; start over with --force"
+            )
+        self._save()
+        return (
+            f"checkpoint at step {self.num_timesteps} saved; "
+            f"continue with: policy-kd train-teacher --resume --out {self.out}"
+        )
+
     def _on_step(self) -> bool:
-        if self.num_timesteps - self.last >= self.freq:
+        check_interrupted(self._on_stop)
+        if self.freq and self.num_timesteps - self.last >= self.freq:
             self.last = self.num_timesteps
-            seconds = self.seconds_before + time.perf_counter() - self.start
-            save_checkpoint(self.out, self.model, self.eval_cb, seconds)
+            self._save()
         return True
 
 
@@ -344,12 +379,16 @@ def save_checkpoint(out: Path, model: BaseAlgorithm, eval_cb: EvalCallback, seco
     new, cur, old = out / "checkpoint.new", out / CHECKPOINT_DIR, out / "checkpoint.old"
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir()
-    model.save(new / "model.zip")
-    if hasattr(model, "replay_buffer") and model.replay_buffer is not None:
-        model.save_replay_buffer(new / "replay_buffer.pkl")  # type: ignore[attr-defined]
-    venv = model.get_env()
-    if isinstance(venv, VecNormalize):
-        venv.save(str(new / "vecnormalize.pkl"))
+    try:
+        model.save(new / "model.zip")
+        if hasattr(model, "replay_buffer") and model.replay_buffer is not None:
+            model.save_replay_buffer(new / "replay_buffer.pkl")  # type: ignore[attr-defined]
+        venv = model.get_env()
+        if isinstance(venv, VecNormalize):
+            venv.save(str(new / "vecnormalize.pkl"))
+    except BaseException:  # a full disk (or a second signal): no half-written checkpoint left behind
+        shutil.rmtree(new, ignore_errors=True)
+        raise
     state = {
         "num_timesteps": int(model.num_timesteps),
         "best_mean_reward": float(eval_cb.best_mean_reward),
@@ -381,6 +420,7 @@ def _saved_train_config(out: Path, progress: bool) -> TrainTeacherConfig:
     return read_run_config(TrainTeacherConfig, out, progress=progress)
 
 
+@job(resumable=True)
 def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseCallback] = ()) -> Path:
     """Train a teacher into ``config.out``; return the run folder. ``teacher.json`` is written last.
 
@@ -392,6 +432,7 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
     state: dict[str, Any] = {}
     if config.resume:
         out = Path(config.out)  # type: ignore[arg-type]
+        lock_out_dir(out, what="teacher folder")
         new_budget = config.n_timesteps
         config = _saved_train_config(out, config.progress)
         resume_from = _checkpoint_dir(out)
@@ -413,9 +454,9 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
     n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", 100_000))
     config = replace(config, n_timesteps=n_timesteps)
     if resume_from is None:
-        out = prepare_out_dir(config.out, force=config.force)
+        out = prepare_out_dir(config.out, force=config.force, what="teacher folder")
         write_run_info(out, config, job="train-teacher")
-        (out / "preset.yaml").write_text(yaml.safe_dump({config.env: preset}, sort_keys=False))
+        atomic_write_text(out / "preset.yaml", yaml.safe_dump({config.env: preset}, sort_keys=False))
     torch.set_num_threads(config.threads)
 
     n_envs = int(preset.get("n_envs", 1))
@@ -467,14 +508,13 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
             f"preset for {config.env} has an option {config.algo} does not take: {exc}"
         ) from None
 
-    on_best = _SaveVecNormalizeOnBest(out / "best_vecnormalize.pkl") if norm is not None else None
     eval_cb = EvalCallback(
         eval_env,
-        callback_on_new_best=on_best,
+        callback_on_new_best=_SaveBest(out),
         n_eval_episodes=config.eval_episodes,
         eval_freq=max(config.eval_freq // n_envs, 1),
         log_path=str(out),
-        best_model_save_path=str(out),
+        best_model_save_path=None,  # _SaveBest saves best_model.zip, atomically
         deterministic=True,
         verbose=0,
     )
@@ -487,8 +527,7 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
         eval_cb.evaluations_results = [list(r) for r in state["evaluations_results"]]
         eval_cb.evaluations_length = [list(n) for n in state["evaluations_length"]]
     callbacks: list[BaseCallback] = [eval_cb, *extra_callbacks]
-    if config.checkpoint_freq:
-        callbacks.append(_Checkpoint(out, config.checkpoint_freq, eval_cb, wall_before))
+    callbacks.append(_Checkpoint(out, config.checkpoint_freq, eval_cb, wall_before))
     start = time.perf_counter()
     model.learn(
         total_timesteps=n_timesteps - done_before,
@@ -498,15 +537,15 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
         reset_num_timesteps=resume_from is None,
     )
     wall = time.perf_counter() - start + wall_before
-    model.save(out / "last_model.zip")
+    save_model(model, out / "last_model.zip")
     if norm is not None:
         assert isinstance(env, VecNormalize)
-        env.save(str(out / "last_vecnormalize.pkl"))
+        save_vecnormalize(env, out / "last_vecnormalize.pkl")
     best = out / "best_model.zip"
     if not best.exists():  # no evaluation ran (budget below eval_freq): the last model is the teacher
-        shutil.copyfile(out / "last_model.zip", best)
+        atomic_write_bytes(best, (out / "last_model.zip").read_bytes())
         if norm is not None:
-            shutil.copyfile(out / "last_vecnormalize.pkl", out / "best_vecnormalize.pkl")
+            atomic_write_bytes(out / "best_vecnormalize.pkl", (out / "last_vecnormalize.pkl").read_bytes())
     env.close()
     eval_env.close()
     for name in (CHECKPOINT_DIR, "checkpoint.old", "checkpoint.new"):  # finished: the teacher replaces them
