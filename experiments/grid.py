@@ -323,6 +323,7 @@ class Grid:
                 {
                     **base,
                     "buffer": str(self.runs / "buffer_half"),
+                    "teacher": str(self.teacher_dir),  # the rounds' labeller (never taken from the buffer)
                     "seed": seed,
                     "steps": steps // rounds,
                     "eval_every": max(1, int(base.get("eval_every", 1000)) // rounds),
