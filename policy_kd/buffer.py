@@ -288,10 +288,16 @@ class BufferWriter:
     def _check_fields(self, fields: dict[str, FieldSpec] | None, fix: str) -> None:
         """Refuse to add rows whose fields differ from the buffer's (names, dtypes or shapes)."""
         theirs = {k: FieldSpec(v["dtype"], tuple(v["shape"])) for k, v in self.manifest["fields"].items()}
-        if fields is not None and theirs != fields:
-            raise PolicyKDError(
-                f"buffer {self.path} has fields {_describe(theirs)}, this recording makes {_describe(fields)}; {fix}"
-            )
+        if fields is None or theirs == fields:
+            return
+        diff = [f"no field {k}" for k in fields if k not in theirs]
+        diff += [f"a field {k} this recording does not make" for k in theirs if k not in fields]
+        diff += [
+            f"field {_describe({k: theirs[k]})}, this recording makes {_describe({k: f})}"
+            for k, f in fields.items()
+            if k in theirs and theirs[k] != f
+        ]
+        raise PolicyKDError(f"buffer {self.path} has {'; '.join(diff)}; {fix}")
 
     # -- segment files -------------------------------------------------------------------------------------
 
