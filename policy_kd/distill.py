@@ -265,6 +265,33 @@ def _saved_config(out: Path, *, progress: bool) -> DistillConfig:
     return read_run_config(DistillConfig, out, progress=progress)
 
 
+def _check_meta(buffer: Buffer) -> None:
+    """Refuse a buffer whose metadata lacks what distill reads (its env, spaces and teacher)."""
+    meta, wrong = buffer.meta, []
+    if not isinstance(meta.get("env_id"), str):
+        wrong.append("env_id")
+    wrong += [
+        k for k in ("observation_space", "action_space", "teacher") if not isinstance(meta.get(k), dict)
+    ]
+    if not wrong:
+        t, space = meta["teacher"], meta["action_space"]
+        if not isinstance(t.get("kind"), str):
+            wrong.append("teacher.kind")
+        if not (isinstance(t.get("policy_params"), int) and t["policy_params"] > 0):
+            wrong.append("teacher.policy_params")
+        if space.get("type") not in ("Discrete", "Box"):
+            wrong.append("action_space.type")
+        bounds = [space.get(k) for k in ("low", "high") if k in space]
+        if not all(isinstance(b, list) and all(isinstance(x, int | float) for x in b) for b in bounds):
+            wrong.append("action_space.low/high")
+    if meta.get("env_spec") is not None and not isinstance(meta.get("env_spec"), dict):
+        wrong.append("env_spec")
+    if wrong:
+        raise PolicyKDError(
+            f"buffer {buffer.path} has no valid {', '.join(wrong)} in its manifest's meta; re-record it with policy-kd record"
+        )
+
+
 class _Run:
     """One distillation run: data, networks, optimiser, and the loop with its checkpoints."""
 
@@ -291,14 +318,9 @@ class _Run:
             self._record_round(0, student_dir=None)
             self.meta = self.buffers[0].meta
         meta = self.meta
-        try:
-            kind = meta["teacher"]["kind"]
-            self.teacher_params = int(meta["teacher"]["policy_params"])
-        except (KeyError, TypeError, ValueError):
-            raise PolicyKDError(
-                f"buffer {self.buffers[0].path} does not describe its teacher (meta.teacher kind and "
-                "policy_params); re-record it with policy-kd record"
-            ) from None
+        _check_meta(self.buffers[0])
+        kind = meta["teacher"]["kind"]
+        self.teacher_params = int(meta["teacher"]["policy_params"])
         self.continuous = meta.get("action_space", {}).get("type") == "Box"
         allowed = CONTINUOUS_LOSSES if self.continuous else tuple(DISCRETE_LOSSES)
         if config.loss not in allowed:
