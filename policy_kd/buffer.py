@@ -149,6 +149,21 @@ def check_name(name: Any, what: str) -> str:
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
+def load_npy(f: Path, mode: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Memory-map the .npy file ``f`` (never unpickled), checked to hold ``shape`` rows of ``dtype``
+    as the manifest says; a header that does not parse is named as damage."""
+    try:
+        arr = np.load(f, mmap_mode=mode, allow_pickle=False)  # type: ignore[arg-type]
+    except Exception as exc:  # numpy parses the header with ast: SyntaxError, TokenError, ValueError...
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PolicyKDError(f"buffer file {f} is damaged ({why}); re-record the buffer") from None
+    if arr.shape != shape or arr.dtype != np.dtype(dtype):
+        raise PolicyKDError(
+            f"buffer file {f} holds {arr.shape} {arr.dtype}, not as the manifest says; re-record"
+        )
+    return arr
+
+
 def field_file(folder: Path, segment: str, field: str, *, write: bool = False) -> Path:
     """The file of ``field`` in ``segment`` of the buffer at ``folder``, checked to lie inside it.
 
@@ -333,7 +348,7 @@ class BufferWriter:
                     raise PolicyKDError(
                         f"cannot resume: {f} is missing or truncated; record into a new buffer"
                     )
-                self._maps[k] = np.load(f, mmap_mode="r+")
+                self._maps[k] = load_npy(f, "r+", shape, spec.dtype)
 
     @property
     def remaining(self) -> int:
@@ -529,15 +544,8 @@ class Buffer:
         if key not in self._maps:
             seg = self.segments[i]
             f = field_file(self.path, seg["name"], name)
-            try:
-                arr = np.load(f, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as exc:
-                raise PolicyKDError(f"buffer file {f} is damaged ({exc}); re-record the buffer") from None
             spec = self.fields[name]
-            if arr.shape != (seg["capacity"], *spec.shape) or arr.dtype != np.dtype(spec.dtype):
-                raise PolicyKDError(
-                    f"buffer file {f} holds {arr.shape} {arr.dtype}, not as the manifest says; re-record"
-                )
+            arr = load_npy(f, "r", (seg["capacity"], *spec.shape), spec.dtype)
             self._maps[key] = arr[: seg["rows"]]
         return self._maps[key]
 
