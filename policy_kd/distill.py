@@ -71,7 +71,7 @@ class DistillConfig:
     channels: tuple[int, ...] | None = None
     """Explicit conv channels of a CNN student, e.g. --channels 8 (minatar_cnn) or 16 32 32 (nature_cnn)."""
     params_fraction: float = 0.01
-    """Student size as a fraction of the teacher's policy parameters (widths solved, actual count reported)."""
+    """Student size as a fraction (0, 1] of the teacher's policy parameters (widths solved, actual count reported)."""
     layers: int = 2
     """Hidden layers of an mlp student sized by --params-fraction."""
     activation: str = "relu"

@@ -184,6 +184,13 @@ def record(config: RecordConfig) -> Path:
             raise PolicyKDError(
                 f"buffer {out} was recorded in {manifest['meta'].get('env_id')}, not {teacher.env_id}; append a matching recording"
             )
+        # one buffer, one teacher: another's labels appended would mix two targets in one source set
+        check_same_teacher(
+            teacher,
+            manifest["meta"].get("teacher"),
+            f"buffer {out} was recorded by",
+            fix="record a new buffer",
+        )
         mode = "append"
     else:
         out = prepare_out_dir(

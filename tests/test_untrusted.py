@@ -305,3 +305,13 @@ def test_record_and_distill_resume_from_another_directory(artifacts, tmp_path, m
     assert Buffer.open(home / "b").complete
     assert run_cli("distill", "--resume", "--out", home / "s", "--no-progress") == 0
     assert (home / "s" / "student.json").is_file()
+
+
+def test_append_refuses_another_teacher(artifacts, tmp_path, capsys):
+    teacher, buf = tmp_path / "t", tmp_path / "b"
+    shutil.copytree(artifacts["teacher"], teacher)
+    shutil.copytree(artifacts["buffer"], buf)
+    other_weights(teacher)
+    args = ["record", "--teacher", teacher, "--out", buf, "--steps", "100", "--append", "--no-progress"]
+    expect_error(capsys, args, "another teacher", "weights differ")
+    assert len(Buffer.open(buf).segments) == 1
