@@ -101,6 +101,12 @@ def absolute_paths(config: C, *names: str) -> C:
     )
 
 
+def check_seed(seed: int) -> None:
+    """Refuse a seed that numpy, torch or Gymnasium would reject mid-run (negative, or over 32 bits)."""
+    if not 0 <= seed < 2**32:
+        raise PolicyKDError(f"--seed must lie in [0, 2**32), got {seed}")
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain-YAML-able dict of a config dataclass (tuples become lists)."""
 

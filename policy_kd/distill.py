@@ -27,7 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from policy_kd.buffer import Buffer, Sampler
-from policy_kd.config import absolute_paths
+from policy_kd.config import absolute_paths, check_seed
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
@@ -174,6 +174,7 @@ class DistillConfig:
                 f"--params-fraction must lie in (0, 1] (a student no larger than the teacher), got "
                 f"{self.params_fraction}; for a larger network give its widths with --hidden"
             )
+        check_seed(self.seed)
         if not 0.0 <= self.lam <= 1.0:
             raise PolicyKDError(f"--lam must lie in [0, 1], got {self.lam}")
         if not 0.0 <= self.beta <= 1.0:

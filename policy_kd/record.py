@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 from tqdm.auto import tqdm
 
 from policy_kd.buffer import Buffer, BufferWriter, FieldSpec, FrameStack, read_manifest
-from policy_kd.config import absolute_paths, config_from_mapping, to_dict
+from policy_kd.config import absolute_paths, check_seed, config_from_mapping, to_dict
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import prepare_out_dir, write_run_info
 from policy_kd.teacher import Teacher, load_teacher
@@ -90,6 +90,7 @@ class RecordConfig:
             raise PolicyKDError(f"--beta must lie in [0, 1], got {self.beta}")
         if self.steps <= 0 or self.n_envs <= 0 or self.chunk_rows <= 0:
             raise PolicyKDError("--steps, --n-envs and --chunk-rows must be > 0")
+        check_seed(self.seed)
         if self.append and self.force:
             raise PolicyKDError("--append adds to a buffer and --force replaces it; pass one of them")
 
@@ -217,6 +218,7 @@ def _resume(config: RecordConfig) -> Path:
         progress=config.progress,
         threads=config.threads,
     )
+    replace(cfg, resume=False).validate()  # the saved options are read from a file: checked as typed ones
     teacher = load_teacher(cfg.teacher, cfg.env)  # type: ignore[arg-type]
     started = manifest["sources"][seg["source"]].get("teacher")
     check_same_teacher(teacher, started, f"buffer {out} was started by", fix="record a new buffer")
@@ -251,7 +253,7 @@ def check_same_teacher(teacher: Teacher, recorded: Any, what: str, *, fix: str) 
         )
     elif teacher_digest(teacher) != want:
         raise PolicyKDError(
-            f"{what} another teacher than {teacher.path} (its weights differ: sha256 {want[:12]}...); "
+            f"{what} another teacher than {teacher.path} (its weights differ: sha256 {str(want)[:12]}...); "
             f"pass the teacher that recorded it, or {fix}"
         )
 

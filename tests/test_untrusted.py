@@ -315,3 +315,11 @@ def test_append_refuses_another_teacher(artifacts, tmp_path, capsys):
     args = ["record", "--teacher", teacher, "--out", buf, "--steps", "100", "--append", "--no-progress"]
     expect_error(capsys, args, "another teacher", "weights differ")
     assert len(Buffer.open(buf).segments) == 1
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**70)])
+def test_out_of_range_seeds_get_one_line(artifacts, tmp_path, capsys, seed):
+    record = ["record", "--teacher", artifacts["teacher"], "--out", tmp_path / "b", "--steps", "10"]
+    expect_error(capsys, [*record, "--seed", seed], "--seed must lie in [0, 2**32)")
+    distill = ["distill", "--buffer", artifacts["buffer"], "--out", tmp_path / "s", *QUICK]
+    expect_error(capsys, [*distill, "--seed", seed], "--seed must lie in [0, 2**32)")
