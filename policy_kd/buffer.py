@@ -13,7 +13,9 @@ memory maps. Every ``chunk_rows`` rows the new rows are flushed to disk, checksu
 the chunk's bytes) and listed in the manifest, which is replaced atomically. A reader trusts only listed
 chunks, so a killed writer (kill -9 included) leaves every listed row readable, and ``record --resume``
 continues the last segment from its last listed row. A file of the wrong size is reported as truncated,
-a chunk whose bytes do not match its checksum as corrupted, each by name.
+a chunk whose bytes do not match its checksum as corrupted, each by name. Every name a manifest gives
+(segment, field) must be a plain file name, and a symbolic link among a buffer's files is refused, so
+nothing from a manifest reads or writes outside the buffer folder (see ``read_manifest``, ``field_file``).
 
 ``manifest.json`` keys: ``format`` ("policy_kd.buffer"), ``schema_version``, ``complete`` (all segments
 filled), ``rows``, ``fields`` (name -> dtype and per-row shape), ``meta`` (env id, spaces, teacher kind,
