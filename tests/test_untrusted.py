@@ -277,7 +277,7 @@ def test_a_manifest_missing_a_standard_entry_gets_one_line(artifacts, tmp_path, 
     expect_error(capsys, ["record", "--resume", "--out", buf, "--no-progress"], message)
 
 
-def test_record_and_distill_resume_from_another_directory(artifacts, tmp_path, monkeypatch):
+def test_record_and_distill_resume_from_another_directory_and_moved(artifacts, tmp_path, monkeypatch):
     from policy_kd import distill as distill_mod
 
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
@@ -301,10 +301,11 @@ def test_record_and_distill_resume_from_another_directory(artifacts, tmp_path, m
     assert run_cli("distill", "--buffer", "full", "--out", "s", *args) == 130
     monkeypatch.setattr(distill_mod.Sampler, "sample", real)
     monkeypatch.chdir(elsewhere)
+    shutil.move(home / "s", elsewhere / "moved")  # a run folder moved elsewhere resumes too
     assert run_cli("record", "--resume", "--out", home / "b", "--no-progress") == 0
     assert Buffer.open(home / "b").complete
-    assert run_cli("distill", "--resume", "--out", home / "s", "--no-progress") == 0
-    assert (home / "s" / "student.json").is_file()
+    assert run_cli("distill", "--resume", "--out", "moved", "--no-progress") == 0
+    assert (elsewhere / "moved" / "student.json").is_file()
 
 
 def test_append_refuses_another_teacher(artifacts, tmp_path, capsys):
