@@ -169,6 +169,8 @@ class DistillConfig:
                 raise PolicyKDError(
                     f"--{name.replace('_', '-')} must be > 0 and finite, got {getattr(self, name)}"
                 )
+        if self.lr > 1e30:  # Adam divides it by 1 - 0.9 in float32: above ~3e37 the step overflows
+            raise PolicyKDError(f"--lr must be at most 1e30, got {self.lr}")
         if self.params_fraction > 1:
             raise PolicyKDError(
                 f"--params-fraction must lie in (0, 1] (a student no larger than the teacher), got "
@@ -642,7 +644,8 @@ class _Run:
         raise PolicyKDError(
             f"distill diverged at step {self.step}: the {cfg.loss} loss {what} (the buffer's targets are finite, "
             f"so the optimisation blew up); likely cause: --lr {cfg.lr:g} is too high"
-            f"{'' if cfg.max_grad_norm else ' with no gradient clipping'}: lower --lr (or set --max-grad-norm 1) "
+            f"{'' if cfg.max_grad_norm else ' with no gradient clipping'} (or --tau/--temperature extreme): "
+            "lower --lr (or set --max-grad-norm 1) "
             f"and start over with --force; no student was saved"
         )
 

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 
 from policy_kd.buffer import Buffer
 from policy_kd.cli import main
+from policy_kd.distill import DistillConfig
 from policy_kd.students import load_student
 
 SETTINGS = settings(
@@ -249,21 +251,52 @@ DISTILL_KEYS = sorted(
         "unknown_key",
     }
 )
-CONFIG_VALUES = (
+ANY_VALUE = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**66), max_value=2**66)
     | st.floats(allow_nan=True, allow_infinity=True)
-    | st.sampled_from(["kl", "mse", "nll", "hinton", "cosine", "relu", "mlp", "nature_cnn", "forward", "x"])
     | st.lists(st.floats(min_value=-2, max_value=2), max_size=3)
     | st.text(max_size=10)
+)
+WORDS = st.sampled_from(["kl", "mse", "nll", "hinton", "kl_entropy", "gaussian_kl", "cosine", "constant", "relu",
+                         "tanh", "mlp", "nature_cnn", "minatar_cnn", "forward", "reverse", "mixture", "student",
+                         "linear", "exponential", "x"])  # fmt: skip
+
+
+def _typed(annotation: Any) -> st.SearchStrategy[Any]:
+    """Values of the option's own type, ordinary and extreme (most of them pass the parser)."""
+    text = str(annotation)
+    if "tuple" in text:
+        return st.lists(st.floats(min_value=-1, max_value=3), max_size=3)
+    if "float" in text:
+        return st.floats(min_value=1e-9, max_value=10) | st.floats(allow_nan=True, allow_infinity=True)
+    if "int" in text:
+        return st.integers(min_value=-3, max_value=100) | st.integers(min_value=-(2**66), max_value=2**66)
+    if "bool" in text:
+        return st.booleans() | st.none()
+    return WORDS | st.none()
+
+
+HINTS = typing.get_type_hints(DistillConfig)
+
+
+def _value(key: str) -> st.SearchStrategy[Any]:
+    """Three times in four a value of the option's type, else anything."""
+    if key not in HINTS:
+        return ANY_VALUE
+    return st.integers(0, 3).flatmap(lambda i: ANY_VALUE if i == 0 else _typed(HINTS[key]))
+
+
+CONFIGS = st.lists(st.sampled_from(DISTILL_KEYS), unique=True, max_size=4).flatmap(
+    lambda keys: st.fixed_dictionaries({k: _value(k) for k in keys})
 )
 
 
 @SETTINGS
 @given(
-    config=st.dictionaries(st.sampled_from(DISTILL_KEYS), CONFIG_VALUES, max_size=4),
-    garble=st.none() | st.binary(max_size=40),
+    config=CONFIGS,
+    garble=st.one_of(st.none(), st.none(), st.none(), st.binary(max_size=40)),  # garbled 1 in 4
 )
 def test_fuzz_yaml_config(artifacts, config, garble):
     with tempfile.TemporaryDirectory() as tmp:
