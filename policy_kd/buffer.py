@@ -860,7 +860,7 @@ def describe(buffer: Buffer) -> str:
         f"  {buffer.rows:,} rows in {len(buffer.segments)} segment(s), {n_chunks} chunk(s), "
         f"{buffer.nbytes() / 1e6:.1f} MB of field data",
         f"env {meta.get('env_id')}: observations {meta.get('observation_space')}, actions {meta.get('action_space')}",
-        f"teacher {t.get('algo')} ({t.get('kind')}), {t.get('policy_params', 0):,} policy parameters, {t.get('path')}",
+        f"teacher {t.get('algo')} ({t.get('kind')}), {t.get('policy_params')} policy parameters, {t.get('path')}",
         "fields: " + _describe(buffer.fields),
         "sources:",
     ]
