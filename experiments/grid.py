@@ -205,6 +205,12 @@ class Grid:
                 future.result()  # a failed student stops the grid (after the others end), as in sequence
         self.timed("distill", time.perf_counter() - start)
 
+    def teacher_option(self, options: dict[str, Any]) -> dict[str, str]:
+        """``--teacher`` for a recipe that loads the teacher (rounds, hint loss): distill never takes it
+        from the buffer."""
+        needs = int(options.get("rounds", 1)) > 1 or float(options.get("hint_weight", 0)) > 0
+        return {"teacher": str(self.teacher_dir)} if needs else {}
+
     def distill(self) -> None:
         """Students size by size, each size evaluated as soon as its students exist (results land early)."""
         for size in self.cfg["sizes"]:
@@ -219,6 +225,7 @@ class Grid:
                         "buffer": str(self.runs / "buffer"),
                         "params_fraction": size,
                         "seed": seed,
+                        **self.teacher_option(self.cfg["losses"][loss]),
                     },
                 )
                 for name, loss, seed in group
@@ -326,6 +333,7 @@ class Grid:
                 {
                     **base,
                     "buffer": str(self.runs / "buffer_half"),
+                    **self.teacher_option({"rounds": rounds}),
                     "seed": seed,
                     "steps": steps // rounds,
                     "eval_every": max(1, int(base.get("eval_every", 1000)) // rounds),

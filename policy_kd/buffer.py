@@ -13,7 +13,9 @@ memory maps. Every ``chunk_rows`` rows the new rows are flushed to disk, checksu
 the chunk's bytes) and listed in the manifest, which is replaced atomically. A reader trusts only listed
 chunks, so a killed writer (kill -9 included) leaves every listed row readable, and ``record --resume``
 continues the last segment from its last listed row. A file of the wrong size is reported as truncated,
-a chunk whose bytes do not match its checksum as corrupted, each by name.
+a chunk whose bytes do not match its checksum as corrupted, each by name. Every name a manifest gives
+(segment, field) must be a plain file name, and a symbolic link among a buffer's files is refused, so
+nothing from a manifest reads or writes outside the buffer folder (see ``read_manifest``, ``field_file``).
 
 ``manifest.json`` keys: ``format`` ("policy_kd.buffer"), ``schema_version``, ``complete`` (all segments
 filled), ``rows``, ``fields`` (name -> dtype and per-row shape), ``meta`` (env id, spaces, teacher kind,
@@ -46,6 +48,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +137,130 @@ def read_manifest(path: Path) -> dict[str, Any]:
     missing = [k for k in ("fields", "meta", "segments", "sources", "rows") if k not in manifest]
     if missing:
         raise PolicyKDError(f"{mpath} is missing {', '.join(missing)}; re-record the buffer")
+    try:
+        _check_manifest(manifest)
+    except _Bad as exc:
+        raise PolicyKDError(f"{mpath} is inconsistent: {exc}; re-record the buffer") from None
     return manifest
+
+
+class _Bad(Exception):
+    """One way a manifest's structure is wrong (read_manifest turns it into a PolicyKDError)."""
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Bad(what)
+
+
+def _is_int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def check_name(name: Any, what: str) -> str:
+    """``name`` if it is a plain file name (it becomes a path inside the buffer folder), else raise.
+
+    Every path a reader or writer opens is ``folder / segment name / field name + ".npy"``: a name with a
+    separator, ``..``, or an absolute path would reach outside the folder, so none is accepted.
+    """
+    _expect(
+        isinstance(name, str) and _PLAIN_NAME.fullmatch(name) is not None and name not in (".", ".."),
+        f"{what} {name!r} is not a plain file name (letters, digits, '_', '-', '.'; no '/', no '..')",
+    )
+    return name
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def load_npy(f: Path, mode: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Memory-map the .npy file ``f`` (never unpickled), checked to hold ``shape`` rows of ``dtype``
+    as the manifest says; a header that does not parse is named as damage."""
+    try:
+        arr = np.load(f, mmap_mode=mode, allow_pickle=False)  # type: ignore[arg-type]
+    except Exception as exc:  # numpy parses the header with ast: SyntaxError, TokenError, ValueError...
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PolicyKDError(f"buffer file {f} is damaged ({why}); re-record the buffer") from None
+    if arr.shape != shape or arr.dtype != np.dtype(dtype):
+        raise PolicyKDError(
+            f"buffer file {f} holds {arr.shape} {arr.dtype}, not as the manifest says; re-record"
+        )
+    return arr
+
+
+def field_file(folder: Path, segment: str, field: str, *, write: bool = False) -> Path:
+    """The file of ``field`` in ``segment`` of the buffer at ``folder``, checked to lie inside it.
+
+    The names are checked by read_manifest; here the segment folder and the file must not be symbolic
+    links (reading or writing through one would reach outside the buffer), and a file written in place
+    must have no other hard link (a write would change the other name's content too).
+    """
+    seg_dir = folder / segment
+    f = seg_dir / f"{field}.npy"
+    for p in (seg_dir, f):
+        if p.is_symlink():
+            raise PolicyKDError(
+                f"buffer {folder}: {p} is a symbolic link, refused (it could point outside the buffer); "
+                "replace it with the real file or re-record the buffer"
+            )
+    if write and f.is_file() and os.stat(f).st_nlink > 1:
+        raise PolicyKDError(
+            f"buffer {folder}: {f} has {os.stat(f).st_nlink} hard links, refused (writing it would change "
+            "the other copies); copy the buffer with cp -r (no hard links) and resume the copy"
+        )
+    return f
+
+
+def _check_manifest(m: dict[str, Any]) -> None:
+    """Types, ranges and names of everything a reader or writer uses from a manifest (see the docstring)."""
+    _expect(isinstance(m["fields"], dict) and len(m["fields"]) > 0, "'fields' must be a non-empty mapping")
+    for k, f in m["fields"].items():
+        check_name(k, "field")
+        _expect(isinstance(f, dict) and isinstance(f.get("dtype"), str), f"field {k} has no dtype")
+        try:
+            dtype = np.dtype(f["dtype"])
+        except (TypeError, ValueError):
+            raise _Bad(f"field {k} has an unknown dtype {f['dtype']!r}") from None
+        _expect(dtype.kind in "biuf" and not dtype.hasobject, f"field {k} has dtype {dtype}, not a number")
+        shape = f.get("shape")
+        _expect(
+            isinstance(shape, list) and len(shape) <= 8 and all(_is_int(d) and d < 2**31 for d in shape),
+            f"field {k} has shape {shape!r}, not a list of sizes",
+        )
+    _expect(isinstance(m["meta"], dict), "'meta' must be a mapping")
+    _expect(
+        isinstance(m["sources"], list) and all(isinstance(s, dict) for s in m["sources"]), "bad 'sources'"
+    )
+    segs = m["segments"]
+    _expect(isinstance(segs, list) and len(segs) > 0, "'segments' must be a non-empty list")
+    names = set()
+    for i, seg in enumerate(segs):
+        _expect(isinstance(seg, dict), f"segment {i} is not a mapping")
+        name = check_name(seg.get("name"), f"segment {i} name")
+        _expect(name not in names, f"segment name {name} is listed twice")
+        names.add(name)
+        cap, rows, chunks = seg.get("capacity"), seg.get("rows"), seg.get("chunks")
+        _expect(_is_int(cap, 1), f"segment {name} has capacity {cap!r}")
+        _expect(_is_int(rows) and rows <= cap, f"segment {name} has rows {rows!r} (capacity {cap})")
+        _expect(
+            _is_int(seg.get("source")) and seg["source"] < len(m["sources"]),
+            f"segment {name} names source {seg.get('source')!r} of {len(m['sources'])}",
+        )
+        _expect(isinstance(chunks, list), f"segment {name} has no chunk list")
+        end = 0
+        for c in chunks:
+            _expect(
+                isinstance(c, dict) and c.get("start") == end and _is_int(c.get("rows"), 1),
+                f"segment {name} has a gap or a malformed chunk at row {end}",
+            )
+            end += c["rows"]
+            sha = c.get("sha256")
+            _expect(
+                isinstance(sha, dict) and all(isinstance(sha.get(k), str) for k in m["fields"]),
+                f"segment {name} has a chunk at row {c['start']} without a sha256 per field",
+            )
+        _expect(end == rows, f"segment {name} lists chunks for {end} rows, not {rows}")
+    _expect(m["rows"] == sum(s["rows"] for s in segs), f"'rows' {m['rows']!r} is not the segments' sum")
 
 
 class BufferWriter:
@@ -176,18 +302,11 @@ class BufferWriter:
         elif mode == "append":
             assert source is not None
             self.manifest = read_manifest(self.path)
-            if fields is not None:
-                theirs = {
-                    k: FieldSpec(v["dtype"], tuple(v["shape"])) for k, v in self.manifest["fields"].items()
-                }
-                if theirs != fields:
-                    raise PolicyKDError(
-                        f"buffer {self.path} has fields {_describe(theirs)}, this recording makes {_describe(fields)}; "
-                        "append only recordings of the same env and teacher kind"
-                    )
+            self._check_fields(fields, "append only recordings of the same env and teacher kind")
             self._new_segment(source, capacity)
         elif mode == "resume":
             self.manifest = read_manifest(self.path)
+            self._check_fields(fields, "it cannot be resumed by this teacher; record a new buffer")
             seg = self.manifest["segments"][-1]
             if seg["rows"] >= seg["capacity"]:
                 raise PolicyKDError(
@@ -204,6 +323,20 @@ class BufferWriter:
         self._stage = {k: np.empty((chunk_rows, *f.shape), dtype=f.dtype) for k, f in self.fields.items()}
         self._staged = 0  # rows appended but not yet committed
         self._write_manifest()
+
+    def _check_fields(self, fields: dict[str, FieldSpec] | None, fix: str) -> None:
+        """Refuse to add rows whose fields differ from the buffer's (names, dtypes or shapes)."""
+        theirs = {k: FieldSpec(v["dtype"], tuple(v["shape"])) for k, v in self.manifest["fields"].items()}
+        if fields is None or theirs == fields:
+            return
+        diff = [f"no field {k}" for k in fields if k not in theirs]
+        diff += [f"a field {k} this recording does not make" for k in theirs if k not in fields]
+        diff += [
+            f"field {_describe({k: theirs[k]})}, this recording makes {_describe({k: f})}"
+            for k, f in fields.items()
+            if k in theirs and theirs[k] != f
+        ]
+        raise PolicyKDError(f"buffer {self.path} has {'; '.join(diff)}; {fix}")
 
     # -- segment files -------------------------------------------------------------------------------------
 
@@ -224,11 +357,12 @@ class BufferWriter:
 
     def _open_maps(self, *, create: bool) -> None:
         seg_dir = self.path / self.segment["name"]
-        seg_dir.mkdir(exist_ok=True)
+        if create:  # a resumed segment's folder must already be there: nothing is created for it
+            seg_dir.mkdir(exist_ok=True)
         self._maps: dict[str, np.memmap] = {}
         try:
             for k, spec in self.fields.items():
-                f = seg_dir / f"{k}.npy"
+                f = field_file(self.path, self.segment["name"], k, write=True)
                 shape = (self.segment["capacity"], *spec.shape)
                 if create:
                     self._maps[k] = np.lib.format.open_memmap(
@@ -239,7 +373,7 @@ class BufferWriter:
                         raise PolicyKDError(
                             f"cannot resume: {f} is missing or truncated; record into a new buffer"
                         )
-                    self._maps[k] = np.load(f, mmap_mode="r+")
+                    self._maps[k] = load_npy(f, "r+", shape, spec.dtype)
                 _reserve(f)
         except OSError:
             self._maps = {}
@@ -370,8 +504,10 @@ class Buffer:
         self.sources: list[dict[str, Any]] = manifest["sources"]
         self.segments: list[dict[str, Any]] = [s for s in manifest["segments"] if s["rows"] > 0]
         self.rows = int(manifest["rows"])
-        self.complete = bool(manifest.get("complete", False))
+        # derived from the segments, not taken from the manifest's flag (read_manifest checked the counts)
+        self.complete = all(s["rows"] == s["capacity"] for s in manifest["segments"])
         self._maps: dict[tuple[int, str], np.ndarray] = {}
+        self._nonfinite: dict[str, tuple[int, int, int] | None] = {}
         fs = self.meta.get("frame_stack")
         self.stack = FrameStack(int(fs["k"]), int(fs["axis"]), tuple(fs["frame_shape"])) if fs else None
 
@@ -410,7 +546,7 @@ class Buffer:
     def _check_segment(self, i: int, *, verify: bool) -> None:
         seg = self.segments[i]
         for k, spec in self.fields.items():
-            f = self.path / seg["name"] / f"{k}.npy"
+            f = field_file(self.path, seg["name"], k)
             if not f.is_file():
                 raise PolicyKDError(f"buffer file missing: {f}; re-record the buffer")
             size, expected = f.stat().st_size, _npy_size(spec, seg["capacity"])
@@ -438,18 +574,57 @@ class Buffer:
         key = (i, name)
         if key not in self._maps:
             seg = self.segments[i]
-            f = self.path / seg["name"] / f"{name}.npy"
-            try:
-                arr = np.load(f, mmap_mode="r", allow_pickle=False)
-            except ValueError as exc:
-                raise PolicyKDError(f"buffer file {f} is damaged ({exc}); re-record the buffer") from None
+            f = field_file(self.path, seg["name"], name)
             spec = self.fields[name]
-            if arr.shape != (seg["capacity"], *spec.shape) or arr.dtype != np.dtype(spec.dtype):
-                raise PolicyKDError(
-                    f"buffer file {f} holds {arr.shape} {arr.dtype}, not as the manifest says; re-record"
-                )
+            arr = load_npy(f, "r", (seg["capacity"], *spec.shape), spec.dtype)
             self._maps[key] = arr[: seg["rows"]]
         return self._maps[key]
+
+    def require(self, *names: str) -> None:
+        """Refuse a buffer whose manifest lacks a field the caller reads."""
+        missing = [k for k in names if k not in self.fields]
+        if missing:
+            raise PolicyKDError(
+                f"buffer {self.path} has no field {', '.join(missing)} (it has {', '.join(self.fields)}); "
+                "re-record the buffer with policy-kd record"
+            )
+
+    def nonfinite(self, names: tuple[str, ...] | None = None) -> dict[str, tuple[int, int, int]]:
+        """Per floating-point field with NaN or Inf values: (values, rows, first global row)."""
+        found: dict[str, tuple[int, int, int]] = {}
+        for k in names or tuple(self.fields):
+            if k in self._nonfinite:  # scanned before (a field is read-only once opened)
+                if self._nonfinite[k]:
+                    found[k] = self._nonfinite[k]  # type: ignore[assignment]
+                continue
+            self._nonfinite[k] = None
+            if np.dtype(self.fields[k].dtype).kind != "f":
+                continue
+            values = rows = 0
+            first = -1
+            offset = 0
+            for i, seg in enumerate(self.segments):
+                arr = self.segment_array(i, k)
+                for start in range(0, seg["rows"], 65_536):  # a block at a time: bounded memory
+                    bad = ~np.isfinite(arr[start : start + 65_536])
+                    if bad.any():
+                        per_row = bad.reshape(len(bad), -1).any(axis=1)
+                        values += int(bad.sum())
+                        rows += int(per_row.sum())
+                        if first < 0:
+                            first = offset + start + int(np.argmax(per_row))
+                offset += seg["rows"]
+            if values:
+                found[k] = self._nonfinite[k] = (values, rows, first)
+        return found
+
+    def check_finite(self, names: tuple[str, ...], fix: str) -> None:
+        """Refuse a buffer whose fields ``names`` hold NaN or Inf (a student trained on them is garbage)."""
+        bad = self.nonfinite(names)
+        if bad:
+            raise PolicyKDError(
+                f"buffer {self.path} holds non-finite values ({describe_nonfinite(bad)}); {fix}"
+            )
 
     def field(self, name: str) -> np.ndarray:
         """A whole field, all segments concatenated into memory: ``(rows, *shape)`` (obs stacked)."""
@@ -486,20 +661,25 @@ class Buffer:
         names = names or tuple(self.fields)
         return sum(self.rows * self.fields[k].row_bytes for k in names)
 
-    def episode_returns(self) -> np.ndarray:
-        """Returns of the episodes that both start and end inside the buffer, in recording order per env."""
-        return self._returns("reward", "first", ("terminated", "truncated"))
+    def episode_returns(self, source: int | None = None) -> np.ndarray:
+        """Returns of the episodes that both start and end inside the buffer (or inside the rows of
+        ``source``), in recording order per env."""
+        return self._returns("reward", "first", ("terminated", "truncated"), source)
 
-    def game_returns(self) -> np.ndarray:
-        """Atari: real scores of the games that both start and end inside the buffer, in recording order
-        per env (empty for a buffer without game fields)."""
+    def game_returns(self, source: int | None = None) -> np.ndarray:
+        """Atari: real scores of the games that both start and end inside the buffer (or inside the rows of
+        ``source``), in recording order per env (empty for a buffer without game fields)."""
         if "game_reward" not in self.fields:
             return np.zeros(0)
-        return self._returns("game_reward", "game_first", ("game_over",))
+        return self._returns("game_reward", "game_first", ("game_over",), source)
 
-    def _returns(self, reward_field: str, first_field: str, end_fields: tuple[str, ...]) -> np.ndarray:
+    def _returns(
+        self, reward_field: str, first_field: str, end_fields: tuple[str, ...], source: int | None
+    ) -> np.ndarray:
         returns: list[float] = []
         for i in range(len(self.segments)):
+            if source is not None and self.segments[i]["source"] != source:
+                continue
             reward = np.asarray(self.segment_array(i, reward_field), dtype=np.float64)
             first = np.asarray(self.segment_array(i, first_field))
             done = np.zeros(len(reward), dtype=bool)
@@ -698,44 +878,54 @@ def _gather(parts: list[np.ndarray], offsets: np.ndarray, idx: np.ndarray) -> np
     return np.concatenate(pieces) if len(pieces) > 1 else np.asarray(pieces[0])
 
 
+def describe_nonfinite(bad: dict[str, tuple[int, int, int]]) -> str:
+    return ", ".join(
+        f"{k}: {n:,} NaN/Inf value(s) in {rows:,} row(s), first at row {first}"
+        for k, (n, rows, first) in bad.items()
+    )
+
+
+#: What describe reads besides the teacher's outputs.
+STANDARD_FIELDS = ("obs", "action", "reward", "first", "terminated", "truncated", "env", "source", "teacher")
+
+
 def describe(buffer: Buffer) -> str:
-    """A human-readable summary of a buffer: schema, counts, sources, episodes, actions."""
+    """A human-readable summary of a buffer: schema, counts, sources, episodes, actions, non-finite values."""
+    buffer.require(*STANDARD_FIELDS)
     m, meta = buffer.manifest, buffer.meta
     n_chunks = sum(len(s["chunks"]) for s in buffer.segments)
     state = "complete" if buffer.complete else "INCOMPLETE (resume with: policy-kd record --resume --out ...)"
-    t = meta.get("teacher", {})
+    t = meta.get("teacher") if isinstance(meta.get("teacher"), dict) else {}
     lines = [
         f"buffer {buffer.path}: schema {m['schema_version']}, {state}",
         f"  {buffer.rows:,} rows in {len(buffer.segments)} segment(s), {n_chunks} chunk(s), "
         f"{buffer.nbytes() / 1e6:.1f} MB of field data",
         f"env {meta.get('env_id')}: observations {meta.get('observation_space')}, actions {meta.get('action_space')}",
-        f"teacher {t.get('algo')} ({t.get('kind')}), {t.get('policy_params', 0):,} policy parameters, {t.get('path')}",
+        f"teacher {t.get('algo')} ({t.get('kind')}), {t.get('policy_params')} policy parameters, {t.get('path')}",
         "fields: " + _describe(buffer.fields),
         "sources:",
     ]
-    for src in buffer.sources:
-        rows = sum(s["rows"] for s in buffer.segments if s["source"] == src["id"])
-        cfg = src.get("config", {})
-        how = src.get("behaviour")
+    for i, src in enumerate(buffer.sources):
+        # a source's statistics are informative only (nothing is computed from them): shown as found
+        rows = sum(s["rows"] for s in buffer.segments if s["source"] == i)
+        cfg = src.get("config") if isinstance(src.get("config"), dict) else {}
+        how = str(src.get("behaviour"))
         if how == "epsilon":
             how += f"({cfg.get('epsilon')})"
         elif how == "mixture":
             how += f"(beta={cfg.get('beta')})"
-        ret = src.get("episode_return_mean")
-        ret_txt = (
-            f"return {ret:.1f} ± {src.get('episode_return_std', 0):.1f}"
-            if ret is not None
-            else "no finished episode"
-        )
-        acted = src.get("teacher_action_fraction")
+        ret, std = _number(src.get("episode_return_mean")), _number(src.get("episode_return_std")) or 0.0
+        ret_txt = f"return {ret:.1f} ± {std:.1f}" if ret is not None else "no finished episode"
+        acted = _number(src.get("teacher_action_fraction"))
         acted_txt = f", teacher acted {acted * 100:.1f}%" if acted is not None else ""
-        if src.get("game_return_mean") is not None:  # Atari: episodes are lives, games are scored apart
-            ret_txt += (
-                f", {src['games']} games, score {src['game_return_mean']:.1f} ± {src['game_return_std']:.1f}"
-            )
-        lines.append(
-            f"  [{src['id']}] {how}: {rows:,} rows, {src.get('episodes', 0)} episodes, {ret_txt}{acted_txt}"
+        games, score, score_std = (
+            src.get("games"),
+            _number(src.get("game_return_mean")),
+            _number(src.get("game_return_std")),
         )
+        if score is not None:  # Atari: episodes are lives, games are scored apart
+            ret_txt += f", {games} games, score {score:.1f} ± {score_std or 0.0:.1f}"
+        lines.append(f"  [{i}] {how}: {rows:,} rows, {src.get('episodes', 0)} episodes, {ret_txt}{acted_txt}")
     returns = buffer.episode_returns()
     if len(returns):
         lines.append(
@@ -745,24 +935,36 @@ def describe(buffer: Buffer) -> str:
     else:
         lines.append("episodes finished in the buffer: 0")
     if "game_reward" in buffer.fields:
-        games = buffer.game_returns()
+        game_scores = buffer.game_returns()
         lines.append(
-            f"games finished in the buffer: {len(games)}"
-            + (f", score mean {games.mean():.2f} ± {games.std():.2f}" if len(games) else "")
+            f"games finished in the buffer: {len(game_scores)}"
+            + (f", score mean {game_scores.mean():.2f} ± {game_scores.std():.2f}" if len(game_scores) else "")
         )
-    if buffer.fields["action"].shape == ():
-        counts = np.zeros(0, dtype=np.int64)
+    if buffer.rows == 0:
+        lines.append("no actions recorded yet")
+    elif buffer.fields["action"].shape == () and np.dtype(buffer.fields["action"].dtype).kind in "iu":
+        counts: dict[int, int] = {}
         for i in range(len(buffer.segments)):
-            a = np.asarray(buffer.segment_array(i, "action"))
-            c = np.bincount(a, minlength=len(counts))
-            counts = np.pad(counts, (0, max(0, len(c) - len(counts)))) + c
-        total = counts.sum()
+            values, n = np.unique(np.asarray(buffer.segment_array(i, "action")), return_counts=True)
+            for a, c in zip(values.tolist(), n.tolist(), strict=True):
+                counts[a] = counts.get(a, 0) + c
         lines.append(
-            "action histogram: " + "  ".join(f"{a}: {c / total * 100:.1f}%" for a, c in enumerate(counts))
+            "action histogram: "
+            + "  ".join(
+                f"{a}: {counts.get(a, 0) / buffer.rows * 100:.1f}%"
+                # actions never taken show as 0% (up to a sane action count)
+                for a in sorted(set(counts) | set(range(min(max(counts) + 1, 1024))))
+            )
         )
     else:
         act = buffer.spaced("action", 100_000)
         lines.append(
             f"action mean {np.round(act.mean(0), 3).tolist()}, std {np.round(act.std(0), 3).tolist()}"
         )
+    bad = buffer.nonfinite()
+    lines.append("non-finite values: " + (describe_nonfinite(bad) if bad else "none"))
     return "\n".join(lines)
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None

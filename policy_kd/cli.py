@@ -158,8 +158,11 @@ def _inspect(cfg: InspectConfig) -> int:
 
     if cfg.buffer is None:
         raise PolicyKDError("inspect needs a buffer: policy-kd inspect BUFFER_DIR")
-    print(describe(Buffer.open(cfg.buffer, verify=True, allow_empty=True)))
+    buffer = Buffer.open(cfg.buffer, verify=True, allow_empty=True)
+    print(describe(buffer))
     print("all chunks match their checksums")
+    # a checksum proves the bytes are as recorded, not that they are usable: NaN/Inf fail the check
+    buffer.check_finite(tuple(buffer.fields), "no student can learn from them: re-record the buffer")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -89,6 +90,21 @@ def config_from_mapping(cls: type[C], mapping: dict[str, Any], *, source: str = 
         )
     values = {k: _coerce(v, hints[k], k) for k, v in mapping.items()}
     return cls(**values)
+
+
+def absolute_paths(config: C, *names: str) -> C:
+    """``config`` with its path options ``names`` made absolute (against the current directory, links
+    kept as given), so that a saved config resumes from any working directory."""
+    given = {n: getattr(config, n) for n in names}
+    return dataclasses.replace(  # type: ignore[type-var]
+        config, **{n: os.path.abspath(v) for n, v in given.items() if v is not None}
+    )
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a seed that numpy, torch or Gymnasium would reject mid-run (negative, or over 32 bits)."""
+    if not 0 <= seed < 2**32:
+        raise PolicyKDError(f"--seed must lie in [0, 2**32), got {seed}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -12,6 +12,8 @@ the uninterrupted run's weights bit for bit on CPU.
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from policy_kd.buffer import Buffer, Sampler
+from policy_kd.config import absolute_paths, check_seed
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
@@ -39,12 +42,22 @@ from policy_kd.run import (
     write_json,
     write_run_info,
 )
-from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
+from policy_kd.students import (
+    STUDENTS,
+    Student,
+    build_student,
+    check_fits_in_memory,
+    count_params,
+    save_student,
+    size_student,
+)
 
 # Episodes used to pick the best checkpoint start here, far from evaluate's default seeds (0..N), so the
 # final comparison is not made on the episodes that selected the student.
 SELECTION_SEED = 1_000_000
 CHECKPOINT = "checkpoint.pt"
+#: A loss this many times its first value means training diverged (a sound run's loss falls).
+DIVERGED = 1e4
 BETA_SCHEDULES = ("linear", "constant", "exponential")
 
 
@@ -57,7 +70,7 @@ class DistillConfig:
     out: str | None = None
     """Student folder to create (refused if it exists, unless --force or --resume)."""
     teacher: str | None = None
-    """Teacher for --hint-weight and --rounds (default: the one that recorded --buffer): a run folder, a zoo run folder, hf://ORG/REPO or an SB3 .zip. Its .zip and .pkl files are unpickled code: load only trusted ones."""
+    """Teacher for --hint-weight and --rounds (required by both; checked to be the one that recorded --buffer): a run folder, a zoo run folder, hf://ORG/REPO or an SB3 .zip. Its .zip and .pkl files are unpickled code: load only trusted ones."""
     env: str | None = None
     """Environment id, for a plain .zip --teacher without a buffer."""
     student: str = "mlp"
@@ -67,7 +80,7 @@ class DistillConfig:
     channels: tuple[int, ...] | None = None
     """Explicit conv channels of a CNN student, e.g. --channels 8 (minatar_cnn) or 16 32 32 (nature_cnn)."""
     params_fraction: float = 0.01
-    """Student size as a fraction of the teacher's policy parameters (widths solved, actual count reported)."""
+    """Student size as a fraction (0, 1] of the teacher's policy parameters (widths solved, actual count reported)."""
     layers: int = 2
     """Hidden layers of an mlp student sized by --params-fraction."""
     activation: str = "relu"
@@ -148,15 +161,31 @@ class DistillConfig:
             return
         if self.buffer is None and self.rounds <= 1:
             raise PolicyKDError("distill needs a buffer: pass --buffer DIR (written by policy-kd record)")
-        if self.buffer is None and self.teacher is None:
-            raise PolicyKDError("--rounds without --buffer needs --teacher (who labels the states)")
+        if self.teacher is None and (self.rounds > 1 or self.hint_weight > 0):
+            # the buffer names its teacher, but its manifest carries no signature: loading (unpickling)
+            # a path from it would run whatever code that file holds
+            what = "--rounds" if self.rounds > 1 else "--hint-weight"
+            raise PolicyKDError(
+                f"{what} needs the teacher: pass --teacher PATH (the run folder or .zip that recorded the buffer; "
+                "a path named inside a buffer is never loaded unasked)"
+            )
         if self.loss not in LOSSES:
             raise PolicyKDError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.student not in STUDENTS:
             raise PolicyKDError(f"unknown student {self.student!r}; choose one of {', '.join(STUDENTS)}")
         for name in ("tau", "temperature", "params_fraction", "lr"):
-            if not getattr(self, name) > 0:
-                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise PolicyKDError(
+                    f"--{name.replace('_', '-')} must be > 0 and finite, got {getattr(self, name)}"
+                )
+        if self.lr > 1e30:  # Adam divides it by 1 - 0.9 in float32: above ~3e37 the step overflows
+            raise PolicyKDError(f"--lr must be at most 1e30, got {self.lr}")
+        if self.params_fraction > 1:
+            raise PolicyKDError(
+                f"--params-fraction must lie in (0, 1] (a student no larger than the teacher), got "
+                f"{self.params_fraction}; for a larger network give its widths with --hidden"
+            )
+        check_seed(self.seed)
         if not 0.0 <= self.lam <= 1.0:
             raise PolicyKDError(f"--lam must lie in [0, 1], got {self.lam}")
         if not 0.0 <= self.beta <= 1.0:
@@ -219,6 +248,8 @@ def distill(config: DistillConfig) -> Path:
         lock_out_dir(out, what="student folder")
         config = _saved_config(out, progress=config.progress)
     else:
+        # saved in config.yaml (what --resume reads): absolute, so it resumes from any working directory
+        config = absolute_paths(config, "buffer", "teacher")
         inputs = (config.buffer, config.teacher)
         out = prepare_out_dir(config.out, force=config.force, what="student folder", inputs=inputs)
         write_run_info(out, config, job="distill")
@@ -248,6 +279,33 @@ def _saved_config(out: Path, *, progress: bool) -> DistillConfig:
     return read_run_config(DistillConfig, out, progress=progress)
 
 
+def _check_meta(buffer: Buffer) -> None:
+    """Refuse a buffer whose metadata lacks what distill reads (its env, spaces and teacher)."""
+    meta, wrong = buffer.meta, []
+    if not isinstance(meta.get("env_id"), str):
+        wrong.append("env_id")
+    wrong += [
+        k for k in ("observation_space", "action_space", "teacher") if not isinstance(meta.get(k), dict)
+    ]
+    if not wrong:
+        t, space = meta["teacher"], meta["action_space"]
+        if not isinstance(t.get("kind"), str):
+            wrong.append("teacher.kind")
+        if not (isinstance(t.get("policy_params"), int) and t["policy_params"] > 0):
+            wrong.append("teacher.policy_params")
+        if space.get("type") not in ("Discrete", "Box"):
+            wrong.append("action_space.type")
+        bounds = [space.get(k) for k in ("low", "high") if k in space]
+        if not all(isinstance(b, list) and all(isinstance(x, int | float) for x in b) for b in bounds):
+            wrong.append("action_space.low/high")
+    if meta.get("env_spec") is not None and not isinstance(meta.get("env_spec"), dict):
+        wrong.append("env_spec")
+    if wrong:
+        raise PolicyKDError(
+            f"buffer {buffer.path} has no valid {', '.join(wrong)} in its manifest's meta; re-record it with policy-kd record"
+        )
+
+
 class _Run:
     """One distillation run: data, networks, optimiser, and the loop with its checkpoints."""
 
@@ -257,16 +315,26 @@ class _Run:
         self.buffers: list[Buffer] = [Buffer.open(config.buffer)] if config.buffer else []
         if self.buffers:
             self.meta = self.buffers[0].meta
+            if not self.buffers[0].complete and not config.resume:
+                b = self.buffers[0]
+                print(
+                    f"policy-kd: warning: buffer {b.path} is unfinished ({b.rows:,} of "
+                    f"{sum(s['capacity'] for s in b.manifest['segments']):,} rows, its recording was interrupted); "
+                    f"distilling from what it holds (complete it first with: policy-kd record --resume --out {b.path})",
+                    file=sys.stderr,
+                )
         else:  # rounds only: the first round is recorded by the teacher itself
             self.meta = {}
-        named = self.meta.get("teacher") or {}
-        # "source": what record loaded (run folder, zoo folder, hf://...); "path": the model file alone
-        self.teacher_path = config.teacher or named.get("source") or named.get("path")
+        self.teacher_path = config.teacher
+        if self.buffers and self.teacher_path is not None:
+            _ = self.teacher  # refuse another teacher than the buffer's now, not after a round's training
         if not self.buffers:
             self._record_round(0, student_dir=None)
             self.meta = self.buffers[0].meta
         meta = self.meta
+        _check_meta(self.buffers[0])
         kind = meta["teacher"]["kind"]
+        self.teacher_params = int(meta["teacher"]["policy_params"])
         self.continuous = meta.get("action_space", {}).get("type") == "Box"
         allowed = CONTINUOUS_LOSSES if self.continuous else tuple(DISCRETE_LOSSES)
         if config.loss not in allowed:
@@ -277,7 +345,12 @@ class _Run:
             ("obs", "teacher", "teacher_log_std") if config.loss == "gaussian_kl" else ("obs", "teacher")
         )
         buffer = self.buffers[0]
-        self.teacher_params = int(meta["teacher"]["policy_params"])
+        for b in self.buffers:
+            b.require(*self.names)
+            b.check_finite(
+                self.names,
+                "a student trained on them learns NaN: re-record the buffer with a sound teacher",
+            )
         spec = size_student(
             config.student,
             buffer.obs_shape,
@@ -291,6 +364,7 @@ class _Run:
             head=kind if self.continuous else "discrete",
         )
         self.spec = spec
+        check_fits_in_memory(spec, config.batch_size)
         torch.manual_seed(config.seed)
         self.net: Student = build_student(spec)
         if config.normalize_obs:
@@ -327,22 +401,28 @@ class _Run:
         self.count = 0
         self.last: dict[str, float] = {}
         self.wall = 0.0
+        self.first_loss: float | None = None  # the reference divergence is judged against
 
     # -- teacher and rounds ---------------------------------------------------------------------------------
 
     @property
     def teacher(self) -> Any:
         if self._teacher is None:
+            from policy_kd.record import check_same_teacher
             from policy_kd.teacher import load_teacher
 
             if self.teacher_path is None:
-                raise PolicyKDError("this needs the teacher: pass --teacher (the buffer does not name one)")
-            if not str(self.teacher_path).startswith("hf://") and not Path(self.teacher_path).exists():
-                raise PolicyKDError(
-                    f"teacher {self.teacher_path} (named by the buffer) is gone; pass --teacher PATH"
-                )
+                raise PolicyKDError("this needs the teacher: pass --teacher PATH")
             env = self.meta.get("env_id") or self.cfg.env
-            self._teacher = load_teacher(self.teacher_path, env)
+            teacher = load_teacher(self.teacher_path, env)
+            if self.buffers:  # its features and labels must be those of the teacher that labelled the data
+                check_same_teacher(
+                    teacher,
+                    self.meta.get("teacher"),
+                    f"buffer {self.buffers[0].path} was recorded by",
+                    fix="drop --hint-weight and --rounds",
+                )
+            self._teacher = teacher
         return self._teacher
 
     def _round_dir(self, r: int) -> Path:
@@ -361,7 +441,7 @@ class _Run:
                 self.buffers.append(existing)
                 return
         if self.teacher_path is None:
-            raise PolicyKDError("--rounds needs the teacher: pass --teacher (the buffer does not name one)")
+            raise PolicyKDError("--rounds needs the teacher: pass --teacher PATH")
         beta = self.cfg.round_beta(r) if student_dir is not None else 1.0
         rec = RecordConfig(
             teacher=self.teacher_path,
@@ -417,6 +497,7 @@ class _Run:
             "count": self.count,
             "last": self.last,
             "wall": self.wall,
+            "first_loss": self.first_loss,
         }
 
     def _save_checkpoint(self, sampler: Sampler) -> None:
@@ -441,6 +522,7 @@ class _Run:
         self.best = tuple(state["best"]) if state["best"] else None  # type: ignore[assignment]
         self.since_best, self.sums, self.count = state["since_best"], state["sums"], state["count"]
         self.last, self.wall = state["last"], state["wall"]
+        self.first_loss = state.get("first_loss")
         return state["sampler"]
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -534,6 +616,7 @@ class _Run:
                 self.step += 1
                 log_now = self.step % cfg.log_every == 0 or self.step == total
                 loss, terms = self._loss(sampler.sample(cfg.batch_size), measure=log_now)
+                self._check_loss(float(loss.detach()))  # a CPU tensor: no device sync to pay
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
@@ -568,6 +651,35 @@ class _Run:
         self.wall = time.perf_counter() - start
         return self._finish()
 
+    def _check_loss(self, value: float) -> None:
+        """Stop at the first non-finite loss, or at one ``DIVERGED`` times the first step's: the weights
+        are garbage from there on, and saving them as a student would report success on a wrong result."""
+        if self.first_loss is None and math.isfinite(value):
+            self.first_loss = value
+        if math.isfinite(value) and value <= DIVERGED * max(abs(self.first_loss or 0.0), 1.0):
+            return
+        cfg = self.cfg
+        what = (
+            f"became {value}"
+            if not math.isfinite(value)
+            else f"reached {value:.3g}, {value / max(abs(self.first_loss or 0.0), 1e-12):.2g}x its first value"
+        )
+        raise PolicyKDError(
+            f"distill diverged at step {self.step}: the {cfg.loss} loss {what} (the buffer's targets are finite, "
+            f"so the optimisation blew up); likely cause: --lr {cfg.lr:g} is too high"
+            f"{'' if cfg.max_grad_norm else ' with no gradient clipping'} (or --tau/--temperature extreme): "
+            "lower --lr (or set --max-grad-norm 1) "
+            f"and start over with --force; no student was saved"
+        )
+
+    def _check_weights(self) -> None:
+        """Refuse to save a student whose weights hold NaN or Inf (an optimiser step after the last loss)."""
+        if not all(torch.isfinite(p).all() for p in self.net.parameters()):
+            raise PolicyKDError(
+                f"distill diverged at step {self.step}: the student's weights are no longer finite; "
+                f"lower --lr (now {self.cfg.lr:g}) or set --max-grad-norm, and start over with --force; no student was saved"
+            )
+
     def _fidelity(self) -> float:
         key = "fidelity/mean_abs_diff" if self.continuous else "fidelity/agreement"
         value = self.last.get(key, 0.0)
@@ -588,6 +700,7 @@ class _Run:
         )
         score = (ret, self._fidelity())
         if self.best is None or score > self.best:
+            self._check_weights()
             self.best, self.since_best = score, 0
             atomic_torch_save(self.net.state_dict(), self.out / "best.pt")  # a kill here must not tear it
         else:
@@ -599,6 +712,7 @@ class _Run:
 
     def _finish(self) -> Path:
         cfg, out = self.cfg, self.out
+        self._check_weights()
         atomic_torch_save(self.net.state_dict(), out / "last.pt")
         if self.best is None:  # no evaluation: the last weights are the student
             atomic_write_bytes(out / "best.pt", (out / "last.pt").read_bytes())

@@ -12,6 +12,8 @@ are rebuilt as it saw them. An Atari buffer also stores the games: ``game_reward
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,8 +25,8 @@ import torch
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 from tqdm.auto import tqdm
 
-from policy_kd.buffer import BufferWriter, FieldSpec, FrameStack, read_manifest
-from policy_kd.config import config_from_mapping, to_dict
+from policy_kd.buffer import Buffer, BufferWriter, FieldSpec, FrameStack, read_manifest
+from policy_kd.config import absolute_paths, check_seed, config_from_mapping, to_dict
 from policy_kd.envs import game_monitor
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import (
@@ -99,6 +101,7 @@ class RecordConfig:
             raise PolicyKDError(f"--beta must lie in [0, 1], got {self.beta}")
         if self.steps <= 0 or self.n_envs <= 0 or self.chunk_rows <= 0:
             raise PolicyKDError("--steps, --n-envs and --chunk-rows must be > 0")
+        check_seed(self.seed)
         if self.append and self.force:
             raise PolicyKDError("--append adds to a buffer and --force replaces it; pass one of them")
 
@@ -188,6 +191,8 @@ def record(config: RecordConfig) -> Path:
     config.validate()
     if config.resume:
         return _resume(config)
+    # saved with the buffer (what --resume reads): absolute, so it resumes from any working directory
+    config = absolute_paths(config, "teacher", "student")
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
     if config.append:
         out = Path(config.out or "")
@@ -197,6 +202,13 @@ def record(config: RecordConfig) -> Path:
             raise PolicyKDError(
                 f"buffer {out} was recorded in {manifest['meta'].get('env_id')}, not {teacher.env_id}; append a matching recording"
             )
+        # one buffer, one teacher: another's labels appended would mix two targets in one source set
+        check_same_teacher(
+            teacher,
+            manifest["meta"].get("teacher"),
+            f"buffer {out} was recorded by",
+            fix="record a new buffer",
+        )
         mode = "append"
     else:
         out = prepare_out_dir(
@@ -224,9 +236,58 @@ def _resume(config: RecordConfig) -> Path:
         progress=config.progress,
         threads=config.threads,
     )
+    replace(cfg, resume=False).validate()  # the saved options are read from a file: checked as typed ones
     teacher = load_teacher(cfg.teacher, cfg.env)  # type: ignore[arg-type]
+    started = manifest["sources"][seg["source"]].get("teacher")
+    check_same_teacher(teacher, started, f"buffer {out} was started by", fix="record a new buffer")
     torch.set_num_threads(cfg.threads)
     return _record_into(out, teacher, cfg, mode="resume")
+
+
+def teacher_digest(teacher: Teacher) -> str:
+    """sha256 over the teacher's policy weights (every state_dict tensor in name order, with its name,
+    dtype and shape) and its observation-normalisation statistics: which teacher labelled a buffer."""
+    h = hashlib.sha256()
+    for name, t in sorted(teacher.model.policy.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    rms = getattr(teacher.vec_normalize, "obs_rms", None)
+    for part in (getattr(rms, "mean", None), getattr(rms, "var", None)):
+        if part is not None:
+            h.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def check_same_teacher(teacher: Teacher, recorded: Any, what: str, *, fix: str) -> None:
+    """Refuse ``teacher`` unless its weights are those of the teacher described by ``recorded`` (a
+    buffer's teacher entry); a buffer made before digests were stored gets a warning."""
+    want = recorded.get("weights_sha256") if isinstance(recorded, dict) else None
+    if want is None:
+        print(
+            f"policy-kd: warning: {what} a teacher whose weights it does not record (made by an older "
+            f"policy-kd); cannot check that {teacher.path} is that teacher",
+            file=sys.stderr,
+        )
+    elif teacher_digest(teacher) != want:
+        raise PolicyKDError(
+            f"{what} another teacher than {teacher.path} (its weights differ: sha256 {str(want)[:12]}...); "
+            f"pass the teacher that recorded it, or {fix}"
+        )
+
+
+def _check_finite(outputs: dict[str, np.ndarray], writer: BufferWriter, teacher: Teacher) -> None:
+    """Refuse to store a teacher output that is NaN or Inf: a student trained toward it learns garbage."""
+    for k, v in outputs.items():
+        bad = ~np.isfinite(v.reshape(len(v), -1)).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            row = writer.segment["capacity"] - writer.remaining + i
+            raise PolicyKDError(
+                f"teacher {teacher.path} output {k!r} is not finite ({v[i].reshape(-1)[:4].tolist()}) at row {row} "
+                f"(env {i}) of {writer.path / writer.segment['name']}; rows before it were kept; "
+                "the teacher is broken: retrain it or record with another"
+            )
 
 
 def _frame_stack(teacher: Teacher) -> FrameStack | None:
@@ -269,7 +330,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
             game_first=FieldSpec("bool", ()),
             game_over=FieldSpec("bool", ()),
         )
-    teacher_meta = teacher.meta()
+    teacher_meta = {**teacher.meta(), "weights_sha256": teacher_digest(teacher)}
     meta: dict[str, Any] = {
         "env_id": teacher.env_id,
         "observation_space": space_json(obs_space),
@@ -305,11 +366,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     source_col = np.full(n, source_id, dtype=np.int16)
     first = np.ones(n, dtype=bool)
     episode_step = np.zeros(n, dtype=np.int64)
-    running = np.zeros(n, dtype=np.float64)
-    returns: list[float] = []
     game_first = np.ones(n, dtype=bool)
-    game_running = np.zeros(n, dtype=np.float64)
-    game_returns: list[float] = []
     teacher_acted = written = 0
     start = time.perf_counter()
     obs = venv.reset()
@@ -328,6 +385,7 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
         while writer.remaining > 0:
             check_interrupted(stop)
             labels = teacher.label(obs)  # the one forward pass: recorded outputs and the teacher's action
+            _check_finite(labels.outputs, writer, teacher)
             actions, by_teacher = behaviour(obs, labels)
             games_before = [m.games_finished for m in monitors] if games else []
             next_obs, rewards, dones, infos = venv.step(actions)
@@ -344,9 +402,6 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
                     game_first=game_first[:take],
                     game_over=game_over[:take],
                 )
-                game_running += game_reward
-                game_returns.extend(game_running[:take][game_over[:take]].tolist())
-                game_running[game_over] = 0.0
                 game_first = game_over
             writer.append(
                 obs=(stack.newest(np.asarray(obs[:take])) if stack else np.asarray(obs)[:take]),
@@ -362,25 +417,28 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
             )
             teacher_acted += int(np.count_nonzero(by_teacher[:take]))
             written += take
-            running += rewards
-            returns.extend(running[:take][dones[:take]].tolist())
-            running[dones] = 0.0
             first = dones.copy()
             episode_step = np.where(dones, 0, episode_step + 1)
             bar.update(take)
             obs = next_obs
-        r = np.asarray(returns)
+        writer.flush()
+        # episode statistics from the committed rows of this source: a resumed recording's cover the
+        # rows recorded before the interruption too (the process that recorded them kept no statistics)
+        written_buffer = Buffer(out, writer.manifest)
+        r = written_buffer.episode_returns(source=source_id)
         elapsed = time.perf_counter() - start
         stats = {
             "episodes": len(r),
             "episode_return_mean": float(r.mean()) if len(r) else None,
             "episode_return_std": float(r.std()) if len(r) else None,
+            # counted as the rows were recorded: a resumed recording's covers the resumed rows only
             "teacher_action_fraction": teacher_acted / max(written, 1),
+            "teacher_action_rows": written,
             "record_seconds": round(elapsed, 2),
             "steps_per_second": round(written / max(elapsed, 1e-9), 1),
         }
         if games:
-            g = np.asarray(game_returns)
+            g = written_buffer.game_returns(source=source_id)
             stats |= {
                 "games": len(g),
                 "game_return_mean": float(g.mean()) if len(g) else None,

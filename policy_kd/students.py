@@ -226,6 +226,41 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def spec_params(spec: StudentSpec) -> int:
+    """Parameters of the student ``spec`` describes, counted without allocating its weights (on torch's
+    meta device), so that an absurd size is refused before it is built."""
+    with torch.device("meta"):
+        return count_params(STUDENTS[spec.arch](spec))
+
+
+def check_fits_in_memory(spec: StudentSpec, batch_size: int) -> None:
+    """Refuse a student whose training would need more memory than the machine has available.
+
+    Training holds each parameter about five times (weights, gradient, Adam's two moments, a saved
+    copy), plus a batch of activations per layer; the estimate is rough but errs on the small side.
+    """
+    params = spec_params(spec)
+    need = 4 * (5 * params + 3 * batch_size * (sum(spec.hidden) + sum(spec.channels) * 64))
+    available = available_memory()
+    if available is not None and need > available:
+        raise PolicyKDError(
+            f"a student of {params:,} parameters needs about {need / 2**30:.1f} GiB to train, and "
+            f"{available / 2**30:.1f} GiB are available; choose a smaller --params-fraction or --hidden"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def mlp_params(in_dim: int, out_dim: int, hidden: tuple[int, ...]) -> int:
     """Parameter count of an MLP with these layer widths (weights and biases)."""
     dims = [in_dim, *hidden, out_dim]
@@ -317,7 +352,7 @@ def size_student(
 
             def params_at(k: int) -> int:
                 c, h = scaled(k)
-                return count_params(cls(make(h, c))) - extra
+                return spec_params(make(h, c)) - extra
 
             channels, hidden = scaled(_largest_fit(params_at, budget, "channels"))
             # A channel is a coarse step (it adds a whole feature map to the dense layer's input), so the
@@ -329,9 +364,7 @@ def size_student(
                 return tuple(max(1, round(h * w / base_w)) for h in base_h)
 
             hidden = widened(
-                _largest_fit(
-                    lambda w: count_params(cls(make(widened(w), channels))) - extra, budget, "channels"
-                )
+                _largest_fit(lambda w: spec_params(make(widened(w), channels)) - extra, budget, "channels")
             )
     if is_cnn:
         channels = channels or cls.default_channels  # type: ignore[attr-defined]
@@ -340,7 +373,7 @@ def size_student(
     if any(w <= 0 for w in (*hidden, *(channels or ()))):
         raise PolicyKDError(f"--hidden and --channels must be > 0, got {hidden} and {channels}")
     spec = make(tuple(hidden), tuple(channels or ()))
-    cls(spec)  # refuses shapes the architecture cannot take, here rather than mid-run
+    spec_params(spec)  # refuses shapes the architecture cannot take, here rather than mid-run
     return spec
 
 
@@ -414,5 +447,11 @@ def load_student(path: str | Path) -> LoadedStudent:
         raise PolicyKDError(
             f"could not load student weights {weights}: {type(exc).__name__}; distil the student again"
         ) from None
+    bad = sum(int((~torch.isfinite(p)).sum()) for p in net.parameters())
+    if bad:  # a diverged run's weights: every output would be NaN, whatever runs or exports them
+        raise PolicyKDError(
+            f"student weights {weights} hold {bad:,} NaN/Inf value(s) of {count_params(net):,} (its training "
+            "diverged); distil it again with a lower --lr or --max-grad-norm"
+        )
     net.eval()
     return LoadedStudent(net=net, info=info, weights_path=weights)

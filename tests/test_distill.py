@@ -179,7 +179,7 @@ def test_distill_options_change_training_and_log_every_term(artifacts, tmp_path)
 
 def test_hint_loss_trains_a_projection_to_the_teacher_features(artifacts, tmp_path):
     m = _distill(artifacts, tmp_path / "s", "--steps", "200", "--eval-every", "0", "--hint-weight", "1.0",
-                 "--log-every", "20")  # fmt: skip
+                 "--log-every", "20", "--teacher", artifacts["teacher"])  # fmt: skip
     acc = EventAccumulator(str(tmp_path / "s" / "tb"))
     acc.Reload()
     hint = [e.value for e in acc.Scalars("loss/hint")]
@@ -280,6 +280,7 @@ def test_dagger_rounds_grow_the_data_with_student_driven_states(artifacts, tmp_p
         out,
         "--steps", "40", "--eval-every", "40", "--rounds", "3", "--round-steps", "200",
         "--behaviour", "mixture", "--beta-schedule", "linear", "--beta", "1.0", "--lr-schedule", "cosine",
+        "--teacher", artifacts["teacher"],
     )  # fmt: skip
     base = Buffer.open(artifacts["buffer"]).rows
     assert m["rounds"] == 3 and m["steps"] == 120 and m["teacher_labels"] == base + 2 * 200
