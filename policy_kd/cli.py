@@ -65,7 +65,7 @@ def _demo(cfg: DemoConfig) -> int:
     from policy_kd.teacher import TrainTeacherConfig, train_teacher
 
     root = Path(cfg.out)
-    lock_out_dir(root, what="demo folder")  # each stage also locks its own folder
+    lock_out_dir(root, what="demo folder", create=True)  # each stage also locks its own folder
     stages: list[tuple[str, str, Callable[[Path], Any]]] = [
         (
             "teacher",

@@ -19,7 +19,6 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -74,28 +73,27 @@ def prepare_out_dir(
         )
     if out.exists() and not out.is_dir():
         raise PolicyKDError(f"{what} {out} exists and is a file; choose another --out")
-    # The lock comes before the emptiness check and the rmtree: two jobs started together cannot both
+    # The lock comes before the emptiness check and the clearing: two jobs started together cannot both
     # see "empty" or both clear it; the loser is refused before it has touched anything.
-    lock_out_dir(out, what=what)
-    if out.is_dir() and any(out.iterdir()):
+    lock_out_dir(out, what=what, create=True)
+    if any(out.iterdir()):
         if not force:
             raise PolicyKDError(
                 f"{what} {out} already exists; choose another --out or pass --force to replace it"
             )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        _clear(out)
     return out
 
 
 # ------------------------------------------------------------------------------------------------- locks
 #
-# An output folder is locked with flock(2) on a sibling file ``.NAME.lock`` beside it (in its real parent):
-# - beside, not inside, so ``--force``'s rmtree of the folder never deletes the lock out from under its
-#   holder, and a folder that does not exist yet can be locked before it is created;
+# An output folder is locked with flock(2) on the folder itself (an O_DIRECTORY descriptor):
+# - nothing is written outside the folder, and no lock file inside it can be deleted or shipped with it;
+# - the folder is created (empty) before it is locked, so two jobs on a new folder race for one inode;
+# - ``--force`` empties the folder instead of deleting it: a new folder would be a new inode, which a
+#   second job could lock while the first still holds the old one;
 # - flock, not a PID file: the kernel drops the lock when the holder dies (kill -9 included), so a crash
-#   never leaves a stale lock to clear by hand; the PID written into the file only names the holder;
-# - the lock file is never deleted: unlinking it would let a process that opened the old file and one that
-#   creates a new one both "hold" the lock.
+#   never leaves a stale lock to clear by hand; the holder's PID is read from /proc/locks (Linux).
 
 _LOCK_SCOPE: contextvars.ContextVar[list[tuple[int, Path]] | None] = contextvars.ContextVar(
     "_LOCK_SCOPE", default=None
@@ -103,43 +101,57 @@ _LOCK_SCOPE: contextvars.ContextVar[list[tuple[int, Path]] | None] = contextvars
 _UNSCOPED_LOCKS: list[tuple[int, Path]] = []  # taken outside any job: held until the process exits
 
 
-def lock_path(out: Path) -> Path:
-    """The lock file of output folder ``out`` (beside the folder the path resolves to)."""
-    real = Path(os.path.realpath(out))
-    return real.parent / f".{real.name}.lock"
-
-
-def lock_out_dir(out: str | Path, *, what: str = "output folder") -> None:
-    """Take the exclusive lock on ``out`` for the running job, or refuse in one line naming the holder."""
+def lock_out_dir(out: str | Path, *, what: str = "output folder", create: bool = False) -> None:
+    """Take the exclusive lock on folder ``out`` for the running job, or refuse in one line naming the
+    holder's PID. ``create``: make the folder first (a new output); otherwise a missing folder is left to
+    the caller's own check (there is nothing to protect, and a refused ``--resume`` creates nothing)."""
     out = Path(out)
-    lock = lock_path(out)
-    if lock.name == "..lock":
-        raise PolicyKDError(f"{what} {out} is the file-system root; choose another --out")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    if not create and not out.is_dir():
+        return
+    try:
+        if create:
+            out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except FileExistsError:
+        raise PolicyKDError(f"{what} {out} exists and is not a folder; choose another --out") from None
+    except NotADirectoryError:
+        raise PolicyKDError(f"{what} {out}: a part of the path is a file; choose another --out") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _holder_pid(fd)
+        holder = holder_pid(fd)
         os.close(fd)
         raise PolicyKDError(
             f"{what} {out} is in use by another policy-kd job (PID {holder}); wait for it to finish "
             "or stop it, or choose another --out"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     held = _LOCK_SCOPE.get()
     (held if held is not None else _UNSCOPED_LOCKS).append((fd, out))
 
 
-def _holder_pid(fd: int) -> str:
-    # the holder writes its PID just after it locks: give it a moment
-    for _ in range(40):
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if text:
-            return text
-        time.sleep(0.025)
+def holder_pid(fd: int) -> str:
+    """The PID holding a flock on the file open as ``fd``, from /proc/locks ("unknown" elsewhere)."""
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 12345 fd:01:123456 0 EOF"; blocked waiters are marked with "->"
+        parts = line.split()
+        if "->" not in parts and "FLOCK" in parts and len(parts) >= 6 and parts[5] == key:
+            return parts[4]
     return "unknown"
+
+
+def _clear(out: Path) -> None:
+    """Empty ``out`` (``--force``), keeping the folder itself: its inode carries the lock."""
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def quiet_no_space_in_threads(args: threading.ExceptHookArgs) -> None:

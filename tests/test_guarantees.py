@@ -28,7 +28,7 @@ from conftest import run_cli
 
 from policy_kd.buffer import Buffer
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import job, lock_path, prepare_out_dir
+from policy_kd.run import holder_pid, job, prepare_out_dir
 
 ROOT = Path(__file__).parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -79,8 +79,15 @@ def _wait_for(cond: Callable[[], bool], *procs: subprocess.Popen[str], timeout: 
 
 
 def _holder(out: Path) -> str:
-    lock = lock_path(out)
-    return lock.read_text().strip() if lock.is_file() else ""
+    """PID of the job holding ``out``'s lock ("" while none does)."""
+    if not out.is_dir():
+        return ""
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        pid = holder_pid(fd)
+    finally:
+        os.close(fd)
+    return "" if pid == "unknown" else pid
 
 
 def _one_line(err: str, *fragments: str) -> str:
