@@ -245,7 +245,7 @@ def test_hub_teacher_loads_from_the_cache(hub_cache: Path, tmp_path: Path) -> No
         assert (
             Path(teacher.path).parent == hub_cache / "models--sb3--a2c-Pendulum-v1" / "snapshots" / REVISION
         )
-    # wherever a teacher is accepted: record, then distill reloads it from the buffer's record of it
+    # wherever a teacher is accepted: record, then distill --teacher (checked against the buffer's digest)
     buf = tmp_path / "buf"
     assert (
         run_cli(
@@ -266,6 +266,8 @@ def test_hub_teacher_loads_from_the_cache(hub_cache: Path, tmp_path: Path) -> No
             "8",
             "--hint-weight",
             "0.1",
+            "--teacher",
+            "hf://sb3/a2c-Pendulum-v1",
             "--no-progress",
         )
         == 0
