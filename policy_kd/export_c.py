@@ -1,0 +1,421 @@
+"""``policy-kd export STUDENT --format c``: the student as one C99 source and header, libm only.
+
+The code is generated from the op program the numpy exporter reads from the network with ``torch.fx``
+(:func:`policy_kd.export._numpy_program`), so the two exports compute the same function: the input
+standardisation folded into the first linear layer (an MLP) or fused into one ``(x - mean) / std`` pass
+(a CNN, whose per-pixel statistics cannot be folded into shared convolution weights), then linear/conv2d
+layers and activations on two ping-pong buffers on the stack. The weights are ``static const`` arrays
+(``float``, or ``int8_t`` with a float scale per output channel under ``--int8``).
+
+``student.h`` declares::
+
+    void policy_forward(const float *obs, float *out);                 /* the head's outputs */
+    int  policy_act(const float *obs);                                  /* discrete: the argmax */
+    void policy_act(const float *obs, float *action);                   /* Gaussian heads: the mean,
+                                                                           clipped or tanh-squashed */
+    void policy_forward_batch(const float *obs, long n, float *out);    /* n rows at once */
+
+and its comment holds the build line. The observation is the raw one (as the env gives it, uint8 images
+as floats 0..255 or 0/1), flattened in C order.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policy_kd.errors import PolicyKDError
+
+SOURCE_FILE = "student.c"
+HEADER_FILE = "student.h"
+#: What the tests compile with; the generated code is warning-free under it.
+STRICT_FLAGS = ("-std=c99", "-Wall", "-Werror", "-O2")
+HEADS = ("discrete", "gaussian", "squashed_gaussian")
+
+_HELPERS = {
+    "linear": """\
+/* y = x @ W + b, W stored (n_in, n_out): each y[o] accumulates x[0..n_in) in order, independent of the others. */
+static void linear(const float *x, int n_in, int n_out, const {wt} *w, const float *s, const float *b, float *y)
+{{
+    int i, o;
+    for (o = 0; o < n_out; o++) y[o] = 0.0f;
+    for (i = 0; i < n_in; i++) {{
+        const float xi = x[i];
+        const {wt} *row = w + (long)i * n_out;
+        for (o = 0; o < n_out; o++) y[o] += {cast}row[o] * xi;
+    }}
+    for (o = 0; o < n_out; o++) y[o] = {scaled} + (b ? b[o] : 0.0f);
+}}
+""",
+    "conv2d": """\
+/* torch.nn.Conv2d (groups 1, no padding: a pad step comes first), x (c_in, h, w) -> y (c_out, ho, wo). */
+static void conv2d(const float *x, int c_in, int h, int w, int c_out, int kh, int kw, int sh, int sw,
+                   const {wt} *wt, const float *s, const float *b, float *y)
+{{
+    const int ho = (h - kh) / sh + 1, wo = (w - kw) / sw + 1;
+    int o, c, ki, kj, r, q, p;
+    for (o = 0; o < c_out; o++) {{
+        float *yo = y + (long)o * ho * wo;
+        for (p = 0; p < ho * wo; p++) yo[p] = 0.0f;
+        for (c = 0; c < c_in; c++)
+            for (ki = 0; ki < kh; ki++)
+                for (kj = 0; kj < kw; kj++) {{
+                    const float v = {cast}wt[((o * c_in + c) * kh + ki) * kw + kj];
+                    const float *xc = x + (long)c * h * w + ki * w + kj;
+                    for (r = 0; r < ho; r++)
+                        for (q = 0; q < wo; q++) yo[r * wo + q] += v * xc[r * sh * w + q * sw];
+                }}
+        for (p = 0; p < ho * wo; p++) yo[p] = {scaled_conv} + (b ? b[o] : 0.0f);
+    }}
+}}
+""",
+}
+
+
+def _lit(v: float) -> str:
+    """A float32 value as a C literal that reads back to the same float (9 significant digits)."""
+    if not np.isfinite(v):
+        raise PolicyKDError(f"C export: the student holds a non-finite constant ({v}); distil it again")
+    s = f"{v:.9g}"
+    if "." not in s and "e" not in s:
+        s += ".0"
+    return s + "f"
+
+
+class _Codegen:
+    """Walks a numpy program, tracking the activation's shape, emitting constants and statements."""
+
+    def __init__(self, obs_shape: tuple[int, ...], arrays: dict[str, np.ndarray]):
+        self.shape = tuple(int(d) for d in obs_shape)
+        self.arrays = arrays
+        self.consts: list[str] = []
+        self.body: list[str] = []
+        self.helpers: set[str] = set()
+        self.cur = "obs"
+        self.largest = 1
+        self.weight_bytes = 0
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def const(self, values: np.ndarray, ctype: str = "float") -> str:
+        flat = np.asarray(values).reshape(-1)
+        name = f"K{len(self.consts)}"
+        items = [_lit(float(v)) for v in flat] if ctype == "float" else [str(int(v)) for v in flat]
+        lines = [", ".join(items[i : i + 8]) for i in range(0, len(items), 8)]
+        self.consts.append(
+            f"static const {ctype} {name}[{len(items)}] = {{\n    " + ",\n    ".join(lines) + "\n};\n"
+        )
+        self.weight_bytes += flat.size * {"float": 4, "int8_t": 1}.get(ctype, 4)
+        return name
+
+    def dst(self, size: int) -> str:
+        """The buffer a step writes into (never the one it reads)."""
+        self.largest = max(self.largest, size)
+        return "b" if self.cur == "a" else "a"
+
+    def emit(self, line: str, out: str | None = None) -> None:
+        self.body.append(line)
+        if out is not None:
+            self.cur = out
+
+    def elementwise(self, expr: str) -> None:
+        """``x[i] = expr(v)`` over the activation, in place unless it is still the caller's ``obs``."""
+        out = self.dst(self.size) if self.cur == "obs" else self.cur
+        self.emit(
+            f"for (i = 0; i < {self.size}; i++) {{ const float v = {self.cur}[i]; {out}[i] = {expr}; }}", out
+        )
+
+    def step(self, op: dict[str, Any], nxt: dict[str, Any] | None) -> bool:
+        """Emit one op; True when it also consumed ``nxt`` (a fused standardisation)."""
+        kind, arr = op["op"], self.arrays
+        if kind == "float":
+            return False
+        if kind == "flatten":
+            self.shape = (self.size,)
+            return False
+        if kind in ("add", "sub", "mul", "div"):
+            sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[kind]
+            fused = kind == "sub" and nxt is not None and nxt["op"] == "div"
+            terms = [self._operand(op["value"])]
+            if fused:
+                terms.append(self._operand(nxt["value"]))  # type: ignore[index]
+                expr = f"(v - {terms[0]}) / {terms[1]}"
+            else:
+                expr = f"v {sym} {terms[0]}"
+            self.elementwise(expr)
+            return fused
+        if kind == "permute":
+            axes = [int(a) - 1 for a in op["axes"][1:]]
+            idx = np.arange(self.size).reshape(self.shape).transpose(axes).reshape(-1)
+            table = self.const(idx, "int")
+            self.weight_bytes -= idx.size * 4  # an index table, not weights
+            out = self.dst(self.size)
+            self.emit(f"for (i = 0; i < {self.size}; i++) {out}[i] = {self.cur}[{table}[i]];", out)
+            self.shape = tuple(self.shape[a] for a in axes)
+            return False
+        if kind == "linear":
+            w = arr[op["weight"]]  # (in, out)
+            if len(self.shape) != 1 or w.shape[0] != self.size:
+                raise PolicyKDError(f"C export: a linear layer of {w.shape[0]} inputs after shape {self.shape}")
+            n_out = int(w.shape[1])
+            self.helpers.add("linear_q8" if op.get("scale") else "linear")
+            args = self._weights(op)
+            out = self.dst(n_out)
+            fn = "linear_q8" if op.get("scale") else "linear"
+            self.emit(f"{fn}({self.cur}, {w.shape[0]}, {n_out}, {args}, {out});", out)
+            self.shape = (n_out,)
+            return False
+        if kind == "conv2d":
+            w = arr[op["weight"]]  # (out, in, kh, kw)
+            if len(self.shape) != 3 or w.shape[1] != self.shape[0]:
+                raise PolicyKDError(f"C export: a conv2d of {w.shape[1]} channels after shape {self.shape}")
+            (c, h, wd), (ph, pw), (sh, sw) = self.shape, op["padding"], op["stride"]
+            if ph or pw:
+                h, wd = h + 2 * ph, wd + 2 * pw
+                out = self.dst(c * h * wd)
+                self.emit(
+                    f"pad2d({self.cur}, {c}, {self.shape[1]}, {self.shape[2]}, {ph}, {pw}, {out});", out
+                )
+                self.helpers.add("pad2d")
+            o, kh, kw = int(w.shape[0]), int(w.shape[2]), int(w.shape[3])
+            ho, wo = (h - kh) // sh + 1, (wd - kw) // sw + 1
+            fn = "conv2d_q8" if op.get("scale") else "conv2d"
+            self.helpers.add(fn)
+            args = self._weights(op)
+            out = self.dst(o * ho * wo)
+            self.emit(f"{fn}({self.cur}, {c}, {h}, {wd}, {o}, {kh}, {kw}, {sh}, {sw}, {args}, {out});", out)
+            self.shape = (o, ho, wo)
+            return False
+        if kind == "relu":
+            self.elementwise("v > 0.0f ? v : 0.0f")
+        elif kind == "tanh":
+            self.elementwise("tanhf(v)")
+        elif kind == "elu":
+            self.elementwise(f"v > 0.0f ? v : {_lit(op.get('alpha', 1.0))} * expm1f(v)")
+        elif kind == "gelu" and op.get("approximate") == "tanh":
+            self.elementwise("0.5f * v * (1.0f + tanhf(0.797884561f * (v + 0.044715f * v * v * v)))")
+        elif kind == "gelu":
+            self.elementwise("v * 0.5f * (1.0f + erff(v * 0.707106781f))")
+        else:
+            raise PolicyKDError(f"C export does not support the op {kind!r}; use --format numpy or onnx")
+        return False
+
+    def _operand(self, key: str) -> str:
+        c = np.asarray(self.arrays[key], dtype=np.float32)
+        if c.size == 1:
+            return _lit(float(c.reshape(-1)[0]))
+        try:
+            full = np.broadcast_to(c, (1, *self.shape))
+        except ValueError:
+            raise PolicyKDError(f"C export: a constant of shape {c.shape} on shape {self.shape}") from None
+        return f"{self.const(full)}[i]"
+
+    def _weights(self, op: dict[str, Any]) -> str:
+        arr = self.arrays
+        if op.get("scale"):
+            w, s = self.const(arr[op["weight"]], "int8_t"), self.const(arr[op["scale"]])
+        else:
+            w, s = self.const(arr[op["weight"]]), "0"
+        b = self.const(arr[op["bias"]]) if op.get("bias") is not None else "0"
+        return f"{w}, {s}, {b}"
+
+
+def _helper(name: str) -> str:
+    if name == "pad2d":
+        return textwrap.dedent("""\
+            /* zero padding of (c, h, w) by (ph, pw) on each side */
+            static void pad2d(const float *x, int c, int h, int w, int ph, int pw, float *y)
+            {
+                const int H = h + 2 * ph, W = w + 2 * pw;
+                int k, r, q;
+                for (k = 0; k < c * H * W; k++) y[k] = 0.0f;
+                for (k = 0; k < c; k++)
+                    for (r = 0; r < h; r++)
+                        for (q = 0; q < w; q++) y[(k * H + r + ph) * W + q + pw] = x[(k * h + r) * w + q];
+            }
+            """)
+    base = name.removesuffix("_q8")
+    q8 = name.endswith("_q8")
+    text = _HELPERS[base].format(
+        wt="int8_t" if q8 else "float",
+        cast="(float)" if q8 else "",
+        scaled="y[o] * s[o]" if q8 else "y[o]",
+        scaled_conv="yo[p] * s[o]" if q8 else "yo[p]",
+    )
+    if q8:  # distinct names for the int8 variants, so float and int8 layers can share one file
+        text = text.replace(f"static void {base}(", f"static void {name}(")
+    else:
+        text = text.replace("{\n", "{\n    (void)s; /* the float variant has no scales */\n", 1)
+    return text
+
+
+def generate(
+    program: list[dict[str, Any]],
+    arrays: dict[str, np.ndarray],
+    obs_shape: tuple[int, ...],
+    head: str,
+    n_outputs: int,
+    bounds: list[list[float]] | None = None,
+    comment: str = "",
+) -> tuple[str, str, dict[str, Any]]:
+    """C source, header and details (sizes) of a student's op program."""
+    if head not in HEADS:
+        raise PolicyKDError(
+            f"C export supports {', '.join(HEADS)} heads; this student's head is {head!r}; use --format numpy"
+        )
+    gen = _Codegen(obs_shape, arrays)
+    skip = False
+    for i, op in enumerate(program):
+        if skip:
+            skip = False
+            continue
+        skip = gen.step(op, program[i + 1] if i + 1 < len(program) else None)
+    if gen.size != n_outputs:
+        raise PolicyKDError(f"C export: the program ends with {gen.size} values, not {n_outputs} outputs")
+    obs_size = int(np.prod(obs_shape))
+    q8 = any(h.endswith("_q8") for h in gen.helpers)
+    continuous = head != "discrete"
+    act_decl = (
+        "void policy_act(const float *obs, float *action)" if continuous else "int policy_act(const float *obs)"
+    )
+    build = "cc -std=c99 -O2 -c student.c            (then link the object and -lm into your program)"
+    header = textwrap.dedent(f"""\
+        /* Generated by policy-kd export --format c{" --int8" if q8 else ""}: {comment}
+         *
+         * Build (C99, no dependency beyond libm):
+         *     {build}
+         *     cc -std=c99 -O2 -o app app.c student.c -lm
+         *
+         * obs: the raw observation ({" x ".join(map(str, obs_shape))}, as the env gives it, as floats, C order);
+         * the input standardisation is inside. Reentrant: no state, buffers on the stack.
+         */
+        #ifndef POLICY_KD_STUDENT_H
+        #define POLICY_KD_STUDENT_H
+
+        #define POLICY_OBS_SIZE {obs_size}
+        #define POLICY_N_OUTPUTS {n_outputs}
+        #define POLICY_HEAD "{head}"
+
+        #ifdef __cplusplus
+        extern "C" {{
+        #endif
+
+        /* out[POLICY_N_OUTPUTS]: {"the logits (or Q-values)" if not continuous else "the action mean (pre-squash for squashed_gaussian)"} */
+        void policy_forward(const float *obs, float *out);
+        /* {"the greedy action (argmax, first of ties)" if not continuous else "action[POLICY_N_OUTPUTS]: the deterministic action, inside the action bounds"} */
+        {act_decl};
+        /* obs[n * POLICY_OBS_SIZE] -> out[n * POLICY_N_OUTPUTS] */
+        void policy_forward_batch(const float *obs, long n, float *out);
+
+        #ifdef __cplusplus
+        }}
+        #endif
+        #endif
+        """)
+    body = "\n    ".join(gen.body)
+    parts = [
+        f"/* Generated by policy-kd export --format c: {comment} (see student.h) */\n",
+        "#include <math.h>\n",
+        "#include <stdint.h>\n" if q8 else "",
+        '#include "student.h"\n\n',
+        *gen.consts,
+        "\n",
+        *(_helper(h) + "\n" for h in sorted(gen.helpers)),
+        textwrap.dedent(f"""\
+            void policy_forward(const float *obs, float *out)
+            {{
+                float a[{gen.largest}], b[{gen.largest}];
+                int i;
+                (void)a; (void)b;
+                {body}
+                for (i = 0; i < {n_outputs}; i++) out[i] = {gen.cur}[i];
+            }}
+
+            void policy_forward_batch(const float *obs, long n, float *out)
+            {{
+                long r;
+                for (r = 0; r < n; r++) policy_forward(obs + r * {obs_size}, out + r * {n_outputs});
+            }}
+
+            """),
+        _act_source(head, n_outputs, bounds, gen),
+    ]
+    details = {
+        "header": HEADER_FILE,
+        "build": "cc -std=c99 -O2 -c student.c",
+        "int8": q8,
+        "weight_bytes": gen.weight_bytes,
+        "stack_bytes": 8 * gen.largest,
+    }
+    return "".join(parts), header, details
+
+
+def _act_source(head: str, n: int, bounds: list[list[float]] | None, gen: _Codegen) -> str:
+    if head == "discrete":
+        return textwrap.dedent(f"""\
+            int policy_act(const float *obs)
+            {{
+                float out[{n}];
+                int i, best = 0;
+                policy_forward(obs, out);
+                for (i = 1; i < {n}; i++)
+                    if (out[i] > out[best]) best = i;
+                return best;
+            }}
+            """)
+    low, high = (np.asarray(b, dtype=np.float32).reshape(-1) for b in bounds) if bounds else (-np.ones(n), np.ones(n))
+    lo, hi = gen.const(np.broadcast_to(low, (n,))), gen.const(np.broadcast_to(high, (n,)))
+    gen.weight_bytes -= 8 * n
+    if head == "squashed_gaussian":  # as Student.predict: low + (tanh(mean) + 1) * 0.5 * (high - low)
+        expr = f"{lo}[i] + (tanhf(out[i]) + 1.0f) * 0.5f * ({hi}[i] - {lo}[i])"
+    else:  # clipped into the bounds
+        expr = f"out[i] < {lo}[i] ? {lo}[i] : (out[i] > {hi}[i] ? {hi}[i] : out[i])"
+    consts = "".join(gen.consts[-2:])
+    return consts + textwrap.dedent(f"""\
+        void policy_act(const float *obs, float *action)
+        {{
+            float out[{n}];
+            int i;
+            policy_forward(obs, out);
+            for (i = 0; i < {n}; i++) action[i] = {expr};
+        }}
+        """)
+
+
+def write_c(student: Any, path: Path, *, int8: bool = False) -> dict[str, Any]:
+    """Write ``student`` as ``path`` (``student.c``) and ``student.h`` beside it; return export details."""
+    from policy_kd.export import _numpy_program
+
+    info = student.info
+    spec = info["spec"]
+    try:
+        program, arrays = _numpy_program(student.net, tuple(spec["obs_shape"]))
+    except PolicyKDError as exc:
+        raise PolicyKDError(str(exc).replace("numpy export", "C export", 1)) from None
+    if int8:
+        from policy_kd.quantize import quantize_program
+
+        program, arrays = quantize_program(program, arrays)
+    net = student.net
+    bounds = (
+        [net.action_low.tolist(), net.action_high.tolist()] if hasattr(net, "action_low") else None
+    )
+    comment = f"{spec['arch']} student {'x'.join(map(str, spec.get('hidden', ())))} of {info.get('env_id', '?')}"
+    source, header, details = generate(
+        program,
+        arrays,
+        tuple(spec["obs_shape"]),
+        str(spec.get("head", "discrete")),
+        int(spec["n_outputs"]),
+        bounds,
+        comment,
+    )
+    path.write_text(source)
+    (path.parent / HEADER_FILE).write_text(header)
+    details["program"] = [o["op"] for o in program]
+    return details
