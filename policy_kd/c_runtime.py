@@ -24,9 +24,7 @@ _LIBS: dict[str, ctypes.CDLL] = {}
 
 def find_compiler() -> str:
     """``$CC``, else ``cc``, ``gcc`` or ``clang`` on PATH."""
-    cc = os.environ.get("CC") or next(
-        (c for c in ("cc", "gcc", "clang") if shutil.which(c)), None
-    )
+    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
     if not cc or not shutil.which(cc.split()[0]):
         raise PolicyKDError(
             "no C compiler found (tried $CC, cc, gcc, clang); install one (e.g. apt-get install gcc) or set CC, "
@@ -35,7 +33,9 @@ def find_compiler() -> str:
     return cc
 
 
-def compile_c(sources: list[Path], out: Path, flags: tuple[str, ...] = ("-std=c99", "-O2"), *, shared: bool) -> Path:
+def compile_c(
+    sources: list[Path], out: Path, flags: tuple[str, ...] = ("-std=c99", "-O2"), *, shared: bool
+) -> Path:
     """Compile ``sources`` into ``out`` (a shared library or an executable); one-line error on failure."""
     cmd = [*find_compiler().split(), *flags, *(["-shared", "-fPIC"] if shared else []), "-o", str(out)]
     cmd += [str(s) for s in sources] + ["-lm"]

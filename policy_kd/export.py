@@ -791,7 +791,11 @@ def export_student(config: ExportConfig) -> Path:
 
     torch.set_num_threads(1)
     path = out / FILES[config.format]
-    details = _write(config.format, student, path, config.int8)
+    try:
+        details = _write(config.format, student, path, config.int8)
+    except Exception:  # a refused student (or no compiler) leaves no half-written folder behind
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     log_std = getattr(student.net, "log_std", None)
     meta: dict[str, Any] = {
         "format": "policy_kd.export",

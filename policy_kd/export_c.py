@@ -161,7 +161,9 @@ class _Codegen:
         if kind == "linear":
             w = arr[op["weight"]]  # (in, out)
             if len(self.shape) != 1 or w.shape[0] != self.size:
-                raise PolicyKDError(f"C export: a linear layer of {w.shape[0]} inputs after shape {self.shape}")
+                raise PolicyKDError(
+                    f"C export: a linear layer of {w.shape[0]} inputs after shape {self.shape}"
+                )
             n_out = int(w.shape[1])
             self.helpers.add("linear_q8" if op.get("scale") else "linear")
             args = self._weights(op)
@@ -281,7 +283,9 @@ def generate(
     q8 = any(h.endswith("_q8") for h in gen.helpers)
     continuous = head != "discrete"
     act_decl = (
-        "void policy_act(const float *obs, float *action)" if continuous else "int policy_act(const float *obs)"
+        "void policy_act(const float *obs, float *action)"
+        if continuous
+        else "int policy_act(const float *obs)"
     )
     build = "cc -std=c99 -O2 -c student.c            (then link the object and -lm into your program)"
     header = textwrap.dedent(f"""\
@@ -368,7 +372,9 @@ def _act_source(head: str, n: int, bounds: list[list[float]] | None, gen: _Codeg
                 return best;
             }}
             """)
-    low, high = (np.asarray(b, dtype=np.float32).reshape(-1) for b in bounds) if bounds else (-np.ones(n), np.ones(n))
+    low, high = (
+        (np.asarray(b, dtype=np.float32).reshape(-1) for b in bounds) if bounds else (-np.ones(n), np.ones(n))
+    )
     lo, hi = gen.const(np.broadcast_to(low, (n,))), gen.const(np.broadcast_to(high, (n,)))
     gen.weight_bytes -= 8 * n
     if head == "squashed_gaussian":  # as Student.predict: low + (tanh(mean) + 1) * 0.5 * (high - low)
@@ -389,8 +395,10 @@ def _act_source(head: str, n: int, bounds: list[list[float]] | None, gen: _Codeg
 
 def write_c(student: Any, path: Path, *, int8: bool = False) -> dict[str, Any]:
     """Write ``student`` as ``path`` (``student.c``) and ``student.h`` beside it; return export details."""
+    from policy_kd.c_runtime import find_compiler
     from policy_kd.export import _numpy_program
 
+    find_compiler()  # the parity check compiles the export: refuse before writing anything
     info = student.info
     spec = info["spec"]
     try:
@@ -402,10 +410,10 @@ def write_c(student: Any, path: Path, *, int8: bool = False) -> dict[str, Any]:
 
         program, arrays = quantize_program(program, arrays)
     net = student.net
-    bounds = (
-        [net.action_low.tolist(), net.action_high.tolist()] if hasattr(net, "action_low") else None
+    bounds = [net.action_low.tolist(), net.action_high.tolist()] if hasattr(net, "action_low") else None
+    comment = (
+        f"{spec['arch']} student {'x'.join(map(str, spec.get('hidden', ())))} of {info.get('env_id', '?')}"
     )
-    comment = f"{spec['arch']} student {'x'.join(map(str, spec.get('hidden', ())))} of {info.get('env_id', '?')}"
     source, header, details = generate(
         program,
         arrays,

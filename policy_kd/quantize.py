@@ -84,7 +84,9 @@ def action_agreement(
     width = None
     if head != "discrete":
         low, high = (np.asarray(b, np.float64) for b in bounds) if bounds else (-1.0, 1.0)
-        w = np.broadcast_to(np.asarray(high, np.float64) - low, (np.asarray(ref).reshape(len(ref), -1).shape[1],))
+        w = np.broadcast_to(
+            np.asarray(high, np.float64) - low, (np.asarray(ref).reshape(len(ref), -1).shape[1],)
+        )
         width = np.where(np.isfinite(w) & (w > 0), w, 1.0)
     bad, _ = compare_actions(ref, got, width, tolerance)
     return float(1.0 - bad.mean())

@@ -46,7 +46,12 @@ def make_student(root: Path, spec: StudentSpec, *, uint8: bool = False, seed: in
     save_student(
         root,
         spec,
-        {"weights": "best.pt", "env_id": "Synthetic-v0", "action_space": action, "observation_space": obs_space},
+        {
+            "weights": "best.pt",
+            "env_id": "Synthetic-v0",
+            "action_space": action,
+            "observation_space": obs_space,
+        },
     )
     return root
 
@@ -80,7 +85,17 @@ def test_c_export_compiles_strict_and_matches_eager(
         "policy_forward(o, y); return y[0] != y[0]; }\n"
     )
     subprocess.run(
-        [*CC.split(), *STRICT_FLAGS, "-o", str(tmp_path / "app"), str(tmp_path / "main.c"), str(out / "student.c"), "-I", str(out), "-lm"],
+        [
+            *CC.split(),
+            *STRICT_FLAGS,
+            "-o",
+            str(tmp_path / "app"),
+            str(tmp_path / "main.c"),
+            str(out / "student.c"),
+            "-I",
+            str(out),
+            "-lm",
+        ],
         check=True,
         cwd=out,
     )
@@ -105,15 +120,15 @@ def _c_act(out: Path, tmp_path: Path, obs: np.ndarray, continuous: bool) -> np.n
     """policy_act of the export, called from a C program on ``obs`` rows (read from a file)."""
     np.ascontiguousarray(obs, dtype=np.float32).tofile(tmp_path / "obs.bin")
     call = (
-        "policy_act(o, a); for (k = 0; k < POLICY_N_OUTPUTS; k++) printf(\"%.6g \", a[k]);"
+        'policy_act(o, a); for (k = 0; k < POLICY_N_OUTPUTS; k++) printf("%.6g ", a[k]);'
         if continuous
         else 'printf("%d", policy_act(o));'
     )
     (tmp_path / "act.c").write_text(
-        "#include <stdio.h>\n#include \"student.h\"\n"
-        "int main(void) { float o[POLICY_OBS_SIZE], a[POLICY_N_OUTPUTS]; int k; FILE *f = fopen(\"obs.bin\", \"rb\");\n"
+        '#include <stdio.h>\n#include "student.h"\n'
+        'int main(void) { float o[POLICY_OBS_SIZE], a[POLICY_N_OUTPUTS]; int k; FILE *f = fopen("obs.bin", "rb");\n'
         "(void)a; (void)k;\n"
-        f"while (fread(o, sizeof(float), POLICY_OBS_SIZE, f) == POLICY_OBS_SIZE) {{ {call} printf(\"\\n\"); }}\n"
+        f'while (fread(o, sizeof(float), POLICY_OBS_SIZE, f) == POLICY_OBS_SIZE) {{ {call} printf("\\n"); }}\n'
         "return 0; }\n"
     )
     subprocess.run(
@@ -121,7 +136,9 @@ def _c_act(out: Path, tmp_path: Path, obs: np.ndarray, continuous: bool) -> np.n
         check=True,
         cwd=tmp_path,
     )
-    lines = subprocess.run(["./act"], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.split("\n")
+    lines = subprocess.run(["./act"], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.split(
+        "\n"
+    )
     return np.array([[float(v) for v in ln.split()] for ln in lines if ln.strip()])
 
 
@@ -178,7 +195,17 @@ def test_int8_refused_below_min_agreement(students: dict[str, Path], tmp_path: P
     # a random-weight CNN has near-tied logits: int8 flips some argmaxes, so demanding 100% must refuse
     expect_error(
         capsys,
-        ["export", students["minatar_cnn"], "--format", "c", "--int8", "--min-agreement", "1.0", "--out", tmp_path / "q"],
+        [
+            "export",
+            students["minatar_cnn"],
+            "--format",
+            "c",
+            "--int8",
+            "--min-agreement",
+            "1.0",
+            "--out",
+            tmp_path / "q",
+        ],
         "--min-agreement",
     )
     assert not (tmp_path / "q").exists()
@@ -195,14 +222,18 @@ def test_c_export_errors(
     from test_errors import expect_error
 
     multi = make_student(
-        tmp_path / "multi", StudentSpec("minatar_cnn", (4, 10, 10), 6, (8,), channels=(4,), pad_channels=6), uint8=True
+        tmp_path / "multi",
+        StudentSpec("minatar_cnn", (4, 10, 10), 6, (8,), channels=(4,), pad_channels=6),
+        uint8=True,
     )
     expect_error(capsys, ["export", multi, "--format", "c", "--out", tmp_path / "m"], "C export supports")
     assert not (tmp_path / "m").exists()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.delenv("CC", raising=False)
     expect_error(
-        capsys, ["export", students["discrete_relu"], "--format", "c", "--out", tmp_path / "n"], "no C compiler found"
+        capsys,
+        ["export", students["discrete_relu"], "--format", "c", "--out", tmp_path / "n"],
+        "no C compiler found",
     )
     with pytest.raises(PolicyKDError, match="no C compiler"):
         find_compiler()
@@ -216,8 +247,13 @@ def test_evaluate_plays_the_compiled_student(artifacts: dict[str, Path], tmp_pat
     assert run_cli("export", artifacts["student"], "--format", "c", "--out", out) == 0
     res = evaluate(
         EvaluateConfig(
-            teacher=str(artifacts["teacher"]), student=(str(artifacts["student"]), str(out)), episodes=5, latency=False
+            teacher=str(artifacts["teacher"]),
+            student=(str(artifacts["student"]), str(out)),
+            episodes=5,
+            latency=False,
         )
     )
-    print(sorted(res))
-    raise AssertionError
+    eager, compiled = res["students"]
+    assert compiled["format"] == "c" and compiled["path"].endswith("student.c")
+    assert compiled["returns"] == eager["returns"] and len(eager["returns"]) == 5
+    assert compiled["agreement"] == eager["agreement"]
