@@ -342,7 +342,7 @@ def _runner(fmt: str, path: Path, info: dict[str, Any]) -> Any:
         from policy_kd.c_runtime import CPolicy
 
         spec = info["spec"]
-        return CPolicy(path, int(np.prod(spec["obs_shape"])), int(spec["n_outputs"])).forward
+        return CPolicy(path, tuple(spec["obs_shape"]), int(spec["n_outputs"])).forward
     if fmt == "onnx":
         try:
             import onnxruntime as ort
