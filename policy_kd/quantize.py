@@ -10,6 +10,7 @@ runtime dequantises at load time with :func:`dequantize_program`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,38 +31,48 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale.astype(np.float32)
 
 
-def quantize_program(
-    program: list[dict[str, Any]], arrays: dict[str, np.ndarray]
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """A copy of a numpy program with every linear/conv2d weight stored as int8 plus a per-channel scale."""
+Program = list[dict[str, Any]]
+
+
+def _rewrite(
+    program: Program, arrays: dict[str, np.ndarray], change: Callable[[dict[str, Any], dict], dict | None]
+) -> tuple[Program, dict[str, np.ndarray]]:
+    """``change(op, arrays)`` on a copy of ``arrays`` for every op: the op to keep in its place (None: as is)."""
     arrays = dict(arrays)
-    out: list[dict[str, Any]] = []
-    for op in program:
-        if op["op"] in CHANNEL_AXIS:
-            q, scale = quantize_weight(arrays[op["weight"]], CHANNEL_AXIS[op["op"]])
-            arrays[op["weight"]] = q
-            key = f"{op['weight']}_scale"
-            arrays[key] = scale
-            op = {**op, "scale": key}
-        out.append(op)
-    return out, arrays
+    return [change(op, arrays) or op for op in program], arrays
+
+
+def _quantize(op: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    if op["op"] not in CHANNEL_AXIS:
+        return None
+    q, scale = quantize_weight(arrays[op["weight"]], CHANNEL_AXIS[op["op"]])
+    key = f"{op['weight']}_scale"
+    arrays[op["weight"]], arrays[key] = q, scale
+    return {**op, "scale": key}
+
+
+def _dequantize(op: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    if op.get("scale") is None:
+        return None
+    shape = [1] * arrays[op["weight"]].ndim
+    shape[CHANNEL_AXIS[op["op"]]] = -1
+    scale = arrays.pop(op["scale"]).reshape(shape)
+    arrays[op["weight"]] = arrays[op["weight"]].astype(np.float32) * scale
+    return {k: v for k, v in op.items() if k != "scale"}
+
+
+def quantize_program(
+    program: Program, arrays: dict[str, np.ndarray]
+) -> tuple[Program, dict[str, np.ndarray]]:
+    """A copy of a numpy program with every linear/conv2d weight stored as int8 plus a per-channel scale."""
+    return _rewrite(program, arrays, _quantize)
 
 
 def dequantize_program(
-    program: list[dict[str, Any]], arrays: dict[str, np.ndarray]
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    program: Program, arrays: dict[str, np.ndarray]
+) -> tuple[Program, dict[str, np.ndarray]]:
     """The float program an int8 one stands for (``q * scale``), for runtimes that compute in float."""
-    arrays = dict(arrays)
-    out: list[dict[str, Any]] = []
-    for op in program:
-        if op.get("scale") is not None:
-            shape = [1] * arrays[op["weight"]].ndim
-            shape[CHANNEL_AXIS[op["op"]]] = -1
-            scale = arrays.pop(op["scale"]).reshape(shape)
-            arrays[op["weight"]] = arrays[op["weight"]].astype(np.float32) * scale
-            op = {k: v for k, v in op.items() if k != "scale"}
-        out.append(op)
-    return out, arrays
+    return _rewrite(program, arrays, _dequantize)
 
 
 def is_quantized(program: list[dict[str, Any]]) -> bool:
