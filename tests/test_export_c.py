@@ -72,12 +72,14 @@ def students(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {k: make_student(root / k, s, uint8="cnn" in k) for k, s in SPECS.items()}
 
 
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
 @pytest.mark.parametrize("name", list(SPECS))
 def test_c_export_compiles_strict_and_matches_eager(
-    name: str, students: dict[str, Path], tmp_path: Path
+    name: str, int8: bool, students: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "c"
-    assert run_cli("export", students[name], "--format", "c", "--out", out, "--parity-rows", "512") == 0
+    q = ["--int8", "--min-agreement", "0"] if int8 else []
+    assert run_cli("export", students[name], "--format", "c", "--out", out, "--parity-rows", "512", *q) == 0
     assert sorted(p.name for p in out.glob("student.*")) == ["student.c", "student.h"]
     # the generated code is clean C99: no warning under -Wall -Werror, links against libm alone
     (tmp_path / "main.c").write_text(
@@ -107,13 +109,58 @@ def test_c_export_compiles_strict_and_matches_eager(
     ex = load_exported(out)
     got = ex.outputs(obs)
     assert got.shape == ref.shape and got.dtype == np.float32
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["details"]["int8"] == int8
+    if int8:  # lossy, within the int8 tolerance (0.1 x the output scale), and the C and numpy int8 agree
+        assert np.abs(got - ref).max() <= 0.1 * np.abs(ref).max()
+        assert "int8_t" in (out / "student.c").read_text()
+        assert run_cli("export", students[name], "--format", "numpy", "--out", tmp_path / "n", *q) == 0
+        np.testing.assert_allclose(load_exported(tmp_path / "n").outputs(obs), got, atol=1e-4)
+        return
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
     np.testing.assert_allclose(ex.predict(obs), student.predict(obs), atol=1e-5)
     np.testing.assert_allclose(ex.outputs(obs[:1]), ref[:1], atol=1e-4)  # the batch-1 path
-    meta = json.loads((out / "export.json").read_text())
-    assert not meta["details"]["int8"]
     if SPECS[name].head == "discrete":  # (continuous agreement there is np.isclose, too strict near 0)
         assert meta["parity"]["action_agreement"] >= 0.999
+
+
+def test_c_program_with_padding_stride_scale_and_permute(tmp_path: Path) -> None:
+    """Ops the students above do not use: a padded, strided conv after a channels-last permute and /255."""
+    from torch import nn
+
+    from policy_kd.c_runtime import CPolicy
+    from policy_kd.export import _numpy_program
+    from policy_kd.export_c import HEADER_FILE, SOURCE_FILE, generate
+
+    class Permute(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.permute(0, 3, 1, 2)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                Permute(),
+                nn.Conv2d(3, 4, 3, stride=2, padding=1),
+                nn.GELU("tanh"),
+                nn.Flatten(),
+                nn.Linear(64, 5),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x.float() / 255.0)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    program, arrays = _numpy_program(net, (8, 8, 3))
+    source, header, _ = generate(program, arrays, (8, 8, 3), "discrete", 5)
+    (tmp_path / SOURCE_FILE).write_text(source)
+    (tmp_path / HEADER_FILE).write_text(header)
+    subprocess.run([*CC.split(), *STRICT_FLAGS, "-c", SOURCE_FILE], check=True, cwd=tmp_path)
+    with torch.no_grad():
+        ref = net(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(CPolicy(tmp_path / SOURCE_FILE, (8, 8, 3), 5).forward(x), ref, atol=1e-5)
 
 
 def _c_act(out: Path, tmp_path: Path, obs: np.ndarray, continuous: bool) -> np.ndarray:
