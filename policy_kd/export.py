@@ -853,7 +853,7 @@ def export_student(config: ExportConfig) -> Path:
     if config.int8 and same_action < config.min_agreement:
         shutil.rmtree(out)
         raise PolicyKDError(
-            f"int8 {config.format} export takes the float student's action on {same_action:.2%} of {len(obs)} "
+            f"int8 {config.format} export takes the float student's action on {same_action:.4f} of {len(obs)} "
             f"states (< --min-agreement {config.min_agreement}); nothing was written; export without --int8"
         )
     return out
