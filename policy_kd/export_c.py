@@ -35,44 +35,9 @@ HEADER_FILE = "student.h"
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Werror", "-O2")
 HEADS = ("discrete", "gaussian", "squashed_gaussian")
 
-_HELPERS = {
-    "linear": """\
-/* y = x @ W + b, W stored (n_in, n_out): each y[o] accumulates x[0..n_in) in order, independent of the others. */
-static void linear(const float *x, int n_in, int n_out, const {wt} *w, const float *s, const float *b, float *y)
-{{
-    int i, o;
-    for (o = 0; o < n_out; o++) y[o] = 0.0f;
-    for (i = 0; i < n_in; i++) {{
-        const float xi = x[i];
-        const {wt} *row = w + (long)i * n_out;
-        for (o = 0; o < n_out; o++) y[o] += {cast}row[o] * xi;
-    }}
-    for (o = 0; o < n_out; o++) y[o] = {scaled} + (b ? b[o] : 0.0f);
-}}
-""",
-    "conv2d": """\
-/* torch.nn.Conv2d (groups 1, no padding: a pad step comes first), x (c_in, h, w) -> y (c_out, ho, wo). */
-static void conv2d(const float *x, int c_in, int h, int w, int c_out, int kh, int kw, int sh, int sw,
-                   const {wt} *wt, const float *s, const float *b, float *y)
-{{
-    const int ho = (h - kh) / sh + 1, wo = (w - kw) / sw + 1;
-    int o, c, ki, kj, r, q, p;
-    for (o = 0; o < c_out; o++) {{
-        float *yo = y + (long)o * ho * wo;
-        for (p = 0; p < ho * wo; p++) yo[p] = 0.0f;
-        for (c = 0; c < c_in; c++)
-            for (ki = 0; ki < kh; ki++)
-                for (kj = 0; kj < kw; kj++) {{
-                    const float v = {cast}wt[((o * c_in + c) * kh + ki) * kw + kj];
-                    const float *xc = x + (long)c * h * w + ki * w + kj;
-                    for (r = 0; r < ho; r++)
-                        for (q = 0; q < wo; q++) yo[r * wo + q] += v * xc[r * sh * w + q * sw];
-                }}
-        for (p = 0; p < ho * wo; p++) yo[p] = {scaled_conv} + (b ? b[o] : 0.0f);
-    }}
-}}
-""",
-}
+#: Dense layers compute this many outputs at a time: widths are zero-padded to a multiple of it, so that with
+#: constant trip counts and unaliased local buffers the compiler vectorises the loops at plain -O2.
+LANES = 4
 
 
 def _lit(v: float) -> str:
@@ -93,7 +58,7 @@ class _Codegen:
         self.arrays = arrays
         self.consts: list[str] = []
         self.body: list[str] = []
-        self.helpers: set[str] = set()
+        self.q8 = False
         self.cur = "obs"
         self.largest = 1
         self.weight_bytes = 0
@@ -111,6 +76,7 @@ class _Codegen:
             f"static const {ctype} {name}[{len(items)}] = {{\n    " + ",\n    ".join(lines) + "\n};\n"
         )
         self.weight_bytes += flat.size * {"float": 4, "int8_t": 1}.get(ctype, 4)
+        self.q8 = self.q8 or ctype == "int8_t"
         return name
 
     def dst(self, size: int) -> str:
@@ -127,7 +93,8 @@ class _Codegen:
         """``x[i] = expr(v)`` over the activation, in place unless it is still the caller's ``obs``."""
         out = self.dst(self.size) if self.cur == "obs" else self.cur
         self.emit(
-            f"for (i = 0; i < {self.size}; i++) {{ const float v = {self.cur}[i]; {out}[i] = {expr}; }}", out
+            f"for (int i = 0; i < {self.size}; i++) {{ const float v = {self.cur}[i]; {out}[i] = {expr}; }}",
+            out,
         )
 
     def step(self, op: dict[str, Any], nxt: dict[str, Any] | None) -> bool:
@@ -155,7 +122,7 @@ class _Codegen:
             table = self.const(idx, "int")
             self.weight_bytes -= idx.size * 4  # an index table, not weights
             out = self.dst(self.size)
-            self.emit(f"for (i = 0; i < {self.size}; i++) {out}[i] = {self.cur}[{table}[i]];", out)
+            self.emit(f"for (int i = 0; i < {self.size}; i++) {out}[i] = {self.cur}[{table}[i]];", out)
             self.shape = tuple(self.shape[a] for a in axes)
             return False
         if kind == "linear":
@@ -164,12 +131,22 @@ class _Codegen:
                 raise PolicyKDError(
                     f"C export: a linear layer of {w.shape[0]} inputs after shape {self.shape}"
                 )
-            n_out = int(w.shape[1])
-            self.helpers.add("linear_q8" if op.get("scale") else "linear")
-            args = self._weights(op)
-            out = self.dst(n_out)
-            fn = "linear_q8" if op.get("scale") else "linear"
-            self.emit(f"{fn}({self.cur}, {w.shape[0]}, {n_out}, {args}, {out});", out)
+            n_in, n_out = (int(d) for d in w.shape)
+            width = -(-n_out // LANES) * LANES
+            wide = np.zeros((n_in, width), dtype=w.dtype)
+            wide[:, :n_out] = w
+            q8 = op.get("scale") is not None
+            weights = self.const(wide, "int8_t" if q8 else "float")
+            x, y = self.cur, self.dst(width)
+            cast = "(float)" if q8 else ""
+            # y[o] accumulates x[0..n_in) in order, every o on its own: the same sums as x @ W
+            self.emit(f"for (int o = 0; o < {width}; o++) {y}[o] = 0.0f;")
+            self.emit(
+                f"for (int i = 0; i < {n_in}; i++) {{ const float xi = {x}[i]; "
+                f"for (int o = 0; o < {width}; o++) {y}[o] += {cast}{weights}[i * {width} + o] * xi; }}",
+                y,
+            )
+            self._epilogue(op, y, width, 1, n_out)
             self.shape = (n_out,)
             return False
         if kind == "conv2d":
@@ -178,19 +155,35 @@ class _Codegen:
                 raise PolicyKDError(f"C export: a conv2d of {w.shape[1]} channels after shape {self.shape}")
             (c, h, wd), (ph, pw), (sh, sw) = self.shape, op["padding"], op["stride"]
             if ph or pw:
-                h, wd = h + 2 * ph, wd + 2 * pw
-                out = self.dst(c * h * wd)
+                x, h, wd = self.cur, h + 2 * ph, wd + 2 * pw
+                y = self.dst(c * h * wd)
+                self.emit(f"for (int i = 0; i < {c * h * wd}; i++) {y}[i] = 0.0f;")
                 self.emit(
-                    f"pad2d({self.cur}, {c}, {self.shape[1]}, {self.shape[2]}, {ph}, {pw}, {out});", out
+                    f"for (int k = 0; k < {c}; k++) for (int r = 0; r < {self.shape[1]}; r++) "
+                    f"for (int q = 0; q < {self.shape[2]}; q++) "
+                    f"{y}[(k * {h} + r + {ph}) * {wd} + q + {pw}] = {x}[(k * {self.shape[1]} + r) * {self.shape[2]} + q];",
+                    y,
                 )
-                self.helpers.add("pad2d")
             o, kh, kw = int(w.shape[0]), int(w.shape[2]), int(w.shape[3])
             ho, wo = (h - kh) // sh + 1, (wd - kw) // sw + 1
-            fn = "conv2d_q8" if op.get("scale") else "conv2d"
-            self.helpers.add(fn)
-            args = self._weights(op)
-            out = self.dst(o * ho * wo)
-            self.emit(f"{fn}({self.cur}, {c}, {h}, {wd}, {o}, {kh}, {kw}, {sh}, {sw}, {args}, {out});", out)
+            q8 = op.get("scale") is not None
+            weights = self.const(w, "int8_t" if q8 else "float")
+            x, y = self.cur, self.dst(o * ho * wo)
+            cast = "(float)" if q8 else ""
+            self.emit(f"for (int i = 0; i < {o * ho * wo}; i++) {y}[i] = 0.0f;")
+            self.emit(
+                f"for (int o = 0; o < {o}; o++) for (int c = 0; c < {c}; c++) "
+                f"for (int ki = 0; ki < {kh}; ki++) for (int kj = 0; kj < {kw}; kj++) {{\n"
+                f"        const float v = {cast}{weights}[((o * {c} + c) * {kh} + ki) * {kw} + kj];\n"
+                f"        for (int r = 0; r < {ho}; r++) {{\n"  # row pointers: the q loop vectorises
+                f"            float *yr = {y} + (o * {ho} + r) * {wo};\n"
+                f"            const float *xr = {x} + (c * {h} + r * {sh} + ki) * {wd} + kj;\n"
+                f"            for (int q = 0; q < {wo}; q++) yr[q] += v * xr[q * {sw}];\n"
+                f"        }}\n"
+                f"    }}",
+                y,
+            )
+            self._epilogue(op, y, o, ho * wo, o)
             self.shape = (o, ho, wo)
             return False
         if kind == "relu":
@@ -217,43 +210,21 @@ class _Codegen:
             raise PolicyKDError(f"C export: a constant of shape {c.shape} on shape {self.shape}") from None
         return f"{self.const(full)}[i]"
 
-    def _weights(self, op: dict[str, Any]) -> str:
-        arr = self.arrays
-        if op.get("scale"):
-            w, s = self.const(arr[op["weight"]], "int8_t"), self.const(arr[op["scale"]])
-        else:
-            w, s = self.const(arr[op["weight"]]), "0"
-        b = self.const(arr[op["bias"]]) if op.get("bias") is not None else "0"
-        return f"{w}, {s}, {b}"
-
-
-def _helper(name: str) -> str:
-    if name == "pad2d":
-        return textwrap.dedent("""\
-            /* zero padding of (c, h, w) by (ph, pw) on each side */
-            static void pad2d(const float *x, int c, int h, int w, int ph, int pw, float *y)
-            {
-                const int H = h + 2 * ph, W = w + 2 * pw;
-                int k, r, q;
-                for (k = 0; k < c * H * W; k++) y[k] = 0.0f;
-                for (k = 0; k < c; k++)
-                    for (r = 0; r < h; r++)
-                        for (q = 0; q < w; q++) y[(k * H + r + ph) * W + q + pw] = x[(k * h + r) * w + q];
-            }
-            """)
-    base = name.removesuffix("_q8")
-    q8 = name.endswith("_q8")
-    text = _HELPERS[base].format(
-        wt="int8_t" if q8 else "float",
-        cast="(float)" if q8 else "",
-        scaled="y[o] * s[o]" if q8 else "y[o]",
-        scaled_conv="yo[p] * s[o]" if q8 else "yo[p]",
-    )
-    if q8:  # distinct names for the int8 variants, so float and int8 layers can share one file
-        text = text.replace(f"static void {base}(", f"static void {name}(")
-    else:
-        text = text.replace("{\n", "{\n    (void)s; /* the float variant has no scales */\n", 1)
-    return text
+    def _epilogue(self, op: dict[str, Any], y: str, channels: int, per: int, real: int) -> None:
+        """``y = y * scale + bias`` per output channel (``per`` values each; zero-padded to ``channels``)."""
+        names = {}
+        for key in ("scale", "bias"):
+            if op.get(key) is not None:
+                v = np.zeros(channels, dtype=np.float32)
+                v[:real] = self.arrays[op[key]].reshape(-1)
+                names[key] = self.const(v)
+        if not names:
+            return
+        at = "o" if per == 1 else f"o * {per} + p"
+        expr = f"{y}[{at}]" + (f" * {names['scale']}[o]" if "scale" in names else "")
+        expr += f" + {names['bias']}[o]" if "bias" in names else ""
+        inner = "" if per == 1 else f"for (int p = 0; p < {per}; p++) "
+        self.emit(f"for (int o = 0; o < {channels}; o++) {inner}{y}[{at}] = {expr};")
 
 
 def generate(
@@ -280,7 +251,7 @@ def generate(
     if gen.size != n_outputs:
         raise PolicyKDError(f"C export: the program ends with {gen.size} values, not {n_outputs} outputs")
     obs_size = int(np.prod(obs_shape))
-    q8 = any(h.endswith("_q8") for h in gen.helpers)
+    q8 = gen.q8
     continuous = head != "discrete"
     act_decl = (
         "void policy_act(const float *obs, float *action)"
@@ -329,15 +300,13 @@ def generate(
         '#include "student.h"\n\n',
         *gen.consts,
         "\n",
-        *(_helper(h) + "\n" for h in sorted(gen.helpers)),
         textwrap.dedent(f"""\
             void policy_forward(const float *obs, float *out)
             {{
                 float a[{gen.largest}], b[{gen.largest}];
-                int i;
                 (void)a; (void)b;
                 @BODY@
-                for (i = 0; i < {n_outputs}; i++) out[i] = {gen.cur}[i];
+                for (int i = 0; i < {n_outputs}; i++) out[i] = {gen.cur}[i];
             }}
 
             void policy_forward_batch(const float *obs, long n, float *out)
