@@ -38,6 +38,8 @@ HEADS = ("discrete", "gaussian", "squashed_gaussian")
 #: Dense layers compute this many outputs at a time: widths are zero-padded to a multiple of it, so that with
 #: constant trip counts and unaliased local buffers the compiler vectorises the loops at plain -O2.
 LANES = 4
+#: Outputs summed at once in local variables (8 SSE registers' worth).
+BLOCK = 32
 
 
 def _lit(v: float) -> str:
@@ -135,18 +137,14 @@ class _Codegen:
             width = -(-n_out // LANES) * LANES
             wide = np.zeros((n_in, width), dtype=w.dtype)
             wide[:, :n_out] = w
-            q8 = op.get("scale") is not None
-            weights = self.const(wide, "int8_t" if q8 else "float")
+            weights, cast, (scale, bias) = self._layer_consts(op, wide, width, n_out)
             x, y = self.cur, self.dst(width)
-            cast = "(float)" if q8 else ""
-            # y[o] accumulates x[0..n_in) in order, every o on its own: the same sums as x @ W
-            self.emit(f"for (int o = 0; o < {width}; o++) {y}[o] = 0.0f;")
-            self.emit(
-                f"for (int i = 0; i < {n_in}; i++) {{ const float xi = {x}[i]; "
-                f"for (int o = 0; o < {width}; o++) {y}[o] += {cast}{weights}[i * {width} + o] * xi; }}",
-                y,
-            )
-            self._epilogue(op, y, width, 1, n_out)
+            for o0 in range(0, width, BLOCK):
+                self._dense_block(x, y, weights, cast, n_in, width, o0, min(BLOCK, width - o0))
+            if scale or bias:
+                expr = f"{y}[o]" + (f" * {scale}[o]" if scale else "") + (f" + {bias}[o]" if bias else "")
+                self.emit(f"for (int o = 0; o < {width}; o++) {y}[o] = {expr};")
+            self.cur = y
             self.shape = (n_out,)
             return False
         if kind == "conv2d":
@@ -166,16 +164,17 @@ class _Codegen:
                 )
             o, kh, kw = int(w.shape[0]), int(w.shape[2]), int(w.shape[3])
             ho, wo = (h - kh) // sh + 1, (wd - kw) // sw + 1
-            q8 = op.get("scale") is not None
-            weights = self.const(w, "int8_t" if q8 else "float")
+            weights, cast, (scale, bias) = self._layer_consts(op, w, o, o)
             x, y = self.cur, self.dst(o * ho * wo)
-            cast = "(float)" if q8 else ""
+            # Output rows accumulate in memory over the taps (c, ki, kj), in that order: a row is a
+            # contiguous run the compiler vectorises (register-blocked sums measured slower here, as gcc
+            # does not vectorise them across the taps' nested loops).
             self.emit(f"for (int i = 0; i < {o * ho * wo}; i++) {y}[i] = 0.0f;")
             self.emit(
                 f"for (int o = 0; o < {o}; o++) for (int c = 0; c < {c}; c++) "
                 f"for (int ki = 0; ki < {kh}; ki++) for (int kj = 0; kj < {kw}; kj++) {{\n"
                 f"        const float v = {cast}{weights}[((o * {c} + c) * {kh} + ki) * {kw} + kj];\n"
-                f"        for (int r = 0; r < {ho}; r++) {{\n"  # row pointers: the q loop vectorises
+                f"        for (int r = 0; r < {ho}; r++) {{\n"
                 f"            float *yr = {y} + (o * {ho} + r) * {wo};\n"
                 f"            const float *xr = {x} + (c * {h} + r * {sh} + ki) * {wd} + kj;\n"
                 f"            for (int q = 0; q < {wo}; q++) yr[q] += v * xr[q * {sw}];\n"
@@ -183,7 +182,15 @@ class _Codegen:
                 f"    }}",
                 y,
             )
-            self._epilogue(op, y, o, ho * wo, o)
+            if scale or bias:
+                expr = (
+                    f"{y}[o * {ho * wo} + p]"
+                    + (f" * {scale}[o]" if scale else "")
+                    + (f" + {bias}[o]" if bias else "")
+                )
+                self.emit(
+                    f"for (int o = 0; o < {o}; o++) for (int p = 0; p < {ho * wo}; p++) {y}[o * {ho * wo} + p] = {expr};"
+                )
             self.shape = (o, ho, wo)
             return False
         if kind == "relu":
@@ -210,21 +217,40 @@ class _Codegen:
             raise PolicyKDError(f"C export: a constant of shape {c.shape} on shape {self.shape}") from None
         return f"{self.const(full)}[i]"
 
-    def _epilogue(self, op: dict[str, Any], y: str, channels: int, per: int, real: int) -> None:
-        """``y = y * scale + bias`` per output channel (``per`` values each; zero-padded to ``channels``)."""
-        names = {}
+    def _layer_consts(
+        self, op: dict[str, Any], w: np.ndarray, channels: int, real: int
+    ) -> tuple[str, str, tuple[str | None, str | None]]:
+        """Weights (int8 under --int8, then read through a float cast), and per-channel scale and bias
+        (zero-padded to ``channels``) as constants."""
+        q8 = op.get("scale") is not None
+        weights = self.const(w, "int8_t" if q8 else "float")
+        names: list[str | None] = []
         for key in ("scale", "bias"):
-            if op.get(key) is not None:
-                v = np.zeros(channels, dtype=np.float32)
-                v[:real] = self.arrays[op[key]].reshape(-1)
-                names[key] = self.const(v)
-        if not names:
-            return
-        at = "o" if per == 1 else f"o * {per} + p"
-        expr = f"{y}[{at}]" + (f" * {names['scale']}[o]" if "scale" in names else "")
-        expr += f" + {names['bias']}[o]" if "bias" in names else ""
-        inner = "" if per == 1 else f"for (int p = 0; p < {per}; p++) "
-        self.emit(f"for (int o = 0; o < {channels}; o++) {inner}{y}[{at}] = {expr};")
+            if op.get(key) is None:
+                names.append(None)
+                continue
+            v = np.zeros(channels, dtype=np.float32)
+            v[:real] = self.arrays[op[key]].reshape(-1)
+            names.append(self.const(v))
+        return weights, "(float)" if q8 else "", (names[0], names[1])
+
+    def _dense_block(
+        self, x: str, y: str, weights: str, cast: str, n_in: int, width: int, o0: int, n: int
+    ) -> None:
+        """``y[o0 .. o0+n) = x @ W[:, o0 .. o0+n)``, the sums in local variables (registers, not memory: the
+        loop then runs at the adders' throughput, not at a store-load round trip per input). Every sum adds
+        the inputs in order, as ``x @ W`` does. The stores stay plain (a fused bias stopped gcc from
+        vectorising the block: measured 2x slower)."""
+        self.emit("{ float " + ", ".join(f"s{j} = 0.0f" for j in range(n)) + ";")
+        self.emit(
+            f"  for (int i = 0; i < {n_in}; i++) {{ const float xi = {x}[i]; "
+            f"const {'int8_t' if cast else 'float'} *w = {weights} + i * {width} + {o0};"
+        )
+        for j in range(0, n, 4):
+            self.emit("    " + " ".join(f"s{k} += {cast}w[{k}] * xi;" for k in range(j, min(j + 4, n))))
+        self.emit("  }")
+        self.emit("  " + " ".join(f"{y}[{o0 + j}] = s{j};" for j in range(n)))
+        self.emit("}")
 
 
 def generate(
