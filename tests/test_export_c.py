@@ -126,32 +126,14 @@ def test_c_export_compiles_strict_and_matches_eager(
 
 def test_c_program_with_padding_stride_scale_and_permute(tmp_path: Path) -> None:
     """Ops the students above do not use: a padded, strided conv after a channels-last permute and /255."""
+    from test_export import ScaledCNN
     from torch import nn
 
     from policy_kd.c_runtime import CPolicy
     from policy_kd.export import _numpy_program
     from policy_kd.export_c import HEADER_FILE, SOURCE_FILE, generate
 
-    class Permute(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.permute(0, 3, 1, 2)
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = nn.Sequential(
-                Permute(),
-                nn.Conv2d(3, 4, 3, stride=2, padding=1),
-                nn.GELU("tanh"),
-                nn.Flatten(),
-                nn.Linear(64, 5),
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.body(x.float() / 255.0)
-
-    torch.manual_seed(0)
-    net = Net().eval()
+    net = ScaledCNN(nn.GELU("tanh"))
     x = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
     program, arrays = _numpy_program(net, (8, 8, 3))
     source, header, _ = generate(program, arrays, (8, 8, 3), "discrete", 5)
