@@ -286,3 +286,21 @@ def test_evaluate_plays_the_compiled_student(artifacts: dict[str, Path], tmp_pat
     assert compiled["format"] == "c" and compiled["path"].endswith("student.c")
     assert compiled["returns"] == eager["returns"] and len(eager["returns"]) == 5
     assert compiled["agreement"] == eager["agreement"]
+
+
+def test_quantize_weight_is_per_channel_symmetric() -> None:
+    from policy_kd.quantize import dequantize_program, quantize_program, quantize_weight
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(6, 3)) * np.array([0.01, 1.0, 100.0])  # (in, out): channels of very different scales
+    w[:, 0] = 0.0  # an all-zero channel stays zero
+    q, scale = quantize_weight(w, axis=1)
+    assert q.dtype == np.int8 and scale.shape == (3,)
+    assert np.abs(q).max(axis=0).tolist() == [0, 127, 127]  # each channel uses the full range
+    assert np.all(np.abs(q * scale - w) <= scale / 2 + 1e-6)  # rounding error within half a step
+    program = [{"op": "linear", "weight": "w", "bias": None}, {"op": "relu"}]
+    qp, qa = quantize_program(program, {"w": w.astype(np.float32)})
+    assert qp[0]["scale"] == "w_scale" and qa["w"].dtype == np.int8 and "scale" not in program[0]
+    fp, fa = dequantize_program(qp, qa)
+    assert fp == program and fa["w"].dtype == np.float32
+    np.testing.assert_allclose(fa["w"], q * scale, rtol=1e-6)
