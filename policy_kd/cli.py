@@ -277,7 +277,7 @@ commands:
   record          let the teacher act and record its outputs into a buffer
   distill         train a small student on the buffer
   evaluate        compare student and teacher on the same episode seeds
-  export          save a student as ONNX, TorchScript, int8, numpy or an SB3 policy
+  export          save a student as ONNX, TorchScript, int8, numpy, an SB3 policy or C
   distill-multitask  one student (shared trunk, a head per task) from several teachers' buffers
   distill-online  train a teacher and distil a student from it while it trains
   kickstart       train a small student with RL plus an annealed distillation loss toward a teacher

@@ -15,11 +15,15 @@ format         file                  runtime                                    
                                      Linear weights, activations quantised per call)
 ``numpy``      ``student.npz``       :class:`NumpyPolicy`: plain numpy, no torch     ``1e-4``
 ``sb3``        ``policy.zip``        ``stable_baselines3.DQN.load``                 ``1e-4``
+``c``          ``student.c``/``.h``  C99 + libm (:mod:`policy_kd.export_c`), loaded  ``1e-4``
+                                     compiled (:mod:`policy_kd.c_runtime`)
 =============  ====================  =============================================  =====================
 
 Parity is checked at export time on observations from the student's buffer (or drawn around its input
 standardisation) and the export is refused if it is exceeded. ``int8`` is lossy by design: its tolerance
-is relative to the output scale, and ``evaluate`` reports what it costs in return.
+is relative to the output scale, and ``evaluate`` reports what it costs in return. ``--int8`` (numpy and
+c: per-channel symmetric int8 weights, :mod:`policy_kd.quantize`) has the same relative tolerance and is
+also refused when it takes the float student's action on fewer than ``--min-agreement`` of the states.
 
 **numpy.** The ``.npz`` holds the weights and a ``program``: the student's forward pass as a chain of
 operations (``linear``, ``conv2d``, ``relu``, ``tanh``, ``elu``, ``gelu``, ``flatten``, ``add``/``sub``/
@@ -64,9 +68,10 @@ FILES = {
     "int8": "student_int8.ts",
     "numpy": "student.npz",
     "sb3": "policy.zip",
+    "c": "student.c",
 }
 #: Largest allowed |export - eager| on the parity observations (int8: times the largest |eager output|).
-TOLERANCE = {"onnx": 1e-4, "torchscript": 1e-5, "int8": 0.1, "numpy": 1e-4, "sb3": 1e-4}
+TOLERANCE = {"onnx": 1e-4, "torchscript": 1e-5, "int8": 0.1, "numpy": 1e-4, "sb3": 1e-4, "c": 1e-4}
 RELATIVE = {"int8"}
 
 __all__ = [
@@ -222,6 +227,10 @@ class NumpyPolicy:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         program = json.loads(str(arrays.pop("program")))
+        if any(op.get("scale") is not None for op in program):  # an --int8 export: float compute
+            from policy_kd.quantize import dequantize_program
+
+            program, arrays = dequantize_program(program, arrays)
         return cls(program, arrays)
 
     def forward(self, obs: np.ndarray) -> np.ndarray:
@@ -330,6 +339,11 @@ def _runner(fmt: str, path: Path, info: dict[str, Any]) -> Any:
     dtype = _obs_dtype(info)
     if fmt == "numpy":
         return NumpyPolicy.load(path).forward
+    if fmt == "c":
+        from policy_kd.c_runtime import CPolicy
+
+        spec = info["spec"]
+        return CPolicy(path, tuple(spec["obs_shape"]), int(spec["n_outputs"])).forward
     if fmt == "onnx":
         try:
             import onnxruntime as ort
@@ -405,15 +419,19 @@ class ExportConfig:
 
     student: tyro.conf.Positional[str | None] = None
     """Student: a distill --out folder (its best weights) or a .pt weights file inside one."""
-    format: Literal["onnx", "torchscript", "int8", "numpy", "sb3"] = "onnx"
+    format: Literal["onnx", "torchscript", "int8", "numpy", "sb3", "c"] = "onnx"
     """onnx (ONNX Runtime), torchscript, int8 (dynamic quantisation of Linear layers), numpy (.npz + a plain
-    numpy forward), sb3 (a DQN .zip, for discrete-action MLP students)."""
+    numpy forward), sb3 (a DQN .zip, for discrete-action MLP students), c (one C99 source + header)."""
     out: str | None = None
     """Folder for the exported file and export.json (refused if it exists, unless --force)."""
     parity_rows: int = 4096
     """Observations (from the student's buffer when it still exists) the export is checked on."""
     force: bool = False
     """Replace an existing --out folder."""
+    int8: bool = False
+    """--format c or numpy: per-channel symmetric int8 weights (float accumulation)."""
+    min_agreement: float = 0.99
+    """--int8: refuse the export when it takes the float student's action on fewer of the parity states."""
 
 
 def parity_observations(student: Any, rows: int = 4096, seed: int = 0) -> np.ndarray:
@@ -682,17 +700,25 @@ def _export_sb3(student: Any, path: Path) -> None:
     model.save(str(path))
 
 
-def _write(fmt: str, student: Any, path: Path) -> dict[str, Any]:
+def _write(fmt: str, student: Any, path: Path, int8: bool = False) -> dict[str, Any]:
     """Write ``student`` in ``fmt`` to ``path``; returns format details for export.json."""
     import torch
 
     net = student.net
     info = student.info
     example = torch.as_tensor(parity_observations(student, rows=2))
+    if fmt == "c":
+        from policy_kd.export_c import write_c
+
+        return write_c(student, path, int8=int8)
     if fmt == "numpy":
         program, arrays = _numpy_program(net, tuple(info["spec"]["obs_shape"]))
+        if int8:
+            from policy_kd.quantize import quantize_program
+
+            program, arrays = quantize_program(program, arrays)
         np.savez(path, program=np.array(json.dumps(program)), **arrays)
-        return {"program": [o["op"] for o in program]}
+        return {"program": [o["op"] for o in program], "int8": int8}
     if fmt == "sb3":
         _export_sb3(student, path)
         return {"algo": "dqn"}
@@ -753,6 +779,12 @@ def export_student(config: ExportConfig) -> Path:
         raise PolicyKDError(f"unknown export format {config.format!r}; choose one of {', '.join(FILES)}")
     if config.parity_rows <= 0:
         raise PolicyKDError(f"--parity-rows must be > 0, got {config.parity_rows}")
+    if config.int8 and config.format not in ("c", "numpy"):
+        raise PolicyKDError(
+            f"--int8 applies to --format c or numpy, not {config.format} (--format int8 is torch's dynamic quantisation)"
+        )
+    if not 0.0 <= config.min_agreement <= 1.0:
+        raise PolicyKDError(f"--min-agreement must be within [0, 1], got {config.min_agreement}")
     if is_export(config.student):
         raise PolicyKDError(f"{config.student} is already an export; export the distill folder it came from")
     student = load_student(config.student)
@@ -761,7 +793,11 @@ def export_student(config: ExportConfig) -> Path:
 
     torch.set_num_threads(1)
     path = out / FILES[config.format]
-    details = _write(config.format, student, path)
+    try:
+        details = _write(config.format, student, path, config.int8)
+    except Exception:  # a refused student (or no compiler) leaves no half-written folder behind
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     log_std = getattr(student.net, "log_std", None)
     meta: dict[str, Any] = {
         "format": "policy_kd.export",
@@ -786,18 +822,26 @@ def export_student(config: ExportConfig) -> Path:
     obs = parity_observations(student, config.parity_rows)
     ref, got = eager_outputs(student.net, obs), exported.outputs(obs)
     diff = float(np.max(np.abs(ref - got)))
-    scale = float(np.max(np.abs(ref))) if config.format in RELATIVE else 1.0
-    tol = TOLERANCE[config.format] * scale
+    relative = config.format in RELATIVE or config.int8
+    scale = float(np.max(np.abs(ref))) if relative else 1.0
+    tol = TOLERANCE["int8" if config.int8 else config.format] * scale
     a_ref = np.asarray(student.predict(obs)).reshape(len(obs), -1)
     same_action = float(
         np.mean(np.all(np.isclose(a_ref, exported.predict(obs).reshape(len(obs), -1)), axis=-1))
     )
+    if config.int8:  # lossy: continuous actions agree within evaluate's tolerance of the action range
+        from policy_kd.evaluate import ACTION_TOLERANCE
+        from policy_kd.quantize import action_agreement
+
+        same_action = action_agreement(
+            a_ref, exported.predict(obs), exported.head, meta["action_bounds"], ACTION_TOLERANCE
+        )
     meta["parity"] = {
         "rows": len(obs),
         "max_abs_diff": diff,
         "tolerance": tol,
-        "tolerance_rule": f"{TOLERANCE[config.format]} x max|output|"
-        if config.format in RELATIVE
+        "tolerance_rule": f"{TOLERANCE['int8' if config.int8 else config.format]} x max|output|"
+        if relative
         else "absolute",
         "action_agreement": same_action,
     }
@@ -807,6 +851,12 @@ def export_student(config: ExportConfig) -> Path:
         shutil.rmtree(out)
         raise PolicyKDError(
             f"{config.format} export differs from the student by {diff:.3g} (> {tol:.3g}); nothing was written"
+        )
+    if config.int8 and same_action < config.min_agreement:
+        shutil.rmtree(out)
+        raise PolicyKDError(
+            f"int8 {config.format} export takes the float student's action on {same_action:.4f} of {len(obs)} "
+            f"states (< --min-agreement {config.min_agreement}); nothing was written; export without --int8"
         )
     return out
 

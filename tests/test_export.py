@@ -97,26 +97,35 @@ def test_numpy_batch1_fast_path_equals_reference(
         )
 
 
+class _Permute(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+class ScaledCNN(nn.Module):
+    """uint8 (8, 8, 3) channels-last images / 255 -> a padded, strided conv -> 5 outputs (seeded weights)."""
+
+    def __init__(self, activation: nn.Module | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(
+            _Permute(),
+            nn.Conv2d(3, 4, 3, stride=2, padding=1),
+            activation or nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64, 5),
+        )
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.float() / 255.0)
+
+
 def test_numpy_program_of_a_cnn_with_scaling() -> None:
     """A chain with conv2d, a constant scale and a channels-last permute runs in numpy like in torch."""
     from policy_kd.export import _numpy_program
 
-    class Permute(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.permute(0, 3, 1, 2)
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = nn.Sequential(
-                Permute(), nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5)
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.body(x.float() / 255.0)
-
-    torch.manual_seed(0)
-    net = Net().eval()
+    net = ScaledCNN()
     x = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     program, arrays = _numpy_program(net, (8, 8, 3))
     assert [o["op"] for o in program] == ["float", "div", "permute", "conv2d", "relu", "flatten", "linear"]

@@ -1,0 +1,306 @@
+"""C export (``--format c``) and int8 weights: the generated C99 compiles warning-free and computes the eager
+student's outputs and actions for every head and a MinAtar-size CNN; ``evaluate`` plays the compiled program."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from policy_kd.c_runtime import find_compiler
+from policy_kd.errors import PolicyKDError
+from policy_kd.export import load_exported, parity_observations
+from policy_kd.export_c import STRICT_FLAGS
+from policy_kd.students import StudentSpec, build_student, load_student, save_student
+
+if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+    pytest.skip("no C compiler on PATH", allow_module_level=True)
+
+CC = find_compiler()
+
+
+def make_student(root: Path, spec: StudentSpec, *, uint8: bool = False, seed: int = 0) -> Path:
+    """A student folder with random weights and non-trivial standardisation / action bounds (no training)."""
+    torch.manual_seed(seed)
+    net = build_student(spec)
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        if uint8:
+            net.set_obs_stats(torch.from_numpy(rng.integers(0, 2, (256, *spec.obs_shape)).astype(np.float32)))
+        else:
+            net.obs_mean.copy_(torch.from_numpy(rng.normal(size=spec.obs_shape).astype(np.float32)))
+            net.obs_std.copy_(torch.from_numpy(rng.uniform(0.2, 3.0, size=spec.obs_shape).astype(np.float32)))
+        if spec.head != "discrete":
+            net.set_action_bounds(np.full(spec.n_outputs, -2.0), np.linspace(0.5, 2.0, spec.n_outputs))
+            net.log_std.fill_(-0.5)
+    root.mkdir(parents=True)
+    torch.save(net.state_dict(), root / "best.pt")
+    action = {"type": "Discrete", "n": spec.n_outputs} if spec.head == "discrete" else {"type": "Box"}
+    obs_space = {"dtype": "uint8" if uint8 else "float32"}
+    save_student(
+        root,
+        spec,
+        {
+            "weights": "best.pt",
+            "env_id": "Synthetic-v0",
+            "action_space": action,
+            "observation_space": obs_space,
+        },
+    )
+    return root
+
+
+SPECS = {
+    "discrete_relu": StudentSpec("mlp", (4,), 2, (16, 16)),
+    "gaussian_tanh": StudentSpec("mlp", (8,), 2, (24, 24), activation="tanh", head="gaussian"),
+    "squashed_elu": StudentSpec("mlp", (3,), 3, (20,), activation="elu", head="squashed_gaussian"),
+    "discrete_gelu": StudentSpec("mlp", (6,), 4, (12, 12), activation="gelu"),
+    "minatar_cnn": StudentSpec("minatar_cnn", (4, 10, 10), 6, (32,), channels=(8,)),
+    "channels_last_cnn": StudentSpec("minatar_cnn", (10, 10, 3), 5, (16,), channels=(4,)),
+}
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("c_students")
+    return {k: make_student(root / k, s, uint8="cnn" in k) for k, s in SPECS.items()}
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+@pytest.mark.parametrize("name", list(SPECS))
+def test_c_export_compiles_strict_and_matches_eager(
+    name: str, int8: bool, students: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "c"
+    q = ["--int8", "--min-agreement", "0"] if int8 else []
+    assert run_cli("export", students[name], "--format", "c", "--out", out, "--parity-rows", "512", *q) == 0
+    assert sorted(p.name for p in out.glob("student.*")) == ["student.c", "student.h"]
+    # the generated code is clean C99: no warning under -Wall -Werror, links against libm alone
+    (tmp_path / "main.c").write_text(
+        '#include "student.h"\nint main(void) { float o[POLICY_OBS_SIZE] = {0}; float y[POLICY_N_OUTPUTS];\n'
+        "policy_forward(o, y); return y[0] != y[0]; }\n"
+    )
+    subprocess.run(
+        [
+            *CC.split(),
+            *STRICT_FLAGS,
+            "-o",
+            str(tmp_path / "app"),
+            str(tmp_path / "main.c"),
+            str(out / "student.c"),
+            "-I",
+            str(out),
+            "-lm",
+        ],
+        check=True,
+        cwd=out,
+    )
+    subprocess.run([str(tmp_path / "app")], check=True)
+    student = load_student(students[name])
+    obs = parity_observations(student, 2000, seed=1)
+    with torch.no_grad():
+        ref = student.net(torch.as_tensor(obs)).numpy()
+    ex = load_exported(out)
+    got = ex.outputs(obs)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["details"]["int8"] == int8
+    if int8:  # lossy, within the int8 tolerance (0.1 x the output scale), and the C and numpy int8 agree
+        assert np.abs(got - ref).max() <= 0.1 * np.abs(ref).max()
+        assert "int8_t" in (out / "student.c").read_text()
+        assert run_cli("export", students[name], "--format", "numpy", "--out", tmp_path / "n", *q) == 0
+        np.testing.assert_allclose(load_exported(tmp_path / "n").outputs(obs), got, atol=1e-4)
+        return
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    np.testing.assert_allclose(ex.predict(obs), student.predict(obs), atol=1e-5)
+    np.testing.assert_allclose(ex.outputs(obs[:1]), ref[:1], atol=1e-4)  # the batch-1 path
+    if SPECS[name].head == "discrete":  # (continuous agreement there is np.isclose, too strict near 0)
+        assert meta["parity"]["action_agreement"] >= 0.999
+
+
+def test_c_program_with_padding_stride_scale_and_permute(tmp_path: Path) -> None:
+    """Ops the students above do not use: a padded, strided conv after a channels-last permute and /255."""
+    from test_export import ScaledCNN
+    from torch import nn
+
+    from policy_kd.c_runtime import CPolicy
+    from policy_kd.export import _numpy_program
+    from policy_kd.export_c import HEADER_FILE, SOURCE_FILE, generate
+
+    net = ScaledCNN(nn.GELU("tanh"))
+    x = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    program, arrays = _numpy_program(net, (8, 8, 3))
+    source, header, _ = generate(program, arrays, (8, 8, 3), "discrete", 5)
+    (tmp_path / SOURCE_FILE).write_text(source)
+    (tmp_path / HEADER_FILE).write_text(header)
+    subprocess.run([*CC.split(), *STRICT_FLAGS, "-c", SOURCE_FILE], check=True, cwd=tmp_path)
+    with torch.no_grad():
+        ref = net(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(CPolicy(tmp_path / SOURCE_FILE, (8, 8, 3), 5).forward(x), ref, atol=1e-5)
+
+
+def _c_act(out: Path, tmp_path: Path, obs: np.ndarray, continuous: bool) -> np.ndarray:
+    """policy_act of the export, called from a C program on ``obs`` rows (read from a file)."""
+    np.ascontiguousarray(obs, dtype=np.float32).tofile(tmp_path / "obs.bin")
+    call = (
+        'policy_act(o, a); for (k = 0; k < POLICY_N_OUTPUTS; k++) printf("%.6g ", a[k]);'
+        if continuous
+        else 'printf("%d", policy_act(o));'
+    )
+    (tmp_path / "act.c").write_text(
+        '#include <stdio.h>\n#include "student.h"\n'
+        'int main(void) { float o[POLICY_OBS_SIZE], a[POLICY_N_OUTPUTS]; int k; FILE *f = fopen("obs.bin", "rb");\n'
+        "(void)a; (void)k;\n"
+        f'while (fread(o, sizeof(float), POLICY_OBS_SIZE, f) == POLICY_OBS_SIZE) {{ {call} printf("\\n"); }}\n'
+        "return 0; }\n"
+    )
+    subprocess.run(
+        [*CC.split(), *STRICT_FLAGS, "-o", "act", "act.c", str(out / "student.c"), "-I", str(out), "-lm"],
+        check=True,
+        cwd=tmp_path,
+    )
+    lines = subprocess.run(["./act"], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.split(
+        "\n"
+    )
+    return np.array([[float(v) for v in ln.split()] for ln in lines if ln.strip()])
+
+
+@pytest.mark.parametrize("name", ["discrete_relu", "squashed_elu", "gaussian_tanh"])
+def test_c_policy_act_takes_the_students_action(name: str, students: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    assert run_cli("export", students[name], "--format", "c", "--out", out, "--parity-rows", "256") == 0
+    student = load_student(students[name])
+    obs = parity_observations(student, 300, seed=2)
+    got = _c_act(out, tmp_path, obs, SPECS[name].head != "discrete")
+    np.testing.assert_allclose(got, student.predict(obs).reshape(len(obs), -1), atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["c", "numpy"])
+def test_int8_export_agrees_and_is_smaller(
+    fmt: str, students: dict[str, Path], artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    src = artifacts["student"]  # trained on CartPole: agreement is measured on its buffer's states
+    assert run_cli("export", src, "--format", fmt, "--out", tmp_path / "f") == 0
+    assert run_cli("export", src, "--format", fmt, "--int8", "--out", tmp_path / "q") == 0
+    f, q = (json.loads((tmp_path / k / "export.json").read_text()) for k in ("f", "q"))
+    assert q["details"]["int8"] and q["parity"]["action_agreement"] >= 0.99
+    if fmt == "c":
+        assert "int8_t" in (tmp_path / "q" / "student.c").read_text()
+        assert q["details"]["weight_bytes"] < 0.5 * f["details"]["weight_bytes"]
+    else:
+        assert q["bytes"] < f["bytes"]
+    with np.load(tmp_path / "q" / "student.npz") if fmt == "numpy" else _nullcontext() as z:
+        if z is not None:
+            assert any(z[k].dtype == np.int8 for k in z.files)
+    student = load_student(src)
+    obs = parity_observations(student, 1000)
+    agree = np.mean(load_exported(tmp_path / "q").predict(obs) == student.predict(obs))
+    assert agree >= 0.99
+    # the same per-channel weights in C and numpy: the two int8 exports compute one function
+    if fmt == "c":
+        assert run_cli("export", src, "--format", "numpy", "--int8", "--out", tmp_path / "nq") == 0
+        np.testing.assert_allclose(
+            load_exported(tmp_path / "q").outputs(obs), load_exported(tmp_path / "nq").outputs(obs), atol=1e-4
+        )
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def test_int8_refused_below_min_agreement(students: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from test_errors import expect_error
+
+    # a random-weight CNN has near-tied logits: int8 flips some argmaxes, so demanding 100% must refuse
+    expect_error(
+        capsys,
+        [
+            "export",
+            students["minatar_cnn"],
+            "--format",
+            "c",
+            "--int8",
+            "--min-agreement",
+            "1.0",
+            "--out",
+            tmp_path / "q",
+        ],
+        "--min-agreement",
+    )
+    assert not (tmp_path / "q").exists()
+    expect_error(
+        capsys,
+        ["export", students["minatar_cnn"], "--format", "onnx", "--int8", "--out", tmp_path / "o"],
+        "--int8 applies to --format c or numpy",
+    )
+
+
+def test_c_export_errors(
+    students: dict[str, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_errors import expect_error
+
+    multi = make_student(
+        tmp_path / "multi",
+        StudentSpec("minatar_cnn", (4, 10, 10), 6, (8,), channels=(4,), pad_channels=6),
+        uint8=True,
+    )
+    expect_error(capsys, ["export", multi, "--format", "c", "--out", tmp_path / "m"], "C export supports")
+    assert not (tmp_path / "m").exists()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CC", raising=False)
+    expect_error(
+        capsys,
+        ["export", students["discrete_relu"], "--format", "c", "--out", tmp_path / "n"],
+        "no C compiler found",
+    )
+    with pytest.raises(PolicyKDError, match="no C compiler"):
+        find_compiler()
+
+
+def test_evaluate_plays_the_compiled_student(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    """The C export's return is the eager student's on the same seeds: it takes the same actions."""
+    from policy_kd.evaluate import EvaluateConfig, evaluate
+
+    out = tmp_path / "c"
+    assert run_cli("export", artifacts["student"], "--format", "c", "--out", out) == 0
+    res = evaluate(
+        EvaluateConfig(
+            teacher=str(artifacts["teacher"]),
+            student=(str(artifacts["student"]), str(out)),
+            episodes=5,
+            latency=False,
+        )
+    )
+    eager, compiled = res["students"]
+    assert compiled["format"] == "c" and compiled["path"].endswith("student.c")
+    assert compiled["returns"] == eager["returns"] and len(eager["returns"]) == 5
+    assert compiled["agreement"] == eager["agreement"]
+
+
+def test_quantize_weight_is_per_channel_symmetric() -> None:
+    from policy_kd.quantize import dequantize_program, quantize_program, quantize_weight
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(6, 3)) * np.array([0.01, 1.0, 100.0])  # (in, out): channels of very different scales
+    w[:, 0] = 0.0  # an all-zero channel stays zero
+    q, scale = quantize_weight(w, axis=1)
+    assert q.dtype == np.int8 and scale.shape == (3,)
+    assert np.abs(q).max(axis=0).tolist() == [0, 127, 127]  # each channel uses the full range
+    assert np.all(np.abs(q * scale - w) <= scale / 2 + 1e-6)  # rounding error within half a step
+    program = [{"op": "linear", "weight": "w", "bias": None}, {"op": "relu"}]
+    qp, qa = quantize_program(program, {"w": w.astype(np.float32)})
+    assert qp[0]["scale"] == "w_scale" and qa["w"].dtype == np.int8 and "scale" not in program[0]
+    fp, fa = dequantize_program(qp, qa)
+    assert fp == program and fa["w"].dtype == np.float32
+    np.testing.assert_allclose(fa["w"], q * scale, rtol=1e-6)
