@@ -19,7 +19,8 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
-from policy_kd.teachers.sb3 import policy_param_count
+from policy_kd.teachers import sb3
+from policy_kd.teachers.sb3 import _numpy, policy_param_count
 from policy_kd.teachers.vec_env import _vec_env
 
 
@@ -107,13 +108,7 @@ class Teacher(_EnvRecipe):
     def kind(self) -> str:
         """What ``teacher`` holds: ``q_values`` (DQN), ``quantiles`` (QR-DQN: the quantiles' mean),
         ``logits`` (PPO/A2C, discrete), ``gaussian`` or ``squashed_gaussian`` (PPO/A2C, Box: the mean)."""
-        if self.algo == "dqn":
-            return "q_values"
-        if self.algo == "qrdqn":
-            return "quantiles"
-        if not self.continuous:
-            return "logits"
-        return "squashed_gaussian" if self.model.policy.squash_output else "gaussian"
+        return sb3.output_kind(self.model, self.algo)
 
     @property
     def observation_space(self) -> gym.Space:
@@ -150,12 +145,10 @@ class Teacher(_EnvRecipe):
 
         ``teacher`` is always there: the output a student is distilled toward (see the module docstring).
         """
-        out = {"teacher": ("float32", (self.n_outputs,))}
-        if self.algo == "qrdqn":
-            out["teacher_quantiles"] = ("float32", (int(self.model.policy.n_quantiles), self.n_outputs))
-        elif self.continuous:
-            out["teacher_log_std"] = ("float32", (self.n_outputs,))
-        return out
+        return {
+            "teacher": ("float32", (self.n_outputs,)),
+            **sb3.extra_output_fields(self.model, self.algo, self.n_outputs),
+        }
 
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
         """Raw observations as the teacher's network takes them (VecNormalize statistics applied)."""
@@ -181,31 +174,14 @@ class Teacher(_EnvRecipe):
             obs_t = torch.as_tensor(obs, device=self._device)
         else:  # e.g. channel-last images SB3 transposes for the network
             obs_t, _ = policy.obs_to_tensor(obs)
-        if self.algo == "dqn":
-            q = _numpy(policy.q_net(obs_t))  # (batch, n_actions)
-            return Labels(outputs={"teacher": q}, greedy=q.argmax(axis=-1))
-        if self.algo == "qrdqn":
-            quantiles = _numpy(policy.quantile_net(obs_t))  # (batch, n_quantiles, n_actions)
-            q = quantiles.mean(axis=1)  # (batch, n_actions): what QR-DQN acts on
-            return Labels(outputs={"teacher": q, "teacher_quantiles": quantiles}, greedy=q.argmax(axis=-1))
-        features = policy.extract_features(obs_t, policy.pi_features_extractor)
-        latent_pi = policy.mlp_extractor.forward_actor(features)
-        if not self.continuous:
-            logits = _numpy(policy.action_net(latent_pi))  # (batch, n_actions)
-            return Labels(outputs={"teacher": logits}, greedy=logits.argmax(axis=-1))
-        # The action distribution (diagonal Gaussian, or gSDE's state-dependent one) in one pass.
-        normal = policy._get_action_dist_from_latent(latent_pi).distribution
-        mean, log_std = _numpy(normal.mean), _numpy(normal.stddev.log())  # (batch, action_dim) each
-        return Labels(outputs={"teacher": mean, "teacher_log_std": log_std}, greedy=self._to_action(mean))
+        outputs = sb3.forward_outputs(self.model, self.algo, obs_t)
+        acted_on = outputs["teacher"]  # Q-values, the quantiles' mean, logits: greedy is their argmax
+        greedy = self._to_action(acted_on) if self.continuous else acted_on.argmax(axis=-1)
+        return Labels(outputs=outputs, greedy=greedy)
 
     def head_module(self) -> torch.nn.Module:
         """The teacher's final linear layer: its input is the feature layer hint distillation matches."""
-        policy = self.model.policy
-        if self.algo == "dqn":
-            return policy.q_net.q_net[-1]
-        if self.algo == "qrdqn":
-            return policy.quantile_net.quantile_net[-1]
-        return policy.action_net
+        return sb3.head_module(self.model, self.algo)
 
     @property
     def feature_dim(self) -> int:
@@ -259,10 +235,6 @@ class Teacher(_EnvRecipe):
 
     def file_bytes(self) -> int:
         return Path(self.path).stat().st_size
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.cpu().numpy().astype(np.float32, copy=False)
 
 
 def _sample_logits(logits: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
