@@ -17,10 +17,7 @@ import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
-from stable_baselines3.common.vec_env import (
-    VecNormalize,
-    VecTransposeImage,
-)
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, VecTransposeImage
 
 from policy_kd.envs import ensure_registered
 from policy_kd.errors import PolicyKDError
@@ -213,45 +210,35 @@ def _saved_train_config(out: Path, progress: bool) -> TrainTeacherConfig:
     return read_run_config(TrainTeacherConfig, out, progress=progress)
 
 
-@job(resumable=True)
-def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseCallback] = ()) -> Path:
-    """Train a teacher into ``config.out``; return the run folder. ``teacher.json`` is written last.
+def _resume_state(
+    config: TrainTeacherConfig,
+) -> tuple[TrainTeacherConfig, Path, Path, dict[str, Any], dict[str, Any]]:
+    """``--resume``: the run's saved options (with a new --n-timesteps budget, if given), its folder, the
+    checkpoint to continue, the checkpoint's state and the preset the run was started with."""
+    out = Path(config.out)  # type: ignore[arg-type]
+    lock_out_dir(out, what="teacher folder")
+    new_budget = config.n_timesteps
+    config = _saved_train_config(out, config.progress)
+    resume_from = _checkpoint_dir(out)
+    state = json.loads((resume_from / "state.json").read_text())  # type: ignore[operator]
+    if new_budget is not None:
+        if int(state["num_timesteps"]) >= new_budget:
+            raise PolicyKDError(
+                f"{out} has already trained {state['num_timesteps']} steps; "
+                "pass --n-timesteps above that to extend it"
+            )
+        config = replace(config, n_timesteps=new_budget)
+        # a later --resume must keep the new budget
+        write_run_config(out, replace(config, resume=False), job="train-teacher")
+    preset = yaml.safe_load((out / "preset.yaml").read_text())[config.env]
+    return config, out, resume_from, state, preset  # type: ignore[return-value]
 
-    ``extra_callbacks`` run after the evaluation callback on every step (online distillation and
-    kickstarting hook into the training this way, see ``policy_kd.online`` and ``policy_kd.kickstart``).
-    """
-    config.validate()
-    resume_from: Path | None = None
-    state: dict[str, Any] = {}
-    if config.resume:
-        out = Path(config.out)  # type: ignore[arg-type]
-        lock_out_dir(out, what="teacher folder")
-        new_budget = config.n_timesteps
-        config = _saved_train_config(out, config.progress)
-        resume_from = _checkpoint_dir(out)
-        state = json.loads((resume_from / "state.json").read_text())  # type: ignore[operator]
-        if new_budget is not None:
-            if int(state["num_timesteps"]) >= new_budget:
-                raise PolicyKDError(
-                    f"{out} has already trained {state['num_timesteps']} steps; "
-                    "pass --n-timesteps above that to extend it"
-                )
-            config = replace(config, n_timesteps=new_budget)
-            # a later --resume must keep the new budget
-            write_run_config(out, replace(config, resume=False), job="train-teacher")
-        preset = yaml.safe_load((out / "preset.yaml").read_text())[config.env]
-    else:
-        preset = load_preset(config.algo, config.env, config.preset)
-    cls = algo_class(config.algo)
-    ensure_registered(config.env)
-    n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", 100_000))
-    config = replace(config, n_timesteps=n_timesteps)
-    if resume_from is None:
-        out = prepare_out_dir(config.out, force=config.force, what="teacher folder")
-        write_run_info(out, config, job="train-teacher")
-        atomic_write_text(out / "preset.yaml", yaml.safe_dump({config.env: preset}, sort_keys=False))
-    torch.set_num_threads(config.threads)
 
+def _train_envs(
+    config: TrainTeacherConfig, preset: dict[str, Any], resume_from: Path | None
+) -> tuple[VecEnv, VecEnv, dict[str, Any] | None]:
+    """The training envs and the evaluation env, with the preset's VecNormalize (the checkpoint's
+    statistics when resuming): ``(env, eval_env, normalize kwargs or None)``."""
     n_envs = int(preset.get("n_envs", 1))
     frame_stack = preset.get("frame_stack")
     norm = _normalize_kwargs(preset.get("normalize"))
@@ -277,7 +264,17 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
             norm_reward=False,
             **{k: v for k, v in norm.items() if k not in ("norm_reward",)},
         )
+    return env, eval_env, norm
 
+
+def _new_or_resumed_model(
+    cls: type[BaseAlgorithm],
+    config: TrainTeacherConfig,
+    preset: dict[str, Any],
+    env: VecEnv,
+    out: Path,
+    resume_from: Path | None,
+) -> BaseAlgorithm:
     try:
         if resume_from is not None:
             # a resumed run continues the saved model and replay buffer; its envs start new episodes
@@ -300,7 +297,14 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
         raise PolicyKDError(
             f"preset for {config.env} has an option {config.algo} does not take: {exc}"
         ) from None
+    return model
 
+
+def _eval_callback(
+    config: TrainTeacherConfig, eval_env: VecEnv, out: Path, n_envs: int, state: dict[str, Any]
+) -> EvalCallback:
+    """The periodic evaluation that keeps the best model, with its history restored from ``state`` (the
+    checkpoint's, when resuming)."""
     eval_cb = EvalCallback(
         eval_env,
         callback_on_new_best=_SaveBest(out),
@@ -311,14 +315,58 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
         deterministic=True,
         verbose=0,
     )
-    done_before, wall_before = 0, 0.0
-    if resume_from is not None:
-        done_before = int(state["num_timesteps"])
-        wall_before = float(state.get("train_seconds", 0.0))
+    if state:
         eval_cb.best_mean_reward = float(state["best_mean_reward"])
         eval_cb.evaluations_timesteps = list(state["evaluations_timesteps"])
         eval_cb.evaluations_results = [list(r) for r in state["evaluations_results"]]
         eval_cb.evaluations_length = [list(n) for n in state["evaluations_length"]]
+    return eval_cb
+
+
+def _save_final(out: Path, model: BaseAlgorithm, env: VecEnv, norm: dict[str, Any] | None) -> None:
+    """The last model (and statistics); the best model falls back to it when no evaluation ran."""
+    save_model(model, out / "last_model.zip")
+    if norm is not None:
+        assert isinstance(env, VecNormalize)
+        save_vecnormalize(env, out / "last_vecnormalize.pkl")
+    best = out / "best_model.zip"
+    if not best.exists():  # no evaluation ran (budget below eval_freq): the last model is the teacher
+        atomic_write_bytes(best, (out / "last_model.zip").read_bytes())
+        if norm is not None:
+            atomic_write_bytes(out / "best_vecnormalize.pkl", (out / "last_vecnormalize.pkl").read_bytes())
+
+
+@job(resumable=True)
+def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseCallback] = ()) -> Path:
+    """Train a teacher into ``config.out``; return the run folder. ``teacher.json`` is written last.
+
+    ``extra_callbacks`` run after the evaluation callback on every step (online distillation and
+    kickstarting hook into the training this way, see ``policy_kd.online`` and ``policy_kd.kickstart``).
+    """
+    config.validate()
+    resume_from: Path | None = None
+    state: dict[str, Any] = {}
+    if config.resume:
+        config, out, resume_from, state, preset = _resume_state(config)
+    else:
+        preset = load_preset(config.algo, config.env, config.preset)
+    cls = algo_class(config.algo)
+    ensure_registered(config.env)
+    n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", 100_000))
+    config = replace(config, n_timesteps=n_timesteps)
+    if resume_from is None:
+        out = prepare_out_dir(config.out, force=config.force, what="teacher folder")
+        write_run_info(out, config, job="train-teacher")
+        atomic_write_text(out / "preset.yaml", yaml.safe_dump({config.env: preset}, sort_keys=False))
+    torch.set_num_threads(config.threads)
+
+    n_envs = int(preset.get("n_envs", 1))
+    frame_stack = preset.get("frame_stack")
+    env, eval_env, norm = _train_envs(config, preset, resume_from)
+    model = _new_or_resumed_model(cls, config, preset, env, out, resume_from)
+    eval_cb = _eval_callback(config, eval_env, out, n_envs, state)
+    done_before = int(state.get("num_timesteps", 0))
+    wall_before = float(state.get("train_seconds", 0.0))
     callbacks: list[BaseCallback] = [eval_cb, *extra_callbacks]
     callbacks.append(_Checkpoint(out, config.checkpoint_freq, eval_cb, wall_before))
     start = time.perf_counter()
@@ -330,15 +378,7 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
         reset_num_timesteps=resume_from is None,
     )
     wall = time.perf_counter() - start + wall_before
-    save_model(model, out / "last_model.zip")
-    if norm is not None:
-        assert isinstance(env, VecNormalize)
-        save_vecnormalize(env, out / "last_vecnormalize.pkl")
-    best = out / "best_model.zip"
-    if not best.exists():  # no evaluation ran (budget below eval_freq): the last model is the teacher
-        atomic_write_bytes(best, (out / "last_model.zip").read_bytes())
-        if norm is not None:
-            atomic_write_bytes(out / "best_vecnormalize.pkl", (out / "last_vecnormalize.pkl").read_bytes())
+    _save_final(out, model, env, norm)
     env.close()
     eval_env.close()
     for name in (CHECKPOINT_DIR, "checkpoint.old", "checkpoint.new"):  # finished: the teacher replaces them
