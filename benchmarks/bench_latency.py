@@ -34,7 +34,7 @@ from policy_kd.cost import measure_latency, single_thread, teacher_module
 from policy_kd.evaluate import EvaluateConfig, evaluate
 from policy_kd.export import FILES, load_exported, parity_observations
 from policy_kd.students import load_student
-from policy_kd.teacher import load_teacher
+from policy_kd.teachers import load_teacher
 
 
 def _run(*args: object) -> None:

@@ -23,7 +23,7 @@ from stable_baselines3 import DQN
 
 from policy_kd.envs import make_env
 from policy_kd.record import RecordConfig, record
-from policy_kd.teacher import algo_kwargs, load_preset
+from policy_kd.teachers import algo_kwargs, load_preset
 
 
 def predict_rollout(model: DQN, env_id: str, steps: int) -> float:

@@ -31,7 +31,7 @@ from policy_kd.distill import CHECKPOINT, DistillConfig, distill
 from policy_kd.evaluate import EvaluateConfig, evaluate
 from policy_kd.record import RecordConfig, record
 from policy_kd.run import versions
-from policy_kd.teacher import TrainTeacherConfig, train_teacher
+from policy_kd.teachers import TrainTeacherConfig, train_teacher
 
 ROOT = Path(__file__).resolve().parent
 STAGES = ("teacher", "buffer", "distill", "eval", "dagger", "curve")  # eval: what distill left unevaluated

@@ -122,20 +122,7 @@ def teacher_module(teacher: Any) -> Any:
     """The part of an SB3 teacher's policy that chooses actions, as one ``nn.Module`` mapping a batch of
     observations in the network's layout to the teacher's outputs (what ``Teacher.label`` computes): DQN's
     Q-network, QR-DQN's quantile network (averaged), PPO/A2C's actor (features, policy MLP, action head)."""
-    from torch import nn
+    # Imported here: this module stays importable without torch and SB3 (see count_macs).
+    from policy_kd.teachers.sb3 import actor_module
 
-    class TeacherNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.policy = teacher.model.policy
-
-        def forward(self, obs: Any) -> Any:
-            p = self.policy
-            if teacher.algo == "dqn":
-                return p.q_net(obs)
-            if teacher.algo == "qrdqn":
-                return p.quantile_net(obs).mean(dim=1)
-            features = p.extract_features(obs, p.pi_features_extractor)
-            return p.action_net(p.mlp_extractor.forward_actor(features))
-
-    return TeacherNet().eval()
+    return actor_module(teacher.model, teacher.algo)

@@ -50,7 +50,6 @@ from torch import nn
 from policy_kd.config import to_dict
 from policy_kd.errors import PolicyKDError
 from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
-from policy_kd.online import algo_name, check_supported, sample_states
 from policy_kd.record import space_json
 from policy_kd.run import atomic_torch_save, job, prepare_out_dir, write_json, write_run_info
 from policy_kd.students import StudentSpec, build_student, count_params, save_student, width_for_budget
@@ -63,6 +62,8 @@ from policy_kd.teacher import (
     policy_param_count,
     train_teacher,
 )
+from policy_kd.teachers import sb3
+from policy_kd.teachers.sb3 import algo_name, check_supported, sample_states
 
 ANNEALS = ("linear", "step", "constant")
 STUDENT_ALGOS = ("dqn", "ppo", "a2c")
@@ -268,10 +269,7 @@ class Kickstart(BaseCallback):
     def student_outputs(self, obs: torch.Tensor) -> torch.Tensor:
         """What the loss compares with the teacher's outputs ``(batch, n_actions)``: a DQN student's
         Q-values (divided by tau for softmax losses), a PPO/A2C student's action logits."""
-        policy = self.model.policy
-        if self.algo == "dqn":
-            return policy.q_net(obs) / self.scale
-        return policy.get_distribution(obs).distribution.logits
+        return sb3.student_outputs(self.model, self.algo, obs, self.scale)
 
     def _add_distillation(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         t = self.model.num_timesteps
@@ -300,25 +298,16 @@ class Kickstart(BaseCallback):
 # ------------------------------------------------------------------------------------- the student folder
 
 
-def _linears(model: BaseAlgorithm, algo: str) -> tuple[list[nn.Linear], type[nn.Module] | None]:
-    """The Linear layers that choose actions, in order, and their activation class."""
-    policy = model.policy
-    seq = list(policy.q_net.q_net) if algo == "dqn" else [*policy.mlp_extractor.policy_net, policy.action_net]
-    linears = [m for m in seq if isinstance(m, nn.Linear)]
-    acts = {type(m) for m in seq if not isinstance(m, nn.Linear)}
-    return linears, (acts.pop() if len(acts) == 1 else None)
-
-
 def export_student(model: BaseAlgorithm, out: Path, info: dict[str, Any]) -> tuple[Path | None, str]:
     """Write an SB3 MLP student as a policy_kd student folder (``student.json``, ``best.pt``) with the same
     outputs (Q-values or logits); return (folder or None, why not)."""
     algo = algo_name(model)
     if model.get_vec_normalize_env() is not None:
         return None, "the student was trained on normalised observations (VecNormalize)"
-    extractor = model.policy.q_net.features_extractor if algo == "dqn" else model.policy.pi_features_extractor
+    extractor = sb3.actor_features_extractor(model, algo)
     if type(extractor).__name__ != "FlattenExtractor":
         return None, f"the student's features extractor is {type(extractor).__name__}, not an MLP's"
-    linears, act = _linears(model, algo)
+    linears, act = sb3.actor_linears(model, algo)
     if len(linears) > 1 and act not in _ACTIVATION_NAMES:
         return None, f"the student's activation {act} has no policy_kd equivalent"
     spec = StudentSpec(

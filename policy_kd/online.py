@@ -25,14 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.vec_env import VecFrameStack, VecTransposeImage, unwrap_vec_wrapper
+from stable_baselines3.common.vec_env import VecFrameStack, unwrap_vec_wrapper
 from torch.utils.tensorboard import SummaryWriter
 
 from policy_kd.envs import make_env_from_spec
@@ -42,7 +39,8 @@ from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
 from policy_kd.record import space_json
 from policy_kd.run import atomic_torch_save, job, prepare_out_dir, write_json, write_run_info
 from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
-from policy_kd.teacher import ALGOS, Teacher, TrainTeacherConfig, policy_param_count, train_teacher
+from policy_kd.teacher import Teacher, TrainTeacherConfig, policy_param_count, train_teacher
+from policy_kd.teachers.sb3 import algo_name, check_supported, sample_states
 
 UNITS = ("updates", "steps")
 # Student evaluations start here (as distill's model selection does), away from evaluate's seeds 0..N.
@@ -51,68 +49,7 @@ EVAL_SEED = 1_000_000
 STATS_ROWS = 10_000
 
 
-# ------------------------------------------------------------------------------- states an SB3 model trains on
-
-
-def algo_name(model: BaseAlgorithm) -> str:
-    """``dqn``, ``qrdqn``, ``ppo`` or ``a2c`` for an SB3 (or sb3-contrib) model."""
-    # The exact class name of the model's class or, for a subclass, of its nearest supported base
-    # (matching name suffixes took sb3-contrib's QRDQN for dqn).
-    for cls in type(model).__mro__:
-        if cls.__name__.lower() in ALGOS:
-            return cls.__name__.lower()
-    raise PolicyKDError(f"{type(model).__name__} is not one of the supported algorithms {', '.join(ALGOS)}")
-
-
-def check_supported(model: BaseAlgorithm, what: str) -> None:
-    """Refuse models whose stored states are not the env's observations, and non-discrete actions."""
-    if not isinstance(model.action_space, gym.spaces.Discrete):
-        raise PolicyKDError(
-            f"{what} supports discrete actions, not {model.action_space}; distil continuous teachers from a "
-            "recorded buffer with policy-kd distill"
-        )
-    if not isinstance(model.observation_space, gym.spaces.Box):
-        raise PolicyKDError(f"{what} needs array observations, not {model.observation_space}")
-    env = model.get_env()
-    if env is not None and unwrap_vec_wrapper(env, VecTransposeImage) is not None:
-        # SB3 stores transposed (channels-first) frames; students and teachers take the env's layout.
-        raise PolicyKDError(f"{what} does not support channels-last image observations (SB3 transposes them)")
-
-
-def _pool(model: BaseAlgorithm) -> np.ndarray:
-    """The stored observations ``(N, *obs_shape)`` the model learns from (a view where possible)."""
-    if isinstance(model, OffPolicyAlgorithm):
-        buf: Any = model.replay_buffer
-    elif isinstance(model, OnPolicyAlgorithm):
-        buf = model.rollout_buffer
-    else:
-        raise PolicyKDError(f"{type(model).__name__} has neither a replay nor a rollout buffer")
-    obs = buf.observations
-    if isinstance(obs, dict):
-        raise PolicyKDError("dict observations are not supported")
-    shape = tuple(model.observation_space.shape or ())
-    if getattr(buf, "generator_ready", False):
-        # PPO's get() flattened the full rollout to (buffer_size * n_envs, *obs_shape) in place
-        return obs.reshape(-1, *shape)
-    size = buf.buffer_size if buf.full else buf.pos
-    return obs[:size].reshape(-1, *shape)  # (buffer_size, n_envs, *obs_shape) -> rows
-
-
-def sample_states(model: BaseAlgorithm, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` states drawn uniformly, with replacement, from the data ``model`` learns from, as the env
-    returned them ``(n, *obs_shape)``.
-
-    Off-policy algorithms: the replay buffer, where SB3 keeps the unnormalised observations. On-policy: the
-    latest rollout, stored after ``VecNormalize``, so unnormalised here with the current statistics.
-    """
-    pool = _pool(model)
-    if len(pool) == 0:
-        raise PolicyKDError("the model has stored no states yet; distil after its first rollout")
-    rows = pool[rng.integers(0, len(pool), size=n)]
-    vec_normalize = model.get_vec_normalize_env()
-    if isinstance(model, OnPolicyAlgorithm) and vec_normalize is not None:
-        rows = vec_normalize.unnormalize_obs(rows)
-    return np.asarray(rows)
+# -------------------------------------- the live teacher (the states it trains on: teachers.sb3.sample_states)
 
 
 def live_teacher(model: BaseAlgorithm, env_id: str, path: str) -> Teacher:

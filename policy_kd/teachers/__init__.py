@@ -1,0 +1,65 @@
+"""Teachers: train SB3 DQN/QR-DQN/PPO/A2C from the presets in ``agents/``, and load them to act and label.
+
+A loaded :class:`Teacher` gives, in one forward pass, both the outputs the buffer records and the greedy
+action taken from them, so what the teacher does and what it is recorded to know can never disagree.
+What the outputs are (``Teacher.kind``):
+
+========================  ===============================  ==============================================
+kind                      teacher                          extra fields
+========================  ===============================  ==============================================
+``q_values`` (DQN)        Q-values ``(n_actions,)``        none
+``quantiles`` (QR-DQN)    mean of the quantiles            ``teacher_quantiles`` ``(n_quantiles, n_actions)``
+``logits`` (PPO/A2C)      action logits ``(n_actions,)``   none
+``gaussian`` (PPO/A2C)    Gaussian mean ``(action_dim,)``  ``teacher_log_std`` ``(action_dim,)``
+========================  ===============================  ==============================================
+
+(``squashed_gaussian``: a Gaussian policy whose actions SB3 squashes with tanh, gSDE with
+``squash_output``; the fields are the pre-squash mean and log std, as for ``gaussian``.)
+
+Teachers load from a train-teacher run folder, an rl-baselines3-zoo run folder (also ``hf://ORG/REPO`` from
+the Hugging Face Hub), or a plain SB3 ``.zip``; files SB3 1.x saved with OpenAI ``gym`` load without it.
+Loading a ``.zip`` (and a ``vecnormalize.pkl``) unpickles code (SB3 stores classes and schedules with
+cloudpickle): load only files you trust.
+
+Modules: :mod:`~policy_kd.teachers.sb3` (every per-algorithm access), :mod:`~policy_kd.teachers.presets`
+(``agents/<algo>.yml``), :mod:`~policy_kd.teachers.train` (train-teacher), :mod:`~policy_kd.teachers.vec_env`,
+:mod:`~policy_kd.teachers.teacher` (the :class:`Teacher` adapter), :mod:`~policy_kd.teachers.sources` (run, zoo
+and Hub folders) and :mod:`~policy_kd.teachers.loading` (:func:`load_teacher`).
+"""
+
+from policy_kd.teachers.loading import UNPICKLE_WARNING, load_teacher
+from policy_kd.teachers.presets import algo_kwargs, load_preset
+from policy_kd.teachers.sb3 import ALGOS, CONTRIB_HINT, algo_class, policy_param_count
+from policy_kd.teachers.sources import HUB_HINT, HUB_PREFIX, TEACHER_FILE, read_zoo_yaml
+from policy_kd.teachers.teacher import Labels, Teacher
+from policy_kd.teachers.train import (
+    CHECKPOINT_DIR,
+    TrainTeacherConfig,
+    save_checkpoint,
+    save_model,
+    save_vecnormalize,
+    train_teacher,
+)
+
+__all__ = [
+    "ALGOS",
+    "CHECKPOINT_DIR",
+    "CONTRIB_HINT",
+    "HUB_HINT",
+    "HUB_PREFIX",
+    "TEACHER_FILE",
+    "UNPICKLE_WARNING",
+    "Labels",
+    "Teacher",
+    "TrainTeacherConfig",
+    "algo_class",
+    "algo_kwargs",
+    "load_preset",
+    "load_teacher",
+    "policy_param_count",
+    "read_zoo_yaml",
+    "save_checkpoint",
+    "save_model",
+    "save_vecnormalize",
+    "train_teacher",
+]

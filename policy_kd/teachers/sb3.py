@@ -1,0 +1,274 @@
+"""The SB3 adapter: every access that depends on the algorithm (DQN, QR-DQN, PPO, A2C) in one place.
+
+Which algorithm saved a file and which class loads it; which modules of its policy choose actions, what
+they output and how many parameters they hold (for :class:`~policy_kd.teachers.Teacher`, ``policy_kd.cost``
+and kickstart's students); and which states a model that is still training learns from (for online
+distillation and kickstarting). Everything else in policy_kd reaches SB3 policies through these functions,
+so supporting another algorithm means changing this module.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecTransposeImage, unwrap_vec_wrapper
+from torch import nn
+
+from policy_kd.errors import PolicyKDError
+
+ALGOS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c")
+"""Teacher algorithms. ``qrdqn`` comes from sb3-contrib (the ``contrib`` extra), imported only when used."""
+CONTRIB_HINT = "pip install 'policy-kd[contrib]'"
+
+
+def algo_class(algo: str) -> type[BaseAlgorithm]:
+    """The SB3 algorithm class for ``algo``; sb3-contrib's QR-DQN is imported only here, on demand."""
+    if algo == "qrdqn":
+        try:
+            from sb3_contrib import QRDQN
+        except ImportError:
+            raise PolicyKDError(f"qrdqn teachers need sb3-contrib; install it with: {CONTRIB_HINT}") from None
+        return QRDQN
+    classes: dict[str, type[BaseAlgorithm]] = {"dqn": DQN, "ppo": PPO, "a2c": A2C}
+    if algo not in classes:
+        raise PolicyKDError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
+    return classes[algo]
+
+
+def _zip_data(zip_path: Path) -> dict[str, Any]:
+    """The JSON ``data`` entry of an SB3 ``.zip``, read without unpickling anything."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            data = json.loads(archive.read("data"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise PolicyKDError(
+            f"could not read SB3 model {zip_path} ({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from None
+    if not isinstance(data, dict):
+        raise PolicyKDError(f"could not read SB3 model {zip_path} (its data entry is not a mapping)")
+    return data
+
+
+def _detect_algo(zip_path: Path) -> str:
+    """Which algorithm saved ``zip_path``, from its policy class's module (nothing is unpickled)."""
+    data = _zip_data(zip_path)
+    policy_class = data.get("policy_class")
+    module = policy_class.get("__module__", "") if isinstance(policy_class, dict) else ""
+    if module.startswith("stable_baselines3.dqn."):
+        return "dqn"
+    if module.startswith("sb3_contrib.qrdqn."):
+        return "qrdqn"
+    if module == "stable_baselines3.common.policies":  # ActorCriticPolicy and its Cnn/MultiInput variants
+        if "cg_max_steps" in data:
+            algo = "trpo"  # sb3-contrib's TRPO shares the policy class
+        else:
+            return "ppo" if "clip_range" in data else "a2c"
+    else:
+        # e.g. stable_baselines3.sac.policies -> sac, sb3_contrib.common.recurrent.policies -> recurrent
+        parts = module.split(".")
+        algo = (parts[2] if parts[1:2] == ["common"] else parts[1]) if len(parts) > 2 else "unknown"
+    raise PolicyKDError(
+        f"{zip_path} was saved by {algo!r} (policy class from {module or 'an unknown module'}); "
+        f"supported teachers are {', '.join(ALGOS)}"
+    )
+
+
+def policy_param_count(model: BaseAlgorithm, algo: str) -> int:
+    """Parameters of the modules that choose actions: DQN's q_net and QR-DQN's quantile_net (not their
+    targets), PPO/A2C's actor (features extractor, policy MLP, action head, and log_std for Gaussian
+    policies; not the value head)."""
+    policy = model.policy
+    extra: list[torch.nn.Parameter] = []
+    if algo == "dqn":
+        modules: list[torch.nn.Module] = [policy.q_net]
+    elif algo == "qrdqn":
+        modules = [policy.quantile_net]
+    else:
+        modules = [policy.pi_features_extractor, policy.mlp_extractor.policy_net, policy.action_net]
+        extra = [policy.log_std] if isinstance(getattr(policy, "log_std", None), torch.nn.Parameter) else []
+    params = {id(p): p for m in modules for p in m.parameters()} | {id(p): p for p in extra}
+    return sum(p.numel() for p in params.values())
+
+
+# ----------------------------------------------------------------------------- what a policy outputs
+
+
+def output_kind(model: BaseAlgorithm, algo: str) -> str:
+    """What the ``teacher`` buffer field holds for this model (``Teacher.kind``, see the package docstring)."""
+    if algo == "dqn":
+        return "q_values"
+    if algo == "qrdqn":
+        return "quantiles"
+    if not isinstance(model.action_space, gym.spaces.Box):
+        return "logits"
+    return "squashed_gaussian" if model.policy.squash_output else "gaussian"
+
+
+def extra_output_fields(
+    model: BaseAlgorithm, algo: str, n_outputs: int
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Buffer fields recorded beside ``teacher``: name -> (dtype, per-row shape)."""
+    if algo == "qrdqn":
+        return {"teacher_quantiles": ("float32", (int(model.policy.n_quantiles), n_outputs))}
+    if isinstance(model.action_space, gym.spaces.Box):
+        return {"teacher_log_std": ("float32", (n_outputs,))}
+    return {}
+
+
+def forward_outputs(model: BaseAlgorithm, algo: str, obs_t: torch.Tensor) -> dict[str, np.ndarray]:
+    """One forward pass of the modules that choose actions on a batch in the network's layout: buffer field
+    name -> array. ``teacher`` is what the policy acts on (Q-values, the quantiles' mean, logits, or the
+    Gaussian mean); QR-DQN adds ``teacher_quantiles``, a Gaussian policy ``teacher_log_std``."""
+    policy = model.policy
+    if algo == "dqn":
+        return {"teacher": _numpy(policy.q_net(obs_t))}  # (batch, n_actions)
+    if algo == "qrdqn":
+        quantiles = _numpy(policy.quantile_net(obs_t))  # (batch, n_quantiles, n_actions)
+        q = quantiles.mean(axis=1)  # (batch, n_actions): what QR-DQN acts on
+        return {"teacher": q, "teacher_quantiles": quantiles}
+    features = policy.extract_features(obs_t, policy.pi_features_extractor)
+    latent_pi = policy.mlp_extractor.forward_actor(features)
+    if not isinstance(model.action_space, gym.spaces.Box):
+        return {"teacher": _numpy(policy.action_net(latent_pi))}  # (batch, n_actions)
+    # The action distribution (diagonal Gaussian, or gSDE's state-dependent one) in one pass.
+    normal = policy._get_action_dist_from_latent(latent_pi).distribution
+    mean, log_std = _numpy(normal.mean), _numpy(normal.stddev.log())  # (batch, action_dim) each
+    return {"teacher": mean, "teacher_log_std": log_std}
+
+
+def head_module(model: BaseAlgorithm, algo: str) -> nn.Module:
+    """The final linear layer of the modules that choose actions: its input is the feature layer hint
+    distillation matches."""
+    policy = model.policy
+    if algo == "dqn":
+        return policy.q_net.q_net[-1]
+    if algo == "qrdqn":
+        return policy.quantile_net.quantile_net[-1]
+    return policy.action_net
+
+
+def actor_module(model: BaseAlgorithm, algo: str) -> nn.Module:
+    """The part of ``model``'s policy that chooses actions, as one ``nn.Module`` mapping a batch of
+    observations in the network's layout to the ``teacher`` output (what :func:`forward_outputs` computes):
+    DQN's Q-network, QR-DQN's quantile network (averaged), PPO/A2C's actor (features, policy MLP, action
+    head). In eval mode; shares the model's parameters."""
+
+    class ActorNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.policy = model.policy
+
+        def forward(self, obs: Any) -> Any:
+            p = self.policy
+            if algo == "dqn":
+                return p.q_net(obs)
+            if algo == "qrdqn":
+                return p.quantile_net(obs).mean(dim=1)
+            features = p.extract_features(obs, p.pi_features_extractor)
+            return p.action_net(p.mlp_extractor.forward_actor(features))
+
+    return ActorNet().eval()
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.cpu().numpy().astype(np.float32, copy=False)
+
+
+# ------------------------------------------------------------------------ models that are still training
+
+
+def algo_name(model: BaseAlgorithm) -> str:
+    """``dqn``, ``qrdqn``, ``ppo`` or ``a2c`` for an SB3 (or sb3-contrib) model."""
+    # The exact class name of the model's class or, for a subclass, of its nearest supported base
+    # (matching name suffixes took sb3-contrib's QRDQN for dqn).
+    for cls in type(model).__mro__:
+        if cls.__name__.lower() in ALGOS:
+            return cls.__name__.lower()
+    raise PolicyKDError(f"{type(model).__name__} is not one of the supported algorithms {', '.join(ALGOS)}")
+
+
+def check_supported(model: BaseAlgorithm, what: str) -> None:
+    """Refuse models whose stored states are not the env's observations, and non-discrete actions."""
+    if not isinstance(model.action_space, gym.spaces.Discrete):
+        raise PolicyKDError(
+            f"{what} supports discrete actions, not {model.action_space}; distil continuous teachers from a "
+            "recorded buffer with policy-kd distill"
+        )
+    if not isinstance(model.observation_space, gym.spaces.Box):
+        raise PolicyKDError(f"{what} needs array observations, not {model.observation_space}")
+    env = model.get_env()
+    if env is not None and unwrap_vec_wrapper(env, VecTransposeImage) is not None:
+        # SB3 stores transposed (channels-first) frames; students and teachers take the env's layout.
+        raise PolicyKDError(f"{what} does not support channels-last image observations (SB3 transposes them)")
+
+
+def _pool(model: BaseAlgorithm) -> np.ndarray:
+    """The stored observations ``(N, *obs_shape)`` the model learns from (a view where possible)."""
+    if isinstance(model, OffPolicyAlgorithm):
+        buf: Any = model.replay_buffer
+    elif isinstance(model, OnPolicyAlgorithm):
+        buf = model.rollout_buffer
+    else:
+        raise PolicyKDError(f"{type(model).__name__} has neither a replay nor a rollout buffer")
+    obs = buf.observations
+    if isinstance(obs, dict):
+        raise PolicyKDError("dict observations are not supported")
+    shape = tuple(model.observation_space.shape or ())
+    if getattr(buf, "generator_ready", False):
+        # PPO's get() flattened the full rollout to (buffer_size * n_envs, *obs_shape) in place
+        return obs.reshape(-1, *shape)
+    size = buf.buffer_size if buf.full else buf.pos
+    return obs[:size].reshape(-1, *shape)  # (buffer_size, n_envs, *obs_shape) -> rows
+
+
+def sample_states(model: BaseAlgorithm, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` states drawn uniformly, with replacement, from the data ``model`` learns from, as the env
+    returned them ``(n, *obs_shape)``.
+
+    Off-policy algorithms: the replay buffer, where SB3 keeps the unnormalised observations. On-policy: the
+    latest rollout, stored after ``VecNormalize``, so unnormalised here with the current statistics.
+    """
+    pool = _pool(model)
+    if len(pool) == 0:
+        raise PolicyKDError("the model has stored no states yet; distil after its first rollout")
+    rows = pool[rng.integers(0, len(pool), size=n)]
+    vec_normalize = model.get_vec_normalize_env()
+    if isinstance(model, OnPolicyAlgorithm) and vec_normalize is not None:
+        rows = vec_normalize.unnormalize_obs(rows)
+    return np.asarray(rows)
+
+
+# -------------------------------------------------------------------------- SB3 students (kickstart)
+
+
+def student_outputs(model: BaseAlgorithm, algo: str, obs: torch.Tensor, scale: float) -> torch.Tensor:
+    """What kickstart's loss compares with the teacher's outputs ``(batch, n_actions)``, with gradients: a
+    DQN student's Q-values divided by ``scale`` (tau, for softmax losses), a PPO/A2C student's logits."""
+    policy = model.policy
+    if algo == "dqn":
+        return policy.q_net(obs) / scale
+    return policy.get_distribution(obs).distribution.logits
+
+
+def actor_features_extractor(model: BaseAlgorithm, algo: str) -> nn.Module:
+    """The features extractor in front of the layers that choose actions."""
+    return model.policy.q_net.features_extractor if algo == "dqn" else model.policy.pi_features_extractor
+
+
+def actor_linears(model: BaseAlgorithm, algo: str) -> tuple[list[nn.Linear], type[nn.Module] | None]:
+    """The Linear layers that choose actions, in order, and their activation class (DQN, PPO, A2C MLPs)."""
+    policy = model.policy
+    seq = list(policy.q_net.q_net) if algo == "dqn" else [*policy.mlp_extractor.policy_net, policy.action_net]
+    linears = [m for m in seq if isinstance(m, nn.Linear)]
+    acts = {type(m) for m in seq if not isinstance(m, nn.Linear)}
+    return linears, (acts.pop() if len(acts) == 1 else None)
