@@ -109,7 +109,7 @@ def test_readme_python_example_runs_as_written(tmp_path: Path, monkeypatch: pyte
     exec(compile(code, str(README), "exec"), namespace)
     result = namespace["result"]
     assert isinstance(result, dict) and len(result["student"]["returns"]) == 3
-    runs = tmp_path / "runs"
+    runs = tmp_path / "runs" / "cartpole"  # where the example writes
     for marker in (
         "teacher/teacher.json",
         "buffer/manifest.json",
