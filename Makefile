@@ -7,7 +7,7 @@ EXTRAS ?= dev
 # extra pip constraints, e.g. CONSTRAINTS=experiments/constraints.txt (the experiments' exact versions)
 CONSTRAINTS ?=
 
-.PHONY: setup demo test test-all lint format bench clean
+.PHONY: setup demo test test-all docs lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,8 +21,15 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 demo: setup
 	$(VENV)/bin/policy-kd demo
 
+# CI runs `make test`: the suite, then the docs build, so a broken page or docstring fails CI too
 test: setup
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory docs
+
+# The Sphinx site (docs/*.md + the API reference from docstrings) into docs/_build/html; -W: warnings are errors
+docs: setup
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs built: docs/_build/html/index.html"
 
 test-all: setup
 	$(PY) -m pytest -q -m ""
@@ -42,4 +49,4 @@ bench: setup
 	$(PY) benchmarks/bench_latency.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache docs/_build

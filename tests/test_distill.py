@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 import torch
 from conftest import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from policy_kd.buffer import Buffer, Sampler
 from policy_kd.distill import DistillConfig
@@ -156,25 +158,56 @@ def test_gaussian_student_predict_clips_or_squashes():
 # ----------------------------------------------------------------------------------------- training loop
 
 
-def test_distill_options_change_training_and_log_every_term(artifacts, tmp_path):
-    base = _distill(artifacts, tmp_path / "a", "--steps", "60", "--eval-every", "30", "--log-every", "10")
-    other = _distill(
-        artifacts,
-        tmp_path / "b",
-        "--steps", "60", "--eval-every", "30", "--log-every", "10",
-        "--weight-decay", "0.1", "--max-grad-norm", "0.01", "--lr-schedule", "cosine", "--loss", "kl_entropy",
-    )  # fmt: skip
-    assert not _same_weights(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")
-    assert base["steps"] == other["steps"] == 60 and [h["step"] for h in base["history"]] == [30, 60]
-    acc = EventAccumulator(str(tmp_path / "b" / "tb"))
+def test_distill_options_each_change_training_and_log_every_term(artifacts, tmp_path):
+    """Each option alone against the same-seed base run, and each checked for its own effect on the optimizer
+    steps (read by a global optimizer step pre-hook: after clipping, before the update)."""
+    options = {
+        "base": (),
+        "weight_decay": ("--weight-decay", "0.1"),
+        "clip": ("--max-grad-norm", "0.01"),
+        "cosine": ("--lr-schedule", "cosine"),
+        "kl_entropy": ("--loss", "kl_entropy"),
+    }
+    seen: list[tuple[float, float, float]] = []  # per optimizer step: lr, weight decay, gradient norm
+
+    def record_step(opt, _args, _kwargs):
+        grads = [q.grad.reshape(-1) for g in opt.param_groups for q in g["params"] if q.grad is not None]
+        group = opt.param_groups[0]
+        seen.append((group["lr"], group["weight_decay"], float(torch.linalg.vector_norm(torch.cat(grads)))))
+
+    runs, metrics = {}, {}
+    handle = register_optimizer_step_pre_hook(record_step)
+    try:
+        for name, extra in options.items():
+            seen.clear()
+            metrics[name] = _distill(
+                artifacts, tmp_path / name, "--steps", "60", "--eval-every", "30", "--log-every", "10", *extra
+            )
+            runs[name] = list(seen)
+    finally:
+        handle.remove()
+    for name in options:
+        assert len(runs[name]) == metrics[name]["steps"] == 60, name
+        if name != "base":  # every option alone changes the student
+            assert not _same_weights(tmp_path / "base" / "last.pt", tmp_path / name / "last.pt"), name
+    base_lr, base_wd, base_norms = zip(*runs["base"], strict=True)
+    assert set(base_lr) == {1e-3} and set(base_wd) == {0.0} and max(base_norms) > 0.01
+    assert {wd for _, wd, _ in runs["weight_decay"]} == {0.1}
+    assert max(n for _, _, n in runs["clip"]) <= 0.01 * (1 + 1e-4)  # clipped before every step
+    lrs = [lr for lr, _, _ in runs["cosine"]]
+    assert lrs[0] == 1e-3 and all(a > b for a, b in itertools.pairwise(lrs)) and lrs[-1] < 1e-5
+    assert [h["step"] for h in metrics["base"]["history"]] == [30, 60]
+
+    acc = EventAccumulator(str(tmp_path / "clip" / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"loss/output", "loss/total", "fidelity/agreement", "fidelity/kl_tau", "eval/mean_return"} <= tags
     assert {"lr", "grad_norm"} <= tags
-    lrs = [e.value for e in acc.Scalars("lr")]
-    assert lrs[0] > lrs[-1] and lrs[-1] == pytest.approx(0.0, abs=1e-9)  # cosine to 0 at the last step
-    grads = [e.value for e in acc.Scalars("grad_norm")]  # pre-clip norm is logged; clipping really ran
-    assert all(g > 0.01 for g in grads)
+    # the logged norm is the one before clipping: larger than the clip, so clipping had work to do
+    assert max(e.value for e in acc.Scalars("grad_norm")) > 0.01
+    acc = EventAccumulator(str(tmp_path / "cosine" / "tb"))
+    acc.Reload()
+    assert acc.Scalars("lr")[-1].value == pytest.approx(0.0, abs=1e-9)  # cosine reaches 0 at the last step
 
 
 def test_hint_loss_trains_a_projection_to_the_teacher_features(artifacts, tmp_path):
