@@ -192,8 +192,8 @@ def test_an_export_that_differs_from_the_student_is_refused_and_nothing_written(
 
     write = export_mod._write
 
-    def shifted(fmt: str, student: object, path: Path) -> dict:
-        details = write(fmt, student, path)
+    def shifted(fmt: str, student: object, path: Path, *args: object) -> dict:
+        details = write(fmt, student, path, *args)
         arrays = dict(np.load(path))
         name = next(k for k in arrays if k != "program" and arrays[k].ndim == 1)  # a bias
         arrays[name] = arrays[name] + 1e-3
