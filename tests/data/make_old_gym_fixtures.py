@@ -109,7 +109,6 @@ class StandInAtariEnv(gym.Env):
     lost every 60 frames and FIRE pays 1, so EpisodicLifeEnv, FireResetEnv and reward clipping all act.
     """
 
-    metadata = {"render.modes": []}
     observation_space = spaces.Box(0, 255, (210, 160, 3), np.uint8)
     action_space = spaces.Discrete(4)
 
@@ -153,7 +152,10 @@ def train(algo: str, env_id: str, steps: int, overrides: list[str], logs: Path) 
     if env_id == ATARI:
         cmd += ["--gym-packages", Path(__file__).stem]
     # the script's folder on the path: --gym-packages imports this module by name
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    }
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
     return logs / algo / f"{env_id}_1"
 
