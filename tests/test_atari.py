@@ -295,6 +295,8 @@ def test_scores_are_the_games_own_not_clipped(tmp_path: Path) -> None:
     assert game_reward.max() > 1 and (buf.field("reward") == np.sign(game_reward)).all()
 
 
+# SB3 2.x unpickling the old (numpy 1.x) arrays in the zip warns; policy_kd's loader does the same quietly
+@pytest.mark.filterwarnings("ignore:numpy.core.numeric is deprecated:DeprecationWarning")
 def test_old_gym_zoo_atari_teacher_scores_games_as_sb3(monkeypatch: pytest.MonkeyPatch) -> None:
     """The zoo's Atari config (AtariWrapper, frame stack 4, CnnPolicy A2C) saved by SB3 1.8 with gym 0.21
     (tests/data/old_gym, random-init weights), loaded with ``gym`` blocked: evaluate's per-seed games equal
