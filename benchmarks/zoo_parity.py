@@ -13,10 +13,14 @@ Both play episode ``i`` from ``reset(seed=i)`` (SB3: a fresh ``create_test_env(s
 with deterministic teachers the per-episode returns should agree exactly, not only within noise; the last
 column counts the seeds on which they do.
 
-Needs rl_zoo3 (not a dependency: ``pip install -c requirements-cpu.txt rl_zoo3``), sb3-contrib and Box2D
-(the LunarLander-v2 teacher, run on LunarLander-v3). Usage::
+Atari (``a2c/BreakoutNoFrameskip-v4_1``, random-init weights): both sides score whole games (SB3: the
+Monitor create_test_env puts under AtariWrapper), played deterministically here although the zoo's
+``enjoy`` samples Atari actions by default, so that seeds pair exactly.
 
-    python benchmarks/zoo_parity.py [--episodes 50]
+Needs rl_zoo3 (not a dependency: ``pip install -c requirements-cpu.txt rl_zoo3``), sb3-contrib, Box2D
+(the LunarLander-v2 teacher, run on LunarLander-v3) and the atari extra (ale-py, OpenCV). Usage::
+
+    python benchmarks/zoo_parity.py [--episodes 50] [--runs a2c/BreakoutNoFrameskip-v4_1 ...]
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ RUNS = {
     "a2c/Pendulum-v1_1": "Pendulum-v1",
     "ppo/Pendulum-v1_1": "Pendulum-v1",
     "dqn/LunarLander-v2_1": "LunarLander-v3",
+    # the zoo's atari config (AtariWrapper, frame stack 4); rl_zoo3 registers ALE's envs on import
+    "a2c/BreakoutNoFrameskip-v4_1": "BreakoutNoFrameskip-v4",
 }
 
 
@@ -91,14 +97,15 @@ def sb3_returns(folder: Path, env_id: str, seeds: list[int]) -> np.ndarray:
         kwargs = {"buffer_size": 1} if algo in ("dqn", "qrdqn") else {}
         model = ALGOS[algo].load(folder / f"{params.name}.zip", custom_objects=custom, device="cpu", **kwargs)
         for seed in seeds:
-            env = create_test_env(
-                env_id,
-                n_envs=1,
-                stats_path=stats_path,
-                seed=seed,
-                should_render=False,
-                hyperparams=dict(hyperparams),
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # "Stacking 4 frames", once per episode
+                env = create_test_env(
+                    env_id,
+                    n_envs=1,
+                    stats_path=stats_path,
+                    seed=seed,
+                    should_render=False,
+                    hyperparams=dict(hyperparams),
+                )
             (ret,), _ = evaluate_policy(
                 model, env, n_eval_episodes=1, deterministic=True, return_episode_rewards=True
             )
@@ -110,14 +117,19 @@ def sb3_returns(folder: Path, env_id: str, seeds: list[int]) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=50)
-    n = parser.parse_args().episodes
+    parser.add_argument(
+        "--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="rows (default: all)"
+    )
+    args = parser.parse_args()
+    n = args.episodes
     torch.set_num_threads(1)
     header = (
         "| env | algo | teacher | policy-kd mean ± std | SB3 mean ± std | episodes | same return, same seed |"
     )
     print(header)
     print("|---|---|---|---|---|---|---|")
-    for run, env_id in RUNS.items():
+    for run in args.runs:
+        env_id = RUNS[run]
         folder = DATA / run
         seeds, ours = policy_kd_returns(folder, env_id, n)
         theirs = sb3_returns(folder, env_id, seeds)

@@ -11,6 +11,7 @@ bricks pay 1 point, so the game's own score against the clipped reward is tested
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,11 @@ pytest.importorskip("ale_py", reason="ale-py not installed (atari extra)")
 pytest.importorskip("cv2", reason="OpenCV not installed (atari extra)")
 
 from conftest import run_cli
-from stable_baselines3 import DQN
+from stable_baselines3 import A2C, DQN
 from stable_baselines3.common.atari_wrappers import AtariWrapper
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecFrameStack
+from stable_baselines3.common.vec_env import VecFrameStack, VecTransposeImage
 
 from policy_kd import envs
 from policy_kd.buffer import Buffer
@@ -36,12 +37,13 @@ from policy_kd.teacher import load_teacher
 ENV = "BreakoutNoFrameskip-v4"
 GUARD = {"max_num_frames_per_episode": 8_000}  # emulator frames; the games below last 530-1410
 SEEDS = [0, 1, 2]
+OLD_GYM_BREAKOUT = Path(__file__).parent / "data" / "old_gym" / "a2c" / f"{ENV}_1"
 
 
-def _sb3_env(seed: int, env_id: str = ENV) -> Any:
+def _sb3_env(seed: int, env_id: str = ENV, env_kwargs: dict[str, Any] = GUARD) -> Any:
     """The zoo's env: gym.make, Monitor, AtariWrapper (make_vec_env's order), then VecFrameStack(4)."""
     return VecFrameStack(
-        make_vec_env(env_id, n_envs=1, seed=seed, wrapper_class=AtariWrapper, env_kwargs=GUARD), 4
+        make_vec_env(env_id, n_envs=1, seed=seed, wrapper_class=AtariWrapper, env_kwargs=env_kwargs), 4
     )
 
 
@@ -69,13 +71,13 @@ def zoo_breakout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _zoo_run(tmp_path_factory.mktemp("zoo"), ENV)
 
 
-@pytest.fixture(scope="module")
-def sb3_games(zoo_breakout: Path) -> dict[int, tuple[float, int, list[int]]]:
+def _sb3_games(
+    model: Any, seeds: list[int], env_kwargs: dict[str, Any] = GUARD
+) -> dict[int, tuple[float, int, list[int]]]:
     """seed -> (score, length, actions) of SB3's evaluate_policy, one env per seed (with n_envs > 1 it
     does not pair episodes with seeds): the env's first reset is reset(seed=seed), as policy_kd's."""
-    model = DQN.load(zoo_breakout / f"{ENV}.zip", device="cpu")
     games = {}
-    for seed in SEEDS:
+    for seed in seeds:
         actions: list[int] = []
 
         def log(local: dict[str, Any], _globals: dict[str, Any], actions: list[int] = actions) -> None:
@@ -83,7 +85,7 @@ def sb3_games(zoo_breakout: Path) -> dict[int, tuple[float, int, list[int]]]:
 
         returns, lengths = evaluate_policy(
             model,
-            _sb3_env(seed),
+            _sb3_env(seed, env_kwargs=env_kwargs),
             n_eval_episodes=1,
             deterministic=True,
             return_episode_rewards=True,
@@ -91,6 +93,11 @@ def sb3_games(zoo_breakout: Path) -> dict[int, tuple[float, int, list[int]]]:
         )
         games[seed] = (float(returns[0]), int(lengths[0]), actions)
     return games
+
+
+@pytest.fixture(scope="module")
+def sb3_games(zoo_breakout: Path) -> dict[int, tuple[float, int, list[int]]]:
+    return _sb3_games(DQN.load(zoo_breakout / f"{ENV}.zip", device="cpu"), SEEDS)
 
 
 def test_evaluate_scores_whole_games_as_sb3_evaluate_policy(
@@ -269,9 +276,7 @@ def test_scores_are_the_games_own_not_clipped(tmp_path: Path) -> None:
     teacher = load_teacher(run)
     ours = run_episodes(_AlwaysFire(), env_id, [5], n_parallel=1, env_factory=teacher.make_env)
     clipped: list[float] = []
-    venv = VecFrameStack(
-        make_vec_env(env_id, n_envs=1, seed=5, wrapper_class=AtariWrapper, env_kwargs=GUARD), 4
-    )
+    venv = _sb3_env(5, env_id)
     returns, lengths = evaluate_policy(
         _AlwaysFire(),  # type: ignore[arg-type]
         venv,
@@ -288,3 +293,33 @@ def test_scores_are_the_games_own_not_clipped(tmp_path: Path) -> None:
     buf = Buffer.open(out)
     game_reward = buf.field("game_reward")
     assert game_reward.max() > 1 and (buf.field("reward") == np.sign(game_reward)).all()
+
+
+# SB3 2.x unpickling the old (numpy 1.x) arrays in the zip warns; policy_kd's loader does the same quietly
+@pytest.mark.filterwarnings("ignore:numpy.core.numeric is deprecated:DeprecationWarning")
+def test_old_gym_zoo_atari_teacher_scores_games_as_sb3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zoo's Atari config (AtariWrapper, frame stack 4, CnnPolicy A2C) saved by SB3 1.8 with gym 0.21
+    (tests/data/old_gym, random-init weights), loaded with ``gym`` blocked: evaluate's per-seed games equal
+    SB3's evaluate_policy with Monitor, for --n-parallel 1 and 2. (That it acts as saved on the old stack's
+    own states is test_zoo_published's.)"""
+    monkeypatch.setitem(sys.modules, "gym", None)
+    seeds = [0, 1]
+    # SB3 2.x cannot unpickle gym spaces either: given them as rl_zoo3's enjoy gives old models'
+    # schedules; the network's space is the channel-first one VecTransposeImage makes
+    spaces = VecTransposeImage(_sb3_env(0))
+    custom = {"observation_space": spaces.observation_space, "action_space": spaces.action_space}
+    spaces.close()
+    custom |= {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0}
+    model = A2C.load(OLD_GYM_BREAKOUT / f"{ENV}.zip", custom_objects=custom, device="cpu")
+    games = _sb3_games(model, seeds, env_kwargs={})  # the run has no env_kwargs: ALE's own frame limit
+    scores, lengths = [games[s][0] for s in seeds], [games[s][1] for s in seeds]
+    # whole games of several lives, told apart by seed, one scoring
+    assert min(lengths) > 400 and lengths[0] != lengths[1] and max(scores) > 0
+    for n_parallel in (1, 2):
+        config = EvaluateConfig(
+            teacher=str(OLD_GYM_BREAKOUT), episodes=2, n_parallel=n_parallel, latency=False
+        )
+        result = evaluate(config)
+        assert result["seeds"] == seeds and result["env_id"] == ENV
+        assert result["teacher"]["returns"] == scores, n_parallel
+        assert result["teacher"]["modes"]["deterministic"]["lengths"] == lengths, n_parallel

@@ -30,12 +30,17 @@ from policy_kd.teacher import load_teacher, read_zoo_yaml
 
 DATA = Path(__file__).parent / "data" / "old_gym"
 HAS_BOX2D = importlib.util.find_spec("Box2D") is not None
+HAS_ATARI = all(importlib.util.find_spec(name) is not None for name in ("ale_py", "cv2"))
+ATARI = (
+    "a2c/BreakoutNoFrameskip-v4_1"  # the zoo's atari config, made on a stand-in env (tests/data/README.md)
+)
 OLD_GYM = [
     "dqn/CartPole-v1_1",
     "qrdqn/CartPole-v1_1",
     "a2c/CartPole-v1_1",  # frame stack 3
     "a2c/Pendulum-v1_1",  # Gaussian, VecNormalize
     "ppo/Pendulum-v1_1",  # gSDE
+    ATARI,  # AtariWrapper, frame stack 4, CnnPolicy
 ]
 
 
@@ -59,6 +64,8 @@ def test_fixtures_are_old_gym_files() -> None:
             data = json.loads(archive.read("data"))
             assert archive.read("_stable_baselines3_version").decode().startswith("1.8")
         assert data["observation_space"][":type:"].startswith("<class 'gym.spaces.")
+        if name == ATARI:  # SB3 stores the channel-first space VecTransposeImage gives its network
+            assert data["observation_space"]["_shape"] == [4, 84, 84]
         assert b"gym.spaces" in base64.b64decode(data["action_space"][":serialized:"])
     assert b"gym.spaces" in (DATA / "a2c/Pendulum-v1_1/Pendulum-v1/vecnormalize.pkl").read_bytes()
 
@@ -86,10 +93,12 @@ def _check_acts_as_saved(folder: Path, teacher_path: str | Path, env: str | None
 def test_old_gym_zoo_teacher_acts_as_saved(name: str) -> None:
     if name.startswith("qrdqn"):
         pytest.importorskip("sb3_contrib")
+    if name == ATARI and not HAS_ATARI:
+        pytest.skip("ale-py or OpenCV not installed (atari extra)")
     _check_acts_as_saved(DATA / name, DATA / name)
     teacher = load_teacher(DATA / name)
     assert (teacher.vec_normalize is not None) == name.startswith("a2c/Pendulum")
-    assert teacher.frame_stack == (3 if name == "a2c/CartPole-v1_1" else None)
+    assert teacher.frame_stack == {"a2c/CartPole-v1_1": 3, ATARI: 4}.get(name)
     assert teacher.trained_env_id is None
 
 
