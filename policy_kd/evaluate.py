@@ -310,7 +310,8 @@ def _teacher_contender(teacher: Any) -> Contender:
 
 def _student_contender(path: str, name: str) -> Contender:
     from policy_kd.cost import count_macs
-    from policy_kd.export import actions_from_outputs, is_export, load_exported, sample_outputs
+    from policy_kd.export import is_export, load_exported
+    from policy_kd.heads import actions_from_outputs, sample_outputs
     from policy_kd.students import count_params, load_student
 
     if is_export(path):
@@ -559,7 +560,7 @@ def teacher_state_fidelity(
     its bounds (clipped or squashed as the teacher's ``teacher_head`` does), compared with the actions the
     student takes there, within ``tolerance`` of the range (:func:`compare_actions`).
     """
-    from policy_kd.export import actions_from_outputs
+    from policy_kd.heads import actions_from_outputs
 
     obs, target = buffer.spaced("obs", max_rows), buffer.spaced("teacher", max_rows)
     t_log_std = buffer.spaced("teacher_log_std", max_rows) if "teacher_log_std" in buffer.fields else None

@@ -55,6 +55,7 @@ import numpy as np
 import tyro
 
 from policy_kd.errors import PolicyKDError
+from policy_kd.heads import actions_from_outputs, sample_outputs
 from policy_kd.run import job
 
 EXPORT_FILE = "export.json"
@@ -288,33 +289,6 @@ class ExportedStudent:
 
     def file_bytes(self) -> int:
         return self.path.stat().st_size
-
-
-def actions_from_outputs(out: np.ndarray, head: str, bounds: list[list[float]] | None = None) -> np.ndarray:
-    """Deterministic actions from outputs ``(batch, n_outputs)``: argmax for a ``discrete`` head; for a
-    Gaussian head the mean clipped into ``bounds = [low, high]`` (``gaussian``) or squashed into them with
-    tanh (``squashed_gaussian``), as ``Student.predict`` does."""
-    if head == "discrete":
-        return out.argmax(axis=-1)
-    low, high = (np.asarray(b, dtype=np.float32) for b in bounds) if bounds else (-1.0, 1.0)
-    if head == "squashed_gaussian":
-        return (low + (np.tanh(out) + 1.0) * 0.5 * (high - low)).astype(np.float32)
-    return np.clip(out, low, high).astype(np.float32)
-
-
-def sample_outputs(
-    out: np.ndarray, head: str, log_std: np.ndarray | None, rng: np.random.Generator
-) -> np.ndarray:
-    """One sample per row: a discrete action from softmax(out), or a Gaussian draw ``out + exp(log_std) *
-    N(0, 1)`` (still to be clipped or squashed by :func:`actions_from_outputs`)."""
-    if head == "discrete":
-        z = out - out.max(axis=-1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=-1, keepdims=True)
-        u = rng.random((p.shape[0], 1))
-        return (p.cumsum(axis=-1) < u).sum(axis=-1).clip(max=p.shape[-1] - 1)
-    std = np.exp(log_std) if log_std is not None else np.ones(out.shape[-1], dtype=np.float32)
-    return (out + std * rng.standard_normal(out.shape)).astype(np.float32)
 
 
 def is_export(path: str | Path) -> bool:
