@@ -30,6 +30,7 @@ from policy_kd.envs import game_monitor, make_env
 from policy_kd.errors import PolicyKDError
 from policy_kd.report import format_table
 from policy_kd.run import job, prepare_out_dir, write_json, write_run_info
+from policy_kd.spaces import action_range, check_compatible, random_actions
 
 ACTION_TOLERANCE = 0.05
 """Continuous actions agree when every dimension is within this fraction of that dimension's range
@@ -386,9 +387,8 @@ class RandomPolicy:
     """Uniformly random actions over ``action_space``, drawn from ``rng`` (the normalized score's 0)."""
 
     def __init__(self, action_space: Any, rng: np.random.Generator):
-        from policy_kd.record import _random_actions  # record's epsilon-greedy draws them the same way
-
-        self.action_space, self.rng, self._draw = action_space, rng, _random_actions
+        # record's epsilon-greedy draws them the same way
+        self.action_space, self.rng, self._draw = action_space, rng, random_actions
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         return self._draw(self.action_space, len(obs), self.rng)
@@ -450,15 +450,6 @@ def divergence(
     lt = np.broadcast_to(teacher_log_std, mt.shape).astype(np.float64)
     ls = np.broadcast_to(student_log_std, ms.shape).astype(np.float64)
     return (ls - lt + (np.exp(2 * lt) + (mt - ms) ** 2) / (2 * np.exp(2 * ls)) - 0.5).sum(axis=-1)
-
-
-def action_range(space: Any) -> np.ndarray | None:
-    """Per dimension ``high - low`` of a Box action space (1 where unbounded); ``None`` for a discrete one."""
-    low = getattr(space, "low", None)
-    if low is None:
-        return None
-    width = (np.asarray(space.high, np.float64) - np.asarray(low, np.float64)).reshape(-1)
-    return np.where(np.isfinite(width) & (width > 0), width, 1.0)
 
 
 def compare_actions(
@@ -832,20 +823,6 @@ def _aggregate(entries: list[dict[str, Any]], mode: str, seed: int) -> dict[str,
         "normalized_score": over_runs("normalized_score"),
         "return_ratio": over_runs("return_ratio"),
     }
-
-
-def check_compatible(info: dict[str, Any], env_id: str, n_actions: int, where: str) -> None:
-    """Refuse a student or buffer made for another environment or action space."""
-    their_env = info.get("env_id")
-    their_n = (info.get("action_space") or {}).get("n")
-    if their_env is not None and their_env != env_id:
-        raise PolicyKDError(
-            f"{where} was made for {their_env}, not {env_id}; pass a matching teacher or student"
-        )
-    if their_n is not None and int(their_n) != n_actions:
-        raise PolicyKDError(
-            f"{where} has {their_n} actions but the teacher has {n_actions}; pass a matching pair"
-        )
 
 
 __all__ = [
