@@ -311,8 +311,8 @@ def _teacher_contender(teacher: Any) -> Contender:
 
 def _student_contender(path: str, name: str) -> Contender:
     from policy_kd.cost import count_macs
-    from policy_kd.export import is_export, load_exported
     from policy_kd.heads import actions_from_outputs, sample_outputs
+    from policy_kd.runtime import is_export, load_exported
     from policy_kd.students import count_params, load_student
 
     if is_export(path):

@@ -1,21 +1,23 @@
-"""Export a distilled student for deployment, and load any export back as a student.
+"""Export a distilled student for deployment: the fx tracer and the writers.
 
 ``policy-kd export STUDENT --format FORMAT --out DIR`` writes one folder: the exported file and
 ``export.json`` (the student's ``student.json`` metadata, the format, the file, and the measured parity with
-the eager student). :func:`load_exported` loads such a folder as a student that ``evaluate`` plays like
-any other (``outputs``, ``predict``), so the return an export gets is measured, not assumed.
+the eager student). :func:`policy_kd.runtime.load_exported` loads such a folder back as a student (the
+runtime is a module of its own, so that loading an export never imports a writer).
 
-=============  ====================  =============================================  =====================
-format         file                  runtime                                        parity (max abs diff)
-=============  ====================  =============================================  =====================
-``onnx``       ``student.onnx``      ONNX Runtime (``[onnx]`` extra), opset of the  ``1e-4``
-                                     installed ``onnx`` (capped at torch's)
-``torchscript````student.ts``        ``torch.jit.load``                             ``1e-5``
-``int8``       ``student_int8.ts``   TorchScript of ``quantize_dynamic`` (int8      ``0.1 × max|out|``
-                                     Linear weights, activations quantised per call)
-``numpy``      ``student.npz``       :class:`NumpyPolicy`: plain numpy, no torch     ``1e-4``
-``sb3``        ``policy.zip``        ``stable_baselines3.DQN.load``                 ``1e-4``
-=============  ====================  =============================================  =====================
+===============  ====================  ============================================  =====================
+format           file                  runtime                                       parity (max abs diff)
+===============  ====================  ============================================  =====================
+``onnx``         ``student.onnx``      ONNX Runtime (``[onnx]`` extra), opset of     ``1e-4``
+                                       the installed ``onnx`` (capped at torch's)
+``torchscript``  ``student.ts``        ``torch.jit.load``                            ``1e-5``
+``int8``         ``student_int8.ts``   TorchScript of ``quantize_dynamic`` (int8     ``0.1 × max|out|``
+                                       Linear weights, activations quantised per
+                                       call)
+``numpy``        ``student.npz``       :class:`~policy_kd.runtime.NumpyPolicy`:      ``1e-4``
+                                       plain numpy, no torch
+``sb3``          ``policy.zip``        ``stable_baselines3.DQN.load``                ``1e-4``
+===============  ====================  ============================================  =====================
 
 Parity is checked at export time on observations from the student's buffer (or drawn around its input
 standardisation) and the export is refused if it is exceeded. ``int8`` is lossy by design: its tolerance
@@ -26,9 +28,8 @@ operations (``linear``, ``conv2d``, ``relu``, ``tanh``, ``elu``, ``gelu``, ``fla
 ``mul``/``div`` by a constant, ``float``), read from the network with ``torch.fx``. Students whose forward
 pass is not such a chain (skip connections, custom ops) are refused. The input standardisation
 ``(obs - mean) / std`` is folded into the first ``linear`` (same function, two fewer array operations per
-call). :class:`NumpyPolicy` runs it with numpy alone (plus ``scipy.special.erf`` for exact GELU): this
-module imports no torch at import time, so ``from policy_kd.export import NumpyPolicy`` works where torch
-is not installed.
+call). :class:`~policy_kd.runtime.NumpyPolicy` runs it with numpy alone (``policy_kd.runtime`` imports no
+torch).
 
 **sb3.** A discrete-action MLP student with float observations is written as an SB3 ``DQN`` ``.zip`` whose
 Q-network (``net_arch`` = the student's hidden widths, same activation) computes the student's outputs
@@ -55,17 +56,18 @@ import numpy as np
 import tyro
 
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import actions_from_outputs, sample_outputs
 from policy_kd.run import job
+from policy_kd.runtime import (  # the runtime's names stay importable from here (tests, benchmarks)
+    EXPORT_FILE,
+    FILES,
+    ExportedStudent,
+    NumpyPolicy,
+    is_export,
+    load_exported,
+    numpy_forward,
+    obs_dtype,
+)
 
-EXPORT_FILE = "export.json"
-FILES = {
-    "onnx": "student.onnx",
-    "torchscript": "student.ts",
-    "int8": "student_int8.ts",
-    "numpy": "student.npz",
-    "sb3": "policy.zip",
-}
 #: Largest allowed |export - eager| on the parity observations (int8: times the largest |eager output|).
 TOLERANCE = {"onnx": 1e-4, "torchscript": 1e-5, "int8": 0.1, "numpy": 1e-4, "sb3": 1e-4}
 RELATIVE = {"int8"}
@@ -82,292 +84,6 @@ __all__ = [
     "load_exported",
     "numpy_forward",
 ]
-
-
-# ------------------------------------------------------------------------------------------ plain numpy
-
-
-def _act(name: str, x: np.ndarray, op: dict[str, Any]) -> np.ndarray:
-    if name == "relu":
-        return np.maximum(x, 0.0, out=x)
-    if name == "tanh":
-        return np.tanh(x, out=x)
-    if name == "elu":
-        return np.where(x > 0, x, op.get("alpha", 1.0) * np.expm1(np.minimum(x, 0.0)))
-    if name == "gelu":
-        if op.get("approximate") == "tanh":
-            return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
-        from scipy.special import erf
-
-        return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
-    raise ValueError(f"unknown activation {name}")
-
-
-def _conv2d(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int], pad: tuple[int, int]
-):
-    """``x`` (batch, c_in, h, w), ``w`` (c_out, c_in, kh, kw) -> (batch, c_out, h_out, w_out); groups=1."""
-    if pad[0] or pad[1]:
-        x = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
-    kh, kw = w.shape[2:]
-    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))  # (b, c, H, W, kh, kw)
-    win = win[:, :, :: stride[0], :: stride[1]]
-    out = np.einsum("bchwij,ocij->bohw", win, w, optimize=True)
-    if b is not None:
-        out += b[None, :, None, None]
-    return out
-
-
-def numpy_forward(
-    program: list[dict[str, Any]], arrays: dict[str, np.ndarray], obs: np.ndarray
-) -> np.ndarray:
-    """The student's forward pass in plain numpy: ``obs`` (batch, *obs_shape) -> (batch, n_outputs).
-
-    ``program`` is a list of operations applied in order to one running array ``x``:
-
-    - ``{"op": "float"}``: ``x.astype(float32)``
-    - ``{"op": "add"|"sub"|"mul"|"div", "value": key}``: ``x (+-*/) arrays[key]`` (broadcast)
-    - ``{"op": "flatten"}``: ``x.reshape(batch, -1)``
-    - ``{"op": "permute", "axes": [0, ...]}``: ``x.transpose(axes)`` (channels-last images to channels-first)
-    - ``{"op": "linear", "weight": key, "bias": key|None}``: ``x @ arrays[weight] + arrays[bias]``, the
-      weight stored transposed, ``(in_features, out_features)``
-    - ``{"op": "conv2d", "weight", "bias", "stride", "padding"}``: as ``torch.nn.Conv2d`` (groups 1)
-    - ``{"op": "relu"|"tanh"|"elu"|"gelu"}`` (``alpha`` for elu, ``approximate`` for gelu)
-    """
-    x = np.asarray(obs)
-    for op in program:
-        kind = op["op"]
-        if kind == "linear":
-            x = x @ arrays[op["weight"]]
-            if op.get("bias") is not None:
-                x += arrays[op["bias"]]
-        elif kind in ("relu", "tanh", "elu", "gelu"):
-            x = _act(kind, x, op)
-        elif kind == "float":
-            x = np.asarray(x, dtype=np.float32)
-        elif kind == "flatten":
-            x = x.reshape(x.shape[0], -1)
-        elif kind == "add":
-            x = x + arrays[op["value"]]
-        elif kind == "sub":
-            x = x - arrays[op["value"]]
-        elif kind == "mul":
-            x = x * arrays[op["value"]]
-        elif kind == "div":
-            x = x / arrays[op["value"]]
-        elif kind == "permute":
-            x = np.ascontiguousarray(x.transpose(op["axes"]))
-        elif kind == "conv2d":
-            bias = arrays[op["bias"]] if op.get("bias") is not None else None
-            x = _conv2d(x, arrays[op["weight"]], bias, tuple(op["stride"]), tuple(op["padding"]))
-        else:
-            raise ValueError(f"unknown op {kind!r} in a numpy program")
-    return x
-
-
-class NumpyPolicy:
-    """A student exported with ``--format numpy``, run with numpy alone.
-
-    >>> policy = NumpyPolicy.load("export_dir/student.npz")   # doctest: +SKIP
-    >>> policy.forward(obs)    # (batch, n_outputs) float32
-
-    ``forward`` computes :func:`numpy_forward` with the program compiled once into a list of closures, and
-    a single observation (batch 1, no conv2d) goes through matrix-vector products on 1-d arrays: numpy's
-    per-call overhead, not arithmetic, is what a tiny student's latency is made of.
-    """
-
-    def __init__(self, program: list[dict[str, Any]], arrays: dict[str, np.ndarray]):
-        self.program = program
-        self.arrays = arrays
-        self._batch = [self._compile(op, vector=False) for op in program]
-        vector_ok = all(op["op"] not in ("conv2d", "permute") for op in program)
-        self._vector = [self._compile(op, vector=True) for op in program] if vector_ok else None
-
-    def _compile(self, op: dict[str, Any], *, vector: bool) -> Any:
-        kind, arr = op["op"], self.arrays
-        if kind == "linear":
-            w = arr[op["weight"]]  # (in, out)
-            b = arr[op["bias"]] if op.get("bias") is not None else None
-            if vector:
-                wt = np.ascontiguousarray(w.T)  # (out, in): a contiguous matrix-vector product
-                dot = wt.dot
-            else:
-
-                def dot(x: np.ndarray, w: np.ndarray = w) -> np.ndarray:
-                    return np.dot(x, w)
-
-            if b is None:
-                return dot
-
-            def linear(x: np.ndarray) -> np.ndarray:
-                y = dot(x)
-                y += b
-                return y
-
-            return linear
-        if kind == "relu":
-            return lambda x: np.maximum(x, 0.0, out=x)
-        if kind == "float":
-            return lambda x: np.asarray(x, dtype=np.float32)
-        if kind == "flatten":
-            return (lambda x: x.reshape(-1)) if vector else (lambda x: x.reshape(x.shape[0], -1))
-        if kind in ("add", "sub", "mul", "div"):
-            c = arr[op["value"]]
-            fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[kind]
-            return lambda x: fn(x, c)
-        single = [op]
-        return lambda x: numpy_forward(single, arr, x)
-
-    @classmethod
-    def load(cls, path: str | Path) -> NumpyPolicy:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        program = json.loads(str(arrays.pop("program")))
-        return cls(program, arrays)
-
-    def forward(self, obs: np.ndarray) -> np.ndarray:
-        """``obs`` (batch, *obs_shape) -> (batch, n_outputs) float32."""
-        obs = np.asarray(obs)
-        if obs.shape[0] == 1 and self._vector is not None:
-            x = obs[0]
-            for f in self._vector:
-                x = f(x)
-            return x[None]
-        x = obs
-        for f in self._batch:
-            x = f(x)
-        return x
-
-    __call__ = forward
-
-
-# -------------------------------------------------------------------------------- loaded exports
-
-
-@dataclass
-class ExportedStudent:
-    """An export loaded back: the same ``outputs``/``predict`` protocol as an eager student."""
-
-    format: str
-    path: Path
-    info: dict[str, Any]
-    """The source student's ``student.json`` contents."""
-    meta: dict[str, Any]
-    """``export.json``."""
-    run: Any
-    """``obs (batch, *obs_shape) -> outputs (batch, n_outputs)`` numpy function."""
-
-    @property
-    def weights_path(self) -> Path:
-        return self.path
-
-    @property
-    def params(self) -> int:
-        return int(self.meta["params"])
-
-    @property
-    def log_std(self) -> np.ndarray | None:
-        ls = self.meta.get("log_std")
-        return None if ls is None else np.asarray(ls, dtype=np.float32)
-
-    def outputs(self, obs: np.ndarray) -> np.ndarray:
-        return np.asarray(self.run(np.asarray(obs)))
-
-    @property
-    def head(self) -> str:
-        return str(self.info["spec"].get("head", "discrete"))
-
-    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """Actions as the eager student takes them: argmax, or the Gaussian mean clipped (``gaussian``) or
-        tanh-squashed (``squashed_gaussian``) into the action bounds; ``deterministic=False`` samples."""
-        out = self.outputs(obs)
-        if not deterministic:
-            out = sample_outputs(out, self.head, self.log_std, np.random.default_rng())
-            if self.head == "discrete":
-                return out
-        return actions_from_outputs(out, self.head, self.meta.get("action_bounds"))
-
-    def file_bytes(self) -> int:
-        return self.path.stat().st_size
-
-
-def is_export(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / EXPORT_FILE).is_file() if p.is_dir() else False
-
-
-def _obs_dtype(info: dict[str, Any]) -> np.dtype:
-    return np.dtype((info.get("observation_space") or {}).get("dtype") or "float32")
-
-
-def _runner(fmt: str, path: Path, info: dict[str, Any]) -> Any:
-    dtype = _obs_dtype(info)
-    if fmt == "numpy":
-        return NumpyPolicy.load(path).forward
-    if fmt == "onnx":
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise PolicyKDError(
-                "running an ONNX export needs onnxruntime: pip install 'policy-kd[onnx]'"
-            ) from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        run = sess.run
-        return lambda obs: run(None, {name: np.asarray(obs, dtype=dtype)})[0]
-    import torch
-
-    if fmt in ("torchscript", "int8"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.jit.load(str(path), map_location="cpu")
-        module.eval()
-    elif fmt == "sb3":
-        from stable_baselines3 import DQN
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = DQN.load(str(path), device="cpu").policy.q_net
-        module.eval()
-    else:
-        raise PolicyKDError(f"unknown export format {fmt!r}; choose one of {', '.join(FILES)}")
-
-    def run_torch(obs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(np.ascontiguousarray(obs, dtype=dtype))).numpy()
-
-    return run_torch
-
-
-def load_exported(path: str | Path) -> ExportedStudent:
-    """Load an ``export`` folder (or its ``export.json``) as a student."""
-    p = Path(path)
-    folder = p.parent if p.name == EXPORT_FILE else p
-    meta_path = folder / EXPORT_FILE
-    if not meta_path.is_file():
-        raise PolicyKDError(f"{folder} is not an export folder (no {EXPORT_FILE}); run policy-kd export")
-    try:
-        meta = json.loads(meta_path.read_text())
-        fmt, file, info = meta["export_format"], meta["file"], meta["student"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PolicyKDError(f"{meta_path} is damaged ({exc}); export the student again") from None
-    if fmt not in FILES:
-        raise PolicyKDError(f"{meta_path} names format {fmt!r}; choose one of {', '.join(FILES)}")
-    artifact = folder / file
-    if not artifact.is_file():
-        raise PolicyKDError(f"exported file missing: {artifact}; export the student again")
-    try:
-        run = _runner(fmt, artifact, info)
-    except PolicyKDError:
-        raise
-    except Exception as exc:
-        raise PolicyKDError(
-            f"could not load {artifact} ({type(exc).__name__}); export the student again"
-        ) from None
-    return ExportedStudent(format=fmt, path=artifact, info=info, meta=meta, run=run)
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -404,7 +120,7 @@ def parity_observations(student: Any, rows: int = 4096, seed: int = 0) -> np.nda
             pass
     rng = np.random.default_rng(seed)
     shape = tuple(info["spec"]["obs_shape"])
-    dtype = _obs_dtype(info)
+    dtype = obs_dtype(info)
     if dtype == np.uint8:
         return rng.integers(0, 256, size=(rows, *shape), dtype=np.uint8)
     mean = getattr(student.net, "obs_mean", None)
@@ -613,14 +329,14 @@ def _export_sb3(student: Any, path: Path) -> None:
         raise PolicyKDError(
             f"sb3 export writes a DQN policy, which needs discrete actions; this student acts in {space.get('type')}"
         )
-    if _obs_dtype(info) == np.uint8:
+    if obs_dtype(info) == np.uint8:
         raise PolicyKDError(
             "sb3 export supports students with float observations (SB3 rescales uint8 images itself); use --format onnx"
         )
     program, arrays = _numpy_program(student.net, tuple(info["spec"]["obs_shape"]))
     widths, act = _sb3_layers(program, arrays)
     obs_shape = tuple(info["spec"]["obs_shape"])
-    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=obs_shape, dtype=_obs_dtype(info))
+    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=obs_shape, dtype=obs_dtype(info))
 
     class _Spaces(gym.Env):  # only the spaces: DQN needs them to build the policy
         observation_space = obs_space
@@ -710,7 +426,7 @@ def _write(fmt: str, student: Any, path: Path) -> dict[str, Any]:
                 opset_version=opset,
                 verbose=False,
             )
-        return {"opset": opset, "input": "obs", "input_dtype": str(_obs_dtype(info))}
+        return {"opset": opset, "input": "obs", "input_dtype": str(obs_dtype(info))}
     raise PolicyKDError(f"unknown export format {fmt!r}; choose one of {', '.join(FILES)}")
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
+from conftest import run_cli
 
 from policy_kd.heads import actions_from_outputs, sample_gaussian, sample_logits, to_bounds
+from policy_kd.runtime import ACTIVATIONS
+from policy_kd.students import ACTIVATIONS as STUDENT_ACTIVATIONS
 from policy_kd.students import build_student, size_student
 
 
@@ -53,3 +60,73 @@ def test_student_acts_as_the_numpy_head() -> None:
         with torch.no_grad():
             out = net(torch.as_tensor(obs)).numpy()
         np.testing.assert_array_equal(net.predict(obs), actions_from_outputs(out, head, bounds))
+
+
+def _run_python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (a clean ``sys.modules``) and return what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_runtime_heads_and_spaces_import_without_torch() -> None:
+    """The deployment path (load an export, act) works where torch is not installed."""
+    out = _run_python(
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "import policy_kd.heads, policy_kd.runtime, policy_kd.spaces\n"
+        "print(sorted(policy_kd.runtime.ACTIVATIONS))\n"
+    )
+    assert out.strip() == str(sorted(ACTIVATIONS))
+
+
+def _imports(module: str) -> set[str]:
+    """The policy_kd modules ``module`` imports anywhere (top level or inside functions)."""
+    import ast
+
+    import policy_kd
+
+    tree = ast.parse((Path(policy_kd.__file__).parent / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("policy_kd."):
+            found.add(node.module.split(".")[1])  # type: ignore[union-attr]
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("policy_kd.")}
+    return found
+
+
+# Boundaries of the split: no module imports another stage sideways for shared code.
+FORBIDDEN = {
+    "record": {"evaluate", "export"},
+    "evaluate": {"export", "record"},
+    "runtime": {"export", "evaluate", "students"},
+    "heads": {"errors", "export", "runtime", "students", "teacher"},
+    "spaces": {"evaluate", "record"},
+}
+
+
+def test_no_sideways_imports() -> None:
+    bad = {m: sorted(_imports(m) & f) for m, f in FORBIDDEN.items() if _imports(m) & f}
+    assert not bad, f"sideways imports: {bad}"
+
+
+def test_evaluating_an_export_imports_no_writer(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    """evaluate loads and plays an export through the runtime alone: policy_kd.export never loads."""
+    assert run_cli("export", artifacts["student"], "--format", "numpy", "--out", tmp_path / "ex") == 0
+    out = _run_python(
+        "import sys\n"
+        "import numpy as np\n"
+        "from policy_kd.evaluate import _student_contender\n"
+        f"c = _student_contender({str(tmp_path / 'ex')!r}, 'ex')\n"
+        "obs = np.zeros((2, 4), np.float32)\n"
+        "c.greedy(obs), c.sample(obs, np.random.default_rng(0))\n"
+        "print(c.format, 'policy_kd.export' in sys.modules, 'policy_kd.record' in sys.modules)\n"
+    )
+    assert out.split() == ["numpy", "False", "False"]
+
+
+def test_one_activation_list() -> None:
+    """The students' torch activations and the numpy runtime's are the same names."""
+    assert list(STUDENT_ACTIVATIONS) == list(ACTIVATIONS)
