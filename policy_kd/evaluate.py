@@ -13,7 +13,6 @@ policy still plays the episodes it was trained on: at a lost life the env is res
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +22,10 @@ from typing import Annotated, Any, Literal, Protocol
 import numpy as np
 import torch
 import tyro
-from scipy import stats
 
 from policy_kd import stats as pkd_stats
 from policy_kd.envs import game_monitor, make_env
 from policy_kd.errors import PolicyKDError
-from policy_kd.report import format_table
 from policy_kd.run import job, prepare_out_dir, write_json, write_run_info
 from policy_kd.spaces import action_range, check_compatible, random_actions
 
@@ -135,19 +132,6 @@ def run_episodes(
     for e in envs:
         e.close()
     return Episodes(seeds=seeds, returns=returns, lengths=lengths, extra={"steps": steps})
-
-
-def mean_ci95(x: np.ndarray) -> tuple[float, float]:
-    """Two-sided 95% Student-t confidence interval for the mean of ``x``."""
-    x = np.asarray(x, dtype=np.float64)
-    m = float(x.mean())
-    if len(x) < 2:
-        return (m, m)
-    sem = float(x.std(ddof=1)) / math.sqrt(len(x))
-    if sem == 0.0:
-        return (m, m)
-    half = float(stats.t.ppf(0.975, df=len(x) - 1)) * sem
-    return (m - half, m + half)
 
 
 def summarize(returns: np.ndarray, *, seed: int = 0) -> dict[str, Any]:
@@ -589,17 +573,6 @@ def teacher_state_fidelity(
     }
 
 
-def teacher_state_agreement(student: Policy, buffer: Any, max_rows: int = 100_000) -> float:
-    """Fraction of the buffer's states (at most ``max_rows``, evenly spaced) where the student picks the
-    teacher's greedy action."""
-    obs, target = buffer.spaced("obs", max_rows), buffer.spaced("teacher", max_rows)
-    hits = sum(
-        int((np.asarray(student.predict(obs[i : i + 4096])) == target[i : i + 4096].argmax(-1)).sum())
-        for i in range(0, len(obs), 4096)
-    )
-    return hits / len(obs)
-
-
 # --------------------------------------------------------------------------------------------- cost
 
 
@@ -832,7 +805,5 @@ __all__ = [
     "Policy",
     "divergence",
     "evaluate",
-    "format_table",
-    "mean_ci95",
     "run_episodes",
 ]

@@ -57,6 +57,7 @@ import tyro
 
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import job
+from policy_kd.runtime import ACTIVATIONS as NUMPY_ACTIVATIONS
 from policy_kd.runtime import (  # the runtime's names stay importable from here (tests, benchmarks)
     EXPORT_FILE,
     FILES,
@@ -147,6 +148,8 @@ def _numpy_program(
     import torch
     from torch import fx, nn
 
+    from policy_kd.students import ACTIVATIONS
+
     try:
         gm = fx.symbolic_trace(net)
     except Exception as exc:
@@ -179,12 +182,13 @@ def _numpy_program(
         return obj
 
     binops = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div"}
-    acts = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu", nn.GELU: "gelu"}
+    acts = {module: name for name, module in ACTIVATIONS.items()}
+    # the functional forms (torch.relu, F.gelu...) with their default arguments
     fn_acts = {
-        torch.relu: "relu",
-        torch.tanh: "tanh",
-        nn.functional.relu: "relu",
-        torch.nn.functional.gelu: "gelu",
+        fn: name
+        for name in ACTIVATIONS
+        for fn in (getattr(torch, name, None), getattr(nn.functional, name, None))
+        if fn is not None
     }
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -305,7 +309,7 @@ def _sb3_layers(program: list[dict[str, Any]], arrays: dict[str, np.ndarray]) ->
         len(kinds) % 2 == 1
         and all(k == "linear" for k in kinds[::2])
         and len(acts) <= 1
-        and acts <= {"relu", "tanh", "elu", "gelu"}
+        and acts <= set(NUMPY_ACTIVATIONS)
         and all(o.get("approximate", "none") == "none" for o in body)
         and not any(o["op"] == "flatten" for o in program[program.index(body[0]) + 1 :])
     )
@@ -322,6 +326,8 @@ def _export_sb3(student: Any, path: Path) -> None:
     import torch
     from stable_baselines3 import DQN
     from torch import nn
+
+    from policy_kd.students import ACTIVATIONS
 
     info = student.info
     space = info.get("action_space") or {}
@@ -348,13 +354,12 @@ def _export_sb3(student: Any, path: Path) -> None:
         def step(self, action: Any) -> Any:
             return np.zeros(obs_shape, dtype=obs_space.dtype), 0.0, True, False, {}
 
-    activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = DQN(
             "MlpPolicy",
             _Spaces(),
-            policy_kwargs={"net_arch": widths, "activation_fn": activations[act]},
+            policy_kwargs={"net_arch": widths, "activation_fn": ACTIVATIONS[act]},
             buffer_size=1,
             learning_starts=0,
             device="cpu",
