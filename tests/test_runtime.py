@@ -104,6 +104,7 @@ FORBIDDEN = {
     "runtime": {"export", "evaluate", "students"},
     "heads": {"errors", "export", "runtime", "students", "teacher"},
     "spaces": {"evaluate", "record"},
+    "fidelity": {"evaluate", "export", "record"},
 }
 
 
