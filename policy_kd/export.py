@@ -139,6 +139,53 @@ def eager_outputs(net: Any, obs: np.ndarray) -> np.ndarray:
         return net(torch.as_tensor(np.asarray(obs))).float().numpy()
 
 
+def _refuse(what: str) -> PolicyKDError:
+    return PolicyKDError(
+        f"numpy export supports students whose forward is a chain of linear/conv2d/activation/"
+        f"standardisation steps; this one has {what}; use --format onnx"
+    )
+
+
+def _module_op(m: Any, target: str, store: Any) -> dict[str, Any] | None:
+    """The numpy operation of one ``call_module`` node (``None``: an Identity), its weights kept by
+    ``store(tensor) -> key``; anything else is refused."""
+    from torch import nn
+
+    from policy_kd.students import ACTIVATIONS
+
+    acts = {module: name for name, module in ACTIVATIONS.items()}
+    if isinstance(m, nn.Linear):
+        return {
+            "op": "linear",
+            "weight": store(m.weight.T.contiguous()),
+            "bias": store(m.bias) if m.bias is not None else None,
+        }
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1 or m.dilation != (1, 1) or not isinstance(m.padding, tuple):
+            raise _refuse(f"a grouped, dilated or 'same'-padded Conv2d ({target})")
+        return {
+            "op": "conv2d",
+            "weight": store(m.weight),
+            "bias": store(m.bias) if m.bias is not None else None,
+            "stride": list(m.stride),
+            "padding": list(m.padding),
+        }
+    if type(m) in acts:
+        op: dict[str, Any] = {"op": acts[type(m)]}
+        if isinstance(m, nn.ELU):
+            op["alpha"] = float(m.alpha)
+        if isinstance(m, nn.GELU):
+            op["approximate"] = m.approximate
+        return op
+    if isinstance(m, nn.Flatten):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise _refuse(f"a Flatten({m.start_dim}, {m.end_dim})")
+        return {"op": "flatten"}
+    if isinstance(m, nn.Identity):
+        return None
+    raise _refuse(f"a {type(m).__name__} module ({target})")
+
+
 def _numpy_program(
     net: Any, obs_shape: tuple[int, ...]
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -162,12 +209,6 @@ def _numpy_program(
     consts: dict[fx.Node, Any] = {}
     prev: fx.Node | None = None
 
-    def refuse(what: str) -> PolicyKDError:
-        return PolicyKDError(
-            f"numpy export supports students whose forward is a chain of linear/conv2d/activation/"
-            f"standardisation steps; this one has {what}; use --format onnx"
-        )
-
     def store(value: Any) -> str:
         key = f"a{len(arrays)}"
         arrays[key] = np.asarray(
@@ -182,7 +223,6 @@ def _numpy_program(
         return obj
 
     binops = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div"}
-    acts = {module: name for name, module in ACTIVATIONS.items()}
     # the functional forms (torch.relu, F.gelu...) with their default arguments
     fn_acts = {
         fn: name
@@ -193,7 +233,7 @@ def _numpy_program(
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             if prev is not None:
-                raise refuse("more than one input")
+                raise _refuse("more than one input")
             prev = node
             continue
         if node.op == "get_attr":
@@ -201,48 +241,16 @@ def _numpy_program(
             continue
         if node.op == "output":
             if node.args[0] is not prev:
-                raise refuse("an output that is not the last step")
+                raise _refuse("an output that is not the last step")
             break
         data = [a for a in node.args if isinstance(a, fx.Node) and a not in consts]
         if data != [prev] or len(prev.users) != 1:
-            raise refuse(f"a branch at {node.name}")
+            raise _refuse(f"a branch at {node.name}")
         if node.op == "call_module":
-            m = modules[node.target]
-            if isinstance(m, nn.Linear):
-                program.append(
-                    {
-                        "op": "linear",
-                        "weight": store(m.weight.T.contiguous()),
-                        "bias": store(m.bias) if m.bias is not None else None,
-                    }
-                )
-            elif isinstance(m, nn.Conv2d):
-                if m.groups != 1 or m.dilation != (1, 1) or not isinstance(m.padding, tuple):
-                    raise refuse(f"a grouped, dilated or 'same'-padded Conv2d ({node.target})")
-                program.append(
-                    {
-                        "op": "conv2d",
-                        "weight": store(m.weight),
-                        "bias": store(m.bias) if m.bias is not None else None,
-                        "stride": list(m.stride),
-                        "padding": list(m.padding),
-                    }
-                )
-            elif type(m) in acts:
-                op: dict[str, Any] = {"op": acts[type(m)]}
-                if isinstance(m, nn.ELU):
-                    op["alpha"] = float(m.alpha)
-                if isinstance(m, nn.GELU):
-                    op["approximate"] = m.approximate
-                program.append(op)
-            elif isinstance(m, nn.Flatten):
-                if m.start_dim != 1 or m.end_dim != -1:
-                    raise refuse(f"a Flatten({m.start_dim}, {m.end_dim})")
-                program.append({"op": "flatten"})
-            elif isinstance(m, nn.Identity):
+            op = _module_op(modules[node.target], str(node.target), store)
+            if op is None:  # an Identity
                 continue
-            else:
-                raise refuse(f"a {type(m).__name__} module ({node.target})")
+            program.append(op)
         elif node.op == "call_method" and node.target == "float":
             program.append({"op": "float"})
         elif node.op == "call_method" and node.target == "permute" and node.args[1:] and node.args[1] == 0:
@@ -252,7 +260,7 @@ def _numpy_program(
         elif node.op == "call_function" and node.target in binops:
             a, b = node.args
             if a is not prev or (isinstance(b, fx.Node) and b not in consts):
-                raise refuse(f"a {binops[node.target]} that is not by a constant ({node.name})")
+                raise _refuse(f"a {binops[node.target]} that is not by a constant ({node.name})")
             program.append({"op": binops[node.target], "value": store(consts.get(b, b))})
         elif (
             node.op == "call_function" and node.target in fn_acts and len(node.args) == 1 and not node.kwargs
@@ -261,7 +269,7 @@ def _numpy_program(
         elif node.op == "call_function" and node.target is torch.flatten and node.args[1:] == (1,):
             program.append({"op": "flatten"})
         else:
-            raise refuse(f"the operation {node.target} ({node.name})")
+            raise _refuse(f"the operation {node.target} ({node.name})")
         prev = node
     return _fold_standardisation(program, arrays, obs_shape), arrays
 
