@@ -439,7 +439,7 @@ def record_videos(teacher: Any, contenders: Sequence[Any], out: Path, seed: int,
     import gymnasium as gym
 
     from policy_kd.envs import make_env_from_spec, wrap_game
-    from policy_kd.evaluate import run_episodes
+    from policy_kd.rollout import run_episodes
 
     spec = teacher.env_spec
     modes = (

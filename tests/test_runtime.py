@@ -105,6 +105,8 @@ FORBIDDEN = {
     "heads": {"errors", "export", "runtime", "students", "teacher"},
     "spaces": {"evaluate", "record"},
     "fidelity": {"evaluate", "export", "record"},
+    "rollout": {"evaluate", "record", "report"},
+    "report": {"evaluate"},
 }
 
 
