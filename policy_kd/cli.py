@@ -60,8 +60,9 @@ class DemoConfig:
 @job(resumable=False)
 def _demo(cfg: DemoConfig) -> int:
     from policy_kd.distill import DistillConfig, distill
-    from policy_kd.evaluate import EvaluateConfig, evaluate, format_table
+    from policy_kd.evaluate import EvaluateConfig, evaluate
     from policy_kd.record import RecordConfig, record
+    from policy_kd.report import format_table
     from policy_kd.teacher import TrainTeacherConfig, train_teacher
 
     root = Path(cfg.out)
@@ -183,7 +184,7 @@ def _job(
 
 
 def _print_eval(result: dict[str, Any]) -> str:
-    from policy_kd.evaluate import format_table
+    from policy_kd.report import format_table
 
     return format_table(result)
 

@@ -1,152 +1,34 @@
 """Evaluate teacher and student by the same code: episode returns on the same seeds, fidelity, cost.
 
-Anything with ``predict(obs_batch, deterministic) -> actions`` is a :class:`Policy`: a loaded teacher and
-a loaded student alike. Episode ``i`` always starts from ``env.reset(seed=seeds[i])``, so teacher and
-student face the same initial states, and a deterministic policy gives the same returns however many
-episodes run side by side.
-
-An Atari episode is a whole game, scored as rl-baselines3-zoo and SB3's ``evaluate_policy`` score it
-(through a ``Monitor`` under ``AtariWrapper``): the game's own score and its length in emulator steps. The
-policy still plays the episodes it was trained on: at a lost life the env is reset into the next life
-(frame stack restarted, FIRE pressed), as SB3's VecEnv does, and the game goes on.
+Teacher and students play the same seeds through :func:`policy_kd.rollout.run_episodes` (any
+:class:`~policy_kd.rollout.Policy`); fidelity is measured by :mod:`policy_kd.fidelity`, the report is
+written by :mod:`policy_kd.report`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import tyro
-from scipy import stats
 
 from policy_kd import stats as pkd_stats
-from policy_kd.envs import game_monitor, make_env
 from policy_kd.errors import PolicyKDError
-from policy_kd.report import format_table
+from policy_kd.fidelity import (
+    ACTION_TOLERANCE,
+    _FidelityOnStudentStates,
+    compare_actions,
+    divergence,
+    teacher_state_fidelity,
+)
+from policy_kd.rollout import Episodes, Policy, run_episodes
 from policy_kd.run import job, prepare_out_dir, write_json, write_run_info
-
-ACTION_TOLERANCE = 0.05
-"""Continuous actions agree when every dimension is within this fraction of that dimension's range
-(``high - low`` of the env's action space; 1 where a dimension is unbounded)."""
-
-
-class Policy(Protocol):
-    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray: ...
-
-
-@dataclass
-class Episodes:
-    """Per-episode results, in seed order. For Atari an episode is a game: ``returns`` its real score,
-    ``lengths`` its emulator steps (as SB3's ``Monitor`` counts); ``extra["steps"]`` always holds the
-    number of actions the policy took."""
-
-    seeds: list[int]
-    returns: np.ndarray
-    lengths: np.ndarray
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def run_episodes(
-    policy: Policy,
-    env_id: str,
-    seeds: Sequence[int],
-    *,
-    n_parallel: int = 8,
-    deterministic: bool = True,
-    observer: Callable[[np.ndarray, np.ndarray], None] | None = None,
-    wrap: Callable[[Any], Any] | None = None,
-    env_factory: Callable[[], Any] | None = None,
-    step_observer: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
-) -> Episodes:
-    """Play one episode per seed, up to ``n_parallel`` at once with one batched ``predict`` per step.
-
-    ``observer(obs_batch, actions)`` sees every state the policy acts in (e.g. to ask the teacher what it
-    would have done there); ``step_observer(obs_batch, actions, episodes, steps)`` also gets each row's
-    episode index (into ``seeds``) and step (action) within its episode.
-
-    An env with a ``GameMonitor`` (Atari) plays whole games: an episode the env ends at a lost life is
-    followed by ``reset()`` into the next life, and the game's score and length come from the monitor.
-    """
-    seeds = list(seeds)
-    n_par = max(1, min(n_parallel, len(seeds)))
-    # env_factory builds the env exactly as the teacher saw it (frame stacking, zoo wrappers)
-    envs = [(env_factory or (lambda: make_env(env_id)))() for _ in range(n_par)]
-    if wrap is not None:
-        envs = [wrap(e) for e in envs]
-    monitors = [game_monitor(e) for e in envs]
-    returns = np.zeros(len(seeds))
-    lengths = np.zeros(len(seeds), dtype=np.int64)
-    steps = np.zeros(len(seeds), dtype=np.int64)
-    slot_ep = [-1] * n_par
-    slot_obs: list[Any] = [None] * n_par
-    next_ep = 0
-
-    def start(slot: int) -> None:
-        nonlocal next_ep
-        if next_ep < len(seeds):
-            slot_ep[slot] = next_ep
-            mon = monitors[slot]
-            if mon is not None and mon.in_game:
-                # The last game ended inside a life-loss reset, which began an unseeded game: make
-                # EpisodicLifeEnv (AtariWrapper) reset the emulator for real, so each seed is its own game.
-                envs[slot].set_wrapper_attr("was_real_done", True, force=False)
-            slot_obs[slot], _ = envs[slot].reset(seed=seeds[next_ep])
-            next_ep += 1
-        else:
-            slot_ep[slot] = -1
-
-    for s in range(n_par):
-        start(s)
-    while True:
-        active = [s for s in range(n_par) if slot_ep[s] >= 0]
-        if not active:
-            break
-        obs = np.stack([slot_obs[s] for s in active])
-        actions = np.asarray(policy.predict(obs, deterministic))
-        if observer is not None:
-            observer(obs, actions)
-        if step_observer is not None:
-            eps = np.asarray([slot_ep[s] for s in active])
-            step_observer(obs, actions, eps, steps[eps].copy())
-        for a, s in zip(actions, active, strict=True):
-            ep, env, mon = slot_ep[s], envs[s], monitors[s]
-            games_before = mon.games_finished if mon is not None else 0
-            slot_obs[s], r, term, trunc, _ = env.step(a.item() if np.ndim(a) == 0 else a)
-            steps[ep] += 1
-            if mon is None:
-                returns[ep] += float(r)
-                lengths[ep] += 1
-                over = term or trunc
-            else:
-                if (term or trunc) and mon.games_finished == games_before:
-                    slot_obs[s], _ = env.reset()  # a life lost: the next one, as SB3's VecEnv resets
-                over = mon.games_finished > games_before
-                if over:
-                    returns[ep], lengths[ep] = mon.last_game  # type: ignore[misc]
-            if over:
-                start(s)
-    for e in envs:
-        e.close()
-    return Episodes(seeds=seeds, returns=returns, lengths=lengths, extra={"steps": steps})
-
-
-def mean_ci95(x: np.ndarray) -> tuple[float, float]:
-    """Two-sided 95% Student-t confidence interval for the mean of ``x``."""
-    x = np.asarray(x, dtype=np.float64)
-    m = float(x.mean())
-    if len(x) < 2:
-        return (m, m)
-    sem = float(x.std(ddof=1)) / math.sqrt(len(x))
-    if sem == 0.0:
-        return (m, m)
-    half = float(stats.t.ppf(0.975, df=len(x) - 1)) * sem
-    return (m - half, m + half)
+from policy_kd.spaces import action_range, check_compatible, random_actions
 
 
 def summarize(returns: np.ndarray, *, seed: int = 0) -> dict[str, Any]:
@@ -310,7 +192,8 @@ def _teacher_contender(teacher: Any) -> Contender:
 
 def _student_contender(path: str, name: str) -> Contender:
     from policy_kd.cost import count_macs
-    from policy_kd.export import actions_from_outputs, is_export, load_exported, sample_outputs
+    from policy_kd.heads import actions_from_outputs, sample_outputs
+    from policy_kd.runtime import is_export, load_exported
     from policy_kd.students import count_params, load_student
 
     if is_export(path):
@@ -385,9 +268,8 @@ class RandomPolicy:
     """Uniformly random actions over ``action_space``, drawn from ``rng`` (the normalized score's 0)."""
 
     def __init__(self, action_space: Any, rng: np.random.Generator):
-        from policy_kd.record import _random_actions  # record's epsilon-greedy draws them the same way
-
-        self.action_space, self.rng, self._draw = action_space, rng, _random_actions
+        # record's epsilon-greedy draws them the same way
+        self.action_space, self.rng, self._draw = action_space, rng, random_actions
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         return self._draw(self.action_space, len(obs), self.rng)
@@ -418,194 +300,6 @@ def _names(paths: Sequence[str]) -> list[str]:
         base.append(q.parent.name if q.is_file() else (q.name or str(q)))
     out = [b if base.count(b) == 1 else f"{b}#{base[: i + 1].count(b)}" for i, b in enumerate(base)]
     return [f"{n} (student)" if n == "teacher" else n for n in out]
-
-
-# ------------------------------------------------------------------------------------------- fidelity
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-def divergence(
-    teacher_out: np.ndarray,
-    student_out: np.ndarray,
-    head: str,
-    *,
-    tau: float = 1.0,
-    teacher_log_std: np.ndarray | None = None,
-    student_log_std: np.ndarray | None = None,
-) -> np.ndarray | None:
-    """Per-row KL(teacher ‖ student): of softmax(teacher / tau) and softmax(student) for a discrete head; of
-    the two diagonal Gaussians (closed form, pre-squash) when both log-stds are known; else ``None``."""
-    if head == "discrete":
-        lp = _log_softmax(np.asarray(teacher_out, dtype=np.float64) / tau)
-        lq = _log_softmax(np.asarray(student_out, dtype=np.float64))
-        return (np.exp(lp) * (lp - lq)).sum(axis=-1)
-    if teacher_log_std is None or student_log_std is None:
-        return None
-    mt, ms = np.asarray(teacher_out, dtype=np.float64), np.asarray(student_out, dtype=np.float64)
-    lt = np.broadcast_to(teacher_log_std, mt.shape).astype(np.float64)
-    ls = np.broadcast_to(student_log_std, ms.shape).astype(np.float64)
-    return (ls - lt + (np.exp(2 * lt) + (mt - ms) ** 2) / (2 * np.exp(2 * ls)) - 0.5).sum(axis=-1)
-
-
-def action_range(space: Any) -> np.ndarray | None:
-    """Per dimension ``high - low`` of a Box action space (1 where unbounded); ``None`` for a discrete one."""
-    low = getattr(space, "low", None)
-    if low is None:
-        return None
-    width = (np.asarray(space.high, np.float64) - np.asarray(low, np.float64)).reshape(-1)
-    return np.where(np.isfinite(width) & (width > 0), width, 1.0)
-
-
-def compare_actions(
-    a: np.ndarray, b: np.ndarray, width: np.ndarray | None, tolerance: float = ACTION_TOLERANCE
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per row: whether the two actions disagree, and (continuous, ``width`` given) the mean absolute
-    difference over dimensions as a fraction of the action range.
-
-    Discrete actions disagree when they differ; continuous ones when any dimension differs by more than
-    ``tolerance`` of its range (an exact match is meaningless for a network that regresses a mean).
-    """
-    a, b = np.asarray(a).reshape(len(a), -1), np.asarray(b).reshape(len(b), -1)
-    if width is None:
-        return np.any(a != b, axis=-1), None
-    frac = np.abs(a.astype(np.float64) - b.astype(np.float64)) / width
-    return np.any(frac > tolerance, axis=-1), frac.mean(axis=-1)
-
-
-class _FidelityOnStudentStates:
-    """Step observer of a student's episodes: the teacher labels every state the student visits."""
-
-    def __init__(
-        self,
-        teacher: Any,
-        student: Contender,
-        n_episodes: int,
-        tau: float,
-        tolerance: float = ACTION_TOLERANCE,
-    ):
-        self.teacher, self.student, self.tau, self.tolerance = teacher, student, tau, tolerance
-        self.width = action_range(teacher.action_space)
-        self.first: list[int | None] = [None] * n_episodes
-        self.rows = 0
-        self.disagree = 0
-        self.diff_sum = 0.0
-        self.kl_sum = 0.0
-        self.kl_ok = True
-
-    def __call__(self, obs: np.ndarray, actions: np.ndarray, eps: np.ndarray, steps: np.ndarray) -> None:
-        labels = self.teacher.label(obs)
-        bad, diff = compare_actions(labels.greedy, actions, self.width, self.tolerance)
-        self.rows += len(obs)
-        self.disagree += int(bad.sum())
-        if diff is not None:
-            self.diff_sum += float(diff.sum())
-        for e, t in zip(eps[bad], steps[bad], strict=True):
-            if self.first[e] is None:
-                self.first[e] = int(t)
-        kl = divergence(
-            labels.outputs["teacher"],
-            self.student.outputs(obs),
-            self.student.head,
-            tau=self.tau,
-            teacher_log_std=labels.outputs.get("teacher_log_std"),
-            student_log_std=self.student.log_std,
-        )
-        if kl is None:
-            self.kl_ok = False
-        else:
-            self.kl_sum += float(kl.sum())
-
-    def result(self) -> dict[str, Any]:
-        firsts = [f for f in self.first if f is not None]
-        return {
-            "rows": self.rows,
-            "agreement": 1.0 - self.disagree / max(self.rows, 1),
-            **_continuous_fields(self.width, self.diff_sum, self.rows, self.tolerance),
-            "kl": self.kl_sum / max(self.rows, 1) if self.kl_ok else None,
-            "first_disagreement": self.first,
-            "episodes_with_disagreement": len(firsts),
-            "median_first_disagreement": float(np.median(firsts)) if firsts else None,
-        }
-
-
-def _continuous_fields(
-    width: np.ndarray | None, diff_sum: float, rows: int, tolerance: float
-) -> dict[str, Any]:
-    """A continuous head's extra fidelity figures (none for a discrete one)."""
-    if width is None:
-        return {}
-    return {"mean_action_diff": diff_sum / max(rows, 1), "tolerance": tolerance}
-
-
-def teacher_state_fidelity(
-    student: Contender,
-    buffer: Any,
-    *,
-    max_rows: int = 50_000,
-    tau: float = 1.0,
-    batch: int = 4096,
-    action_space: Any = None,
-    teacher_head: str | None = None,
-    tolerance: float = ACTION_TOLERANCE,
-) -> dict[str, Any]:
-    """Agreement with the teacher's greedy action and mean KL on the buffer's states (at most ``max_rows``,
-    evenly spaced): the teacher's own state distribution.
-
-    A continuous head needs the env's ``action_space``: the teacher's recorded means become actions inside
-    its bounds (clipped or squashed as the teacher's ``teacher_head`` does), compared with the actions the
-    student takes there, within ``tolerance`` of the range (:func:`compare_actions`).
-    """
-    from policy_kd.export import actions_from_outputs
-
-    obs, target = buffer.spaced("obs", max_rows), buffer.spaced("teacher", max_rows)
-    t_log_std = buffer.spaced("teacher_log_std", max_rows) if "teacher_log_std" in buffer.fields else None
-    width = None if student.head == "discrete" else action_range(action_space)
-    if student.head != "discrete" and width is None:
-        raise PolicyKDError("teacher_state_fidelity of a continuous student needs the env's action_space")
-    bounds = None if width is None else [action_space.low.reshape(-1), action_space.high.reshape(-1)]
-    hits, diff_sum, kl_sum, kl_ok = 0, 0.0, 0.0, True
-    for i in range(0, len(obs), batch):
-        out, t = student.outputs(obs[i : i + batch]), target[i : i + batch]
-        if student.head == "discrete":
-            hits += int((out.argmax(-1) == t.argmax(-1)).sum())
-        else:
-            a_t = actions_from_outputs(t, teacher_head or student.head, bounds)
-            bad, diff = compare_actions(a_t, student.greedy(obs[i : i + batch]), width, tolerance)
-            hits += int((~bad).sum())
-            diff_sum += float(diff.sum())  # type: ignore[union-attr]
-        kl = divergence(
-            t,
-            out,
-            student.head,
-            tau=tau,
-            teacher_log_std=None if t_log_std is None else t_log_std[i : i + batch],
-            student_log_std=student.log_std,
-        )
-        if kl is None:
-            kl_ok = False
-        else:
-            kl_sum += float(kl.sum())
-    return {
-        "rows": len(obs),
-        "agreement": hits / len(obs),
-        **_continuous_fields(width, diff_sum, len(obs), tolerance),
-        "kl": kl_sum / len(obs) if kl_ok else None,
-    }
-
-
-def teacher_state_agreement(student: Policy, buffer: Any, max_rows: int = 100_000) -> float:
-    """Fraction of the buffer's states (at most ``max_rows``, evenly spaced) where the student picks the
-    teacher's greedy action."""
-    obs, target = buffer.spaced("obs", max_rows), buffer.spaced("teacher", max_rows)
-    hits = sum(
-        int((np.asarray(student.predict(obs[i : i + 4096])) == target[i : i + 4096].argmax(-1)).sum())
-        for i in range(0, len(obs), 4096)
-    )
-    return hits / len(obs)
 
 
 # --------------------------------------------------------------------------------------------- cost
@@ -669,14 +363,54 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         )
         write_run_info(out, config, job="evaluate")
     torch.set_num_threads(config.threads)
-    seeds = [config.seed + i for i in range(config.episodes)]
     t_con = _teacher_contender(teacher)
     contenders = [t_con, *students]
-    modes = MODES[config.mode]
     loss = (students[0].info.get("loss") if students else None) or {}
     tau = config.kl_tau or float(loss.get("tau") or 1.0)
-    started = time.perf_counter()
+    play = _play(config, teacher, contenders, buffer, tau)
+    t_entry = _policy_entry(t_con, t_con, play, config.seed)
+    s_entries = [_policy_entry(c, t_con, play, config.seed) for c in students]
+    if config.latency:
+        obs_pool = play.obs_pool
+        pool = np.concatenate(obs_pool) if obs_pool else np.stack([teacher.observation_space.sample()])
+        for c, entry in zip(contenders, [t_entry, *s_entries], strict=True):
+            entry["latency"] = latency(c, teacher, pool)
+    result = _result(config, teacher, play, t_entry, s_entries, tau)
+    if out is not None:
+        from policy_kd.report import write_report
 
+        result["files"] = write_report(
+            result,
+            out,
+            plots=config.plots,
+            video=(teacher, contenders, config.video_episodes) if config.video else None,
+        )
+        write_json(out / "eval.json", result)
+    return result
+
+
+@dataclass
+class _Played:
+    """What playing every contender on the seeds gave: episodes by (name, mode), fidelity by student."""
+
+    seeds: list[int]
+    modes: tuple[str, ...]
+    episodes: dict[tuple[str, str], Episodes]
+    fidelity: dict[str, dict[str, Any]]
+    random: Episodes | None
+    obs_pool: list[np.ndarray]
+    """Up to 256 states the teacher acted in (its first mode), to time forward passes on."""
+    seconds: float
+
+
+def _play(
+    config: EvaluateConfig, teacher: Any, contenders: list[Contender], buffer: Any, tau: float
+) -> _Played:
+    """Every contender in every mode on the same seeds (contender ``k`` samples from stream ``[seed, k]``),
+    the students' fidelity in the first mode, then the random baseline."""
+    seeds = [config.seed + i for i in range(config.episodes)]
+    modes = MODES[config.mode]
+    started = time.perf_counter()
     obs_pool: list[np.ndarray] = []
 
     def keep_obs(obs: np.ndarray, _actions: np.ndarray) -> None:
@@ -708,7 +442,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                         max_rows=config.buffer_rows,
                         tau=tau,
                         action_space=teacher.action_space,
-                        teacher_head=t_con.head,
+                        teacher_head=contenders[0].head,
                         tolerance=config.action_tolerance,
                     )
     rand = (
@@ -716,57 +450,67 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         if config.random_baseline
         else None
     )
-    play_seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return _Played(seeds, modes, episodes, fidelity, rand, obs_pool, seconds)
 
-    def policy_entry(c: Contender) -> dict[str, Any]:
-        per_mode = {}
-        for mode in modes:
-            eps = episodes[c.name, mode]
-            entry = {**summarize(eps.returns, seed=config.seed), "mean_length": float(eps.lengths.mean())}
-            entry["lengths"] = [int(x) for x in eps.lengths]
-            if c.role == "student":
-                t_ret = episodes["teacher", mode].returns
-                entry["paired_difference"] = pkd_stats.paired_difference(eps.returns, t_ret, seed=config.seed)
-                entry["return_ratio"] = pkd_stats.return_ratio(eps.returns, t_ret, seed=config.seed)
-                if rand is not None:
-                    entry["normalized_score"] = pkd_stats.normalized_score(
-                        eps.returns, t_ret, rand.returns, seed=config.seed
-                    )
-            per_mode[mode] = entry
-        d = {
-            "name": c.name,
-            "path": c.path,
-            "format": c.format,
-            "head": c.head,
-            **{k: v for k, v in per_mode[modes[0]].items() if k != "lengths"},
-            "params": c.params,
-            "bytes": c.bytes,
-            "macs": c.macs,
-            "flops": None if c.macs is None else 2 * c.macs,
-            "modes": per_mode,
-        }
+
+def _policy_entry(c: Contender, t_con: Contender, play: _Played, seed: int) -> dict[str, Any]:
+    """One policy's eval.json entry: return statistics per mode (a student's also against the teacher's and
+    the random policy's on the same seeds), fidelity, cost."""
+    modes, rand = play.modes, play.random
+    per_mode = {}
+    for mode in modes:
+        eps = play.episodes[c.name, mode]
+        entry = {**summarize(eps.returns, seed=seed), "mean_length": float(eps.lengths.mean())}
+        entry["lengths"] = [int(x) for x in eps.lengths]
         if c.role == "student":
-            fid = fidelity[c.name]
-            d["fidelity"] = fid
-            d["agreement"] = fid["student_states"]["agreement"]
-            if "teacher_states" in fid:
-                d["agreement_teacher_states"] = fid["teacher_states"]["agreement"]
-            d["params_ratio"] = c.params / t_con.params
-            d["tb"] = str(c.tb_dir) if c.tb_dir else None
-        else:
-            d.update(c.info)
-        return d
+            t_ret = play.episodes["teacher", mode].returns
+            entry["paired_difference"] = pkd_stats.paired_difference(eps.returns, t_ret, seed=seed)
+            entry["return_ratio"] = pkd_stats.return_ratio(eps.returns, t_ret, seed=seed)
+            if rand is not None:
+                entry["normalized_score"] = pkd_stats.normalized_score(
+                    eps.returns, t_ret, rand.returns, seed=seed
+                )
+        per_mode[mode] = entry
+    d = {
+        "name": c.name,
+        "path": c.path,
+        "format": c.format,
+        "head": c.head,
+        **{k: v for k, v in per_mode[modes[0]].items() if k != "lengths"},
+        "params": c.params,
+        "bytes": c.bytes,
+        "macs": c.macs,
+        "flops": None if c.macs is None else 2 * c.macs,
+        "modes": per_mode,
+    }
+    if c.role == "student":
+        fid = play.fidelity[c.name]
+        d["fidelity"] = fid
+        d["agreement"] = fid["student_states"]["agreement"]
+        if "teacher_states" in fid:
+            d["agreement_teacher_states"] = fid["teacher_states"]["agreement"]
+        d["params_ratio"] = c.params / t_con.params
+        d["tb"] = str(c.tb_dir) if c.tb_dir else None
+    else:
+        d.update(c.info)
+    return d
 
-    t_entry = policy_entry(t_con)
-    s_entries = [policy_entry(c) for c in students]
-    if config.latency:
-        pool = np.concatenate(obs_pool) if obs_pool else np.stack([teacher.observation_space.sample()])
-        for c, entry in zip(contenders, [t_entry, *s_entries], strict=True):
-            entry["latency"] = latency(c, teacher, pool)
+
+def _result(
+    config: EvaluateConfig,
+    teacher: Any,
+    play: _Played,
+    t_entry: dict[str, Any],
+    s_entries: list[dict[str, Any]],
+    tau: float,
+) -> dict[str, Any]:
+    """The eval.json document (schema version 2)."""
     # a teacher-only evaluation has no student: its summary fields are None
     first = s_entries[0] if s_entries else None
     ratio = None if first is None else first["return_ratio"]
     random_entry = None
+    rand = play.random
     if rand is not None:
         random_entry = {
             "name": "random",
@@ -780,8 +524,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "schema_version": 2,
         "env_id": teacher.env_id,
         "episodes": config.episodes,
-        "seeds": seeds,
-        "modes": list(modes),
+        "seeds": play.seeds,
+        "modes": list(play.modes),
         "teacher": t_entry,
         "random": random_entry,
         "students": s_entries,
@@ -796,21 +540,11 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             "n_resamples": pkd_stats.N_RESAMPLES,
             "seed": config.seed,
         },
-        "play_seconds": play_seconds,
+        "play_seconds": play.seconds,
     }
     result["teacher"]["trained_env_id"] = teacher.trained_env_id  # set when --env ran it on another version
     if config.aggregate:
-        result["aggregate"] = {mode: _aggregate(s_entries, mode, config.seed) for mode in modes}
-    if out is not None:
-        from policy_kd.report import write_report
-
-        result["files"] = write_report(
-            result,
-            out,
-            plots=config.plots,
-            video=(teacher, contenders, config.video_episodes) if config.video else None,
-        )
-        write_json(out / "eval.json", result)
+        result["aggregate"] = {mode: _aggregate(s_entries, mode, config.seed) for mode in play.modes}
     return result
 
 
@@ -833,28 +567,16 @@ def _aggregate(entries: list[dict[str, Any]], mode: str, seed: int) -> dict[str,
     }
 
 
-def check_compatible(info: dict[str, Any], env_id: str, n_actions: int, where: str) -> None:
-    """Refuse a student or buffer made for another environment or action space."""
-    their_env = info.get("env_id")
-    their_n = (info.get("action_space") or {}).get("n")
-    if their_env is not None and their_env != env_id:
-        raise PolicyKDError(
-            f"{where} was made for {their_env}, not {env_id}; pass a matching teacher or student"
-        )
-    if their_n is not None and int(their_n) != n_actions:
-        raise PolicyKDError(
-            f"{where} has {their_n} actions but the teacher has {n_actions}; pass a matching pair"
-        )
-
-
+# action_range, compare_actions, divergence, Episodes, Policy and run_episodes live in spaces/fidelity/
+# rollout; importable from here as before
 __all__ = [
     "Contender",
     "Episodes",
     "EvaluateConfig",
     "Policy",
+    "action_range",
+    "compare_actions",
     "divergence",
     "evaluate",
-    "format_table",
-    "mean_ci95",
     "run_episodes",
 ]

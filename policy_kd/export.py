@@ -1,11 +1,10 @@
-"""Export a distilled student for deployment, and load any export back as a student.
+"""Export a distilled student for deployment: the fx tracer and the writers.
 
 ``policy-kd export STUDENT --format FORMAT --out DIR`` writes one folder: the exported file and
 ``export.json`` (the student's ``student.json`` metadata, the format, the file, and the measured parity with
-the eager student). :func:`load_exported` loads such a folder as a student that ``evaluate`` plays like
-any other (``outputs``, ``predict``), so the return an export gets is measured, not assumed.
+the eager student). :func:`policy_kd.runtime.load_exported` loads such a folder back as a student (the
+runtime is a module of its own, so that loading an export never imports a writer).
 
-=============  ====================  =============================================  =====================
 format         file                  runtime                                        parity (max abs diff)
 =============  ====================  =============================================  =====================
 ``onnx``       ``student.onnx``      ONNX Runtime (``[onnx]`` extra), opset of the  ``1e-4``
@@ -18,6 +17,22 @@ format         file                  runtime                                    
 ``c``          ``student.c``/``.h``  C99 + libm (:mod:`policy_kd.export_c`), loaded  ``1e-4``
                                      compiled (:mod:`policy_kd.c_runtime`)
 =============  ====================  =============================================  =====================
+=======
+===============  ====================  ============================================  =====================
+format           file                  runtime                                       parity (max abs diff)
+===============  ====================  ============================================  =====================
+``onnx``         ``student.onnx``      ONNX Runtime (``[onnx]`` extra), opset of     ``1e-4``
+                                       the installed ``onnx`` (capped at torch's)
+``torchscript``  ``student.ts``        ``torch.jit.load``                            ``1e-5``
+``int8``         ``student_int8.ts``   TorchScript of ``quantize_dynamic`` (int8     ``0.1 × max|out|``
+                                       Linear weights, activations quantised per
+                                       call)
+``numpy``        ``student.npz``       :class:`~policy_kd.runtime.NumpyPolicy`:      ``1e-4``
+                                       plain numpy, no torch
+``sb3``          ``policy.zip``        ``stable_baselines3.DQN.load``                ``1e-4``
+``c``            ``student.c``/``.h``  C99 + libm (:mod:`policy_kd.export_c`),       ``1e-4``
+                                       loaded compiled (:mod:`policy_kd.c_runtime`)
+===============  ====================  ============================================  =====================
 
 Parity is checked at export time on observations from the student's buffer (or drawn around its input
 standardisation) and the export is refused if it is exceeded. ``int8`` is lossy by design: its tolerance
@@ -30,9 +45,8 @@ operations (``linear``, ``conv2d``, ``relu``, ``tanh``, ``elu``, ``gelu``, ``fla
 ``mul``/``div`` by a constant, ``float``), read from the network with ``torch.fx``. Students whose forward
 pass is not such a chain (skip connections, custom ops) are refused. The input standardisation
 ``(obs - mean) / std`` is folded into the first ``linear`` (same function, two fewer array operations per
-call). :class:`NumpyPolicy` runs it with numpy alone (plus ``scipy.special.erf`` for exact GELU): this
-module imports no torch at import time, so ``from policy_kd.export import NumpyPolicy`` works where torch
-is not installed.
+call). :class:`~policy_kd.runtime.NumpyPolicy` runs it with numpy alone (``policy_kd.runtime`` imports no
+torch).
 
 **sb3.** A discrete-action MLP student with float observations is written as an SB3 ``DQN`` ``.zip`` whose
 Q-network (``net_arch`` = the student's hidden widths, same activation) computes the student's outputs
@@ -60,16 +74,18 @@ import tyro
 
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import job
+from policy_kd.runtime import ACTIVATIONS as NUMPY_ACTIVATIONS
+from policy_kd.runtime import (  # the runtime's names stay importable from here (tests, benchmarks)
+    EXPORT_FILE,
+    FILES,
+    ExportedStudent,
+    NumpyPolicy,
+    is_export,
+    load_exported,
+    numpy_forward,
+    obs_dtype,
+)
 
-EXPORT_FILE = "export.json"
-FILES = {
-    "onnx": "student.onnx",
-    "torchscript": "student.ts",
-    "int8": "student_int8.ts",
-    "numpy": "student.npz",
-    "sb3": "policy.zip",
-    "c": "student.c",
-}
 #: Largest allowed |export - eager| on the parity observations (int8: times the largest |eager output|).
 TOLERANCE = {"onnx": 1e-4, "torchscript": 1e-5, "int8": 0.1, "numpy": 1e-4, "sb3": 1e-4, "c": 1e-4}
 RELATIVE = {"int8"}
@@ -86,328 +102,6 @@ __all__ = [
     "load_exported",
     "numpy_forward",
 ]
-
-
-# ------------------------------------------------------------------------------------------ plain numpy
-
-
-def _act(name: str, x: np.ndarray, op: dict[str, Any]) -> np.ndarray:
-    if name == "relu":
-        return np.maximum(x, 0.0, out=x)
-    if name == "tanh":
-        return np.tanh(x, out=x)
-    if name == "elu":
-        return np.where(x > 0, x, op.get("alpha", 1.0) * np.expm1(np.minimum(x, 0.0)))
-    if name == "gelu":
-        if op.get("approximate") == "tanh":
-            return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
-        from scipy.special import erf
-
-        return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
-    raise ValueError(f"unknown activation {name}")
-
-
-def _conv2d(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int], pad: tuple[int, int]
-):
-    """``x`` (batch, c_in, h, w), ``w`` (c_out, c_in, kh, kw) -> (batch, c_out, h_out, w_out); groups=1."""
-    if pad[0] or pad[1]:
-        x = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
-    kh, kw = w.shape[2:]
-    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))  # (b, c, H, W, kh, kw)
-    win = win[:, :, :: stride[0], :: stride[1]]
-    out = np.einsum("bchwij,ocij->bohw", win, w, optimize=True)
-    if b is not None:
-        out += b[None, :, None, None]
-    return out
-
-
-def numpy_forward(
-    program: list[dict[str, Any]], arrays: dict[str, np.ndarray], obs: np.ndarray
-) -> np.ndarray:
-    """The student's forward pass in plain numpy: ``obs`` (batch, *obs_shape) -> (batch, n_outputs).
-
-    ``program`` is a list of operations applied in order to one running array ``x``:
-
-    - ``{"op": "float"}``: ``x.astype(float32)``
-    - ``{"op": "add"|"sub"|"mul"|"div", "value": key}``: ``x (+-*/) arrays[key]`` (broadcast)
-    - ``{"op": "flatten"}``: ``x.reshape(batch, -1)``
-    - ``{"op": "permute", "axes": [0, ...]}``: ``x.transpose(axes)`` (channels-last images to channels-first)
-    - ``{"op": "linear", "weight": key, "bias": key|None}``: ``x @ arrays[weight] + arrays[bias]``, the
-      weight stored transposed, ``(in_features, out_features)``
-    - ``{"op": "conv2d", "weight", "bias", "stride", "padding"}``: as ``torch.nn.Conv2d`` (groups 1)
-    - ``{"op": "relu"|"tanh"|"elu"|"gelu"}`` (``alpha`` for elu, ``approximate`` for gelu)
-    """
-    x = np.asarray(obs)
-    for op in program:
-        kind = op["op"]
-        if kind == "linear":
-            x = x @ arrays[op["weight"]]
-            if op.get("bias") is not None:
-                x += arrays[op["bias"]]
-        elif kind in ("relu", "tanh", "elu", "gelu"):
-            x = _act(kind, x, op)
-        elif kind == "float":
-            x = np.asarray(x, dtype=np.float32)
-        elif kind == "flatten":
-            x = x.reshape(x.shape[0], -1)
-        elif kind == "add":
-            x = x + arrays[op["value"]]
-        elif kind == "sub":
-            x = x - arrays[op["value"]]
-        elif kind == "mul":
-            x = x * arrays[op["value"]]
-        elif kind == "div":
-            x = x / arrays[op["value"]]
-        elif kind == "permute":
-            x = np.ascontiguousarray(x.transpose(op["axes"]))
-        elif kind == "conv2d":
-            bias = arrays[op["bias"]] if op.get("bias") is not None else None
-            x = _conv2d(x, arrays[op["weight"]], bias, tuple(op["stride"]), tuple(op["padding"]))
-        else:
-            raise ValueError(f"unknown op {kind!r} in a numpy program")
-    return x
-
-
-class NumpyPolicy:
-    """A student exported with ``--format numpy``, run with numpy alone.
-
-    >>> policy = NumpyPolicy.load("export_dir/student.npz")   # doctest: +SKIP
-    >>> policy.forward(obs)    # (batch, n_outputs) float32
-
-    ``forward`` computes :func:`numpy_forward` with the program compiled once into a list of closures, and
-    a single observation (batch 1, no conv2d) goes through matrix-vector products on 1-d arrays: numpy's
-    per-call overhead, not arithmetic, is what a tiny student's latency is made of.
-    """
-
-    def __init__(self, program: list[dict[str, Any]], arrays: dict[str, np.ndarray]):
-        self.program = program
-        self.arrays = arrays
-        self._batch = [self._compile(op, vector=False) for op in program]
-        vector_ok = all(op["op"] not in ("conv2d", "permute") for op in program)
-        self._vector = [self._compile(op, vector=True) for op in program] if vector_ok else None
-
-    def _compile(self, op: dict[str, Any], *, vector: bool) -> Any:
-        kind, arr = op["op"], self.arrays
-        if kind == "linear":
-            w = arr[op["weight"]]  # (in, out)
-            b = arr[op["bias"]] if op.get("bias") is not None else None
-            if vector:
-                wt = np.ascontiguousarray(w.T)  # (out, in): a contiguous matrix-vector product
-                dot = wt.dot
-            else:
-
-                def dot(x: np.ndarray, w: np.ndarray = w) -> np.ndarray:
-                    return np.dot(x, w)
-
-            if b is None:
-                return dot
-
-            def linear(x: np.ndarray) -> np.ndarray:
-                y = dot(x)
-                y += b
-                return y
-
-            return linear
-        if kind == "relu":
-            return lambda x: np.maximum(x, 0.0, out=x)
-        if kind == "float":
-            return lambda x: np.asarray(x, dtype=np.float32)
-        if kind == "flatten":
-            return (lambda x: x.reshape(-1)) if vector else (lambda x: x.reshape(x.shape[0], -1))
-        if kind in ("add", "sub", "mul", "div"):
-            c = arr[op["value"]]
-            fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[kind]
-            return lambda x: fn(x, c)
-        single = [op]
-        return lambda x: numpy_forward(single, arr, x)
-
-    @classmethod
-    def load(cls, path: str | Path) -> NumpyPolicy:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        program = json.loads(str(arrays.pop("program")))
-        if any(op.get("scale") is not None for op in program):  # an --int8 export: float compute
-            from policy_kd.quantize import dequantize_program
-
-            program, arrays = dequantize_program(program, arrays)
-        return cls(program, arrays)
-
-    def forward(self, obs: np.ndarray) -> np.ndarray:
-        """``obs`` (batch, *obs_shape) -> (batch, n_outputs) float32."""
-        obs = np.asarray(obs)
-        if obs.shape[0] == 1 and self._vector is not None:
-            x = obs[0]
-            for f in self._vector:
-                x = f(x)
-            return x[None]
-        x = obs
-        for f in self._batch:
-            x = f(x)
-        return x
-
-    __call__ = forward
-
-
-# -------------------------------------------------------------------------------- loaded exports
-
-
-@dataclass
-class ExportedStudent:
-    """An export loaded back: the same ``outputs``/``predict`` protocol as an eager student."""
-
-    format: str
-    path: Path
-    info: dict[str, Any]
-    """The source student's ``student.json`` contents."""
-    meta: dict[str, Any]
-    """``export.json``."""
-    run: Any
-    """``obs (batch, *obs_shape) -> outputs (batch, n_outputs)`` numpy function."""
-
-    @property
-    def weights_path(self) -> Path:
-        return self.path
-
-    @property
-    def params(self) -> int:
-        return int(self.meta["params"])
-
-    @property
-    def log_std(self) -> np.ndarray | None:
-        ls = self.meta.get("log_std")
-        return None if ls is None else np.asarray(ls, dtype=np.float32)
-
-    def outputs(self, obs: np.ndarray) -> np.ndarray:
-        return np.asarray(self.run(np.asarray(obs)))
-
-    @property
-    def head(self) -> str:
-        return str(self.info["spec"].get("head", "discrete"))
-
-    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """Actions as the eager student takes them: argmax, or the Gaussian mean clipped (``gaussian``) or
-        tanh-squashed (``squashed_gaussian``) into the action bounds; ``deterministic=False`` samples."""
-        out = self.outputs(obs)
-        if not deterministic:
-            out = sample_outputs(out, self.head, self.log_std, np.random.default_rng())
-            if self.head == "discrete":
-                return out
-        return actions_from_outputs(out, self.head, self.meta.get("action_bounds"))
-
-    def file_bytes(self) -> int:
-        return self.path.stat().st_size
-
-
-def actions_from_outputs(out: np.ndarray, head: str, bounds: list[list[float]] | None = None) -> np.ndarray:
-    """Deterministic actions from outputs ``(batch, n_outputs)``: argmax for a ``discrete`` head; for a
-    Gaussian head the mean clipped into ``bounds = [low, high]`` (``gaussian``) or squashed into them with
-    tanh (``squashed_gaussian``), as ``Student.predict`` does."""
-    if head == "discrete":
-        return out.argmax(axis=-1)
-    low, high = (np.asarray(b, dtype=np.float32) for b in bounds) if bounds else (-1.0, 1.0)
-    if head == "squashed_gaussian":
-        return (low + (np.tanh(out) + 1.0) * 0.5 * (high - low)).astype(np.float32)
-    return np.clip(out, low, high).astype(np.float32)
-
-
-def sample_outputs(
-    out: np.ndarray, head: str, log_std: np.ndarray | None, rng: np.random.Generator
-) -> np.ndarray:
-    """One sample per row: a discrete action from softmax(out), or a Gaussian draw ``out + exp(log_std) *
-    N(0, 1)`` (still to be clipped or squashed by :func:`actions_from_outputs`)."""
-    if head == "discrete":
-        z = out - out.max(axis=-1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=-1, keepdims=True)
-        u = rng.random((p.shape[0], 1))
-        return (p.cumsum(axis=-1) < u).sum(axis=-1).clip(max=p.shape[-1] - 1)
-    std = np.exp(log_std) if log_std is not None else np.ones(out.shape[-1], dtype=np.float32)
-    return (out + std * rng.standard_normal(out.shape)).astype(np.float32)
-
-
-def is_export(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / EXPORT_FILE).is_file() if p.is_dir() else False
-
-
-def _obs_dtype(info: dict[str, Any]) -> np.dtype:
-    return np.dtype((info.get("observation_space") or {}).get("dtype") or "float32")
-
-
-def _runner(fmt: str, path: Path, info: dict[str, Any]) -> Any:
-    dtype = _obs_dtype(info)
-    if fmt == "numpy":
-        return NumpyPolicy.load(path).forward
-    if fmt == "c":
-        from policy_kd.c_runtime import CPolicy
-
-        spec = info["spec"]
-        return CPolicy(path, tuple(spec["obs_shape"]), int(spec["n_outputs"])).forward
-    if fmt == "onnx":
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise PolicyKDError(
-                "running an ONNX export needs onnxruntime: pip install 'policy-kd[onnx]'"
-            ) from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        run = sess.run
-        return lambda obs: run(None, {name: np.asarray(obs, dtype=dtype)})[0]
-    import torch
-
-    if fmt in ("torchscript", "int8"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.jit.load(str(path), map_location="cpu")
-        module.eval()
-    elif fmt == "sb3":
-        from stable_baselines3 import DQN
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = DQN.load(str(path), device="cpu").policy.q_net
-        module.eval()
-    else:
-        raise PolicyKDError(f"unknown export format {fmt!r}; choose one of {', '.join(FILES)}")
-
-    def run_torch(obs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(np.ascontiguousarray(obs, dtype=dtype))).numpy()
-
-    return run_torch
-
-
-def load_exported(path: str | Path) -> ExportedStudent:
-    """Load an ``export`` folder (or its ``export.json``) as a student."""
-    p = Path(path)
-    folder = p.parent if p.name == EXPORT_FILE else p
-    meta_path = folder / EXPORT_FILE
-    if not meta_path.is_file():
-        raise PolicyKDError(f"{folder} is not an export folder (no {EXPORT_FILE}); run policy-kd export")
-    try:
-        meta = json.loads(meta_path.read_text())
-        fmt, file, info = meta["export_format"], meta["file"], meta["student"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PolicyKDError(f"{meta_path} is damaged ({exc}); export the student again") from None
-    if fmt not in FILES:
-        raise PolicyKDError(f"{meta_path} names format {fmt!r}; choose one of {', '.join(FILES)}")
-    artifact = folder / file
-    if not artifact.is_file():
-        raise PolicyKDError(f"exported file missing: {artifact}; export the student again")
-    try:
-        run = _runner(fmt, artifact, info)
-    except PolicyKDError:
-        raise
-    except Exception as exc:
-        raise PolicyKDError(
-            f"could not load {artifact} ({type(exc).__name__}); export the student again"
-        ) from None
-    return ExportedStudent(format=fmt, path=artifact, info=info, meta=meta, run=run)
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -448,7 +142,7 @@ def parity_observations(student: Any, rows: int = 4096, seed: int = 0) -> np.nda
             pass
     rng = np.random.default_rng(seed)
     shape = tuple(info["spec"]["obs_shape"])
-    dtype = _obs_dtype(info)
+    dtype = obs_dtype(info)
     if dtype == np.uint8:
         return rng.integers(0, 256, size=(rows, *shape), dtype=np.uint8)
     mean = getattr(student.net, "obs_mean", None)
@@ -466,6 +160,53 @@ def eager_outputs(net: Any, obs: np.ndarray) -> np.ndarray:
         return net(torch.as_tensor(np.asarray(obs))).float().numpy()
 
 
+def _refuse(what: str) -> PolicyKDError:
+    return PolicyKDError(
+        f"numpy export supports students whose forward is a chain of linear/conv2d/activation/"
+        f"standardisation steps; this one has {what}; use --format onnx"
+    )
+
+
+def _module_op(m: Any, target: str, store: Any) -> dict[str, Any] | None:
+    """The numpy operation of one ``call_module`` node (``None``: an Identity), its weights kept by
+    ``store(tensor) -> key``; anything else is refused."""
+    from torch import nn
+
+    from policy_kd.students import ACTIVATIONS
+
+    acts = {module: name for name, module in ACTIVATIONS.items()}
+    if isinstance(m, nn.Linear):
+        return {
+            "op": "linear",
+            "weight": store(m.weight.T.contiguous()),
+            "bias": store(m.bias) if m.bias is not None else None,
+        }
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1 or m.dilation != (1, 1) or not isinstance(m.padding, tuple):
+            raise _refuse(f"a grouped, dilated or 'same'-padded Conv2d ({target})")
+        return {
+            "op": "conv2d",
+            "weight": store(m.weight),
+            "bias": store(m.bias) if m.bias is not None else None,
+            "stride": list(m.stride),
+            "padding": list(m.padding),
+        }
+    if type(m) in acts:
+        op: dict[str, Any] = {"op": acts[type(m)]}
+        if isinstance(m, nn.ELU):
+            op["alpha"] = float(m.alpha)
+        if isinstance(m, nn.GELU):
+            op["approximate"] = m.approximate
+        return op
+    if isinstance(m, nn.Flatten):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise _refuse(f"a Flatten({m.start_dim}, {m.end_dim})")
+        return {"op": "flatten"}
+    if isinstance(m, nn.Identity):
+        return None
+    raise _refuse(f"a {type(m).__name__} module ({target})")
+
+
 def _numpy_program(
     net: Any, obs_shape: tuple[int, ...]
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -474,6 +215,8 @@ def _numpy_program(
 
     import torch
     from torch import fx, nn
+
+    from policy_kd.students import ACTIVATIONS
 
     try:
         gm = fx.symbolic_trace(net)
@@ -486,12 +229,6 @@ def _numpy_program(
     arrays: dict[str, np.ndarray] = {}
     consts: dict[fx.Node, Any] = {}
     prev: fx.Node | None = None
-
-    def refuse(what: str) -> PolicyKDError:
-        return PolicyKDError(
-            f"numpy export supports students whose forward is a chain of linear/conv2d/activation/"
-            f"standardisation steps; this one has {what}; use --format onnx"
-        )
 
     def store(value: Any) -> str:
         key = f"a{len(arrays)}"
@@ -507,17 +244,17 @@ def _numpy_program(
         return obj
 
     binops = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div"}
-    acts = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu", nn.GELU: "gelu"}
+    # the functional forms (torch.relu, F.gelu...) with their default arguments
     fn_acts = {
-        torch.relu: "relu",
-        torch.tanh: "tanh",
-        nn.functional.relu: "relu",
-        torch.nn.functional.gelu: "gelu",
+        fn: name
+        for name in ACTIVATIONS
+        for fn in (getattr(torch, name, None), getattr(nn.functional, name, None))
+        if fn is not None
     }
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             if prev is not None:
-                raise refuse("more than one input")
+                raise _refuse("more than one input")
             prev = node
             continue
         if node.op == "get_attr":
@@ -525,48 +262,16 @@ def _numpy_program(
             continue
         if node.op == "output":
             if node.args[0] is not prev:
-                raise refuse("an output that is not the last step")
+                raise _refuse("an output that is not the last step")
             break
         data = [a for a in node.args if isinstance(a, fx.Node) and a not in consts]
         if data != [prev] or len(prev.users) != 1:
-            raise refuse(f"a branch at {node.name}")
+            raise _refuse(f"a branch at {node.name}")
         if node.op == "call_module":
-            m = modules[node.target]
-            if isinstance(m, nn.Linear):
-                program.append(
-                    {
-                        "op": "linear",
-                        "weight": store(m.weight.T.contiguous()),
-                        "bias": store(m.bias) if m.bias is not None else None,
-                    }
-                )
-            elif isinstance(m, nn.Conv2d):
-                if m.groups != 1 or m.dilation != (1, 1) or not isinstance(m.padding, tuple):
-                    raise refuse(f"a grouped, dilated or 'same'-padded Conv2d ({node.target})")
-                program.append(
-                    {
-                        "op": "conv2d",
-                        "weight": store(m.weight),
-                        "bias": store(m.bias) if m.bias is not None else None,
-                        "stride": list(m.stride),
-                        "padding": list(m.padding),
-                    }
-                )
-            elif type(m) in acts:
-                op: dict[str, Any] = {"op": acts[type(m)]}
-                if isinstance(m, nn.ELU):
-                    op["alpha"] = float(m.alpha)
-                if isinstance(m, nn.GELU):
-                    op["approximate"] = m.approximate
-                program.append(op)
-            elif isinstance(m, nn.Flatten):
-                if m.start_dim != 1 or m.end_dim != -1:
-                    raise refuse(f"a Flatten({m.start_dim}, {m.end_dim})")
-                program.append({"op": "flatten"})
-            elif isinstance(m, nn.Identity):
+            op = _module_op(modules[node.target], str(node.target), store)
+            if op is None:  # an Identity
                 continue
-            else:
-                raise refuse(f"a {type(m).__name__} module ({node.target})")
+            program.append(op)
         elif node.op == "call_method" and node.target == "float":
             program.append({"op": "float"})
         elif node.op == "call_method" and node.target == "permute" and node.args[1:] and node.args[1] == 0:
@@ -576,7 +281,7 @@ def _numpy_program(
         elif node.op == "call_function" and node.target in binops:
             a, b = node.args
             if a is not prev or (isinstance(b, fx.Node) and b not in consts):
-                raise refuse(f"a {binops[node.target]} that is not by a constant ({node.name})")
+                raise _refuse(f"a {binops[node.target]} that is not by a constant ({node.name})")
             program.append({"op": binops[node.target], "value": store(consts.get(b, b))})
         elif (
             node.op == "call_function" and node.target in fn_acts and len(node.args) == 1 and not node.kwargs
@@ -585,7 +290,7 @@ def _numpy_program(
         elif node.op == "call_function" and node.target is torch.flatten and node.args[1:] == (1,):
             program.append({"op": "flatten"})
         else:
-            raise refuse(f"the operation {node.target} ({node.name})")
+            raise _refuse(f"the operation {node.target} ({node.name})")
         prev = node
     return _fold_standardisation(program, arrays, obs_shape), arrays
 
@@ -633,7 +338,7 @@ def _sb3_layers(program: list[dict[str, Any]], arrays: dict[str, np.ndarray]) ->
         len(kinds) % 2 == 1
         and all(k == "linear" for k in kinds[::2])
         and len(acts) <= 1
-        and acts <= {"relu", "tanh", "elu", "gelu"}
+        and acts <= set(NUMPY_ACTIVATIONS)
         and all(o.get("approximate", "none") == "none" for o in body)
         and not any(o["op"] == "flatten" for o in program[program.index(body[0]) + 1 :])
     )
@@ -651,20 +356,22 @@ def _export_sb3(student: Any, path: Path) -> None:
     from stable_baselines3 import DQN
     from torch import nn
 
+    from policy_kd.students import ACTIVATIONS
+
     info = student.info
     space = info.get("action_space") or {}
     if space.get("type") != "Discrete":
         raise PolicyKDError(
             f"sb3 export writes a DQN policy, which needs discrete actions; this student acts in {space.get('type')}"
         )
-    if _obs_dtype(info) == np.uint8:
+    if obs_dtype(info) == np.uint8:
         raise PolicyKDError(
             "sb3 export supports students with float observations (SB3 rescales uint8 images itself); use --format onnx"
         )
     program, arrays = _numpy_program(student.net, tuple(info["spec"]["obs_shape"]))
     widths, act = _sb3_layers(program, arrays)
     obs_shape = tuple(info["spec"]["obs_shape"])
-    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=obs_shape, dtype=_obs_dtype(info))
+    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=obs_shape, dtype=obs_dtype(info))
 
     class _Spaces(gym.Env):  # only the spaces: DQN needs them to build the policy
         observation_space = obs_space
@@ -676,13 +383,12 @@ def _export_sb3(student: Any, path: Path) -> None:
         def step(self, action: Any) -> Any:
             return np.zeros(obs_shape, dtype=obs_space.dtype), 0.0, True, False, {}
 
-    activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = DQN(
             "MlpPolicy",
             _Spaces(),
-            policy_kwargs={"net_arch": widths, "activation_fn": activations[act]},
+            policy_kwargs={"net_arch": widths, "activation_fn": ACTIVATIONS[act]},
             buffer_size=1,
             learning_starts=0,
             device="cpu",
@@ -762,7 +468,7 @@ def _write(fmt: str, student: Any, path: Path, int8: bool = False) -> dict[str, 
                 opset_version=opset,
                 verbose=False,
             )
-        return {"opset": opset, "input": "obs", "input_dtype": str(_obs_dtype(info))}
+        return {"opset": opset, "input": "obs", "input_dtype": str(obs_dtype(info))}
     raise PolicyKDError(f"unknown export format {fmt!r}; choose one of {', '.join(FILES)}")
 
 

@@ -36,6 +36,7 @@ from policy_kd.run import (
     prepare_out_dir,
     write_run_info,
 )
+from policy_kd.spaces import check_compatible, random_actions, space_json
 from policy_kd.teacher import Teacher, load_teacher
 
 BEHAVIOURS = ("teacher", "epsilon", "student", "mixture")
@@ -106,40 +107,12 @@ class RecordConfig:
             raise PolicyKDError("--append adds to a buffer and --force replaces it; pass one of them")
 
 
-def space_json(space: gym.Space, *, all_bounds: bool = False) -> dict[str, Any]:
-    """A JSON description of a Gymnasium space (enough to check compatibility and rebuild shapes).
-
-    A Box keeps its bounds (``low``, ``high``) up to 64 values, or at any size with ``all_bounds``: pass it
-    for an action space, whose bounds students clip into (an image observation's would be thousands).
-    """
-    if isinstance(space, gym.spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n)}
-    if isinstance(space, gym.spaces.Box):
-        out: dict[str, Any] = {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype)}
-        if all_bounds or space.low.size <= 64:
-            out["low"], out["high"] = space.low.reshape(-1).tolist(), space.high.reshape(-1).tolist()
-        return out
-    return {"type": type(space).__name__, "repr": repr(space)}
-
-
 def _action_spec(space: gym.Space) -> FieldSpec:
     if isinstance(space, gym.spaces.Discrete):
         return FieldSpec("int64", ())
     if isinstance(space, gym.spaces.Box):
         return FieldSpec("float32", tuple(space.shape))
     raise PolicyKDError(f"cannot record actions of space {space}; Discrete and Box are supported")
-
-
-def _random_actions(space: gym.Space, n: int, rng: np.random.Generator) -> np.ndarray:
-    if isinstance(space, gym.spaces.Discrete):
-        return rng.integers(int(space.n), size=n) + int(space.start)
-    assert isinstance(space, gym.spaces.Box)
-    if space.is_bounded():
-        return rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32)
-    # Unbounded dimensions have no uniform distribution; Gymnasium's own sampler (normal/exponential
-    # there), seeded from our generator, keeps the recording reproducible.
-    space.seed(int(rng.integers(2**31)))
-    return np.stack([space.sample() for _ in range(n)]).astype(np.float32)
 
 
 class Behaviour:
@@ -150,7 +123,6 @@ class Behaviour:
         self._ones = np.ones(0, dtype=bool)
         self.student = None
         if config.behaviour in ("student", "mixture"):
-            from policy_kd.evaluate import check_compatible
             from policy_kd.students import load_student
 
             self.student = load_student(config.student)  # type: ignore[arg-type]
@@ -173,7 +145,7 @@ class Behaviour:
             explore = self.rng.random(n) < cfg.epsilon
             if not explore.any():
                 return t_act, self._all(n)
-            rand = _random_actions(self.teacher.action_space, n, self.rng)
+            rand = random_actions(self.teacher.action_space, n, self.rng)
             mask = explore.reshape(n, *([1] * (np.ndim(t_act) - 1)))
             return np.where(mask, rand, t_act), ~explore
         assert self.student is not None

@@ -330,11 +330,19 @@ def plot_all(result: dict[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files = []
     policies = _policies(result)
     mode = result.get("modes", ["deterministic"])[0]
+    return [
+        *_plot_returns(plt, result, policies, mode, out),
+        *_plot_return_vs_params(plt, result, policies, mode, out),
+        *_plot_learning_curves(plt, result, out),
+    ]
 
-    # Return distributions: one box + jittered points per policy.
+
+def _plot_returns(
+    plt: Any, result: dict[str, Any], policies: list[dict[str, Any]], mode: str, out: Path
+) -> list[str]:
+    """Return distributions: one box + jittered points per policy."""
     fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(policies) + 1), 3.6))
     data = [np.asarray(p.get("modes", {}).get(mode, p)["returns"]) for p in policies]
     labels = [p.get("name", "teacher") for p in policies]
@@ -348,9 +356,13 @@ def plot_all(result: dict[str, Any], out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "returns.png", dpi=110)
     plt.close(fig)
-    files.append("returns.png")
+    return ["returns.png"]
 
-    # Return vs parameter count (log x), mean with its 95% CI.
+
+def _plot_return_vs_params(
+    plt: Any, result: dict[str, Any], policies: list[dict[str, Any]], mode: str, out: Path
+) -> list[str]:
+    """Return vs parameter count (log x), mean with its 95% CI."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for p in policies:
         m = p.get("modes", {}).get(mode, p)
@@ -372,9 +384,11 @@ def plot_all(result: dict[str, Any], out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "return_vs_params.png", dpi=110)
     plt.close(fig)
-    files.append("return_vs_params.png")
+    return ["return_vs_params.png"]
 
-    # Distillation learning curves from each student's TensorBoard folder.
+
+def _plot_learning_curves(plt: Any, result: dict[str, Any], out: Path) -> list[str]:
+    """Distillation learning curves from each student's TensorBoard folder (none: no plot)."""
     curves = {}
     for s in _students(result):
         # exports of a student share its distillation run: plot each run once
@@ -408,8 +422,8 @@ def plot_all(result: dict[str, Any], out: Path) -> list[str]:
         fig.tight_layout()
         fig.savefig(out / "learning_curves.png", dpi=110)
         plt.close(fig)
-        files.append("learning_curves.png")
-    return files
+        return ["learning_curves.png"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------- video
@@ -425,7 +439,7 @@ def record_videos(teacher: Any, contenders: Sequence[Any], out: Path, seed: int,
     import gymnasium as gym
 
     from policy_kd.envs import make_env_from_spec, wrap_game
-    from policy_kd.evaluate import run_episodes
+    from policy_kd.rollout import run_episodes
 
     spec = teacher.env_spec
     modes = (

@@ -20,7 +20,7 @@ independently, which is exactly the stratified bootstrap.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -257,9 +257,3 @@ def aggregate_runs(
     )
     ci = res.confidence_interval
     return {**out, "ci": [float(ci.low), float(ci.high)]}
-
-
-def first_true(flags: Sequence[bool]) -> int | None:
-    """Index of the first True in ``flags`` (e.g. the first step where student and teacher disagree)."""
-    idx = np.flatnonzero(np.asarray(flags, dtype=bool))
-    return int(idx[0]) if idx.size else None

@@ -21,13 +21,11 @@ import torch
 from torch import nn
 
 from policy_kd.errors import PolicyKDError
+from policy_kd.heads import HEADS, to_bounds
 from policy_kd.run import write_json
 
 STUDENT_FILE = "student.json"
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
-
-
-HEADS = ("discrete", "gaussian", "squashed_gaussian")
 
 
 @dataclass(frozen=True)
@@ -109,12 +107,10 @@ class Student(nn.Module):
             if deterministic:
                 return out.argmax(dim=-1).numpy()
             return torch.distributions.Categorical(logits=out).sample().numpy()
+        # the noise stays torch's (torch.manual_seed governs it); clip/squash is the shared numpy head
         action = out if deterministic else out + torch.randn_like(out) * self.log_std.exp()
-        if self.spec.head == "squashed_gaussian":
-            action = self.action_low + (torch.tanh(action) + 1) * 0.5 * (self.action_high - self.action_low)
-        else:
-            action = torch.maximum(torch.minimum(action, self.action_high), self.action_low)
-        return action.numpy()
+        squash = self.spec.head == "squashed_gaussian"
+        return to_bounds(action.numpy(), self.action_low.numpy(), self.action_high.numpy(), squash=squash)
 
 
 def _activation(name: str) -> nn.Module:

@@ -243,7 +243,7 @@ def test_buffer_keeps_the_teachers_env_spec(artifacts: dict[str, Path]) -> None:
 def test_epsilon_random_actions_on_unbounded_box() -> None:
     import gymnasium as gym
 
-    from policy_kd.record import _random_actions
+    from policy_kd.spaces import random_actions as _random_actions
 
     low, high = np.array([-1.0, -np.inf], np.float32), np.array([1.0, np.inf], np.float32)
     space = gym.spaces.Box(low=low, high=high, dtype=np.float32)

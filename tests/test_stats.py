@@ -74,10 +74,6 @@ def test_aggregate_runs_iqm_and_stratified_ci() -> None:
         stats.aggregate_runs(np.zeros((2, 2, 2)))
 
 
-def test_first_true() -> None:
-    assert stats.first_true([False, False, True, True]) == 2 and stats.first_true([False]) is None
-
-
 # ------------------------------------------------------------------------------ normalized score
 
 SETTINGS = settings(max_examples=40, deadline=None)

@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
+from policy_kd.heads import sample_gaussian, sample_logits, to_bounds
 from policy_kd.teachers import sb3
 from policy_kd.teachers.sb3 import _numpy, policy_param_count
 from policy_kd.teachers.vec_env import _vec_env
@@ -206,12 +207,8 @@ class Teacher(_EnvRecipe):
         scaled to them."""
         space = self.action_space
         assert isinstance(space, gym.spaces.Box)
-        if self.model.policy.squash_output:
-            action = space.low + 0.5 * (np.tanh(pre_squash.reshape(-1, *space.shape)) + 1.0) * (
-                space.high - space.low
-            )
-        else:
-            action = np.clip(pre_squash.reshape(-1, *space.shape), space.low, space.high)
+        squash = bool(self.model.policy.squash_output)
+        action = to_bounds(pre_squash.reshape(-1, *space.shape), space.low, space.high, squash=squash)
         return action.astype(space.dtype, copy=False)
 
     def sample(self, labels: Labels, rng: np.random.Generator) -> np.ndarray:
@@ -220,9 +217,9 @@ class Teacher(_EnvRecipe):
         if self.algo in ("dqn", "qrdqn"):
             return labels.greedy
         if not self.continuous:
-            return _sample_logits(labels.outputs["teacher"], rng)
+            return sample_logits(labels.outputs["teacher"], rng)
         mean, log_std = labels.outputs["teacher"], labels.outputs["teacher_log_std"]
-        return self._to_action(mean + np.exp(log_std) * rng.standard_normal(mean.shape, dtype=np.float32))
+        return self._to_action(sample_gaussian(mean, log_std, rng, noise_dtype=np.float32))
 
     def outputs(self, obs: np.ndarray) -> np.ndarray:
         """The ``teacher`` field for a batch of raw observations: ``(batch, n_outputs)`` float32."""
@@ -235,12 +232,3 @@ class Teacher(_EnvRecipe):
 
     def file_bytes(self) -> int:
         return Path(self.path).stat().st_size
-
-
-def _sample_logits(logits: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-    rng = rng or np.random.default_rng()
-    z = logits - logits.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
-    u = rng.random((p.shape[0], 1))
-    return (p.cumsum(axis=-1) < u).sum(axis=-1).clip(max=p.shape[-1] - 1)

@@ -1,0 +1,89 @@
+"""Action heads: from a network's outputs to the actions taken, in numpy alone (no torch import).
+
+One place for what the teacher adapter, the students and the numpy runtime all do with outputs, as SB3
+keeps its distributions in ``common/distributions.py``:
+
+- ``discrete``: outputs are logits (or Q-values); the greedy action is the argmax, a sample is drawn by
+  inverse-CDF from ``softmax(outputs)`` (:func:`sample_logits`).
+- ``gaussian``: outputs are the action mean; a sample adds ``exp(log_std) * N(0, 1)``
+  (:func:`sample_gaussian`); the action is clipped into the bounds (:func:`to_bounds`).
+- ``squashed_gaussian``: the same pre-squash mean and noise, squashed into the bounds with tanh, as SAC
+  and SB3's ``squash_output`` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+HEADS = ("discrete", "gaussian", "squashed_gaussian")
+
+__all__ = [
+    "HEADS",
+    "actions_from_outputs",
+    "sample_gaussian",
+    "sample_logits",
+    "sample_outputs",
+    "to_bounds",
+]
+
+
+def to_bounds(pre_squash: np.ndarray, low: np.ndarray, high: np.ndarray, *, squash: bool) -> np.ndarray:
+    """A Gaussian mean or sample ``(batch, *action_shape)`` -> the action inside ``[low, high]``: squashed
+    with tanh and scaled to the bounds (``squash``), else clipped to them."""
+    if squash:
+        return low + (np.tanh(pre_squash) + 1.0) * 0.5 * (high - low)
+    return np.clip(pre_squash, low, high)
+
+
+def sample_logits(logits: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """One action per row of ``logits`` ``(batch, n_actions)``, drawn from their softmax by inverse CDF
+    (one uniform per row, so a seeded ``rng`` gives the same actions whatever the logits' scale)."""
+    rng = rng or np.random.default_rng()
+    z = logits - logits.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    u = rng.random((p.shape[0], 1))
+    # clip: rounding can leave the last cumulative probability a hair below u
+    return (p.cumsum(axis=-1) < u).sum(axis=-1).clip(max=p.shape[-1] - 1)
+
+
+def sample_gaussian(
+    mean: np.ndarray,
+    log_std: np.ndarray | None,
+    rng: np.random.Generator,
+    *,
+    noise_dtype: type[np.floating] = np.float64,
+) -> np.ndarray:
+    """``mean + exp(log_std) * N(0, 1)`` (``log_std`` None: unit std), still to be clipped or squashed
+    by :func:`to_bounds`.
+
+    ``noise_dtype`` is the dtype of the standard normal draw: a loaded teacher draws float32 noise, a
+    student float64 (the generator's streams differ), kept apart so seeded recordings and evaluations
+    reproduce the ones made before the two shared this function.
+    """
+    std = np.exp(log_std) if log_std is not None else np.ones(mean.shape[-1], dtype=np.float32)
+    return mean + std * rng.standard_normal(mean.shape, dtype=noise_dtype)
+
+
+def actions_from_outputs(
+    out: np.ndarray, head: str, bounds: Sequence[Sequence[float]] | None = None
+) -> np.ndarray:
+    """Deterministic actions from outputs ``(batch, n_outputs)``: argmax for a ``discrete`` head; for a
+    Gaussian head the mean clipped into ``bounds = [low, high]`` (``gaussian``) or squashed into them with
+    tanh (``squashed_gaussian``), as ``Student.predict`` does; no bounds: ``[-1, 1]``."""
+    if head == "discrete":
+        return out.argmax(axis=-1)
+    low, high = (np.asarray(b, dtype=np.float32) for b in bounds) if bounds else (-1.0, 1.0)
+    return to_bounds(out, low, high, squash=head == "squashed_gaussian").astype(np.float32)  # type: ignore[arg-type]
+
+
+def sample_outputs(
+    out: np.ndarray, head: str, log_std: np.ndarray | None, rng: np.random.Generator
+) -> np.ndarray:
+    """One sample per row: a discrete action from ``softmax(out)``, or a Gaussian draw (float32, still to
+    be clipped or squashed by :func:`actions_from_outputs`)."""
+    if head == "discrete":
+        return sample_logits(out, rng)
+    return sample_gaussian(out, log_std, rng).astype(np.float32)
