@@ -47,7 +47,6 @@ from policy_kd.students import (
     check_fits_in_memory,
     count_params,
     save_student,
-    size_student,
 )
 from policy_kd.training import (
     BEST,
@@ -331,14 +330,10 @@ class _Run:
     def _build_student(self) -> None:
         """Size and build the student; set its input statistics, action bounds and starting spread."""
         config, meta, buffer = self.cfg, self.meta, self.buffers[0]
-        spec = size_student(
-            config.student,
+        spec = config.student_spec(
             buffer.obs_shape,
             buffer.fields["teacher"].shape[0],
-            hidden=config.hidden,
-            params_fraction=config.params_fraction,
             teacher_params=self.teacher_params,
-            layers=config.layers,
             activation=config.activation,
             channels=config.channels,
             head=meta["teacher"]["kind"] if self.continuous else "discrete",

@@ -40,7 +40,7 @@ from policy_kd.run import (
     write_json,
     write_run_info,
 )
-from policy_kd.students import Student, build_student, count_params, save_student, size_student
+from policy_kd.students import Student, build_student, count_params, save_student
 from policy_kd.training import (
     BEST,
     LR_SCHEDULES,
@@ -203,15 +203,11 @@ class _MultiTaskRun:
         torch.manual_seed(cfg.seed)
         students: list[Student] = []
         for b in self.buffers:
-            spec = size_student(
-                cfg.student,
+            spec = cfg.student_spec(
                 b.obs_shape,
                 b.fields["teacher"].shape[0],
-                hidden=cfg.hidden,
-                channels=cfg.channels,
-                params_fraction=cfg.params_fraction,
                 teacher_params=int(np.mean(self.teacher_params)),
-                layers=cfg.layers,
+                channels=cfg.channels,
                 pad_channels=pad,
             )
             net = build_student(spec)

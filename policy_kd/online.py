@@ -48,7 +48,7 @@ from policy_kd.options import (
 )
 from policy_kd.record import space_json
 from policy_kd.run import job, prepare_out_dir, write_json, write_run_info
-from policy_kd.students import Student, build_student, count_params, save_student, size_student
+from policy_kd.students import Student, build_student, count_params, save_student
 from policy_kd.teacher import ALGOS, Teacher, policy_param_count, train_teacher
 from policy_kd.training import (
     BEST,
@@ -258,15 +258,8 @@ class OnlineDistillation(BaseCallback):
         self.teacher = live_teacher(model, cfg.env, path)
         obs_shape = tuple(model.observation_space.shape or ())
         self.teacher_params = policy_param_count(model, self.teacher.algo)
-        self.spec = size_student(
-            cfg.student,
-            obs_shape,
-            self.teacher.n_outputs,
-            hidden=cfg.hidden,
-            params_fraction=cfg.params_fraction,
-            teacher_params=self.teacher_params,
-            layers=cfg.layers,
-            activation=cfg.activation,
+        self.spec = cfg.student_spec(
+            obs_shape, self.teacher.n_outputs, teacher_params=self.teacher_params, activation=cfg.activation
         )
         # the student's initialisation must not draw from the global torch RNG the teacher's training uses:
         # with or without an online student, a seed gives the same teacher

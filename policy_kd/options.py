@@ -116,6 +116,24 @@ class StudentOptions:
     layers: int = 2
     """Hidden layers of an mlp student sized by --params-fraction."""
 
+    def student_spec(
+        self, obs_shape: tuple[int, ...], n_outputs: int, *, teacher_params: int, **job: Any
+    ) -> Any:
+        """The :class:`StudentSpec` these options give for a teacher of ``teacher_params`` parameters;
+        ``job`` adds the job's own settings (activation, channels, head, pad_channels)."""
+        from policy_kd.students import size_student
+
+        return size_student(
+            self.student,
+            obs_shape,
+            n_outputs,
+            hidden=self.hidden,
+            params_fraction=self.params_fraction,
+            teacher_params=teacher_params,
+            layers=self.layers,
+            **job,
+        )
+
     def validate_student(self) -> None:
         from policy_kd.students import STUDENTS  # students imports torch: only when a job validates
 
