@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,10 @@ from policy_kd.buffer import Buffer, Sampler
 from policy_kd.config import absolute_paths, check_seed
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
-from policy_kd.evaluate import run_episodes
 from policy_kd.losses import CONTINUOUS_LOSSES, DISCRETE_LOSSES, LOSSES, LossConfig, compute_loss, hint, kl
+from policy_kd.options import LossOptions, RunOptions, StudentOptions, check_choice, check_ranges
 from policy_kd.run import (
     atomic_torch_save,
-    atomic_write_bytes,
     check_interrupted,
     job,
     lock_out_dir,
@@ -43,26 +42,39 @@ from policy_kd.run import (
     write_run_info,
 )
 from policy_kd.students import (
-    STUDENTS,
     Student,
     build_student,
     check_fits_in_memory,
     count_params,
     save_student,
-    size_student,
+)
+from policy_kd.training import (
+    BEST,
+    INPUT_STATS_ROWS,
+    LR_SCHEDULES,
+    BestKeeper,
+    DistillMetrics,
+    LogWindow,
+    make_optimizer,
+    optimizer_step,
+    save_final_weights,
+    selection_return,
+    student_info,
 )
 
-# Episodes used to pick the best checkpoint start here, far from evaluate's default seeds (0..N), so the
-# final comparison is not made on the episodes that selected the student.
-SELECTION_SEED = 1_000_000
 CHECKPOINT = "checkpoint.pt"
 #: A loss this many times its first value means training diverged (a sound run's loss falls).
 DIVERGED = 1e4
 BETA_SCHEDULES = ("linear", "constant", "exponential")
+#: Round r's recording is seeded ``seed + ROUND_SEED_STRIDE * (r + 1)``: a prime stride keeps round
+#: seeds apart from each other and from the samplers' ``seed + round``.
+ROUND_SEED_STRIDE = 7919
+#: The largest --lr accepted: Adam divides the step by 1 - 0.9 in float32, which overflows near 3e37.
+MAX_LR = 1e30
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(StudentOptions, LossOptions, RunOptions):
     """Train a student to match the teacher outputs stored in a buffer (optionally in DAgger rounds)."""
 
     buffer: str | None = None
@@ -73,16 +85,10 @@ class DistillConfig:
     """Teacher for --hint-weight and --rounds (required by both; checked to be the one that recorded --buffer): a run folder, a zoo run folder, hf://ORG/REPO or an SB3 .zip. Its .zip and .pkl files are unpickled code: load only trusted ones."""
     env: str | None = None
     """Environment id, for a plain .zip --teacher without a buffer."""
-    student: str = "mlp"
-    """Student architecture (registry name): mlp, nature_cnn (84x84 images) or minatar_cnn (small images)."""
-    hidden: tuple[int, ...] | None = None
-    """Explicit hidden widths, e.g. --hidden 32 32; overrides --params-fraction."""
     channels: tuple[int, ...] | None = None
     """Explicit conv channels of a CNN student, e.g. --channels 8 (minatar_cnn) or 16 32 32 (nature_cnn)."""
     params_fraction: float = 0.01
     """Student size as a fraction (0, 1] of the teacher's policy parameters (widths solved, actual count reported)."""
-    layers: int = 2
-    """Hidden layers of an mlp student sized by --params-fraction."""
     activation: str = "relu"
     """Hidden activation: relu, tanh, elu, gelu."""
     normalize_obs: bool = True
@@ -90,14 +96,6 @@ class DistillConfig:
     loss: str = "kl"
     """Loss: kl (Rusu et al. 2016), nll (teacher argmax), mse (regress outputs), hinton (soft at T + hard),
     kl_entropy (kl minus an entropy bonus, Czarnecki et al. 2019); gaussian_kl or mse for continuous actions."""
-    tau: float = 0.01
-    """Teacher temperature for kl and kl_entropy (low tau sharpens the target)."""
-    temperature: float = 2.0
-    """Temperature T for hinton (both sides softened, soft term scaled by T^2)."""
-    lam: float = 0.5
-    """hinton weight of the soft term; 1 - lam goes to the hard nll term."""
-    entropy_coef: float = 0.01
-    """kl_entropy: weight of the student's entropy bonus."""
     direction: str = "forward"
     """gaussian_kl: forward = KL(teacher || student), reverse = KL(student || teacher)."""
     hint_weight: float = 0.0
@@ -147,12 +145,6 @@ class DistillConfig:
     """Hold the sampled fields in RAM (fastest) or sample them memory-mapped; default: in RAM when under 2 GiB."""
     seed: int = 0
     """Seed for weight initialisation, minibatch sampling and round recordings."""
-    threads: int = 1
-    """torch CPU threads."""
-    progress: bool = True
-    """Show a progress bar."""
-    force: bool = False
-    """Replace an existing --out folder."""
 
     def validate(self) -> None:
         if self.resume:
@@ -169,64 +161,33 @@ class DistillConfig:
                 f"{what} needs the teacher: pass --teacher PATH (the run folder or .zip that recorded the buffer; "
                 "a path named inside a buffer is never loaded unasked)"
             )
-        if self.loss not in LOSSES:
-            raise PolicyKDError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if self.student not in STUDENTS:
-            raise PolicyKDError(f"unknown student {self.student!r}; choose one of {', '.join(STUDENTS)}")
-        for name in ("tau", "temperature", "params_fraction", "lr"):
-            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
-                raise PolicyKDError(
-                    f"--{name.replace('_', '-')} must be > 0 and finite, got {getattr(self, name)}"
-                )
-        if self.lr > 1e30:  # Adam divides it by 1 - 0.9 in float32: above ~3e37 the step overflows
-            raise PolicyKDError(f"--lr must be at most 1e30, got {self.lr}")
+        self.validate_loss(LOSSES)
+        self.validate_student()
+        self.validate_run()
+        check_ranges(self, positive=("lr",))
+        if self.lr > MAX_LR:  # Adam divides it by 1 - 0.9 in float32: above ~3e37 the step overflows
+            raise PolicyKDError(f"--lr must be at most {MAX_LR:g}, got {self.lr}")
         if self.params_fraction > 1:
             raise PolicyKDError(
                 f"--params-fraction must lie in (0, 1] (a student no larger than the teacher), got "
                 f"{self.params_fraction}; for a larger network give its widths with --hidden"
             )
         check_seed(self.seed)
-        if not 0.0 <= self.lam <= 1.0:
-            raise PolicyKDError(f"--lam must lie in [0, 1], got {self.lam}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise PolicyKDError(f"--beta must lie in [0, 1], got {self.beta}")
-        for name in ("steps", "batch_size", "eval_episodes", "log_every", "layers", "threads", "rounds"):
-            if getattr(self, name) <= 0:
-                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in (
-            "entropy_coef",
-            "hint_weight",
-            "weight_decay",
-            "max_grad_norm",
-            "eval_every",
-            "patience",
-        ):
-            if getattr(self, name) < 0:
-                raise PolicyKDError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.checkpoint_every < 0 or self.round_steps <= 0 or self.round_n_envs <= 0:
-            raise PolicyKDError("--checkpoint-every must be >= 0, --round-steps and --round-n-envs > 0")
-        choices = {
-            "lr_schedule": ("constant", "cosine"),
-            "direction": ("forward", "reverse"),
-            "behaviour": ("mixture", "student"),
-            "beta_schedule": BETA_SCHEDULES,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise PolicyKDError(
-                    f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
-                )
+        check_ranges(
+            self,
+            positive=("steps", "batch_size", "eval_episodes", "log_every", "rounds"),
+            non_negative=("hint_weight", "weight_decay", "max_grad_norm", "eval_every", "patience"),
+            unit_interval=("beta",),
+        )
+        check_ranges(self, non_negative=("checkpoint_every",), positive=("round_steps", "round_n_envs"))
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("direction", self.direction, ("forward", "reverse"))
+        check_choice("behaviour", self.behaviour, ("mixture", "student"))
+        check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
 
     @property
     def loss_config(self) -> LossConfig:
-        return LossConfig(
-            name=self.loss,
-            tau=self.tau,
-            temperature=self.temperature,
-            lam=self.lam,
-            beta=self.entropy_coef,
-            direction=self.direction,
-        )
+        return replace(super().loss_config, direction=self.direction)
 
     def round_beta(self, r: int) -> float:
         """The mixture's beta in round ``r`` (1 .. rounds-1)."""
@@ -255,18 +216,6 @@ def distill(config: DistillConfig) -> Path:
         write_run_info(out, config, job="distill")
     torch.set_num_threads(config.threads)
     return _Run(config, out).train()
-
-
-def selection_return(net: Student, meta: dict[str, Any], episodes: int) -> float:
-    """Mean greedy return of ``net`` on the buffer's env over ``episodes`` SELECTION_SEED episodes."""
-    spec = meta.get("env_spec") or {"env_id": meta["env_id"]}
-    seeds = [SELECTION_SEED + i for i in range(episodes)]
-    net.eval()
-    try:
-        result = run_episodes(net, meta["env_id"], seeds, env_factory=lambda: make_env_from_spec(spec))
-    finally:
-        net.train()
-    return float(result.returns.mean())
 
 
 def _saved_config(out: Path, *, progress: bool) -> DistillConfig:
@@ -312,6 +261,33 @@ class _Run:
     def __init__(self, config: DistillConfig, out: Path):
         self.cfg, self.out = config, out
         self._teacher: Any = None
+        self._open_data()
+        self._build_student()
+        self.proj: nn.Linear | None = None
+        if config.hint_weight > 0:
+            self.proj = nn.Linear(self.net.feature_dim, self.teacher.feature_dim)
+        self.params = list(self.net.parameters()) + (list(self.proj.parameters()) if self.proj else [])
+        self.opt, self.sched = make_optimizer(
+            self.params,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            lr_schedule=config.lr_schedule,
+            total_steps=config.steps * config.rounds,
+        )
+        self.loss_cfg = config.loss_config
+        # training state (all of it checkpointed)
+        self.step = 0
+        self.round = 0
+        self.history: list[dict[str, Any]] = []
+        self.keeper = BestKeeper(out)  # best score: (eval return, fidelity)
+        self.stopped: str | None = None
+        self.window = LogWindow()
+        self.wall = 0.0
+        self.first_loss: float | None = None  # the reference divergence is judged against
+
+    def _open_data(self) -> None:
+        """Open the buffer (or record round 0 with the teacher), check it and choose the fields to read."""
+        config = self.cfg
         self.buffers: list[Buffer] = [Buffer.open(config.buffer)] if config.buffer else []
         if self.buffers:
             self.meta = self.buffers[0].meta
@@ -344,31 +320,30 @@ class _Run:
         self.names = (
             ("obs", "teacher", "teacher_log_std") if config.loss == "gaussian_kl" else ("obs", "teacher")
         )
-        buffer = self.buffers[0]
         for b in self.buffers:
             b.require(*self.names)
             b.check_finite(
                 self.names,
                 "a student trained on them learns NaN: re-record the buffer with a sound teacher",
             )
-        spec = size_student(
-            config.student,
+
+    def _build_student(self) -> None:
+        """Size and build the student; set its input statistics, action bounds and starting spread."""
+        config, meta, buffer = self.cfg, self.meta, self.buffers[0]
+        spec = config.student_spec(
             buffer.obs_shape,
             buffer.fields["teacher"].shape[0],
-            hidden=config.hidden,
-            params_fraction=config.params_fraction,
             teacher_params=self.teacher_params,
-            layers=config.layers,
             activation=config.activation,
             channels=config.channels,
-            head=kind if self.continuous else "discrete",
+            head=meta["teacher"]["kind"] if self.continuous else "discrete",
         )
         self.spec = spec
         check_fits_in_memory(spec, config.batch_size)
         torch.manual_seed(config.seed)
         self.net: Student = build_student(spec)
         if config.normalize_obs:
-            self.net.set_obs_stats(torch.from_numpy(buffer.spaced("obs", 200_000)))
+            self.net.set_obs_stats(torch.from_numpy(buffer.spaced("obs", INPUT_STATS_ROWS)))
         if self.continuous:
             space = meta["action_space"]
             if "low" not in space:  # recorded before action bounds were kept at any size: ask the env
@@ -378,30 +353,6 @@ class _Run:
             self.net.set_action_bounds(np.array(space["low"]), np.array(space["high"]))
             with torch.no_grad():  # start from the teacher's average spread, not from std 1
                 self.net.log_std.copy_(torch.from_numpy(buffer.spaced("teacher_log_std", 10_000).mean(0)))
-        self.proj: nn.Linear | None = None
-        if config.hint_weight > 0:
-            self.proj = nn.Linear(self.net.feature_dim, self.teacher.feature_dim)
-        params = list(self.net.parameters()) + (list(self.proj.parameters()) if self.proj else [])
-        self.opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        total = config.steps * config.rounds
-        self.sched = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
-            if config.lr_schedule == "cosine"
-            else None
-        )
-        self.loss_cfg = config.loss_config
-        # training state (all of it checkpointed)
-        self.step = 0
-        self.round = 0
-        self.history: list[dict[str, Any]] = []
-        self.best: tuple[float, float] | None = None
-        self.since_best = 0
-        self.stopped: str | None = None
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-        self.last: dict[str, float] = {}
-        self.wall = 0.0
-        self.first_loss: float | None = None  # the reference divergence is judged against
 
     # -- teacher and rounds ---------------------------------------------------------------------------------
 
@@ -452,7 +403,7 @@ class _Run:
             beta=beta,
             student=str(student_dir) if student_dir else None,
             n_envs=cfg.round_n_envs,
-            seed=cfg.seed + 7919 * (r + 1),
+            seed=cfg.seed + ROUND_SEED_STRIDE * (r + 1),
             threads=cfg.threads,
             progress=cfg.progress,
             force=True,
@@ -491,11 +442,11 @@ class _Run:
             "sampler": sampler.state(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
-            "best": list(self.best) if self.best else None,
-            "since_best": self.since_best,
-            "sums": self.sums,
-            "count": self.count,
-            "last": self.last,
+            "best": list(self.keeper.best) if self.keeper.best else None,
+            "since_best": self.keeper.since_best,
+            "sums": self.window.sums,
+            "count": self.window.count,
+            "last": self.window.last,
             "wall": self.wall,
             "first_loss": self.first_loss,
         }
@@ -519,28 +470,23 @@ class _Run:
         torch.set_rng_state(state["torch_rng"])
         self.step, self.round = int(state["step"]), int(state["round"])
         self.history = state["history"]
-        self.best = tuple(state["best"]) if state["best"] else None  # type: ignore[assignment]
-        self.since_best, self.sums, self.count = state["since_best"], state["sums"], state["count"]
-        self.last, self.wall = state["last"], state["wall"]
+        self.keeper.best = tuple(state["best"]) if state["best"] else None
+        self.keeper.since_best = state["since_best"]
+        self.window = LogWindow(state["sums"], state["count"], state["last"])
+        self.wall = state["wall"]
         self.first_loss = state.get("first_loss")
         return state["sampler"]
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def _info(self) -> dict[str, Any]:
-        meta, params = self.meta, count_params(self.net)
-        return {
-            "env_id": meta["env_id"],
-            "action_space": meta["action_space"],
-            "observation_space": meta["observation_space"],
-            "env_spec": meta.get("env_spec"),
-            "teacher": meta["teacher"],
-            "buffer": str(Path(self.cfg.buffer).resolve()) if self.cfg.buffer else None,
-            "loss": self.loss_cfg.__dict__,
-            "params": params,
-            "teacher_params": self.teacher_params,
-            "params_ratio": params / self.teacher_params,
-        }
+        return student_info(
+            self.meta,
+            loss=self.loss_cfg,
+            params=count_params(self.net),
+            teacher_params=self.teacher_params,
+            buffer=str(Path(self.cfg.buffer).resolve()) if self.cfg.buffer else None,
+        )
 
     def _loss(
         self, batch: dict[str, torch.Tensor], measure: bool
@@ -588,68 +534,66 @@ class _Run:
         # rounds already finished before a resume: their buffers are on disk, complete
         for r in range(1, self.round + 1):
             self.buffers.append(Buffer.open(self._round_dir(r) / "buffer"))
-        sampler = self._sampler()
+        self.sampler = self._sampler()
         if sampler_state is not None:
-            sampler.set_state(sampler_state)
-        params = [p for g in self.opt.param_groups for p in g["params"]]
+            self.sampler.set_state(sampler_state)
         total = cfg.steps * cfg.rounds
         tb = SummaryWriter(str(out / "tb"), purge_step=self.step + 1 if cfg.resume else None)
         bar = tqdm(total=total, initial=self.step, disable=not cfg.progress, desc="distill", unit="step")
         start = time.perf_counter() - self.wall
 
-        def stop() -> str:  # SIGINT/SIGTERM between two steps: checkpoint this step, as --resume expects
+        # also what SIGINT/SIGTERM runs between two steps: checkpoint this step, as --resume expects
+        def checkpoint() -> str:
             self.wall = time.perf_counter() - start
-            self._save_checkpoint(sampler)
+            self._save_checkpoint(self.sampler)
             return (
                 f"checkpoint at step {self.step} saved; continue with: policy-kd distill --resume --out {out}"
             )
 
         try:
             while self.step < total and self.stopped is None:
-                check_interrupted(stop)
+                check_interrupted(checkpoint)
                 if self.step > 0 and self.step % cfg.steps == 0 and self.step // cfg.steps > self.round:
-                    self.round = self.step // cfg.steps
-                    self._start_round(self.round)
-                    sampler.close()
-                    sampler = self._sampler()
-                    tb.add_scalar("rounds/labels", sum(b.rows for b in self.buffers), self.step)
-                self.step += 1
-                log_now = self.step % cfg.log_every == 0 or self.step == total
-                loss, terms = self._loss(sampler.sample(cfg.batch_size), measure=log_now)
-                self._check_loss(float(loss.detach()))  # a CPU tensor: no device sync to pay
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm > 0:
-                    terms["grad_norm"] = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                self.opt.step()
-                if self.sched is not None:
-                    self.sched.step()
-                for k, v in terms.items():  # tensors, not .item(): no sync per step
-                    self.sums[k] = self.sums.get(k, 0.0) + v if k.startswith("loss/") else v
-                self.count += 1
+                    self._next_round(tb)
+                self._train_step(tb, total)
                 bar.update(1)
-                if log_now:
-                    # losses are means over the logging window; fidelity is measured on its last batch
-                    self.last = {
-                        k: float(v) / (self.count if k.startswith("loss/") else 1)
-                        for k, v in self.sums.items()
-                    }
-                    for k, v in self.last.items():
-                        tb.add_scalar(k, v, self.step)
-                    tb.add_scalar("lr", self.opt.param_groups[0]["lr"], self.step)
-                    bar.set_postfix(loss=f"{self.last['loss/total']:.4f}")
-                    self.sums, self.count = {}, 0
+                if log_now(self.step, cfg.log_every, total):
+                    bar.set_postfix(loss=f"{self.window.last['loss/total']:.4f}")
                 if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == total):
                     self._eval_and_select(tb)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < total:
-                    self.wall = time.perf_counter() - start
-                    self._save_checkpoint(sampler)
+                    checkpoint()
         finally:
-            sampler.close()
+            self.sampler.close()
             bar.close()
             tb.close()
         self.wall = time.perf_counter() - start
         return self._finish()
+
+    def _next_round(self, tb: SummaryWriter) -> None:
+        """Record the next round with the current student and train on the grown data from here on."""
+        self.round = self.step // self.cfg.steps
+        self._start_round(self.round)
+        self.sampler.close()
+        self.sampler = self._sampler()
+        tb.add_scalar("rounds/labels", sum(b.rows for b in self.buffers), self.step)
+
+    def _train_step(self, tb: SummaryWriter, total: int) -> None:
+        """One gradient step; on logging steps, write the window's scalars to TensorBoard."""
+        cfg = self.cfg
+        self.step += 1
+        logging = log_now(self.step, cfg.log_every, total)
+        loss, terms = self._loss(self.sampler.sample(cfg.batch_size), measure=logging)
+        self._check_loss(float(loss.detach()))  # a CPU tensor: no device sync to pay
+        norm = optimizer_step(loss, self.opt, self.sched, params=self.params, max_grad_norm=cfg.max_grad_norm)
+        if norm is not None:
+            terms["grad_norm"] = norm
+        self.window.add(terms)  # tensors, not .item(): no sync per step
+        if logging:
+            # losses are means over the logging window; fidelity is measured on its last batch
+            for k, v in self.window.close().items():
+                tb.add_scalar(k, v, self.step)
+            tb.add_scalar("lr", self.opt.param_groups[0]["lr"], self.step)
 
     def _check_loss(self, value: float) -> None:
         """Stop at the first non-finite loss, or at one ``DIVERGED`` times the first step's: the weights
@@ -682,12 +626,11 @@ class _Run:
 
     def _fidelity(self) -> float:
         key = "fidelity/mean_abs_diff" if self.continuous else "fidelity/agreement"
-        value = self.last.get(key, 0.0)
+        value = self.window.last.get(key, 0.0)
         return -value if self.continuous else value
 
     def _eval_and_select(self, tb: SummaryWriter) -> None:
-        if not self.last:
-            self.last = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+        last = self.window.report()
         ret = self._evaluate()
         tb.add_scalar("eval/mean_return", ret, self.step)
         self.history.append(
@@ -695,42 +638,37 @@ class _Run:
                 "step": self.step,
                 "round": self.round,
                 "eval_mean_return": ret,
-                **{k: v for k, v in self.last.items()},
+                **last,
             }
         )
-        score = (ret, self._fidelity())
-        if self.best is None or score > self.best:
-            self._check_weights()
-            self.best, self.since_best = score, 0
-            atomic_torch_save(self.net.state_dict(), self.out / "best.pt")  # a kill here must not tear it
-        else:
-            self.since_best += 1
+        self.keeper.offer((ret, self._fidelity()), self.net, before_save=self._check_weights)
         if self.cfg.target_return is not None and ret >= self.cfg.target_return:
             self.stopped = f"eval return {ret:.2f} reached --target-return {self.cfg.target_return}"
-        elif self.cfg.patience and self.since_best >= self.cfg.patience:
-            self.stopped = f"no better evaluation in {self.since_best} evaluations (--patience)"
+        elif self.cfg.patience and self.keeper.since_best >= self.cfg.patience:
+            self.stopped = f"no better evaluation in {self.keeper.since_best} evaluations (--patience)"
 
     def _finish(self) -> Path:
         cfg, out = self.cfg, self.out
         self._check_weights()
-        atomic_torch_save(self.net.state_dict(), out / "last.pt")
-        if self.best is None:  # no evaluation: the last weights are the student
-            atomic_write_bytes(out / "best.pt", (out / "last.pt").read_bytes())
-        labels = sum(b.rows for b in self.buffers)
-        metrics = {
-            "steps": self.step,
-            "rounds": self.round + 1,
-            "teacher_labels": labels,
-            "stopped_early": self.stopped,
-            "final": self.last,
-            "final_train_loss": self.last.get("loss/total"),
-            "final_train_agreement": self.last.get("fidelity/agreement"),
-            "best_eval_mean_return": self.best[0] if self.best else None,
-            "history": self.history,
-            "seconds": round(self.wall, 2),
-            "samples_per_second": round(self.step * cfg.batch_size / max(self.wall, 1e-9), 1),
-        }
-        write_json(out / "metrics.json", metrics)
-        save_student(out, self.spec, {**self._info(), "weights": "best.pt"})
+        save_final_weights(out, self.net)
+        best = self.keeper.best
+        metrics = DistillMetrics(
+            steps=self.step,
+            rounds=self.round + 1,
+            teacher_labels=sum(b.rows for b in self.buffers),
+            stopped_early=self.stopped,
+            final=self.window.last,
+            best_eval_mean_return=best[0] if best else None,
+            history=self.history,
+            seconds=round(self.wall, 2),
+            samples_per_second=round(self.step * cfg.batch_size / max(self.wall, 1e-9), 1),
+        )
+        write_json(out / "metrics.json", metrics.to_json())
+        save_student(out, self.spec, {**self._info(), "weights": BEST})
         (out / CHECKPOINT).unlink(missing_ok=True)
         return out
+
+
+def log_now(step: int, log_every: int, total: int) -> bool:
+    """Whether ``step`` closes a logging window (every ``log_every`` steps, and the last step)."""
+    return step % log_every == 0 or step == total

@@ -49,13 +49,13 @@ from torch import nn
 
 from policy_kd.config import to_dict
 from policy_kd.errors import PolicyKDError
-from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
+from policy_kd.losses import LossConfig, compute_loss
+from policy_kd.options import LossOptions, RunOptions, TeacherTrainingOptions, check_choice, check_ranges
 from policy_kd.record import space_json
 from policy_kd.run import atomic_torch_save, job, prepare_out_dir, write_json, write_run_info
 from policy_kd.students import StudentSpec, build_student, count_params, save_student, width_for_budget
 from policy_kd.teacher import (
     Teacher,
-    TrainTeacherConfig,
     algo_class,
     load_preset,
     load_teacher,
@@ -64,11 +64,16 @@ from policy_kd.teacher import (
 )
 from policy_kd.teachers import sb3
 from policy_kd.teachers.sb3 import algo_name, check_supported, sample_states
+from policy_kd.training import student_info
 
 ANNEALS = ("linear", "step", "constant")
 STUDENT_ALGOS = ("dqn", "ppo", "a2c")
 # Losses that compare softmaxes: a DQN student's Q-values enter them divided by tau (see the module doc).
 SOFTMAX_LOSSES = ("kl", "kl_entropy", "nll")
+#: Distillation minibatch size for an algorithm without a ``batch_size`` of its own (A2C).
+FALLBACK_BATCH_SIZE = 64
+#: Training env steps for a preset that names none.
+DEFAULT_N_TIMESTEPS = 100_000
 _ACTIVATION_NAMES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu", nn.GELU: "gelu"}
 
 
@@ -88,7 +93,7 @@ def distill_weight(step: int, *, weight: float, anneal: str, horizon: int) -> fl
 
 
 @dataclass(frozen=True)
-class KickstartConfig:
+class KickstartConfig(TeacherTrainingOptions, LossOptions, RunOptions):
     """Train a small student with SB3 DQN/PPO/A2C on the env reward plus an annealed distillation loss
     toward a fixed teacher (kickstarting; --weight 0 trains the same student from scratch)."""
 
@@ -107,16 +112,6 @@ class KickstartConfig:
     """Student size as a fraction of the teacher's policy parameters (equal widths solved for)."""
     layers: int = 2
     """Hidden layers of a student sized by --params-fraction."""
-    loss: str = "kl"
-    """Distillation loss: kl, nll, mse, hinton or kl_entropy (see policy_kd.losses)."""
-    tau: float = 0.01
-    """Temperature of the softmax losses (the teacher's outputs; a DQN student's Q-values too)."""
-    temperature: float = 2.0
-    """Temperature T for hinton."""
-    lam: float = 0.5
-    """hinton weight of the soft term."""
-    entropy_coef: float = 0.01
-    """kl_entropy: weight of the student's entropy bonus."""
     weight: float = 1.0
     """Initial distillation weight lambda_0; 0 trains the student from scratch (the baseline)."""
     anneal: str = "linear"
@@ -125,57 +120,26 @@ class KickstartConfig:
     """The horizon as a fraction of the training steps."""
     distill_batch_size: int | None = None
     """States per distillation minibatch; default: the algorithm's batch_size."""
-    n_timesteps: int | None = None
-    """Training env steps; default: the student preset's n_timesteps."""
-    preset: str | None = None
-    """YAML file of presets in the agents/ format for the student's algorithm; default: agents/<algo>.yml."""
-    eval_freq: int = 5000
-    """Env steps between evaluations (the learning curve in model/evaluations.npz; the best model is kept)."""
-    eval_episodes: int = 10
-    """Episodes per evaluation."""
     seed: int = 0
     """Seed for the student's weights, its envs and its distillation minibatches."""
-    threads: int = 1
-    """torch CPU threads."""
-    device: str = "cpu"
-    """torch device for training."""
-    progress: bool = True
-    """Show a progress bar."""
-    force: bool = False
-    """Replace an existing --out folder."""
 
     def validate(self) -> None:
         if self.teacher is None:
             raise PolicyKDError("kickstart needs a teacher: pass --teacher DIR (a train-teacher run folder)")
-        if self.algo not in STUDENT_ALGOS:
-            raise PolicyKDError(f"unknown algo {self.algo!r}; choose one of {', '.join(STUDENT_ALGOS)}")
-        if self.loss not in DISCRETE_LOSSES:
-            raise PolicyKDError(f"unknown loss {self.loss!r}; choose one of {', '.join(DISCRETE_LOSSES)}")
-        if self.anneal not in ANNEALS:
-            raise PolicyKDError(f"unknown --anneal {self.anneal!r}; choose one of {', '.join(ANNEALS)}")
-        for name in ("tau", "temperature", "params_fraction"):
-            if not getattr(self, name) > 0:
-                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if not self.weight >= 0:
-            raise PolicyKDError(f"--weight must be >= 0, got {self.weight}")
+        check_choice("algo", self.algo, STUDENT_ALGOS, what="algo")
+        self.validate_loss()
+        self.validate_run()
+        check_choice("anneal", self.anneal, ANNEALS)
+        self.validate_training()
+        check_ranges(
+            self,
+            positive=("params_fraction", "layers", "distill_batch_size"),
+            non_negative=("weight",),
+        )
         if not 0.0 < self.anneal_fraction <= 1.0:
             raise PolicyKDError(f"--anneal-fraction must lie in (0, 1], got {self.anneal_fraction}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise PolicyKDError(f"--lam must lie in [0, 1], got {self.lam}")
-        for name in ("layers", "threads", "eval_freq", "eval_episodes"):
-            if getattr(self, name) <= 0:
-                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in ("n_timesteps", "distill_batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.student_hidden is not None and (not self.student_hidden or min(self.student_hidden) <= 0):
             raise PolicyKDError(f"--student-hidden needs positive widths, got {list(self.student_hidden)}")
-
-    @property
-    def loss_config(self) -> LossConfig:
-        return LossConfig(
-            name=self.loss, tau=self.tau, temperature=self.temperature, lam=self.lam, beta=self.entropy_coef
-        )
 
 
 # ------------------------------------------------------------------------------------------- the callback
@@ -238,7 +202,7 @@ class Kickstart(BaseCallback):
             raise PolicyKDError(
                 f"the teacher has {self.teacher.n_outputs} actions, the student's env {model.action_space}"
             )
-        self.batch_size = self.batch_size or int(getattr(model, "batch_size", None) or 64)
+        self.batch_size = self.batch_size or int(getattr(model, "batch_size", None) or FALLBACK_BATCH_SIZE)
         self.scale = self.loss.tau if self.algo == "dqn" and self.loss.name in SOFTMAX_LOSSES else 1.0
         # register_step_pre_hook is torch's public API: the hook runs inside optimizer.step(), after SB3's
         # backward() and gradient clipping, before the parameters move.
@@ -298,7 +262,7 @@ class Kickstart(BaseCallback):
 # ------------------------------------------------------------------------------------- the student folder
 
 
-def export_student(model: BaseAlgorithm, out: Path, info: dict[str, Any]) -> tuple[Path | None, str]:
+def export_sb3_student(model: BaseAlgorithm, out: Path, info: dict[str, Any]) -> tuple[Path | None, str]:
     """Write an SB3 MLP student as a policy_kd student folder (``student.json``, ``best.pt``) with the same
     outputs (Q-values or logits); return (folder or None, why not)."""
     algo = algo_name(model)
@@ -343,10 +307,8 @@ def student_hidden(config: KickstartConfig, teacher: Teacher) -> tuple[int, ...]
     return (width,) * config.layers
 
 
-@job(resumable=False)
-def kickstart(config: KickstartConfig) -> Path:
-    """Kickstart a student into ``config.out`` (see the module docstring for the layout); return it."""
-    config.validate()
+def _load_kickstart_teacher(config: KickstartConfig) -> Teacher:
+    """The fixed teacher, refused unless a student's SB3 training env can reproduce its inputs."""
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
     if teacher.continuous:
         raise PolicyKDError(
@@ -357,16 +319,30 @@ def kickstart(config: KickstartConfig) -> Path:
             f"teacher {config.teacher} acts in a zoo-wrapped {teacher.env_id}, which the student's training "
             "env would not reproduce; kickstart from a train-teacher run"
         )
-    algo_class(config.algo)
-    env_id = teacher.env_id
+    return teacher
+
+
+def student_preset(config: KickstartConfig, env_id: str, hidden: tuple[int, ...]) -> dict[str, Any]:
+    """The algorithm's preset for ``env_id`` with the student's small ``net_arch`` (PPO/A2C: actor and
+    critic alike)."""
     preset = load_preset(config.algo, env_id, config.preset)
-    hidden = student_hidden(config, teacher)
     policy_kwargs = dict(preset.get("policy_kwargs") or {})
     policy_kwargs["net_arch"] = (
         list(hidden) if config.algo == "dqn" else {"pi": list(hidden), "vf": list(hidden)}
     )
-    preset = {**preset, "policy_kwargs": policy_kwargs}
-    n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", 100_000))
+    return {**preset, "policy_kwargs": policy_kwargs}
+
+
+@job(resumable=False)
+def kickstart(config: KickstartConfig) -> Path:
+    """Kickstart a student into ``config.out`` (see the module docstring for the layout); return it."""
+    config.validate()
+    teacher = _load_kickstart_teacher(config)
+    algo_class(config.algo)
+    env_id = teacher.env_id
+    hidden = student_hidden(config, teacher)
+    preset = student_preset(config, env_id, hidden)
+    n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", DEFAULT_N_TIMESTEPS))
     horizon = max(1, round(config.anneal_fraction * n_timesteps))
 
     out = prepare_out_dir(config.out, force=config.force, what="kickstart folder", inputs=(config.teacher,))
@@ -383,17 +359,14 @@ def kickstart(config: KickstartConfig) -> Path:
         batch_size=config.distill_batch_size,
         seed=config.seed,
     )
-    rl_config = TrainTeacherConfig(
+    rl_config = config.train_teacher_config(
         algo=config.algo,
         env=env_id,
         out=str(out / "model"),
         seed=config.seed,
         n_timesteps=n_timesteps,
         preset=str(preset_path),
-        eval_freq=config.eval_freq,
-        eval_episodes=config.eval_episodes,
         threads=config.threads,
-        device=config.device,
         progress=config.progress,
     )
     start = time.perf_counter()
@@ -403,48 +376,51 @@ def kickstart(config: KickstartConfig) -> Path:
     best = algo_class(config.algo).load(model_dir / "best_model.zip", device="cpu")
     teacher_meta = teacher.meta()
     student_params = policy_param_count(best, config.algo)
-    info = {
+    meta = {
         "env_id": env_id,
         "action_space": space_json(best.action_space, all_bounds=True),
         "observation_space": space_json(best.observation_space),
         "env_spec": teacher.env_spec,
         "teacher": teacher_meta,
-        "buffer": None,
-        "kickstart": {
-            "algo": config.algo,
-            "weight": config.weight,
-            "anneal": config.anneal,
-            "horizon": horizon,
-        },
-        "loss": config.loss_config.__dict__,
-        "teacher_params": teacher.policy_params,
-        "params_ratio": student_params / teacher.policy_params,
     }
-    student_dir, why_not = export_student(best, out / "student", info)
-    evals = np.load(model_dir / "evaluations.npz") if (model_dir / "evaluations.npz").is_file() else None
-    write_json(
-        out / "kickstart.json",
-        {
-            "config": to_dict(replace(config, progress=False)),
-            "env_id": env_id,
-            "teacher": teacher_meta,
-            "student_hidden": list(hidden),
-            "student_params": student_params,
-            "params_ratio": student_params / teacher.policy_params,
-            "n_timesteps": n_timesteps,
-            "horizon": horizon,
-            "distill_updates": callback.distill_steps,
-            "student_folder": str(student_dir) if student_dir else None,
-            "student_folder_skipped": why_not or None,
-            "best_eval_mean_return": json.loads((model_dir / "teacher.json").read_text())[
-                "best_eval_mean_return"
-            ],
-            "curve": {
-                "timesteps": evals["timesteps"].tolist() if evals is not None else [],
-                "mean_return": evals["results"].mean(axis=1).tolist() if evals is not None else [],
-            },
-            "log": callback.log,
-            "seconds": round(seconds, 2),
-        },
+    record = {"algo": config.algo, "weight": config.weight, "anneal": config.anneal, "horizon": horizon}
+    info = student_info(  # its "params" is the exported network's count, added by export_sb3_student
+        meta,
+        loss=config.loss_config,
+        params=student_params,
+        teacher_params=teacher.policy_params,
+        extra={"kickstart": record},
+        write_params=False,
     )
+    student_dir, why_not = export_sb3_student(best, out / "student", info)
+    summary = {
+        "config": to_dict(replace(config, progress=False)),
+        "env_id": env_id,
+        "teacher": teacher_meta,
+        "student_hidden": list(hidden),
+        "student_params": student_params,
+        "params_ratio": student_params / teacher.policy_params,
+        "n_timesteps": n_timesteps,
+        "horizon": horizon,
+        "distill_updates": callback.distill_steps,
+        "student_folder": str(student_dir) if student_dir else None,
+        "student_folder_skipped": why_not or None,
+    }
+    write_json(out / "kickstart.json", {**summary, **_learning_curve(model_dir, callback, seconds)})
     return out
+
+
+def _learning_curve(model_dir: Path, callback: Kickstart, seconds: float) -> dict[str, Any]:
+    """The student's best return, its evaluation curve and the distillation log, for kickstart.json."""
+    evals = np.load(model_dir / "evaluations.npz") if (model_dir / "evaluations.npz").is_file() else None
+    return {
+        "best_eval_mean_return": json.loads((model_dir / "teacher.json").read_text())[
+            "best_eval_mean_return"
+        ],
+        "curve": {
+            "timesteps": evals["timesteps"].tolist() if evals is not None else [],
+            "mean_return": evals["results"].mean(axis=1).tolist() if evals is not None else [],
+        },
+        "log": callback.log,
+        "seconds": round(seconds, 2),
+    }

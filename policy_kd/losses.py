@@ -87,19 +87,21 @@ def hinton(student: Tensor, teacher: Tensor, *, temperature: float = 2.0, lam: f
     return lam * soft + (1.0 - lam) * nll(student, teacher)
 
 
-def kl_entropy(student: Tensor, teacher: Tensor, *, tau: float = 0.01, beta: float = 0.01) -> Tensor:
-    """Entropy-regularised distillation: ``kl(student, teacher, tau) - beta * H(softmax(student))``.
+def kl_entropy(
+    student: Tensor, teacher: Tensor, *, tau: float = 0.01, entropy_weight: float = 0.01
+) -> Tensor:
+    """Entropy-regularised distillation: ``kl(student, teacher, tau) - entropy_weight * H(softmax(student))``.
 
     Czarnecki et al. (2019) show that plain cross-entropy to a near-deterministic teacher drives the
     student to a collapsed policy whose errors compound once it drives the data; an entropy bonus keeps
-    its distribution soft where the teacher is indifferent. ``beta = 0`` is ``kl`` exactly; the loss is
-    bounded below by ``-beta * log(n_actions)``.
+    its distribution soft where the teacher is indifferent. ``entropy_weight = 0`` is ``kl`` exactly; the
+    loss is bounded below by ``-entropy_weight * log(n_actions)``.
     """
-    if not beta >= 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+    if not entropy_weight >= 0:
+        raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}")
     log_q = F.log_softmax(student.float(), dim=-1)
     entropy = -(log_q.exp() * log_q).sum(dim=-1).mean()
-    return kl(student, teacher, tau=tau) - beta * entropy
+    return kl(student, teacher, tau=tau) - entropy_weight * entropy
 
 
 def gaussian_kl(
@@ -165,8 +167,9 @@ class LossConfig:
     """Temperature T for ``hinton`` (both sides softened)."""
     lam: float = 0.5
     """Weight of the soft term for ``hinton``; 1 - lam goes to the hard (nll) term."""
-    beta: float = 0.01
-    """Entropy bonus weight for ``kl_entropy``."""
+    entropy_weight: float = 0.01
+    """Weight of the student's entropy bonus for ``kl_entropy`` (the ``--entropy-coef`` option; not the
+    DAgger mixture's beta)."""
     direction: str = "forward"
     """``gaussian_kl`` direction: forward = KL(teacher || student), reverse = KL(student || teacher)."""
 
@@ -176,7 +179,7 @@ DISCRETE_LOSSES: dict[str, Callable[[Tensor, Tensor, LossConfig], Tensor]] = {
     "nll": lambda s, t, c: nll(s, t),
     "mse": lambda s, t, c: mse(s, t),
     "hinton": lambda s, t, c: hinton(s, t, temperature=c.temperature, lam=c.lam),
-    "kl_entropy": lambda s, t, c: kl_entropy(s, t, tau=c.tau, beta=c.beta),
+    "kl_entropy": lambda s, t, c: kl_entropy(s, t, tau=c.tau, entropy_weight=c.entropy_weight),
 }
 """Losses for discrete actions: student logits vs teacher Q-values/logits."""
 

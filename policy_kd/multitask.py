@@ -27,9 +27,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from policy_kd.buffer import Buffer, Sampler
-from policy_kd.distill import selection_return
 from policy_kd.errors import PolicyKDError
 from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
+from policy_kd.options import RunOptions, StudentOptions, check_choice, check_ranges
 from policy_kd.run import (
     atomic_torch_save,
     check_interrupted,
@@ -40,13 +40,26 @@ from policy_kd.run import (
     write_json,
     write_run_info,
 )
-from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
+from policy_kd.students import Student, build_student, count_params, save_student
+from policy_kd.training import (
+    BEST,
+    LR_SCHEDULES,
+    TASK_INPUT_STATS_ROWS,
+    BestKeeper,
+    make_optimizer,
+    optimizer_step,
+    save_final_weights,
+    selection_return,
+    student_info,
+)
 
 CHECKPOINT = "checkpoint.pt"
+#: Steps between TensorBoard scalars of the tasks' losses.
+LOG_EVERY = 100
 
 
 @dataclass(frozen=True)
-class MultiTaskConfig:
+class MultiTaskConfig(StudentOptions, RunOptions):
     """Distil one student with a shared trunk and a head per task from several teachers' buffers."""
 
     buffer: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
@@ -61,8 +74,6 @@ class MultiTaskConfig:
     """Explicit conv channels of a CNN trunk."""
     params_fraction: float = 0.05
     """Trunk + one head sized to this fraction of the mean teacher's policy parameters."""
-    layers: int = 2
-    """Hidden layers of an mlp trunk sized by --params-fraction."""
     loss: str = "kl"
     """Loss per task: kl, nll, mse, hinton or kl_entropy."""
     tau: float = 0.01
@@ -89,12 +100,6 @@ class MultiTaskConfig:
     """Continue the interrupted run in --out from its checkpoint."""
     seed: int = 0
     """Seed for initialisation and sampling."""
-    threads: int = 1
-    """torch CPU threads."""
-    progress: bool = True
-    """Show a progress bar."""
-    force: bool = False
-    """Replace an existing --out folder."""
 
     def validate(self) -> None:
         if self.resume:
@@ -103,17 +108,17 @@ class MultiTaskConfig:
             return
         if len(self.buffer) < 2:
             raise PolicyKDError("multi-task distillation needs two or more buffers: --buffer A --buffer B")
-        if self.loss not in DISCRETE_LOSSES:
-            raise PolicyKDError(f"unknown loss {self.loss!r}; choose one of {', '.join(DISCRETE_LOSSES)}")
-        if self.student not in STUDENTS:
-            raise PolicyKDError(f"unknown student {self.student!r}; choose one of {', '.join(STUDENTS)}")
-        if self.select not in ("mean", "min"):
+        check_choice("loss", self.loss, DISCRETE_LOSSES, what="loss")
+        self.validate_student()
+        self.validate_run()
+        if self.select not in ("mean", "min"):  # this wording is what users and tests know
             raise PolicyKDError(f"unknown --select {self.select!r}; choose mean or min")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise PolicyKDError(f"unknown --lr-schedule {self.lr_schedule!r}; choose constant or cosine")
-        for name in ("steps", "batch_size", "eval_episodes", "tau", "lr", "params_fraction"):
-            if not getattr(self, name) > 0:
-                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_ranges(self, positive=("steps", "batch_size", "eval_episodes", "tau", "lr"))
+
+    @property
+    def loss_config(self) -> LossConfig:
+        return LossConfig(name=self.loss, tau=self.tau)
 
 
 def selection_score(returns: list[float], teacher_returns: list[float], select: str) -> float:
@@ -129,6 +134,7 @@ def task_name(env_id: str) -> str:
 
 @job(resumable=True)
 def distill_multitask(config: MultiTaskConfig) -> Path:
+    """Distil one multi-task student into ``config.out`` (a student folder per task); return the folder."""
     config.validate()
     if config.resume:
         out = Path(config.out)  # type: ignore[arg-type]
@@ -140,7 +146,13 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
         out = prepare_out_dir(config.out, force=config.force, what="multi-task folder", inputs=config.buffer)
         write_run_info(out, config, job="distill-multitask")
     torch.set_num_threads(config.threads)
+    run = _MultiTaskRun(config, out)
+    run.train()
+    return run.finish()
 
+
+def _open_tasks(config: MultiTaskConfig) -> tuple[list[Buffer], list[str]]:
+    """The tasks' buffers and folder names, refused unless they can share one trunk."""
     buffers = [Buffer.open(b) for b in config.buffer]
     names = [task_name(b.meta["env_id"]) for b in buffers]
     if len(set(names)) != len(names):
@@ -151,150 +163,151 @@ def distill_multitask(config: MultiTaskConfig) -> Path:
                 f"buffer {b.path} has continuous actions; multi-task distillation is discrete-only"
             )
     shapes = [b.obs_shape for b in buffers]
-    image = config.student != "mlp"
-    if image and len({(s[1:] if len(s) == 3 else s) for s in shapes}) != 1:
+    if config.student != "mlp" and len({(s[1:] if len(s) == 3 else s) for s in shapes}) != 1:
         raise PolicyKDError(f"tasks must share the image size to share a CNN trunk; got {shapes}")
-    if not image and len({s for s in shapes}) != 1:
+    if config.student == "mlp" and len(set(shapes)) != 1:
         raise PolicyKDError(f"an mlp trunk needs one observation shape across tasks; got {shapes}")
-    pad = max(s[0] for s in shapes) if image else 0
-    teacher_params = [int(b.meta["teacher"]["policy_params"]) for b in buffers]
+    return buffers, names
 
-    torch.manual_seed(config.seed)
-    students: list[Student] = []
-    for b in buffers:
-        spec = size_student(
-            config.student,
-            b.obs_shape,
-            b.fields["teacher"].shape[0],
-            hidden=config.hidden,
-            channels=config.channels,
-            params_fraction=config.params_fraction,
-            teacher_params=int(np.mean(teacher_params)),
-            layers=config.layers,
-            pad_channels=pad,
+
+class _MultiTaskRun:
+    """One multi-task run: a student per task sharing one trunk, one optimiser, the loop, checkpoints."""
+
+    def __init__(self, config: MultiTaskConfig, out: Path):
+        self.cfg, self.out = config, out
+        self.buffers, self.names = _open_tasks(config)
+        self.teacher_params = [int(b.meta["teacher"]["policy_params"]) for b in self.buffers]
+        self.students = self._build_students()
+        self.unique = list({id(p): p for s in self.students for p in s.parameters()}.values())
+        self.opt, self.sched = make_optimizer(
+            self.unique, lr=config.lr, lr_schedule=config.lr_schedule, total_steps=config.steps
         )
-        net = build_student(spec)
-        if students:  # share the first task's trunk; keep this task's head
-            net.net = nn.Sequential(*students[0].net[:-1], net.net[-1])
-        net.set_obs_stats(torch.from_numpy(b.spaced("obs", 100_000)))
-        students.append(net)
-    unique = list({id(p): p for s in students for p in s.parameters()}.values())
-    total_params = sum(p.numel() for p in unique)
-    opt = torch.optim.AdamW(unique, lr=config.lr, weight_decay=0.0)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
-        if config.lr_schedule == "cosine"
-        else None
-    )
-    samplers = [Sampler(b, ("obs", "teacher"), seed=config.seed + i) for i, b in enumerate(buffers)]
-    loss_cfg = LossConfig(name=config.loss, tau=config.tau)
-    # return of each teacher in its own buffer: the yardstick for the score that picks the best step
-    ref = [max(abs(float(b.sources[0].get("episode_return_mean") or 1.0)), 1e-6) for b in buffers]
-    step, best, history = 0, None, []
-    if config.resume:
-        state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
-        for s, sd in zip(students, state["students"], strict=True):
+        self.samplers = [
+            Sampler(b, ("obs", "teacher"), seed=config.seed + i) for i, b in enumerate(self.buffers)
+        ]
+        self.loss_cfg = config.loss_config
+        # return of each teacher in its own buffer: the yardstick for the score that picks the best step
+        self.ref = [
+            max(abs(float(b.sources[0].get("episode_return_mean") or 1.0)), 1e-6) for b in self.buffers
+        ]
+        self.step, self.history = 0, []
+        self.keeper = BestKeeper(out)
+        self.start = time.perf_counter()
+        if config.resume:
+            self._load_checkpoint()
+
+    def _build_students(self) -> list[Student]:
+        cfg = self.cfg
+        shapes = [b.obs_shape for b in self.buffers]
+        pad = max(s[0] for s in shapes) if cfg.student != "mlp" else 0
+        torch.manual_seed(cfg.seed)
+        students: list[Student] = []
+        for b in self.buffers:
+            spec = cfg.student_spec(
+                b.obs_shape,
+                b.fields["teacher"].shape[0],
+                teacher_params=int(np.mean(self.teacher_params)),
+                channels=cfg.channels,
+                pad_channels=pad,
+            )
+            net = build_student(spec)
+            if students:  # share the first task's trunk; keep this task's head
+                net.net = nn.Sequential(*students[0].net[:-1], net.net[-1])
+            net.set_obs_stats(torch.from_numpy(b.spaced("obs", TASK_INPUT_STATS_ROWS)))
+            students.append(net)
+        return students
+
+    def _load_checkpoint(self) -> None:
+        state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=True)
+        for s, sd in zip(self.students, state["students"], strict=True):
             s.load_state_dict(sd)
-        opt.load_state_dict(state["opt"])
-        if sched is not None:
-            sched.load_state_dict(state["sched"])
-        for smp, g in zip(samplers, state["samplers"], strict=True):
+        self.opt.load_state_dict(state["opt"])
+        if self.sched is not None:
+            self.sched.load_state_dict(state["sched"])
+        for smp, g in zip(self.samplers, state["samplers"], strict=True):
             smp.set_state(g)
-        step, history = int(state["step"]), state["history"]
-        best = state["best"]
+        self.step, self.history = int(state["step"]), state["history"]
+        self.keeper.best = state["best"]
 
-    def save(folder: Path, net: Student, weights: str) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(net.state_dict(), folder / weights)  # best.pt is rewritten mid-run
-
-    tb = SummaryWriter(str(out / "tb"), purge_step=step + 1 if config.resume else None)
-    bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="multitask", unit="step")
-    start = time.perf_counter()
-
-    def checkpoint() -> str:
+    def checkpoint(self) -> str:
         state = {
-            "step": step,
-            "students": [s.state_dict() for s in students],
-            "opt": opt.state_dict(),
-            "sched": sched.state_dict() if sched else None,
-            "samplers": [smp.state() for smp in samplers],
-            "history": history,
-            "best": best,
+            "step": self.step,
+            "students": [s.state_dict() for s in self.students],
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict() if self.sched else None,
+            "samplers": [smp.state() for smp in self.samplers],
+            "history": self.history,
+            "best": self.keeper.best,
         }
-        atomic_torch_save(state, out / CHECKPOINT)
-        return f"checkpoint at step {step} saved; continue with: policy-kd distill-multitask --resume --out {out}"
+        atomic_torch_save(state, self.out / CHECKPOINT)
+        return f"checkpoint at step {self.step} saved; continue with: policy-kd distill-multitask --resume --out {self.out}"
 
-    try:
-        while step < config.steps:
-            check_interrupted(checkpoint)  # SIGINT/SIGTERM: checkpoint between two steps and stop
-            step += 1
-            losses = [
-                compute_loss(s(b["obs"]), b["teacher"], loss_cfg)
-                for s, b in zip(students, (smp.sample(config.batch_size) for smp in samplers), strict=True)
-            ]
-            loss = torch.stack(losses).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            bar.update(1)
-            if step % 100 == 0 or step == config.steps:
-                for n, lo in zip(names, losses, strict=True):
-                    tb.add_scalar(f"loss/{n}", lo.item(), step)
-            if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
-                rets = []
-                for s, b, n in zip(students, buffers, names, strict=True):
-                    r = selection_return(s, b.meta, config.eval_episodes)
-                    tb.add_scalar(f"eval/{n}", r, step)
-                    rets.append(r)
-                score = selection_score(rets, ref, config.select)
-                history.append(
-                    {"step": step, "eval_mean_return": dict(zip(names, rets, strict=True)), "score": score}
-                )
-                if best is None or score > best:
-                    best = score
-                    for s, n in zip(students, names, strict=True):
-                        save(out / n, s, "best.pt")
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                checkpoint()
-    finally:
-        bar.close()
-        tb.close()
-    tasks = []
-    for s, b, n, tp in zip(students, buffers, names, teacher_params, strict=True):
-        save(out / n, s, "last.pt")
-        if not (out / n / "best.pt").is_file():
-            save(out / n, s, "best.pt")
-        info = {
-            "env_id": b.meta["env_id"],
-            "action_space": b.meta["action_space"],
-            "observation_space": b.meta["observation_space"],
-            "env_spec": b.meta.get("env_spec"),
-            "teacher": b.meta["teacher"],
-            "buffer": str(b.path.resolve()),
-            "loss": loss_cfg.__dict__,
-            # the whole multi-task student is what replaces the teachers: its size is the trunk + every head
-            "params": total_params,
-            "task_params": count_params(s),
-            "teacher_params": tp,
-            "params_ratio": total_params / tp,
-            "multitask": str(out.resolve()),
-            "weights": "best.pt",
-        }
-        save_student(out / n, s.spec, info)
-        tasks.append(
-            {"task": n, "env_id": b.meta["env_id"], "teacher_params": tp, "task_params": count_params(s)}
+    def train(self) -> None:
+        cfg = self.cfg
+        tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if cfg.resume else None)
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="multitask", unit="step"
         )
-    write_json(
-        out / "multitask.json",
-        {
+        try:
+            while self.step < cfg.steps:
+                check_interrupted(self.checkpoint)  # SIGINT/SIGTERM: checkpoint between two steps and stop
+                self.step += 1
+                batches = (smp.sample(cfg.batch_size) for smp in self.samplers)
+                losses = [
+                    compute_loss(s(b["obs"]), b["teacher"], self.loss_cfg)
+                    for s, b in zip(self.students, batches, strict=True)
+                ]
+                optimizer_step(torch.stack(losses).mean(), self.opt, self.sched)
+                bar.update(1)
+                if self.step % LOG_EVERY == 0 or self.step == cfg.steps:
+                    for n, lo in zip(self.names, losses, strict=True):
+                        tb.add_scalar(f"loss/{n}", lo.item(), self.step)
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                    self._eval_and_select(tb)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                    self.checkpoint()
+        finally:
+            bar.close()
+            tb.close()
+
+    def _eval_and_select(self, tb: SummaryWriter) -> None:
+        rets = []
+        for s, b, n in zip(self.students, self.buffers, self.names, strict=True):
+            r = selection_return(s, b.meta, self.cfg.eval_episodes)
+            tb.add_scalar(f"eval/{n}", r, self.step)
+            rets.append(r)
+        score = selection_score(rets, self.ref, self.cfg.select)
+        self.history.append(
+            {"step": self.step, "eval_mean_return": dict(zip(self.names, rets, strict=True)), "score": score}
+        )
+        self.keeper.offer(score, {self.out / n: s for s, n in zip(self.students, self.names, strict=True)})
+
+    def finish(self) -> Path:
+        out = self.out
+        total_params = sum(p.numel() for p in self.unique)
+        tasks = []
+        for s, b, n, tp in zip(self.students, self.buffers, self.names, self.teacher_params, strict=True):
+            save_final_weights(out / n, s)
+            # the whole multi-task student is what replaces the teachers: its size is the trunk + every head
+            info = student_info(
+                b.meta,
+                loss=self.loss_cfg,
+                params=total_params,
+                teacher_params=tp,
+                buffer=str(b.path.resolve()),
+            )
+            info.update(task_params=count_params(s), multitask=str(out.resolve()), weights=BEST)
+            save_student(out / n, s.spec, info)
+            tasks.append(
+                {"task": n, "env_id": b.meta["env_id"], "teacher_params": tp, "task_params": count_params(s)}
+            )
+        summary = {
             "tasks": tasks,
             "params": total_params,
-            "best_score": best,
-            "history": history,
-            "seconds": round(time.perf_counter() - start, 2),
-        },
-    )
-    (out / CHECKPOINT).unlink(missing_ok=True)
-    return out
+            "best_score": self.keeper.best,
+            "history": self.history,
+            "seconds": round(time.perf_counter() - self.start, 2),
+        }
+        write_json(out / "multitask.json", summary)
+        (out / CHECKPOINT).unlink(missing_ok=True)
+        return out

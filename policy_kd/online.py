@@ -19,7 +19,6 @@ The student folder is what ``policy-kd distill`` writes, so ``policy-kd evaluate
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +32,34 @@ from stable_baselines3.common.vec_env import VecFrameStack, unwrap_vec_wrapper
 from torch.utils.tensorboard import SummaryWriter
 
 from policy_kd.envs import make_env_from_spec
-from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
-from policy_kd.losses import DISCRETE_LOSSES, LossConfig, compute_loss
+from policy_kd.losses import compute_loss
+from policy_kd.options import (
+    LossOptions,
+    RunOptions,
+    StudentOptions,
+    TeacherTrainingOptions,
+    check_choice,
+    check_ranges,
+)
 from policy_kd.record import space_json
-from policy_kd.run import atomic_torch_save, job, prepare_out_dir, write_json, write_run_info
-from policy_kd.students import STUDENTS, Student, build_student, count_params, save_student, size_student
-from policy_kd.teacher import Teacher, TrainTeacherConfig, policy_param_count, train_teacher
+from policy_kd.run import job, prepare_out_dir, write_json, write_run_info
+from policy_kd.students import Student, build_student, count_params, save_student
+from policy_kd.teacher import Teacher, policy_param_count, train_teacher
 from policy_kd.teachers.sb3 import algo_name, check_supported, sample_states
+from policy_kd.training import (
+    BEST,
+    SELECTION_SEED,
+    BestKeeper,
+    optimizer_step,
+    save_final_weights,
+    student_info,
+)
 
 UNITS = ("updates", "steps")
-# Student evaluations start here (as distill's model selection does), away from evaluate's seeds 0..N.
-EVAL_SEED = 1_000_000
+ONLINE_ALGOS = ("dqn", "ppo", "a2c")
+# Student evaluations start where distill's model selection does, away from evaluate's seeds 0..N.
+EVAL_SEED = SELECTION_SEED
 # States used to refresh the student's input standardisation before each distillation phase.
 STATS_ROWS = 10_000
 
@@ -71,7 +86,7 @@ def live_teacher(model: BaseAlgorithm, env_id: str, path: str) -> Teacher:
 
 
 @dataclass(frozen=True)
-class DistillOnlineConfig:
+class DistillOnlineConfig(TeacherTrainingOptions, StudentOptions, LossOptions, RunOptions):
     """Train an SB3 teacher (as train-teacher does) and distil a student from it while it trains."""
 
     algo: str = "dqn"
@@ -82,37 +97,13 @@ class DistillOnlineConfig:
     """Run folder to create, holding teacher/ and student/ (refused if it exists, unless --force)."""
     seed: int = 0
     """Seed for the teacher, the student's weights and its minibatches."""
-    n_timesteps: int | None = None
-    """Teacher training steps; default: the preset's n_timesteps."""
-    preset: str | None = None
-    """YAML file of teacher presets in the agents/ format; default: the packaged agents/<algo>.yml."""
-    eval_freq: int = 5000
-    """Teacher env steps between the teacher's own evaluations (which keep its best model)."""
-    eval_episodes: int = 10
-    """Episodes per evaluation, for the teacher's and the student's."""
-    student: str = "mlp"
-    """Student architecture (registry name): mlp, nature_cnn or minatar_cnn."""
-    hidden: tuple[int, ...] | None = None
-    """Explicit student hidden widths, e.g. --hidden 32 32; overrides --params-fraction."""
     params_fraction: float = 0.01
     """Student size as a fraction of the teacher's policy parameters."""
-    layers: int = 2
-    """Hidden layers of an mlp student sized by --params-fraction."""
     activation: str = "relu"
     """Student hidden activation: relu, tanh, elu, gelu."""
     normalize_obs: bool = True
     """Standardise the student's inputs with the mean/std of the teacher's stored states (refreshed before
     every distillation phase, since the teacher's data drifts as it learns)."""
-    loss: str = "kl"
-    """Distillation loss: kl, nll, mse, hinton or kl_entropy (see policy_kd.losses)."""
-    tau: float = 0.01
-    """Teacher temperature for kl and kl_entropy."""
-    temperature: float = 2.0
-    """Temperature T for hinton."""
-    lam: float = 0.5
-    """hinton weight of the soft term."""
-    entropy_coef: float = 0.01
-    """kl_entropy: weight of the student's entropy bonus."""
     every: int = 128
     """Distil every this many teacher updates (or env steps, see --unit)."""
     unit: str = "updates"
@@ -127,51 +118,17 @@ class DistillOnlineConfig:
     student_eval_every: int | None = None
     """Teacher env steps between evaluations of the student (and of the current teacher, on the same
     seeds); default: --eval-freq."""
-    threads: int = 1
-    """torch CPU threads."""
-    device: str = "cpu"
-    """torch device for the teacher's training (the student trains on the CPU)."""
-    progress: bool = True
-    """Show a progress bar."""
-    force: bool = False
-    """Replace an existing --out folder."""
 
     def validate(self) -> None:
-        if self.algo not in ("dqn", "ppo", "a2c"):
-            raise PolicyKDError(
-                f"unknown algo {self.algo!r} for online distillation; choose one of dqn, ppo, a2c"
-            )
-        if self.loss not in DISCRETE_LOSSES:
-            raise PolicyKDError(f"unknown loss {self.loss!r}; choose one of {', '.join(DISCRETE_LOSSES)}")
-        if self.student not in STUDENTS:
-            raise PolicyKDError(f"unknown student {self.student!r}; choose one of {', '.join(STUDENTS)}")
-        if self.unit not in UNITS:
-            raise PolicyKDError(f"unknown --unit {self.unit!r}; choose one of {', '.join(UNITS)}")
-        for name in ("tau", "temperature", "params_fraction", "lr"):
-            if not getattr(self, name) > 0:
-                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in (
-            "every",
-            "distill_steps",
-            "batch_size",
-            "layers",
-            "threads",
-            "eval_freq",
-            "eval_episodes",
-        ):
-            if getattr(self, name) <= 0:
-                raise PolicyKDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.student_eval_every is not None and self.student_eval_every <= 0:
-            raise PolicyKDError(f"--student-eval-every must be > 0, got {self.student_eval_every}")
-        if self.n_timesteps is not None and self.n_timesteps <= 0:
-            raise PolicyKDError(f"--n-timesteps must be > 0, got {self.n_timesteps}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise PolicyKDError(f"--lam must lie in [0, 1], got {self.lam}")
-
-    @property
-    def loss_config(self) -> LossConfig:
-        return LossConfig(
-            name=self.loss, tau=self.tau, temperature=self.temperature, lam=self.lam, beta=self.entropy_coef
+        check_choice("algo", self.algo, ONLINE_ALGOS, what="algo")
+        self.validate_loss()
+        self.validate_student()
+        self.validate_run()
+        self.validate_training()
+        check_choice("unit", self.unit, UNITS)
+        check_ranges(
+            self,
+            positive=("lr", "every", "distill_steps", "batch_size", "student_eval_every"),
         )
 
 
@@ -185,17 +142,12 @@ def distill_online(config: DistillOnlineConfig) -> Path:
     student_dir = root / "student"
     student_dir.mkdir()
     callback = OnlineDistillation(config, student_dir, teacher_dir=root / "teacher")
-    teacher_config = TrainTeacherConfig(
+    teacher_config = config.train_teacher_config(
         algo=config.algo,
         env=config.env,
         out=str(root / "teacher"),
         seed=config.seed,
-        n_timesteps=config.n_timesteps,
-        preset=config.preset,
-        eval_freq=config.eval_freq,
-        eval_episodes=config.eval_episodes,
         threads=config.threads,
-        device=config.device,
         progress=config.progress,
     )
     train_teacher(teacher_config, extra_callbacks=[callback])
@@ -229,7 +181,7 @@ class OnlineDistillation(BaseCallback):
         self.last_eval: int | None = None
         self.phases: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
-        self.best: float | None = None
+        self.keeper = BestKeeper(self.out, ties_to_later=True)
         self.seconds = 0.0
         self.last_loss: float | None = None
 
@@ -242,15 +194,8 @@ class OnlineDistillation(BaseCallback):
         self.teacher = live_teacher(model, cfg.env, path)
         obs_shape = tuple(model.observation_space.shape or ())
         self.teacher_params = policy_param_count(model, self.teacher.algo)
-        self.spec = size_student(
-            cfg.student,
-            obs_shape,
-            self.teacher.n_outputs,
-            hidden=cfg.hidden,
-            params_fraction=cfg.params_fraction,
-            teacher_params=self.teacher_params,
-            layers=cfg.layers,
-            activation=cfg.activation,
+        self.spec = cfg.student_spec(
+            obs_shape, self.teacher.n_outputs, teacher_params=self.teacher_params, activation=cfg.activation
         )
         # the student's initialisation must not draw from the global torch RNG the teacher's training uses:
         # with or without an online student, a seed gives the same teacher
@@ -304,9 +249,7 @@ class OnlineDistillation(BaseCallback):
             target = torch.from_numpy(self.teacher.label(raw).outputs["teacher"])  # (batch, n_actions)
             out = net(torch.from_numpy(raw))  # (batch, n_actions)
             loss = compute_loss(out, target, self.loss_cfg)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            optimizer_step(loss, self.opt)
             total += loss.detach()
             agree += (out.argmax(-1) == target.argmax(-1)).float().mean()
         self.student_steps += n_steps
@@ -355,9 +298,8 @@ class OnlineDistillation(BaseCallback):
         }
         self.history.append(entry)  # type: ignore[arg-type]
         # ties go to the later student: it has distilled from a teacher that trained longer
-        if self.student_steps > 0 and (self.best is None or student >= self.best):
-            self.best = student
-            atomic_torch_save(self.net.state_dict(), self.out / "best.pt")  # a kill here must not tear it
+        if self.student_steps > 0:
+            self.keeper.offer(student, self.net)
         self.seconds += time.perf_counter() - start
         write_json(self.out / "metrics.json", self._metrics())
         return entry  # type: ignore[return-value]
@@ -369,15 +311,15 @@ class OnlineDistillation(BaseCallback):
             "student_steps": self.student_steps,
             "teacher_steps": int(self.num_timesteps),
             "teacher_updates": int(self.model._n_updates),
-            "best_eval_mean_return": self.best,
+            "best_eval_mean_return": self.keeper.best,
             "history": self.history,
             "phases": self.phases,
             "seconds": round(self.seconds, 2),
         }
 
     def _info(self) -> dict[str, Any]:
-        teacher, params = self.teacher, count_params(self.net)
-        return {
+        teacher = self.teacher
+        meta = {
             "env_id": self.cfg.env,
             "action_space": space_json(self.model.action_space, all_bounds=True),
             "observation_space": space_json(self.model.observation_space),
@@ -389,22 +331,22 @@ class OnlineDistillation(BaseCallback):
                 "policy_params": self.teacher_params,
                 "n_outputs": teacher.n_outputs,
             },
-            "buffer": None,
-            "online": {
-                "every": self.cfg.every,
-                "unit": self.cfg.unit,
-                "distill_steps": self.cfg.distill_steps,
-                "batch_size": self.cfg.batch_size,
-            },
-            "loss": self.loss_cfg.__dict__,
-            "params": params,
-            "teacher_params": self.teacher_params,
-            "params_ratio": params / self.teacher_params,
         }
+        online = {
+            "every": self.cfg.every,
+            "unit": self.cfg.unit,
+            "distill_steps": self.cfg.distill_steps,
+            "batch_size": self.cfg.batch_size,
+        }
+        return student_info(
+            meta,
+            loss=self.loss_cfg,
+            params=count_params(self.net),
+            teacher_params=self.teacher_params,
+            extra={"online": online},
+        )
 
     def _finish(self) -> None:
-        atomic_torch_save(self.net.state_dict(), self.out / "last.pt")
-        if not (self.out / "best.pt").is_file():  # never evaluated after a distillation step
-            shutil.copyfile(self.out / "last.pt", self.out / "best.pt")
+        save_final_weights(self.out, self.net)  # no best.pt: never evaluated after a distillation step
         write_json(self.out / "metrics.json", self._metrics())
-        save_student(self.out, self.spec, {**self._info(), "weights": "best.pt"})
+        save_student(self.out, self.spec, {**self._info(), "weights": BEST})

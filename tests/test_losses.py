@@ -425,16 +425,16 @@ def _entropy_np(s: np.ndarray) -> float:
 
 @SETTINGS
 @given(data=pairs(), tau=st.sampled_from(TAUS))
-def test_kl_entropy_beta0_is_kl(data, tau):
+def test_kl_entropy_without_entropy_weight_is_kl(data, tau):
     s, t = _t(data[0]), _t(data[1])
-    assert torch.equal(L.kl_entropy(s, t, tau=tau, beta=0.0), L.kl(s, t, tau=tau))
+    assert torch.equal(L.kl_entropy(s, t, tau=tau, entropy_weight=0.0), L.kl(s, t, tau=tau))
 
 
 @SETTINGS
 @given(data=pairs(s_bound=20.0), tau=st.sampled_from(TAUS), beta=st.floats(0.0, 1.0))
 def test_kl_entropy_is_kl_minus_entropy_bonus_and_bounded(data, tau, beta):
     s, t = data
-    value = L.kl_entropy(_t(s), _t(t), tau=tau, beta=beta).item()
+    value = L.kl_entropy(_t(s), _t(t), tau=tau, entropy_weight=beta).item()
     expected = L.kl(_t(s), _t(t), tau=tau).item() - beta * _entropy_np(s)
     assert value == pytest.approx(expected, rel=1e-4, abs=1e-4)
     assert value >= -beta * math.log(s.shape[1]) - 1e-5
@@ -444,14 +444,14 @@ def test_kl_entropy_gradient_raises_student_entropy_at_equal_kl():
     # uniform teacher at tau=1, student a bit peaked: both terms push toward uniform, the bonus adds to it
     s = torch.tensor([[2.0, 0.0, 0.0]], requires_grad=True)
     t = torch.zeros(1, 3)
-    (g0,) = torch.autograd.grad(L.kl_entropy(s, t, tau=1.0, beta=0.0), s)
-    (g1,) = torch.autograd.grad(L.kl_entropy(s, t, tau=1.0, beta=0.5), s)
+    (g0,) = torch.autograd.grad(L.kl_entropy(s, t, tau=1.0, entropy_weight=0.0), s)
+    (g1,) = torch.autograd.grad(L.kl_entropy(s, t, tau=1.0, entropy_weight=0.5), s)
     assert g1[0, 0] > g0[0, 0] > 0  # descending lowers the peaked logit more with the bonus
 
 
-def test_kl_entropy_rejects_negative_beta():
-    with pytest.raises(ValueError, match="beta"):
-        L.kl_entropy(torch.zeros(2, 3), torch.zeros(2, 3), beta=-0.1)
+def test_kl_entropy_rejects_negative_entropy_weight():
+    with pytest.raises(ValueError, match="entropy_weight"):
+        L.kl_entropy(torch.zeros(2, 3), torch.zeros(2, 3), entropy_weight=-0.1)
 
 
 # --------------------------------------------------------------------------------------------------
