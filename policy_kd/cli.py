@@ -58,16 +58,14 @@ class DemoConfig:
 
 
 @job(resumable=False)
-def _demo(cfg: DemoConfig) -> int:
+def _demo_stages(cfg: DemoConfig, root: Path) -> list[tuple[str, str, Callable[[Path], Any]]]:
+    """The demo's stages in order: (folder name, the file that marks it done, the call that makes it)."""
     from policy_kd.distill import DistillConfig, distill
     from policy_kd.evaluate import EvaluateConfig, evaluate
     from policy_kd.record import RecordConfig, record
-    from policy_kd.report import format_table
     from policy_kd.teacher import TrainTeacherConfig, train_teacher
 
-    root = Path(cfg.out)
-    lock_out_dir(root, what="demo folder", create=True)  # each stage also locks its own folder
-    stages: list[tuple[str, str, Callable[[Path], Any]]] = [
+    return [
         (
             "teacher",
             "teacher.json",
@@ -124,6 +122,14 @@ def _demo(cfg: DemoConfig) -> int:
             ),
         ),
     ]
+
+
+def _demo(cfg: DemoConfig) -> int:
+    from policy_kd.report import format_table
+
+    root = Path(cfg.out)
+    lock_out_dir(root, what="demo folder", create=True)  # each stage also locks its own folder
+    stages = _demo_stages(cfg, root)
     redo = cfg.force
     for name, marker, run in stages:
         folder = root / name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +18,11 @@ import torch
 import tyro
 
 from policy_kd import stats as pkd_stats
+from policy_kd.contenders import (  # the contenders stay importable from here
+    Contender,
+    _student_contender,
+    _teacher_contender,
+)
 from policy_kd.errors import PolicyKDError
 from policy_kd.fidelity import (
     ACTION_TOLERANCE,
@@ -122,142 +127,6 @@ class EvaluateConfig:
             raise PolicyKDError("--video-episodes and --buffer-rows must be > 0")
         if self.aggregate and len(self.student) < 2:
             raise PolicyKDError("--aggregate needs at least two --student runs to aggregate")
-
-
-# --------------------------------------------------------------------------------------- contenders
-
-
-@dataclass
-class Contender:
-    """A teacher or a student as evaluate sees it: acting, raw outputs, cost."""
-
-    name: str
-    role: str
-    """``teacher`` or ``student``."""
-    path: str
-    format: str
-    """``sb3`` for a teacher, ``eager`` for a distilled student, else the export format."""
-    head: str
-    """``discrete``, ``gaussian`` or ``squashed_gaussian``."""
-    greedy: Callable[[np.ndarray], np.ndarray]
-    sample: Callable[[np.ndarray, np.random.Generator], np.ndarray]
-    outputs: Callable[[np.ndarray], np.ndarray]
-    """Batch of raw observations -> ``(batch, n_outputs)`` (logits / Q-values / Gaussian mean)."""
-    params: int
-    bytes: int
-    macs: int | None
-    log_std: np.ndarray | None = None
-    tb_dir: Path | None = None
-    """The distillation run's TensorBoard folder, for learning curves."""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def policy(self, mode: str, rng: np.random.Generator) -> Policy:
-        """The :class:`Policy` that acts greedily (``deterministic``) or samples with ``rng``."""
-        contender = self
-
-        class _Acting:
-            def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-                return contender.greedy(obs) if mode == "deterministic" else contender.sample(obs, rng)
-
-        return _Acting()
-
-
-def _teacher_contender(teacher: Any) -> Contender:
-    from policy_kd.cost import count_macs, teacher_module
-
-    try:
-        example = teacher.normalize_obs(np.stack([teacher.observation_space.sample()] * 2))
-        macs: int | None = count_macs(teacher_module(teacher), torch.as_tensor(example))
-    except Exception:  # an observation layout the bare network does not take (e.g. channels-last)
-        macs = None
-    if not teacher.continuous:
-        head = "discrete"
-    else:
-        head = "squashed_gaussian" if teacher.kind == "squashed_gaussian" else "gaussian"
-    return Contender(
-        name="teacher",
-        role="teacher",
-        path=str(teacher.path),
-        format="sb3",
-        head=head,
-        greedy=lambda obs: teacher.label(obs).greedy,
-        sample=lambda obs, rng: teacher.sample(teacher.label(obs), rng),
-        outputs=teacher.outputs,
-        params=int(teacher.policy_params),
-        bytes=int(teacher.file_bytes()),
-        macs=macs,
-        info={"algo": teacher.algo, "kind": teacher.kind},
-    )
-
-
-def _student_contender(path: str, name: str) -> Contender:
-    from policy_kd.cost import count_macs
-    from policy_kd.heads import actions_from_outputs, sample_outputs
-    from policy_kd.runtime import is_export, load_exported
-    from policy_kd.students import count_params, load_student
-
-    if is_export(path):
-        ex = load_exported(path)
-        head, log_std, bounds = ex.head, ex.log_std, ex.meta.get("action_bounds")
-        source = Path(ex.meta.get("source", ""))
-
-        def sample_ex(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            drawn = sample_outputs(ex.outputs(obs), head, log_std, rng)
-            return drawn if head == "discrete" else actions_from_outputs(drawn, head, bounds)
-
-        return Contender(
-            name=name,
-            role="student",
-            path=str(ex.path),
-            format=ex.format,
-            head=head,
-            greedy=ex.predict,
-            sample=sample_ex,
-            outputs=ex.outputs,
-            params=ex.params,
-            bytes=ex.file_bytes(),
-            macs=ex.meta.get("macs"),
-            log_std=log_std,
-            tb_dir=source / "tb" if (source / "tb").is_dir() else None,
-            info=ex.info,
-        )
-    st = load_student(path)
-    net = st.net
-    head = str(st.info["spec"].get("head", "discrete"))
-    log_std_p = getattr(net, "log_std", None)
-    log_std = None if log_std_p is None else log_std_p.detach().numpy().reshape(-1)
-    s_bounds = (
-        [net.action_low.numpy().tolist(), net.action_high.numpy().tolist()]  # type: ignore[union-attr,operator]
-        if hasattr(net, "action_low")
-        else None
-    )
-
-    def outputs(obs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return net(torch.as_tensor(np.asarray(obs))).float().numpy()
-
-    def sample_st(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        drawn = sample_outputs(outputs(obs), head, log_std, rng)
-        return drawn if head == "discrete" else actions_from_outputs(drawn, head, s_bounds)
-
-    example = torch.zeros((2, *st.info["spec"]["obs_shape"]))
-    folder = st.weights_path.parent
-    return Contender(
-        name=name,
-        role="student",
-        path=str(st.weights_path),
-        format="eager",
-        head=head,
-        greedy=lambda obs: np.asarray(st.predict(obs, True)),
-        sample=sample_st,
-        outputs=outputs,
-        params=count_params(net),
-        bytes=st.file_bytes(),
-        macs=count_macs(net, example),
-        log_std=log_std,
-        tb_dir=folder / "tb" if (folder / "tb").is_dir() else None,
-        info=st.info,
-    )
 
 
 #: Generator stream of the random policy's actions (contender k samples from stream k).
