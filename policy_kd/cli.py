@@ -57,7 +57,6 @@ class DemoConfig:
     """Redo every stage, replacing --out."""
 
 
-@job(resumable=False)
 def _demo_stages(cfg: DemoConfig, root: Path) -> list[tuple[str, str, Callable[[Path], Any]]]:
     """The demo's stages in order: (folder name, the file that marks it done, the call that makes it)."""
     from policy_kd.distill import DistillConfig, distill
@@ -124,6 +123,7 @@ def _demo_stages(cfg: DemoConfig, root: Path) -> list[tuple[str, str, Callable[[
     ]
 
 
+@job(resumable=False)
 def _demo(cfg: DemoConfig) -> int:
     from policy_kd.report import format_table
 
