@@ -18,9 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "policy_kd"
 # The attributes of SB3 policies that differ per algorithm (DQN's q_net, QR-DQN's quantile_net, the
 # actor-critic's actor modules): reading them elsewhere scatters SB3 knowledge again.
 POLICY_INTERNALS = re.compile(r"\.(q_net|quantile_net|action_net|mlp_extractor|pi_features_extractor)\b")
-# The sb3 export format writes (export.py) and reads (runtime.py) a student *as* an SB3 DQN: a file format,
+# The sb3 export format writes (export_sb3.py) and reads (runtime.py) a student *as* an SB3 DQN: a file format,
 # not a teacher access.
-ALLOWED = {"teachers/sb3.py", "export.py", "runtime.py"}
+ALLOWED = {"teachers/sb3.py", "export_sb3.py", "runtime.py"}
 
 
 def _models() -> dict[str, tuple[Any, str, str]]:
