@@ -322,8 +322,8 @@ class Buffer:
                 sel = env == e
                 r, f, d = reward[sel], first[sel], done[sel]
                 csum = np.concatenate([[0.0], np.cumsum(r)])
-                starts = np.flatnonzero(f)
-                for s, t in zip(starts, np.append(starts[1:], len(r)), strict=True):
+                starts = np.flatnonzero(f)  # rows before the first start belong to an episode begun earlier
+                for s, t in zip(starts, np.append(starts[1:], len(r))[: len(starts)], strict=True):
                     ends = np.flatnonzero(d[s:t])
                     if len(ends):  # finished within the buffer
                         returns.append(float(csum[s + ends[0] + 1] - csum[s]))

@@ -269,3 +269,28 @@ def test_prefetching_sampler_gives_the_same_batches_and_resumes_exactly(artifact
     assert all(torch.equal(a[k], b[k]) for k in a)
     ahead.close()
     resumed.close()
+
+
+def test_episode_returns_count_only_episodes_that_start_and_end_inside(tmp_path: Path) -> None:
+    """An env whose rows hold no episode start (its episode began before the buffer) adds nothing; the
+    other env's one whole episode is counted (this raised a zip() length error before)."""
+    fields = {
+        k: FieldSpec(dtype, ())
+        for k, dtype in {
+            "reward": "float32",
+            "first": "bool",
+            "terminated": "bool",
+            "truncated": "bool",
+            "env": "int16",
+        }.items()
+    }
+    w = BufferWriter(tmp_path / "b", fields=fields, meta={"env_id": "X"}, source={}, capacity=6, chunk_rows=6)
+    with w:
+        w.append(
+            reward=np.ones(6, np.float32),
+            first=np.array([0, 1, 0, 0, 0, 0], bool),  # env 0: a start at row 1; env 1: none
+            terminated=np.array([0, 0, 0, 1, 1, 0], bool),
+            truncated=np.zeros(6, bool),
+            env=np.array([0, 0, 0, 0, 1, 1], np.int16),
+        )
+    np.testing.assert_array_equal(Buffer.open(tmp_path / "b").episode_returns(), [3.0])
