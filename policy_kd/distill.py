@@ -9,8 +9,8 @@ Everything that influences the weights (network, projection, optimiser, schedule
 RNG, round) is checkpointed every ``--checkpoint-every`` steps, so ``--resume`` after a kill reproduces
 the uninterrupted run's weights bit for bit on CPU.
 
-The options live in ``policy_kd.distill_config`` and the rounds in ``policy_kd.dagger`` (both re-exported
-names stay importable from here: ``from policy_kd.distill import DistillConfig``).
+The options live in ``policy_kd.distill_config`` (``from policy_kd.distill import DistillConfig`` still
+works) and the rounds in ``policy_kd.dagger``.
 """
 
 from __future__ import annotations
