@@ -8,6 +8,9 @@ the teacher acts) while the teacher labels every state; each round's data joins 
 Everything that influences the weights (network, projection, optimiser, schedule, sampler generator, torch
 RNG, round) is checkpointed every ``--checkpoint-every`` steps, so ``--resume`` after a kill reproduces
 the uninterrupted run's weights bit for bit on CPU.
+
+The options live in ``policy_kd.distill_config`` (``from policy_kd.distill import DistillConfig`` still
+works) and the rounds in ``policy_kd.dagger``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from policy_kd.buffer import Buffer, Sampler
-from policy_kd.config import absolute_paths, check_seed
+from policy_kd.config import absolute_paths
+from policy_kd.dagger import Rounds
+from policy_kd.distill_config import DistillConfig
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
-from policy_kd.losses import CONTINUOUS_LOSSES, DISCRETE_LOSSES, LOSSES, LossConfig, compute_loss, hint, kl
-from policy_kd.options import LossOptions, RunOptions, StudentOptions, check_choice, check_ranges
+from policy_kd.losses import CONTINUOUS_LOSSES, DISCRETE_LOSSES, compute_loss, hint, kl
 from policy_kd.run import (
     atomic_torch_save,
     check_interrupted,
@@ -51,7 +54,6 @@ from policy_kd.students import (
 from policy_kd.training import (
     BEST,
     INPUT_STATS_ROWS,
-    LR_SCHEDULES,
     BestKeeper,
     DistillMetrics,
     LogWindow,
@@ -65,139 +67,6 @@ from policy_kd.training import (
 CHECKPOINT = "checkpoint.pt"
 #: A loss this many times its first value means training diverged (a sound run's loss falls).
 DIVERGED = 1e4
-BETA_SCHEDULES = ("linear", "constant", "exponential")
-#: Round r's recording is seeded ``seed + ROUND_SEED_STRIDE * (r + 1)``: a prime stride keeps round
-#: seeds apart from each other and from the samplers' ``seed + round``.
-ROUND_SEED_STRIDE = 7919
-#: The largest --lr accepted: Adam divides the step by 1 - 0.9 in float32, which overflows near 3e37.
-MAX_LR = 1e30
-
-
-@dataclass(frozen=True)
-class DistillConfig(StudentOptions, LossOptions, RunOptions):
-    """Train a student to match the teacher outputs stored in a buffer (optionally in DAgger rounds)."""
-
-    buffer: str | None = None
-    """Buffer folder written by policy-kd record (the teacher-driven data; optional with --rounds > 1)."""
-    out: str | None = None
-    """Student folder to create (refused if it exists, unless --force or --resume)."""
-    teacher: str | None = None
-    """Teacher for --hint-weight and --rounds (required by both; checked to be the one that recorded --buffer): a run folder, a zoo run folder, hf://ORG/REPO or an SB3 .zip. Its .zip and .pkl files are unpickled code: load only trusted ones."""
-    env: str | None = None
-    """Environment id, for a plain .zip --teacher without a buffer."""
-    channels: tuple[int, ...] | None = None
-    """Explicit conv channels of a CNN student, e.g. --channels 8 (minatar_cnn) or 16 32 32 (nature_cnn)."""
-    params_fraction: float = 0.01
-    """Student size as a fraction (0, 1] of the teacher's policy parameters (widths solved, actual count reported)."""
-    activation: str = "relu"
-    """Hidden activation: relu, tanh, elu, gelu."""
-    normalize_obs: bool = True
-    """Standardise the student's inputs with the buffer's observation mean/std (stored with the student)."""
-    loss: str = "kl"
-    """Loss: kl (Rusu et al. 2016), nll (teacher argmax), mse (regress outputs), hinton (soft at T + hard),
-    kl_entropy (kl minus an entropy bonus, Czarnecki et al. 2019); gaussian_kl or mse for continuous actions."""
-    direction: str = "forward"
-    """gaussian_kl: forward = KL(teacher || student), reverse = KL(student || teacher)."""
-    hint_weight: float = 0.0
-    """Weight of the hint loss (student features, through a learned linear projection, regressed on the
-    input of the teacher's output layer); 0: off. Needs the teacher."""
-    steps: int = 5_000
-    """Gradient steps (per round with --rounds)."""
-    batch_size: int = 256
-    """Minibatch size (sampled with replacement)."""
-    lr: float = 1e-3
-    """AdamW learning rate."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay (0: plain Adam)."""
-    lr_schedule: str = "constant"
-    """Learning-rate schedule: constant, or cosine (to 0 at the last step of the last round)."""
-    max_grad_norm: float = 0.0
-    """Clip the gradient's global norm to this (0: no clipping)."""
-    source_weights: tuple[float, ...] | None = None
-    """Sampling probability per recording (buffer sources in order, then one per round); default: uniform over rows."""
-    eval_every: int = 1_000
-    """Steps between environment evaluations that select the best checkpoint (0: never; last = best)."""
-    eval_episodes: int = 10
-    """Episodes per periodic evaluation (seeds from 1,000,000 on, apart from evaluate's)."""
-    patience: int = 0
-    """Stop after this many evaluations without a better (return, agreement); 0: never stop early."""
-    target_return: float | None = None
-    """Stop once an evaluation reaches this mean return (e.g. the teacher's); default: never."""
-    log_every: int = 100
-    """Steps between TensorBoard scalars."""
-    checkpoint_every: int = 1_000
-    """Steps between resumable checkpoints (checkpoint.pt; 0: none)."""
-    resume: bool = False
-    """Continue the interrupted run in --out from its last checkpoint, with its saved options."""
-    rounds: int = 1
-    """Student-driven rounds (DAgger): 1 = teacher-driven only; K > 1 records K-1 rounds of new states."""
-    behaviour: str = "mixture"
-    """Who acts in rounds: mixture (teacher with probability beta, else the student) or student."""
-    beta: float = 1.0
-    """Starting beta of the mixture (probability that the teacher acts)."""
-    beta_schedule: str = "linear"
-    """beta in round r of K-1: linear (beta * (1 - r / (K - 1))), constant (beta), exponential (beta ** r)."""
-    round_steps: int = 10_000
-    """States recorded (and labelled by the teacher) per round."""
-    round_n_envs: int = 1
-    """Parallel environments while recording a round."""
-    in_memory: bool | None = None
-    """Hold the sampled fields in RAM (fastest) or sample them memory-mapped; default: in RAM when under 2 GiB."""
-    seed: int = 0
-    """Seed for weight initialisation, minibatch sampling and round recordings."""
-
-    def validate(self) -> None:
-        if self.resume:
-            if self.out is None:
-                raise PolicyKDError("--resume needs --out DIR (the interrupted distill run)")
-            return
-        if self.buffer is None and self.rounds <= 1:
-            raise PolicyKDError("distill needs a buffer: pass --buffer DIR (written by policy-kd record)")
-        if self.teacher is None and (self.rounds > 1 or self.hint_weight > 0):
-            # the buffer names its teacher, but its manifest carries no signature: loading (unpickling)
-            # a path from it would run whatever code that file holds
-            what = "--rounds" if self.rounds > 1 else "--hint-weight"
-            raise PolicyKDError(
-                f"{what} needs the teacher: pass --teacher PATH (the run folder or .zip that recorded the buffer; "
-                "a path named inside a buffer is never loaded unasked)"
-            )
-        self.validate_loss(LOSSES)
-        self.validate_student()
-        self.validate_run()
-        check_ranges(self, positive=("lr",))
-        if self.lr > MAX_LR:  # Adam divides it by 1 - 0.9 in float32: above ~3e37 the step overflows
-            raise PolicyKDError(f"--lr must be at most {MAX_LR:g}, got {self.lr}")
-        if self.params_fraction > 1:
-            raise PolicyKDError(
-                f"--params-fraction must lie in (0, 1] (a student no larger than the teacher), got "
-                f"{self.params_fraction}; for a larger network give its widths with --hidden"
-            )
-        check_seed(self.seed)
-        check_ranges(
-            self,
-            positive=("steps", "batch_size", "eval_episodes", "log_every", "rounds"),
-            non_negative=("hint_weight", "weight_decay", "max_grad_norm", "eval_every", "patience"),
-            unit_interval=("beta",),
-        )
-        check_ranges(self, non_negative=("checkpoint_every",), positive=("round_steps", "round_n_envs"))
-        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        check_choice("direction", self.direction, ("forward", "reverse"))
-        check_choice("behaviour", self.behaviour, ("mixture", "student"))
-        check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-
-    @property
-    def loss_config(self) -> LossConfig:
-        return replace(super().loss_config, direction=self.direction)
-
-    def round_beta(self, r: int) -> float:
-        """The mixture's beta in round ``r`` (1 .. rounds-1)."""
-        if self.behaviour == "student":
-            return 0.0
-        if self.beta_schedule == "constant":
-            return self.beta
-        if self.beta_schedule == "exponential":
-            return self.beta**r
-        return self.beta * (1.0 - r / max(self.rounds - 1, 1))
 
 
 @job(resumable=True)
@@ -255,7 +124,7 @@ def _check_meta(buffer: Buffer) -> None:
         )
 
 
-class _Run:
+class _Run(Rounds):
     """One distillation run: data, networks, optimiser, and the loop with its checkpoints."""
 
     def __init__(self, config: DistillConfig, out: Path):
@@ -353,71 +222,6 @@ class _Run:
             self.net.set_action_bounds(np.array(space["low"]), np.array(space["high"]))
             with torch.no_grad():  # start from the teacher's average spread, not from std 1
                 self.net.log_std.copy_(torch.from_numpy(buffer.spaced("teacher_log_std", 10_000).mean(0)))
-
-    # -- teacher and rounds ---------------------------------------------------------------------------------
-
-    @property
-    def teacher(self) -> Any:
-        if self._teacher is None:
-            from policy_kd.record import check_same_teacher
-            from policy_kd.teacher import load_teacher
-
-            if self.teacher_path is None:
-                raise PolicyKDError("this needs the teacher: pass --teacher PATH")
-            env = self.meta.get("env_id") or self.cfg.env
-            teacher = load_teacher(self.teacher_path, env)
-            if self.buffers:  # its features and labels must be those of the teacher that labelled the data
-                check_same_teacher(
-                    teacher,
-                    self.meta.get("teacher"),
-                    f"buffer {self.buffers[0].path} was recorded by",
-                    fix="drop --hint-weight and --rounds",
-                )
-            self._teacher = teacher
-        return self._teacher
-
-    def _round_dir(self, r: int) -> Path:
-        return self.out / "rounds" / f"round_{r}"
-
-    def _record_round(self, r: int, student_dir: Path | None) -> None:
-        """Record round ``r``'s states into ``rounds/round_r/buffer`` (redone from scratch if incomplete:
-        the recording is a deterministic function of the seed and the student's weights)."""
-        from policy_kd.record import RecordConfig, record
-
-        cfg = self.cfg
-        buf_dir = self._round_dir(r) / "buffer"
-        if (buf_dir / "manifest.json").is_file():
-            existing = Buffer.open(buf_dir, allow_empty=True)
-            if existing.complete:
-                self.buffers.append(existing)
-                return
-        if self.teacher_path is None:
-            raise PolicyKDError("--rounds needs the teacher: pass --teacher PATH")
-        beta = self.cfg.round_beta(r) if student_dir is not None else 1.0
-        rec = RecordConfig(
-            teacher=self.teacher_path,
-            env=self.meta.get("env_id") or cfg.env,
-            out=str(buf_dir),
-            steps=cfg.round_steps,
-            behaviour="teacher" if student_dir is None else cfg.behaviour,
-            beta=beta,
-            student=str(student_dir) if student_dir else None,
-            n_envs=cfg.round_n_envs,
-            seed=cfg.seed + ROUND_SEED_STRIDE * (r + 1),
-            threads=cfg.threads,
-            progress=cfg.progress,
-            force=True,
-        )
-        record(rec)
-        self.buffers.append(Buffer.open(buf_dir))
-
-    def _start_round(self, r: int) -> None:
-        """Save the current student, let it act (mixed with the teacher) and add what it saw to the data."""
-        student_dir = self._round_dir(r) / "student"
-        student_dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(self.net.state_dict(), student_dir / "weights.pt")
-        save_student(student_dir, self.spec, {**self._info(), "weights": "weights.pt"})
-        self._record_round(r, student_dir)
 
     def _sampler(self) -> Sampler:
         return Sampler(
@@ -569,14 +373,6 @@ class _Run:
             tb.close()
         self.wall = time.perf_counter() - start
         return self._finish()
-
-    def _next_round(self, tb: SummaryWriter) -> None:
-        """Record the next round with the current student and train on the grown data from here on."""
-        self.round = self.step // self.cfg.steps
-        self._start_round(self.round)
-        self.sampler.close()
-        self.sampler = self._sampler()
-        tb.add_scalar("rounds/labels", sum(b.rows for b in self.buffers), self.step)
 
     def _train_step(self, tb: SummaryWriter, total: int) -> None:
         """One gradient step; on logging steps, write the window's scalars to TensorBoard."""

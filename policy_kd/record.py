@@ -273,13 +273,10 @@ def _frame_stack(teacher: Teacher) -> FrameStack | None:
     return FrameStack(k=k, axis=axis, frame_shape=tuple(frame_space.shape))
 
 
-def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str) -> Path:
-    n = config.n_envs
-    done_before = read_manifest(out)["segments"][-1]["rows"] if mode == "resume" else 0
-    # A resumed recording starts new episodes; new env seeds keep it from replaying the first part.
-    venv = teacher.make_vec_env(n, config.seed + done_before)
-    obs_space = venv.observation_space
-    stack = _frame_stack(teacher)
+def _fields(
+    teacher: Teacher, obs_space: gym.Space, stack: FrameStack | None, games: bool
+) -> dict[str, FieldSpec]:
+    """The buffer's columns: the transition, the teacher's outputs, and the frame/game bookkeeping."""
     obs_shape = stack.frame_shape if stack else tuple(obs_space.shape)
     fields = {
         "obs": FieldSpec(str(obs_space.dtype), obs_shape),
@@ -294,15 +291,19 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     }
     if stack:  # one frame per row; the stack is rebuilt from earlier rows of the same episode
         fields["episode_step"] = FieldSpec("uint8", ())
-    monitors = [game_monitor(e) for e in venv.unwrapped.envs]  # type: ignore[attr-defined]
-    games = all(m is not None for m in monitors)
     if games:  # Atari: an episode is a life; the games and their real scores are stored beside them
         fields.update(
             game_reward=FieldSpec("float32", ()),
             game_first=FieldSpec("bool", ()),
             game_over=FieldSpec("bool", ()),
         )
-    teacher_meta = {**teacher.meta(), "weights_sha256": teacher_digest(teacher)}
+    return fields
+
+
+def _buffer_meta(
+    teacher: Teacher, obs_space: gym.Space, stack: FrameStack | None, teacher_meta: dict[str, Any]
+) -> dict[str, Any]:
+    """The buffer's metadata: its env, spaces and teacher, and how to rebuild the teacher's env."""
     meta: dict[str, Any] = {
         "env_id": teacher.env_id,
         "observation_space": space_json(obs_space),
@@ -314,34 +315,131 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     }
     if stack:
         meta["frame_stack"] = {"k": stack.k, "axis": stack.axis, "frame_shape": list(stack.frame_shape)}
-    source = {
-        "behaviour": config.behaviour,
-        "config": to_dict(replace(config, resume=False, append=False, force=False)),
-        "teacher": teacher_meta,
-        "student": config.student,
-        "n_envs": n,
-    }
-    writer = BufferWriter(
-        out,
-        fields=fields,
-        meta=meta,
-        source=source,
-        capacity=config.steps,
-        chunk_rows=config.chunk_rows,
-        mode=mode,
-    )
-    source_id = writer.segment["source"]
-    games = games and "game_reward" in writer.fields  # resuming a buffer recorded before games were stored
-    rng = np.random.default_rng([config.seed, done_before])
-    behaviour = Behaviour(config, teacher, rng)
-    env_index = np.arange(n, dtype=np.int16)
-    source_col = np.full(n, source_id, dtype=np.int16)
-    first = np.ones(n, dtype=bool)
-    episode_step = np.zeros(n, dtype=np.int64)
-    game_first = np.ones(n, dtype=bool)
-    teacher_acted = written = 0
-    start = time.perf_counter()
-    obs = venv.reset()
+    return meta
+
+
+class _Recording:
+    """One recording into a buffer: set up its envs, writer and behaviour; :meth:`step` the envs once
+    per call; :meth:`finish` with the source's episode statistics."""
+
+    def __init__(self, out: Path, teacher: Teacher, config: RecordConfig, *, mode: str):
+        self.out, self.teacher, self.config = out, teacher, config
+        n = self.n = config.n_envs
+        done_before = self.done_before = read_manifest(out)["segments"][-1]["rows"] if mode == "resume" else 0
+        # A resumed recording starts new episodes; new env seeds keep it from replaying the first part.
+        venv = self.venv = teacher.make_vec_env(n, config.seed + done_before)
+        obs_space = venv.observation_space
+        self.stack = _frame_stack(teacher)
+        self.monitors = [game_monitor(e) for e in venv.unwrapped.envs]  # type: ignore[attr-defined]
+        games = all(m is not None for m in self.monitors)
+        self.fields = _fields(teacher, obs_space, self.stack, games)
+        teacher_meta = {**teacher.meta(), "weights_sha256": teacher_digest(teacher)}
+        source = {
+            "behaviour": config.behaviour,
+            "config": to_dict(replace(config, resume=False, append=False, force=False)),
+            "teacher": teacher_meta,
+            "student": config.student,
+            "n_envs": n,
+        }
+        self.writer = BufferWriter(
+            out,
+            fields=self.fields,
+            meta=_buffer_meta(teacher, obs_space, self.stack, teacher_meta),
+            source=source,
+            capacity=config.steps,
+            chunk_rows=config.chunk_rows,
+            mode=mode,
+        )
+        self.source_id = self.writer.segment["source"]
+        # resuming a buffer recorded before games were stored
+        self.games = games and "game_reward" in self.writer.fields
+        rng = np.random.default_rng([config.seed, done_before])
+        self.behaviour = Behaviour(config, teacher, rng)
+        self.env_index = np.arange(n, dtype=np.int16)
+        self.source_col = np.full(n, self.source_id, dtype=np.int16)
+        self.first = np.ones(n, dtype=bool)
+        self.episode_step = np.zeros(n, dtype=np.int64)
+        self.game_first = np.ones(n, dtype=bool)
+        self.teacher_acted = self.written = 0
+        self.start = time.perf_counter()
+        self.obs = venv.reset()
+
+    def step(self) -> int:
+        """Label the current states, act, and append the rows (as many as still fit); return their number."""
+        # locals: the loop's hot path reads each of them several times
+        teacher, writer, monitors, n = self.teacher, self.writer, self.monitors, self.n
+        stack, games = self.stack, self.games
+        obs, episode_step = self.obs, self.episode_step
+        labels = teacher.label(obs)  # the one forward pass: recorded outputs and the teacher's action
+        _check_finite(labels.outputs, writer, teacher)
+        actions, by_teacher = self.behaviour(obs, labels)
+        games_before = [m.games_finished for m in monitors] if games else []
+        next_obs, rewards, dones, infos = self.venv.step(actions)
+        truncated = np.fromiter((info.get("TimeLimit.truncated", False) for info in infos), bool, n)
+        take = min(n, writer.remaining)
+        extra = {"episode_step": np.minimum(episode_step[:take], 255).astype(np.uint8)} if stack else {}
+        if games:
+            game_reward = np.array([m.take_reward() for m in monitors])  # type: ignore[union-attr]
+            game_over = np.array(
+                [m.games_finished > b for m, b in zip(monitors, games_before, strict=True)]  # type: ignore[union-attr]
+            )
+            extra.update(
+                game_reward=game_reward[:take].astype(np.float32),
+                game_first=self.game_first[:take],
+                game_over=game_over[:take],
+            )
+            self.game_first = game_over
+        writer.append(
+            obs=(stack.newest(np.asarray(obs[:take])) if stack else np.asarray(obs)[:take]),
+            action=np.asarray(actions)[:take].astype(self.fields["action"].dtype, copy=False),
+            reward=rewards[:take].astype(np.float32),
+            first=self.first[:take],
+            terminated=(dones & ~truncated)[:take],
+            truncated=truncated[:take],
+            env=self.env_index[:take],
+            source=self.source_col[:take],
+            **{k: v[:take] for k, v in labels.outputs.items()},
+            **extra,
+        )
+        self.teacher_acted += int(np.count_nonzero(by_teacher[:take]))
+        self.written += take
+        self.first = dones.copy()
+        self.episode_step = np.where(dones, 0, episode_step + 1)
+        self.obs = next_obs
+        return take
+
+    def finish(self) -> None:
+        """Commit the rows and close the source with its episode statistics."""
+        writer, source_id, written = self.writer, self.source_id, self.written
+        writer.flush()
+        # episode statistics from the committed rows of this source: a resumed recording's cover the
+        # rows recorded before the interruption too (the process that recorded them kept no statistics)
+        written_buffer = Buffer(self.out, writer.manifest)
+        r = written_buffer.episode_returns(source=source_id)
+        elapsed = time.perf_counter() - self.start
+        stats = {
+            "episodes": len(r),
+            "episode_return_mean": float(r.mean()) if len(r) else None,
+            "episode_return_std": float(r.std()) if len(r) else None,
+            # counted as the rows were recorded: a resumed recording's covers the resumed rows only
+            "teacher_action_fraction": self.teacher_acted / max(written, 1),
+            "teacher_action_rows": written,
+            "record_seconds": round(elapsed, 2),
+            "steps_per_second": round(written / max(elapsed, 1e-9), 1),
+        }
+        if self.games:
+            g = written_buffer.game_returns(source=source_id)
+            stats |= {
+                "games": len(g),
+                "game_return_mean": float(g.mean()) if len(g) else None,
+                "game_return_std": float(g.std()) if len(g) else None,
+            }
+        writer.close(meta_update={"transitions": writer.manifest["rows"]}, source_update=stats)
+
+
+def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str) -> Path:
+    rec = _Recording(out, teacher, config, mode=mode)
+    writer = rec.writer
 
     def stop() -> str:  # SIGINT/SIGTERM: commit the staged rows, say how to continue
         writer.flush()
@@ -351,71 +449,16 @@ def _record_into(out: Path, teacher: Teacher, config: RecordConfig, *, mode: str
     with (
         writer,
         tqdm(
-            total=config.steps, initial=done_before, disable=not config.progress, desc="record", unit="step"
+            total=config.steps,
+            initial=rec.done_before,
+            disable=not config.progress,
+            desc="record",
+            unit="step",
         ) as bar,
     ):
         while writer.remaining > 0:
             check_interrupted(stop)
-            labels = teacher.label(obs)  # the one forward pass: recorded outputs and the teacher's action
-            _check_finite(labels.outputs, writer, teacher)
-            actions, by_teacher = behaviour(obs, labels)
-            games_before = [m.games_finished for m in monitors] if games else []
-            next_obs, rewards, dones, infos = venv.step(actions)
-            truncated = np.fromiter((info.get("TimeLimit.truncated", False) for info in infos), bool, n)
-            take = min(n, writer.remaining)
-            extra = {"episode_step": np.minimum(episode_step[:take], 255).astype(np.uint8)} if stack else {}
-            if games:
-                game_reward = np.array([m.take_reward() for m in monitors])  # type: ignore[union-attr]
-                game_over = np.array(
-                    [m.games_finished > b for m, b in zip(monitors, games_before, strict=True)]  # type: ignore[union-attr]
-                )
-                extra.update(
-                    game_reward=game_reward[:take].astype(np.float32),
-                    game_first=game_first[:take],
-                    game_over=game_over[:take],
-                )
-                game_first = game_over
-            writer.append(
-                obs=(stack.newest(np.asarray(obs[:take])) if stack else np.asarray(obs)[:take]),
-                action=np.asarray(actions)[:take].astype(fields["action"].dtype, copy=False),
-                reward=rewards[:take].astype(np.float32),
-                first=first[:take],
-                terminated=(dones & ~truncated)[:take],
-                truncated=truncated[:take],
-                env=env_index[:take],
-                source=source_col[:take],
-                **{k: v[:take] for k, v in labels.outputs.items()},
-                **extra,
-            )
-            teacher_acted += int(np.count_nonzero(by_teacher[:take]))
-            written += take
-            first = dones.copy()
-            episode_step = np.where(dones, 0, episode_step + 1)
-            bar.update(take)
-            obs = next_obs
-        writer.flush()
-        # episode statistics from the committed rows of this source: a resumed recording's cover the
-        # rows recorded before the interruption too (the process that recorded them kept no statistics)
-        written_buffer = Buffer(out, writer.manifest)
-        r = written_buffer.episode_returns(source=source_id)
-        elapsed = time.perf_counter() - start
-        stats = {
-            "episodes": len(r),
-            "episode_return_mean": float(r.mean()) if len(r) else None,
-            "episode_return_std": float(r.std()) if len(r) else None,
-            # counted as the rows were recorded: a resumed recording's covers the resumed rows only
-            "teacher_action_fraction": teacher_acted / max(written, 1),
-            "teacher_action_rows": written,
-            "record_seconds": round(elapsed, 2),
-            "steps_per_second": round(written / max(elapsed, 1e-9), 1),
-        }
-        if games:
-            g = written_buffer.game_returns(source=source_id)
-            stats |= {
-                "games": len(g),
-                "game_return_mean": float(g.mean()) if len(g) else None,
-                "game_return_std": float(g.std()) if len(g) else None,
-            }
-        writer.close(meta_update={"transitions": writer.manifest["rows"]}, source_update=stats)
-    venv.close()
+            bar.update(rec.step())
+        rec.finish()
+    rec.venv.close()
     return out
