@@ -106,98 +106,113 @@ class _Codegen:
 
     def step(self, op: dict[str, Any], nxt: dict[str, Any] | None) -> bool:
         """Emit one op; True when it also consumed ``nxt`` (a fused standardisation)."""
-        kind, arr = op["op"], self.arrays
+        kind = op["op"]
         if kind == "float":
             return False
         if kind == "flatten":
             self.shape = (self.size,)
             return False
         if kind in ("add", "sub", "mul", "div"):
-            sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[kind]
-            fused = kind == "sub" and nxt is not None and nxt["op"] == "div"
-            terms = [self._operand(op["value"])]
-            if fused:
-                terms.append(self._operand(nxt["value"]))  # type: ignore[index]
-                expr = f"(v - {terms[0]}) / {terms[1]}"
-            else:
-                expr = f"v {sym} {terms[0]}"
-            self.elementwise(expr)
-            return fused
+            return self._arith(op, nxt)
         if kind == "permute":
-            axes = [int(a) - 1 for a in op["axes"][1:]]
-            idx = np.arange(self.size).reshape(self.shape).transpose(axes).reshape(-1)
-            table = self.const(idx, "int")
-            self.weight_bytes -= idx.size * 4  # an index table, not weights
-            out = self.dst(self.size)
-            self.emit(f"for (int i = 0; i < {self.size}; i++) {out}[i] = {self.cur}[{table}[i]];", out)
-            self.shape = tuple(self.shape[a] for a in axes)
-            return False
-        if kind == "linear":
-            w = arr[op["weight"]]  # (in, out)
-            if len(self.shape) != 1 or w.shape[0] != self.size:
-                raise PolicyKDError(
-                    f"C export: a linear layer of {w.shape[0]} inputs after shape {self.shape}"
-                )
-            n_in, n_out = (int(d) for d in w.shape)
-            width = -(-n_out // LANES) * LANES
-            wide = np.zeros((n_in, width), dtype=w.dtype)
-            wide[:, :n_out] = w
-            weights, cast, (scale, bias) = self._layer_consts(op, wide, width, n_out)
-            x, y = self.cur, self.dst(width)
-            for o0 in range(0, width, BLOCK):
-                self._dense_block(x, y, weights, cast, n_in, width, o0, min(BLOCK, width - o0))
-            if scale or bias:
-                expr = f"{y}[o]" + (f" * {scale}[o]" if scale else "") + (f" + {bias}[o]" if bias else "")
-                self.emit(f"for (int o = 0; o < {width}; o++) {y}[o] = {expr};")
-            self.cur = y
-            self.shape = (n_out,)
-            return False
-        if kind == "conv2d":
-            w = arr[op["weight"]]  # (out, in, kh, kw)
-            if len(self.shape) != 3 or w.shape[1] != self.shape[0]:
-                raise PolicyKDError(f"C export: a conv2d of {w.shape[1]} channels after shape {self.shape}")
-            (c, h, wd), (ph, pw), (sh, sw) = self.shape, op["padding"], op["stride"]
-            if ph or pw:
-                x, h, wd = self.cur, h + 2 * ph, wd + 2 * pw
-                y = self.dst(c * h * wd)
-                self.emit(f"for (int i = 0; i < {c * h * wd}; i++) {y}[i] = 0.0f;")
-                self.emit(
-                    f"for (int k = 0; k < {c}; k++) for (int r = 0; r < {self.shape[1]}; r++) "
-                    f"for (int q = 0; q < {self.shape[2]}; q++) "
-                    f"{y}[(k * {h} + r + {ph}) * {wd} + q + {pw}] = {x}[(k * {self.shape[1]} + r) * {self.shape[2]} + q];",
-                    y,
-                )
-            o, kh, kw = int(w.shape[0]), int(w.shape[2]), int(w.shape[3])
-            ho, wo = (h - kh) // sh + 1, (wd - kw) // sw + 1
-            weights, cast, (scale, bias) = self._layer_consts(op, w, o, o)
-            x, y = self.cur, self.dst(o * ho * wo)
-            # Output rows accumulate in memory over the taps (c, ki, kj), in that order: a row is a
-            # contiguous run the compiler vectorises (register-blocked sums measured slower here, as gcc
-            # does not vectorise them across the taps' nested loops).
-            self.emit(f"for (int i = 0; i < {o * ho * wo}; i++) {y}[i] = 0.0f;")
+            self._permute(op)
+        elif kind == "linear":
+            self._linear(op)
+        elif kind == "conv2d":
+            self._conv2d(op)
+        else:
+            self._activation(op)
+        return False
+
+    def _arith(self, op: dict[str, Any], nxt: dict[str, Any] | None) -> bool:
+        """An elementwise constant op; a ``sub`` then ``div`` (a standardisation) fuses into one loop."""
+        kind = op["op"]
+        sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[kind]
+        fused = kind == "sub" and nxt is not None and nxt["op"] == "div"
+        terms = [self._operand(op["value"])]
+        if fused:
+            terms.append(self._operand(nxt["value"]))  # type: ignore[index]
+            expr = f"(v - {terms[0]}) / {terms[1]}"
+        else:
+            expr = f"v {sym} {terms[0]}"
+        self.elementwise(expr)
+        return fused
+
+    def _permute(self, op: dict[str, Any]) -> None:
+        axes = [int(a) - 1 for a in op["axes"][1:]]
+        idx = np.arange(self.size).reshape(self.shape).transpose(axes).reshape(-1)
+        table = self.const(idx, "int")
+        self.weight_bytes -= idx.size * 4  # an index table, not weights
+        out = self.dst(self.size)
+        self.emit(f"for (int i = 0; i < {self.size}; i++) {out}[i] = {self.cur}[{table}[i]];", out)
+        self.shape = tuple(self.shape[a] for a in axes)
+
+    def _linear(self, op: dict[str, Any]) -> None:
+        w = self.arrays[op["weight"]]  # (in, out)
+        if len(self.shape) != 1 or w.shape[0] != self.size:
+            raise PolicyKDError(f"C export: a linear layer of {w.shape[0]} inputs after shape {self.shape}")
+        n_in, n_out = (int(d) for d in w.shape)
+        width = -(-n_out // LANES) * LANES
+        wide = np.zeros((n_in, width), dtype=w.dtype)
+        wide[:, :n_out] = w
+        weights, cast, (scale, bias) = self._layer_consts(op, wide, width, n_out)
+        x, y = self.cur, self.dst(width)
+        for o0 in range(0, width, BLOCK):
+            self._dense_block(x, y, weights, cast, n_in, width, o0, min(BLOCK, width - o0))
+        if scale or bias:
+            expr = f"{y}[o]" + (f" * {scale}[o]" if scale else "") + (f" + {bias}[o]" if bias else "")
+            self.emit(f"for (int o = 0; o < {width}; o++) {y}[o] = {expr};")
+        self.cur = y
+        self.shape = (n_out,)
+
+    def _conv2d(self, op: dict[str, Any]) -> None:
+        w = self.arrays[op["weight"]]  # (out, in, kh, kw)
+        if len(self.shape) != 3 or w.shape[1] != self.shape[0]:
+            raise PolicyKDError(f"C export: a conv2d of {w.shape[1]} channels after shape {self.shape}")
+        (c, h, wd), (ph, pw), (sh, sw) = self.shape, op["padding"], op["stride"]
+        if ph or pw:
+            x, h, wd = self.cur, h + 2 * ph, wd + 2 * pw
+            y = self.dst(c * h * wd)
+            self.emit(f"for (int i = 0; i < {c * h * wd}; i++) {y}[i] = 0.0f;")
             self.emit(
-                f"for (int o = 0; o < {o}; o++) for (int c = 0; c < {c}; c++) "
-                f"for (int ki = 0; ki < {kh}; ki++) for (int kj = 0; kj < {kw}; kj++) {{\n"
-                f"        const float v = {cast}{weights}[((o * {c} + c) * {kh} + ki) * {kw} + kj];\n"
-                f"        for (int r = 0; r < {ho}; r++) {{\n"
-                f"            float *yr = {y} + (o * {ho} + r) * {wo};\n"
-                f"            const float *xr = {x} + (c * {h} + r * {sh} + ki) * {wd} + kj;\n"
-                f"            for (int q = 0; q < {wo}; q++) yr[q] += v * xr[q * {sw}];\n"
-                f"        }}\n"
-                f"    }}",
+                f"for (int k = 0; k < {c}; k++) for (int r = 0; r < {self.shape[1]}; r++) "
+                f"for (int q = 0; q < {self.shape[2]}; q++) "
+                f"{y}[(k * {h} + r + {ph}) * {wd} + q + {pw}] = {x}[(k * {self.shape[1]} + r) * {self.shape[2]} + q];",
                 y,
             )
-            if scale or bias:
-                expr = (
-                    f"{y}[o * {ho * wo} + p]"
-                    + (f" * {scale}[o]" if scale else "")
-                    + (f" + {bias}[o]" if bias else "")
-                )
-                self.emit(
-                    f"for (int o = 0; o < {o}; o++) for (int p = 0; p < {ho * wo}; p++) {y}[o * {ho * wo} + p] = {expr};"
-                )
-            self.shape = (o, ho, wo)
-            return False
+        o, kh, kw = int(w.shape[0]), int(w.shape[2]), int(w.shape[3])
+        ho, wo = (h - kh) // sh + 1, (wd - kw) // sw + 1
+        weights, cast, (scale, bias) = self._layer_consts(op, w, o, o)
+        x, y = self.cur, self.dst(o * ho * wo)
+        # Output rows accumulate in memory over the taps (c, ki, kj), in that order: a row is a
+        # contiguous run the compiler vectorises (register-blocked sums measured slower here, as gcc
+        # does not vectorise them across the taps' nested loops).
+        self.emit(f"for (int i = 0; i < {o * ho * wo}; i++) {y}[i] = 0.0f;")
+        self.emit(
+            f"for (int o = 0; o < {o}; o++) for (int c = 0; c < {c}; c++) "
+            f"for (int ki = 0; ki < {kh}; ki++) for (int kj = 0; kj < {kw}; kj++) {{\n"
+            f"        const float v = {cast}{weights}[((o * {c} + c) * {kh} + ki) * {kw} + kj];\n"
+            f"        for (int r = 0; r < {ho}; r++) {{\n"
+            f"            float *yr = {y} + (o * {ho} + r) * {wo};\n"
+            f"            const float *xr = {x} + (c * {h} + r * {sh} + ki) * {wd} + kj;\n"
+            f"            for (int q = 0; q < {wo}; q++) yr[q] += v * xr[q * {sw}];\n"
+            f"        }}\n"
+            f"    }}",
+            y,
+        )
+        if scale or bias:
+            expr = (
+                f"{y}[o * {ho * wo} + p]"
+                + (f" * {scale}[o]" if scale else "")
+                + (f" + {bias}[o]" if bias else "")
+            )
+            self.emit(
+                f"for (int o = 0; o < {o}; o++) for (int p = 0; p < {ho * wo}; p++) {y}[o * {ho * wo} + p] = {expr};"
+            )
+        self.shape = (o, ho, wo)
+
+    def _activation(self, op: dict[str, Any]) -> None:
+        kind = op["op"]
         if kind == "relu":
             self.elementwise("v > 0.0f ? v : 0.0f")
         elif kind == "tanh":
@@ -210,7 +225,6 @@ class _Codegen:
             self.elementwise("v * 0.5f * (1.0f + erff(v * 0.707106781f))")
         else:
             raise PolicyKDError(f"C export does not support the op {kind!r}; use --format numpy or onnx")
-        return False
 
     def _operand(self, key: str) -> str:
         c = np.asarray(self.arrays[key], dtype=np.float32)
@@ -282,7 +296,21 @@ def generate(
     if gen.size != n_outputs:
         raise PolicyKDError(f"C export: the program ends with {gen.size} values, not {n_outputs} outputs")
     obs_size = int(np.prod(obs_shape))
-    q8 = gen.q8
+    header = _header(obs_shape, head, n_outputs, gen.q8, comment)
+    source = _source(gen, head, n_outputs, obs_size, bounds, comment)
+    details = {
+        "header": HEADER_FILE,
+        "build": "cc -std=c99 -O2 -c student.c",
+        "int8": gen.q8,
+        "weight_bytes": gen.weight_bytes,
+        "stack_bytes": 8 * gen.largest,
+    }
+    return source, header, details
+
+
+def _header(obs_shape: tuple[int, ...], head: str, n_outputs: int, q8: bool, comment: str) -> str:
+    """student.h: the build line, the sizes and the entry points' declarations."""
+    obs_size = int(np.prod(obs_shape))
     continuous = head != "discrete"
     act_decl = (
         "void policy_act(const float *obs, float *action)"
@@ -290,7 +318,7 @@ def generate(
         else "int policy_act(const float *obs)"
     )
     build = "cc -std=c99 -O2 -c student.c            (then link the object and -lm into your program)"
-    header = textwrap.dedent(f"""\
+    return textwrap.dedent(f"""\
         /* Generated by policy-kd export --format c{" --int8" if q8 else ""}: {comment}
          *
          * Build (C99, no dependency beyond libm):
@@ -323,6 +351,18 @@ def generate(
         #endif
         #endif
         """)
+
+
+def _source(
+    gen: _Codegen,
+    head: str,
+    n_outputs: int,
+    obs_size: int,
+    bounds: list[list[float]] | None,
+    comment: str,
+) -> str:
+    """student.c: the constants, ``policy_forward`` (the generated body), its batch loop and ``policy_act``."""
+    q8 = gen.q8
     body = "\n    ".join(gen.body)  # put in after dedent: its later lines carry no template indent
     parts = [
         f"/* Generated by policy-kd export --format c: {comment} (see student.h) */\n",
@@ -349,14 +389,7 @@ def generate(
             """).replace("@BODY@", body),
         _act_source(head, n_outputs, bounds, gen),
     ]
-    details = {
-        "header": HEADER_FILE,
-        "build": "cc -std=c99 -O2 -c student.c",
-        "int8": q8,
-        "weight_bytes": gen.weight_bytes,
-        "stack_bytes": 8 * gen.largest,
-    }
-    return "".join(parts), header, details
+    return "".join(parts)
 
 
 def _act_source(head: str, n: int, bounds: list[list[float]] | None, gen: _Codegen) -> str:

@@ -105,22 +105,29 @@ def run_episodes(
             eps = np.asarray([slot_ep[s] for s in active])
             step_observer(obs, actions, eps, steps[eps].copy())
         for a, s in zip(actions, active, strict=True):
-            ep, env, mon = slot_ep[s], envs[s], monitors[s]
-            games_before = mon.games_finished if mon is not None else 0
-            slot_obs[s], r, term, trunc, _ = env.step(a.item() if np.ndim(a) == 0 else a)
+            ep = slot_ep[s]
+            slot_obs[s], over = _step_slot(envs[s], monitors[s], a, ep, returns, lengths)
             steps[ep] += 1
-            if mon is None:
-                returns[ep] += float(r)
-                lengths[ep] += 1
-                over = term or trunc
-            else:
-                if (term or trunc) and mon.games_finished == games_before:
-                    slot_obs[s], _ = env.reset()  # a life lost: the next one, as SB3's VecEnv resets
-                over = mon.games_finished > games_before
-                if over:
-                    returns[ep], lengths[ep] = mon.last_game  # type: ignore[misc]
             if over:
                 start(s)
     for e in envs:
         e.close()
     return Episodes(seeds=seeds, returns=returns, lengths=lengths, extra={"steps": steps})
+
+
+def _step_slot(
+    env: Any, mon: Any, a: np.ndarray, ep: int, returns: np.ndarray, lengths: np.ndarray
+) -> tuple[Any, bool]:
+    """One action in one env, counted into episode ``ep``'s return and length: (next obs, episode over)."""
+    games_before = mon.games_finished if mon is not None else 0
+    obs, r, term, trunc, _ = env.step(a.item() if np.ndim(a) == 0 else a)
+    if mon is None:
+        returns[ep] += float(r)
+        lengths[ep] += 1
+        return obs, bool(term or trunc)
+    if (term or trunc) and mon.games_finished == games_before:
+        obs, _ = env.reset()  # a life lost: the next one, as SB3's VecEnv resets
+    over = mon.games_finished > games_before
+    if over:
+        returns[ep], lengths[ep] = mon.last_game  # type: ignore[misc]
+    return obs, over

@@ -288,6 +288,40 @@ def _largest_fit(params_at: Callable[[int], int], budget: int, fewer: str) -> in
     return lo
 
 
+def _cnn_widths(
+    cls: type[Student],
+    make: Callable[[tuple[int, ...], tuple[int, ...]], StudentSpec],
+    budget: int,
+    extra: int,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A CNN's (channels, hidden) for ``budget`` parameters: its defaults scaled by one factor, then the
+    hidden layers widened, channels fixed, to fill the rest."""
+    base_c, base_h = cls.default_channels, cls.default_hidden  # type: ignore[attr-defined]
+
+    def scaled(k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return (
+            tuple(max(1, round(c * k / 64)) for c in base_c),
+            tuple(max(1, round(h * k / 64)) for h in base_h),
+        )
+
+    def params_at(k: int) -> int:
+        c, h = scaled(k)
+        return spec_params(make(h, c)) - extra
+
+    channels = scaled(_largest_fit(params_at, budget, "channels"))[0]
+    # A channel is a coarse step (it adds a whole feature map to the dense layer's input), so the
+    # factor that first overshoots the budget often does so by one channel while the hidden layers
+    # could still grow: widen them, channels fixed, to fill the budget.
+    base_w = base_h[0]
+
+    def widened(w: int) -> tuple[int, ...]:
+        return tuple(max(1, round(h * w / base_w)) for h in base_h)
+
+    return channels, widened(
+        _largest_fit(lambda w: spec_params(make(widened(w), channels)) - extra, budget, "channels")
+    )
+
+
 def size_student(
     arch: str,
     obs_shape: tuple[int, ...],
@@ -338,30 +372,7 @@ def size_student(
             width = width_for_budget(budget, int(np.prod(obs_shape)), n_outputs, layers)
             hidden = (width,) * layers
         else:
-            base_c, base_h = cls.default_channels, cls.default_hidden  # type: ignore[attr-defined]
-
-            def scaled(k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-                return (
-                    tuple(max(1, round(c * k / 64)) for c in base_c),
-                    tuple(max(1, round(h * k / 64)) for h in base_h),
-                )
-
-            def params_at(k: int) -> int:
-                c, h = scaled(k)
-                return spec_params(make(h, c)) - extra
-
-            channels, hidden = scaled(_largest_fit(params_at, budget, "channels"))
-            # A channel is a coarse step (it adds a whole feature map to the dense layer's input), so the
-            # factor that first overshoots the budget often does so by one channel while the hidden layers
-            # could still grow: widen them, channels fixed, to fill the budget.
-            base_w = base_h[0]
-
-            def widened(w: int) -> tuple[int, ...]:
-                return tuple(max(1, round(h * w / base_w)) for h in base_h)
-
-            hidden = widened(
-                _largest_fit(lambda w: spec_params(make(widened(w), channels)) - extra, budget, "channels")
-            )
+            channels, hidden = _cnn_widths(cls, make, budget, extra)
     if is_cnn:
         channels = channels or cls.default_channels  # type: ignore[attr-defined]
         hidden = cls.default_hidden if hidden is None else hidden  # type: ignore[attr-defined]
