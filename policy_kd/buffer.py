@@ -125,6 +125,10 @@ class FrameStack:
         return np.concatenate(parts, axis=1 + self.axis)
 
 
+SCAN_ROWS = 65_536
+"""Rows read at a time when a field is scanned for NaN/Inf (bounds the memory the scan takes)."""
+
+
 class Buffer:
     """A buffer opened for reading: validated manifest and chunks, segments memory-mapped read-only."""
 
@@ -237,8 +241,8 @@ class Buffer:
             offset = 0
             for i, seg in enumerate(self.segments):
                 arr = self.segment_array(i, k)
-                for start in range(0, seg["rows"], 65_536):  # a block at a time: bounded memory
-                    bad = ~np.isfinite(arr[start : start + 65_536])
+                for start in range(0, seg["rows"], SCAN_ROWS):  # a block at a time: bounded memory
+                    bad = ~np.isfinite(arr[start : start + SCAN_ROWS])
                     if bad.any():
                         per_row = bad.reshape(len(bad), -1).any(axis=1)
                         values += int(bad.sum())

@@ -48,6 +48,7 @@ from policy_kd.students import (
     Student,
     build_student,
     check_fits_in_memory,
+    count_nonfinite,
     count_params,
     save_student,
 )
@@ -414,7 +415,7 @@ class _Run(Rounds):
 
     def _check_weights(self) -> None:
         """Refuse to save a student whose weights hold NaN or Inf (an optimiser step after the last loss)."""
-        if not all(torch.isfinite(p).all() for p in self.net.parameters()):
+        if count_nonfinite(self.net):
             raise PolicyKDError(
                 f"distill diverged at step {self.step}: the student's weights are no longer finite; "
                 f"lower --lr (now {self.cfg.lr:g}) or set --max-grad-norm, and start over with --force; no student was saved"

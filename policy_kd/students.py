@@ -222,6 +222,11 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def count_nonfinite(module: nn.Module) -> int:
+    """NaN/Inf values among ``module``'s parameters (a diverged training run's weights)."""
+    return sum(int((~torch.isfinite(p)).sum()) for p in module.parameters())
+
+
 def spec_params(spec: StudentSpec) -> int:
     """Parameters of the student ``spec`` describes, counted without allocating its weights (on torch's
     meta device), so that an absurd size is refused before it is built."""
@@ -454,7 +459,7 @@ def load_student(path: str | Path) -> LoadedStudent:
         raise PolicyKDError(
             f"could not load student weights {weights}: {type(exc).__name__}; distil the student again"
         ) from None
-    bad = sum(int((~torch.isfinite(p)).sum()) for p in net.parameters())
+    bad = count_nonfinite(net)
     if bad:  # a diverged run's weights: every output would be NaN, whatever runs or exports them
         raise PolicyKDError(
             f"student weights {weights} hold {bad:,} NaN/Inf value(s) of {count_params(net):,} (its training "
