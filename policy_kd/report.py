@@ -314,12 +314,25 @@ def record_videos(teacher: Any, contenders: Sequence[Any], out: Path, seed: int,
     try:
         probe = make_env_from_spec({**spec, "env_kwargs": {**spec["env_kwargs"], "render_mode": "rgb_array"}})
         can_render = probe.metadata.get("render_modes") and "rgb_array" in probe.metadata["render_modes"]
-        probe.close()
     except Exception:
-        can_render = "rgb_array" in modes
+        probe, can_render = None, "rgb_array" in modes
     if not can_render:
         print(f"policy-kd: no video: {spec['env_id']} cannot render rgb_array frames", file=sys.stderr)
         return []
+    if probe is not None:
+        # Draw one frame now: classic-control envs declare rgb_array but need pygame only when they render,
+        # which would otherwise fail mid-recording with a traceback after the scores were computed.
+        try:
+            probe.reset(seed=seed)
+            probe.render()
+        except gym.error.DependencyNotInstalled as e:
+            print(
+                f"policy-kd: no video: {str(e).splitlines()[0]} (pip install 'policy-kd[video]')",
+                file=sys.stderr,
+            )
+            return []
+        finally:
+            probe.close()
     try:
         import moviepy  # noqa: F401
     except ImportError:

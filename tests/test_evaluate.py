@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,29 @@ def test_single_student_library_call_and_video(artifacts: dict[str, Path], tmp_p
     videos = [f for f in r["files"] if f.endswith(".mp4")]
     assert any(v.startswith("videos/teacher/") for v in videos) and "videos/side_by_side.mp4" in videos
     assert all((tmp_path / "ev" / v).is_file() for v in videos)
+
+
+def test_video_without_pygame_is_a_message_not_a_crash(
+    artifacts: dict[str, Path], tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # CartPole declares rgb_array but draws with pygame only when a frame is rendered: without pygame the video
+    # is skipped with the fix named, and the scores are still written.
+    monkeypatch.setitem(sys.modules, "pygame", None)
+    r = evaluate(
+        EvaluateConfig(
+            teacher=str(artifacts["teacher"]),
+            student=str(artifacts["student"]),
+            episodes=1,
+            latency=False,
+            plots=False,
+            video=True,
+            out=str(tmp_path / "ev"),
+        )
+    )
+    assert not [f for f in r["files"] if f.endswith(".mp4")]
+    err = capsys.readouterr().err
+    assert "no video" in err and "pygame" in err and "policy-kd[video]" in err
+    assert (tmp_path / "ev" / "eval.json").is_file()
 
 
 def test_evaluate_errors(artifacts: dict[str, Path], tmp_path: Path, capsys) -> None:
