@@ -95,10 +95,15 @@ def config_from_mapping(cls: type[C], mapping: dict[str, Any], *, source: str = 
 def absolute_paths(config: C, *names: str) -> C:
     """``config`` with its path options ``names`` made absolute (against the current directory, links
     kept as given), so that a saved config resumes from any working directory. URIs such as
-    ``hf://ORG/REPO`` are not paths and stay as given."""
+    ``hf://ORG/REPO`` and ``py:PKG.MODULE:NAME`` teachers are not paths and stay as given."""
     given = {n: getattr(config, n) for n in names}
     return dataclasses.replace(  # type: ignore[type-var]
-        config, **{n: os.path.abspath(v) for n, v in given.items() if v is not None and "://" not in str(v)}
+        config,
+        **{
+            n: os.path.abspath(v)
+            for n, v in given.items()
+            if v is not None and "://" not in str(v) and not str(v).startswith("py:")
+        },
     )
 
 

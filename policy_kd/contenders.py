@@ -55,7 +55,8 @@ def _teacher_contender(teacher: Any) -> Contender:
 
     try:
         example = teacher.normalize_obs(np.stack([teacher.observation_space.sample()] * 2))
-        macs: int | None = count_macs(teacher_module(teacher), torch.as_tensor(example))
+        net = teacher_module(teacher)  # None: a teacher without a network (a scripted controller)
+        macs: int | None = None if net is None else count_macs(net, torch.as_tensor(example))
     except Exception:  # an observation layout the bare network does not take (e.g. channels-last)
         macs = None
     if not teacher.continuous:
@@ -66,7 +67,7 @@ def _teacher_contender(teacher: Any) -> Contender:
         name="teacher",
         role="teacher",
         path=str(teacher.path),
-        format="sb3",
+        format=teacher.format,
         head=head,
         greedy=lambda obs: teacher.label(obs).greedy,
         sample=lambda obs, rng: teacher.sample(teacher.label(obs), rng),

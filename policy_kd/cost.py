@@ -119,10 +119,8 @@ def measure_latency(
 
 
 def teacher_module(teacher: Any) -> Any:
-    """The part of an SB3 teacher's policy that chooses actions, as one ``nn.Module`` mapping a batch of
-    observations in the network's layout to the teacher's outputs (what ``Teacher.label`` computes): DQN's
-    Q-network, QR-DQN's quantile network (averaged), PPO/A2C's actor (features, policy MLP, action head)."""
-    # Imported here: this module stays importable without torch and SB3 (see count_macs).
-    from policy_kd.teachers.sb3 import actor_module
-
-    return actor_module(teacher.model, teacher.algo)
+    """The part of a teacher that chooses actions, as one ``nn.Module`` mapping a batch of observations in
+    the network's layout to the teacher's outputs (what ``Teacher.label`` computes): for SB3, DQN's
+    Q-network, QR-DQN's quantile network (averaged), PPO/A2C's actor (features, policy MLP, action head);
+    a ``from_module`` teacher's module; None for a teacher without one (a scripted controller)."""
+    return teacher.network()

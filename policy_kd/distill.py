@@ -98,6 +98,17 @@ def _saved_config(out: Path, *, progress: bool) -> DistillConfig:
     return read_run_config(DistillConfig, out, progress=progress)
 
 
+ACTION_LOSSES: dict[str, tuple[str, ...]] = {"Discrete": ("nll",), "Box": ("mse",)}
+"""The losses a buffer of kind ``actions`` (the teacher's actions only) takes, by action space: the
+negative log-likelihood of the recorded action, or the squared error to it."""
+
+
+def _head(kind: str) -> str:
+    """The student head for a continuous teacher kind: an action-only teacher's actions are in the bounds
+    (a clipped Gaussian mean regresses them)."""
+    return "gaussian" if kind == "actions" else kind
+
+
 def _check_meta(buffer: Buffer) -> None:
     """Refuse a buffer whose metadata lacks what distill reads (its env, spaces and teacher)."""
     meta, wrong = buffer.meta, []
@@ -183,6 +194,13 @@ class _Run(Rounds):
         self.teacher_params = int(meta["teacher"]["policy_params"])
         self.continuous = meta.get("action_space", {}).get("type") == "Box"
         allowed = CONTINUOUS_LOSSES if self.continuous else tuple(DISCRETE_LOSSES)
+        if kind == "actions":  # only the action taken: behaviour cloning, no soft target to match
+            allowed = ACTION_LOSSES["Box" if self.continuous else "Discrete"]
+            if config.loss not in allowed:
+                raise PolicyKDError(
+                    f"--loss {config.loss} needs soft targets, but the buffer holds only the teacher's actions "
+                    f"(kind actions: behaviour cloning); pass --loss {allowed[0]}"
+                )
         if config.loss not in allowed:
             raise PolicyKDError(
                 f"--loss {config.loss} does not apply to a {kind} teacher; choose one of {', '.join(allowed)}"
@@ -206,7 +224,7 @@ class _Run(Rounds):
             teacher_params=self.teacher_params,
             activation=config.activation,
             channels=config.channels,
-            head=meta["teacher"]["kind"] if self.continuous else "discrete",
+            head=_head(meta["teacher"]["kind"]) if self.continuous else "discrete",
         )
         self.spec = spec
         check_fits_in_memory(spec, config.batch_size)
@@ -221,8 +239,9 @@ class _Run(Rounds):
                 space = {"low": env.action_space.low.reshape(-1), "high": env.action_space.high.reshape(-1)}
                 env.close()
             self.net.set_action_bounds(np.array(space["low"]), np.array(space["high"]))
-            with torch.no_grad():  # start from the teacher's average spread, not from std 1
-                self.net.log_std.copy_(torch.from_numpy(buffer.spaced("teacher_log_std", 10_000).mean(0)))
+            if "teacher_log_std" in buffer.fields:  # an action-only teacher has no spread to start from
+                with torch.no_grad():  # start from the teacher's average spread, not from std 1
+                    self.net.log_std.copy_(torch.from_numpy(buffer.spaced("teacher_log_std", 10_000).mean(0)))
 
     def _sampler(self) -> Sampler:
         return Sampler(

@@ -184,8 +184,8 @@ def latency(contender: Contender, teacher: Any, obs_pool: np.ndarray) -> dict[st
     from policy_kd.cost import measure_latency, single_thread, teacher_module
 
     fn = contender.outputs
-    if contender.role == "teacher" and teacher.vec_normalize is None:
-        net = teacher_module(teacher)
+    net = teacher_module(teacher) if contender.role == "teacher" and teacher.vec_normalize is None else None
+    if net is not None:
         try:
             with torch.inference_mode():
                 net(torch.as_tensor(obs_pool[:1]))

@@ -319,6 +319,11 @@ def _load_kickstart_teacher(config: KickstartConfig) -> Teacher:
             f"teacher {config.teacher} acts in a zoo-wrapped {teacher.env_id}, which the student's training "
             "env would not reproduce; kickstart from a train-teacher run"
         )
+    if teacher.kind == "actions" and config.loss != "nll":
+        raise PolicyKDError(
+            f"--loss {config.loss} needs soft targets, but teacher {config.teacher} exposes only its actions "
+            "(kind actions); pass --loss nll"
+        )
     return teacher
 
 

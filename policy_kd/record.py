@@ -220,7 +220,7 @@ def teacher_digest(teacher: Teacher) -> str:
     """sha256 over the teacher's policy weights (every state_dict tensor in name order, with its name,
     dtype and shape) and its observation-normalisation statistics: which teacher labelled a buffer."""
     h = hashlib.sha256()
-    for name, t in sorted(teacher.model.policy.state_dict().items()):
+    for name, t in sorted(teacher.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -21,14 +21,22 @@ the Hugging Face Hub), or a plain SB3 ``.zip``; files SB3 1.x saved with OpenAI 
 Loading a ``.zip`` (and a ``vecnormalize.pkl``) unpickles code (SB3 stores classes and schedules with
 cloudpickle): load only files you trust.
 
+Teachers that are not SB3 models (a CleanRL checkpoint, a ``torch.nn.Module``, a scripted controller, kind
+``actions`` for one that exposes only what it does) implement the same protocol
+(:mod:`~policy_kd.teachers.protocol`): :func:`from_callable`, :func:`from_module`, and on the command line
+``--teacher py:PKG.MODULE:NAME`` (:mod:`~policy_kd.teachers.custom`, examples in
+:mod:`~policy_kd.teachers.examples`).
+
 Modules: :mod:`~policy_kd.teachers.sb3` (every per-algorithm access), :mod:`~policy_kd.teachers.presets`
 (``agents/<algo>.yml``), :mod:`~policy_kd.teachers.train` (train-teacher), :mod:`~policy_kd.teachers.vec_env`,
 :mod:`~policy_kd.teachers.teacher` (the :class:`Teacher` adapter), :mod:`~policy_kd.teachers.sources` (run, zoo
 and Hub folders) and :mod:`~policy_kd.teachers.loading` (:func:`load_teacher`).
 """
 
-from policy_kd.teachers.loading import UNPICKLE_WARNING, load_teacher
+from policy_kd.teachers.custom import CustomTeacher, from_callable, from_module
+from policy_kd.teachers.loading import PY_PREFIX, UNPICKLE_WARNING, load_teacher
 from policy_kd.teachers.presets import algo_kwargs, load_preset
+from policy_kd.teachers.protocol import KINDS, BaseTeacher, TeacherProtocol
 from policy_kd.teachers.sb3 import ALGOS, CONTRIB_HINT, algo_class, policy_param_count
 from policy_kd.teachers.sources import HUB_HINT, HUB_PREFIX, TEACHER_FILE, read_zoo_yaml
 from policy_kd.teachers.teacher import Labels, Teacher
@@ -47,13 +55,20 @@ __all__ = [
     "CONTRIB_HINT",
     "HUB_HINT",
     "HUB_PREFIX",
+    "KINDS",
+    "PY_PREFIX",
     "TEACHER_FILE",
     "UNPICKLE_WARNING",
+    "BaseTeacher",
+    "CustomTeacher",
     "Labels",
     "Teacher",
+    "TeacherProtocol",
     "TrainTeacherConfig",
     "algo_class",
     "algo_kwargs",
+    "from_callable",
+    "from_module",
     "load_preset",
     "load_teacher",
     "policy_param_count",

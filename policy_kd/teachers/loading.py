@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import io
+import os
 import pickle
 import sys
 import warnings
@@ -22,6 +24,7 @@ from stable_baselines3.common.vec_env import (
 
 from policy_kd.envs import ensure_registered
 from policy_kd.errors import PolicyKDError
+from policy_kd.teachers.protocol import BaseTeacher, TeacherProtocol
 from policy_kd.teachers.sb3 import _detect_algo, _zip_data, algo_class
 from policy_kd.teachers.sources import (
     HUB_PREFIX,
@@ -36,6 +39,47 @@ from policy_kd.teachers.teacher import Teacher
 from policy_kd.teachers.vec_env import _vec_env
 
 UNPICKLE_WARNING = "a .zip or .pkl teacher file is unpickled code: load only files you trust"
+PY_PREFIX = "py:"
+"""``--teacher py:PKG.MODULE:NAME``: a teacher made by a Python factory (code execution, like a ``.zip``)."""
+
+
+def load_py_teacher(spec: str, env_id: str | None = None) -> BaseTeacher:
+    """Import ``PKG.MODULE`` of ``py:PKG.MODULE:NAME``, call ``NAME()`` and check that it returned a teacher
+    (:class:`~policy_kd.teachers.protocol.TeacherProtocol`); bind it to ``env_id`` if given."""
+    module_name, sep, attr = spec[len(PY_PREFIX) :].partition(":")
+    if not sep or not module_name or not attr.isidentifier():
+        raise PolicyKDError(
+            f"bad teacher {spec!r}; write py:PKG.MODULE:NAME (NAME a function returning a teacher)"
+        )
+    # as `python -m` does: modules in the current directory import without installing them
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PolicyKDError(
+            f"teacher {spec}: cannot import {module_name} ({exc}); install it or run from the folder that holds it"
+        ) from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise PolicyKDError(
+            f"teacher {spec}: module {module_name} has no {attr!r}; name a factory it defines"
+        )
+    teacher = factory() if callable(factory) and not isinstance(factory, TeacherProtocol) else factory
+    if not isinstance(teacher, TeacherProtocol):
+        raise PolicyKDError(
+            f"teacher {spec}: {attr}() returned a {type(teacher).__name__}, not a teacher; return "
+            "policy_kd.teachers.from_callable(...) or from_module(...)"
+        )
+    if env_id is not None and getattr(teacher, "env_id", None) != env_id:
+        bind = getattr(teacher, "bind", None)
+        if bind is None:
+            raise PolicyKDError(f"teacher {spec} acts in {teacher.env_id}, not {env_id}; drop --env")
+        bind(env_id)
+    if getattr(teacher, "env_id", None) is None:
+        raise PolicyKDError(f"teacher {spec} names no environment; pass --env ENV_ID")
+    teacher.source = spec
+    return teacher
 
 
 def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | None = None) -> Teacher:
@@ -59,8 +103,15 @@ def load_teacher(path: str | Path, env_id: str | None = None, *, algo: str | Non
 
     ``algo`` overrides the detected algorithm (dqn, qrdqn, ppo, a2c). **Security: an SB3 ``.zip`` and a
     ``vecnormalize.pkl`` are unpickled, which runs code stored in them: load only files you trust.**
+
+    ``py:PKG.MODULE:NAME`` imports ``PKG.MODULE`` (from the installed packages or the current directory)
+    and calls ``NAME()``, a factory that returns a teacher that is not an SB3 model (see
+    :func:`~policy_kd.teachers.from_callable`); ``env_id`` binds it to an environment. **This runs the
+    module's code, as a ``.zip`` does: name only modules you trust.**
     """
     given = str(path)
+    if given.startswith(PY_PREFIX):  # not an SB3 Teacher, but the same protocol (BaseTeacher)
+        return load_py_teacher(given, env_id)  # type: ignore[return-value]
     path = _hub_folder(given) if given.startswith(HUB_PREFIX) else Path(path)
     if path.is_dir():
         params = _zoo_params_dir(path)

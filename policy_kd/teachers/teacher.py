@@ -19,20 +19,10 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import sample_gaussian, sample_logits, to_bounds
 from policy_kd.teachers import sb3
-from policy_kd.teachers.sb3 import _numpy, policy_param_count
+from policy_kd.teachers.protocol import BaseTeacher, Labels
+from policy_kd.teachers.sb3 import policy_param_count
 from policy_kd.teachers.vec_env import _vec_env
-
-
-@dataclass(frozen=True)
-class Labels:
-    """What one teacher forward pass gives for a batch of states."""
-
-    outputs: dict[str, np.ndarray]
-    """Buffer field name -> array ``(batch, *shape)`` (see ``Teacher.output_fields``)."""
-    greedy: np.ndarray
-    """The teacher's deterministic action per state ``(batch, *action_shape)``."""
 
 
 @dataclass(kw_only=True)
@@ -75,8 +65,9 @@ class _EnvRecipe:
 
 
 @dataclass(kw_only=True)
-class Teacher(_EnvRecipe):
-    """A loaded SB3 teacher with one-forward-pass access to its outputs and greedy actions.
+class Teacher(_EnvRecipe, BaseTeacher):
+    """A loaded SB3 teacher with one-forward-pass access to its outputs and greedy actions (the generic
+    parts, sampling by kind included, come from :class:`~policy_kd.teachers.protocol.BaseTeacher`).
 
     The environment is rebuilt as the teacher saw it (:attr:`env_spec`): ``make_env(env_id, raw=raw_env,
     **env_kwargs)``, then ``env_wrappers`` (allow-listed import path, kwargs) in order, then frame stacking. Observations stay raw (what a buffer records);
@@ -102,10 +93,6 @@ class Teacher(_EnvRecipe):
         self.model.policy.set_training_mode(False)
 
     @property
-    def continuous(self) -> bool:
-        return isinstance(self.model.action_space, gym.spaces.Box)
-
-    @property
     def kind(self) -> str:
         """What ``teacher`` holds: ``q_values`` (DQN), ``quantiles`` (QR-DQN: the quantiles' mean),
         ``logits`` (PPO/A2C, discrete), ``gaussian`` or ``squashed_gaussian`` (PPO/A2C, Box: the mean)."""
@@ -118,12 +105,6 @@ class Teacher(_EnvRecipe):
     @property
     def action_space(self) -> gym.spaces.Discrete | gym.spaces.Box:
         return self.model.action_space  # type: ignore[return-value]
-
-    @property
-    def n_outputs(self) -> int:
-        """Discrete: the number of actions. Box: the action dimension (the flattened action shape)."""
-        space = self.action_space
-        return int(np.prod(space.shape)) if isinstance(space, gym.spaces.Box) else int(space.n)
 
     @property
     def policy_params(self) -> int:
@@ -177,58 +158,20 @@ class Teacher(_EnvRecipe):
             obs_t, _ = policy.obs_to_tensor(obs)
         outputs = sb3.forward_outputs(self.model, self.algo, obs_t)
         acted_on = outputs["teacher"]  # Q-values, the quantiles' mean, logits: greedy is their argmax
-        greedy = self._to_action(acted_on) if self.continuous else acted_on.argmax(axis=-1)
+        greedy = self.to_action(acted_on) if self.continuous else acted_on.argmax(axis=-1)
         return Labels(outputs=outputs, greedy=greedy)
 
     def head_module(self) -> torch.nn.Module:
         """The teacher's final linear layer: its input is the feature layer hint distillation matches."""
         return sb3.head_module(self.model, self.algo)
 
-    @property
-    def feature_dim(self) -> int:
-        return int(self.head_module().in_features)
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The policy's weights (what ``record.teacher_digest`` hashes)."""
+        return self.model.policy.state_dict()
 
-    def features(self, obs: np.ndarray) -> np.ndarray:
-        """The input of the teacher's output layer for a batch of raw observations ``(batch, feature_dim)``.
-
-        Captured by a forward pre-hook during the usual labelling pass, so it is exactly what the
-        teacher's head saw, whatever the feature extractor (MLP, NatureCNN, MinAtar CNN).
-        """
-        captured: list[torch.Tensor] = []
-        handle = self.head_module().register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-        try:
-            self.label(obs)
-        finally:
-            handle.remove()
-        return _numpy(captured[0].reshape(len(captured[0]), -1))
-
-    def _to_action(self, pre_squash: np.ndarray) -> np.ndarray:
-        """A Gaussian sample or mean -> the action SB3 takes: clipped to the bounds, or tanh-squashed and
-        scaled to them."""
-        space = self.action_space
-        assert isinstance(space, gym.spaces.Box)
-        squash = bool(self.model.policy.squash_output)
-        action = to_bounds(pre_squash.reshape(-1, *space.shape), space.low, space.high, squash=squash)
-        return action.astype(space.dtype, copy=False)
-
-    def sample(self, labels: Labels, rng: np.random.Generator) -> np.ndarray:
-        """Actions drawn from the teacher's own distribution: softmax of logits, or mean + std * N(0, 1)
-        (clipped or squashed as SB3 does); DQN and QR-DQN act greedily."""
-        if self.algo in ("dqn", "qrdqn"):
-            return labels.greedy
-        if not self.continuous:
-            return sample_logits(labels.outputs["teacher"], rng)
-        mean, log_std = labels.outputs["teacher"], labels.outputs["teacher_log_std"]
-        return self._to_action(sample_gaussian(mean, log_std, rng, noise_dtype=np.float32))
-
-    def outputs(self, obs: np.ndarray) -> np.ndarray:
-        """The ``teacher`` field for a batch of raw observations: ``(batch, n_outputs)`` float32."""
-        return self.label(obs).outputs["teacher"]
-
-    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """Actions for a batch of observations (the same protocol students follow)."""
-        labels = self.label(obs)
-        return labels.greedy if deterministic else self.sample(labels, np.random.default_rng())
+    def network(self) -> torch.nn.Module:
+        """The modules that choose actions as one ``nn.Module`` (see ``teachers.sb3.actor_module``)."""
+        return sb3.actor_module(self.model, self.algo)
 
     def file_bytes(self) -> int:
         return Path(self.path).stat().st_size
