@@ -240,6 +240,25 @@ def _describe_export(out: Path) -> str:
     return describe_export(out)
 
 
+IMPORT_SOURCES = ("minari",)
+
+
+def _import(argv: list[str]) -> int:
+    """``policy-kd import minari DATASET``: a dataset of another tool as a buffer of kind actions."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {PROG} import minari DATASET --out BUFFER [--env ENV_ID] [--force]")
+        return 0 if argv else 2
+    if argv[0] not in IMPORT_SOURCES:
+        raise PolicyKDError(f"cannot import from {argv[0]!r}; choose one of {', '.join(IMPORT_SOURCES)}")
+    from policy_kd.minari_import import ImportMinariConfig, import_minari
+
+    cfg = parse_cli(
+        ImportMinariConfig, argv[1:], prog=f"{PROG} import minari", description=ImportMinariConfig.__doc__
+    )
+    print(_describe_buffer(import_minari(cfg)))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train-teacher": _job(
         "train-teacher", "teacher", "TrainTeacherConfig", "train_teacher", lambda p: f"teacher saved to {p}"
@@ -275,6 +294,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "demo": lambda argv: _demo(
         parse_cli(DemoConfig, argv, prog=f"{PROG} demo", description=DemoConfig.__doc__)
     ),
+    "import": _import,
 }
 
 USAGE = f"""usage: {PROG} COMMAND [--config FILE] [OPTIONS]
@@ -289,6 +309,7 @@ commands:
   distill-online  train a teacher and distil a student from it while it trains
   kickstart       train a small student with RL plus an annealed distillation loss toward a teacher
   inspect         validate a buffer and summarise it
+  import minari   a local Minari dataset as a buffer of kind actions (behaviour cloning)
   demo            all four on CartPole-v1 into runs/demo/, then the comparison table
 
 '{PROG} COMMAND --help' lists a command's options."""
