@@ -16,6 +16,7 @@ is marked truncated, as a cut episode). The ``minari`` extra installs Minari wit
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,21 @@ def _episode(ep: Any, obs_space: gym.Space, act_space: gym.Space, dataset_id: st
     )
 
 
+def _read_episodes(dataset: Any, dataset_id: str) -> Iterator[Any]:
+    """The dataset's episodes in order; an episode whose stored arrays cannot be read is refused in one line."""
+    it = iter(dataset.iterate_episodes())
+    for index in dataset.episode_indices:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            raise PolicyKDError(
+                f"episode {index} of Minari dataset {dataset_id} is missing data ({why}); repair or drop the episode"
+            ) from None
+
+
 def _teacher_field(action: np.ndarray, space: gym.Space) -> np.ndarray:
     """The ``teacher`` column of an action-only buffer: one-hot rows (Discrete) or the actions (Box)."""
     if isinstance(space, gym.spaces.Discrete):
@@ -183,7 +199,7 @@ def import_minari(config: ImportMinariConfig) -> Path:
         )
     env_id = _env_id(dataset, config.env)
     # every episode is checked before the folder is touched: a refused dataset leaves nothing behind
-    episodes = [_episode(ep, obs_space, act_space, dataset_id) for ep in dataset.iterate_episodes()]
+    episodes = [_episode(ep, obs_space, act_space, dataset_id) for ep in _read_episodes(dataset, dataset_id)]
     if not episodes:
         raise PolicyKDError(f"Minari dataset {dataset_id} holds no episodes")
     rows = sum(len(e.action) for e in episodes)
