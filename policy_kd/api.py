@@ -58,8 +58,11 @@ def train_teacher(env: str, out: PathLike, *, algo: str = "dqn", **options: Any)
 def load_teacher(path: PathLike, env: str | None = None) -> Teacher:
     """Load a teacher: a ``train-teacher`` or rl-baselines3-zoo run folder, ``hf://ORG/REPO``, or an SB3
     ``.zip`` (then ``env`` is required). Its ``.zip``/``.pkl`` files are unpickled code: load only trusted ones.
+    ``py:PKG.MODULE:NAME`` calls a factory returning a teacher that is not an SB3 model (see
+    :func:`policy_kd.teachers.from_callable`); it runs that module's code.
 
-    :return: a :class:`policy_kd.teacher.Teacher`; ``teacher.label(obs)`` gives its outputs and greedy actions.
+    :return: a :class:`policy_kd.teacher.Teacher` (or, for ``py:``, another
+        :class:`~policy_kd.teachers.TeacherProtocol`); ``teacher.label(obs)`` gives its outputs and greedy actions.
 
     Example::
 

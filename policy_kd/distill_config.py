@@ -24,7 +24,7 @@ class DistillConfig(StudentOptions, LossOptions, RunOptions):
     out: str | None = None
     """Student folder to create (refused if it exists, unless --force or --resume)."""
     teacher: str | None = None
-    """Teacher for --hint-weight and --rounds (required by both; checked to be the one that recorded --buffer): a run folder, a zoo run folder, hf://ORG/REPO or an SB3 .zip. Its .zip and .pkl files are unpickled code: load only trusted ones."""
+    """Teacher for --hint-weight and --rounds (required by both; checked to be the one that recorded --buffer): a run folder, a zoo run folder, hf://ORG/REPO, an SB3 .zip or py:PKG.MODULE:NAME. Its .zip and .pkl files are unpickled code, and py: runs the module: load only trusted ones."""
     env: str | None = None
     """Environment id, for a plain .zip --teacher without a buffer."""
     channels: tuple[int, ...] | None = None

@@ -58,7 +58,7 @@ class EvaluateConfig:
     """Play teacher and students on the same episode seeds and compare return, fidelity and cost."""
 
     teacher: str | None = None
-    """Teacher: a train-teacher run folder, an rl-baselines3-zoo run folder (logs/ALGO/ENV_1), hf://ORG/REPO[@REVISION] (a zoo agent on the Hugging Face Hub; hub extra), or an SB3 .zip (then --env is required). Its .zip and .pkl files are unpickled code: load only trusted ones."""
+    """Teacher: a train-teacher run folder, an rl-baselines3-zoo run folder (logs/ALGO/ENV_1), hf://ORG/REPO[@REVISION] (a zoo agent on the Hugging Face Hub; hub extra), an SB3 .zip (then --env is required), or py:PKG.MODULE:NAME (a factory returning a teacher that is not an SB3 model). Its .zip and .pkl files are unpickled code, and py: runs the module: load only trusted ones."""
     student: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """Student: a distill --out folder (its best weights), a .pt weights file inside one, or a policy-kd
     export folder. Repeat for several students (--student a --student b); omit to evaluate the teacher

@@ -47,7 +47,7 @@ class RecordConfig:
     """Let a teacher (or a student, or a mixture) act in the environment and record the teacher's outputs at every state."""
 
     teacher: str | None = None
-    """Teacher: a train-teacher run folder, an rl-baselines3-zoo run folder (logs/ALGO/ENV_1), hf://ORG/REPO[@REVISION] (a zoo agent on the Hugging Face Hub; hub extra), or an SB3 .zip (then --env is required). Its .zip and .pkl files are unpickled code: load only trusted ones."""
+    """Teacher: a train-teacher run folder, an rl-baselines3-zoo run folder (logs/ALGO/ENV_1), hf://ORG/REPO[@REVISION] (a zoo agent on the Hugging Face Hub; hub extra), an SB3 .zip (then --env is required), or py:PKG.MODULE:NAME (a factory returning a teacher that is not an SB3 model). Its .zip and .pkl files are unpickled code, and py: runs the module: load only trusted ones."""
     env: str | None = None
     """Environment id; required for a plain .zip teacher, checked against a run folder's; another version of a run folder's env (LunarLander-v3 for a LunarLander-v2 teacher) runs it there if the spaces match."""
     out: str | None = None

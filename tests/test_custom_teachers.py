@@ -242,3 +242,15 @@ def test_py_spec_errors(capsys: pytest.CaptureFixture[str], factories: str) -> N
 def test_load_teacher_binds_an_unbound_teacher(factories: str) -> None:
     teacher = load_teacher(f"py:{factories}:unbound", "CartPole-v1")
     assert teacher.env_id == "CartPole-v1" and teacher.source == f"py:{factories}:unbound"
+
+
+def test_dagger_rounds_query_a_scripted_teacher(tmp_path: Path) -> None:
+    """A scripted controller can label the states the student visits (a dataset could not)."""
+    out = tmp_path / "dagger"
+    args = ["distill", "--teacher", CONTROLLER, "--out", out, "--loss", "nll", "--steps", "20"]
+    assert run_cli(*args, "--eval-every", "0", "--rounds", "2", "--round-steps", "100", *TINY) == 0
+    assert json.loads((out / "metrics.json").read_text())["teacher_labels"] == 200
+    later = Buffer.open(out / "rounds" / "round_1" / "buffer")
+    assert later.sources[0]["behaviour"] != "teacher"
+    obs = later.field("obs")
+    np.testing.assert_array_equal(later.field("teacher").argmax(1), cartpole_controller().predict(obs))
