@@ -112,7 +112,7 @@ def test_from_callable_kinds_sample_as_declared() -> None:
 
 
 def test_declared_kind_and_outputs_are_checked() -> None:
-    with pytest.raises(PolicyKDError, match="choose one of q_values, quantiles, logits, actions"):
+    with pytest.raises(PolicyKDError, match="choose one of q_values, logits, actions"):
         from_callable(lambda o: o, kind="gaussian", env_id="CartPole-v1")
     with pytest.raises(PolicyKDError, match="declares observations"):
         from_callable(lambda o: o, gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), kind="logits").bind(

@@ -24,7 +24,6 @@ What the function returns, per kind, for a batch ``obs`` ``(batch, *obs_shape)``
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +36,14 @@ from torch import nn
 
 from policy_kd.envs import ensure_registered, make_env_from_spec
 from policy_kd.errors import PolicyKDError
-from policy_kd.teachers.protocol import GAUSSIAN_KINDS, BaseTeacher, Labels, check_kind
+from policy_kd.teachers.protocol import GAUSSIAN_KINDS, KINDS, BaseTeacher, Labels, check_kind
 from policy_kd.teachers.teacher import _EnvRecipe
 
-__all__ = ["CustomTeacher", "from_callable", "from_module"]
+__all__ = ["CUSTOM_KINDS", "CustomTeacher", "from_callable", "from_module"]
+
+CUSTOM_KINDS = tuple(k for k in KINDS if k != "quantiles")
+"""What a callable or module may declare: every kind but SB3 QR-DQN's ``quantiles`` (give their mean as
+``q_values``)."""
 
 
 @dataclass(kw_only=True)
@@ -69,11 +72,8 @@ class CustomTeacher(_EnvRecipe, BaseTeacher):
     """What ``load_teacher`` was given (``py:PKG.MODULE:NAME``): load it again from this."""
 
     def __post_init__(self) -> None:
-        if self.kind == "quantiles":
-            raise PolicyKDError(
-                f"teacher {self.name}: kind 'quantiles' is SB3 QR-DQN's; give the quantiles' mean as kind q_values"
-            )
-        check_kind(self.kind, self.action_space, f"teacher {self.name}")
+        # quantiles is SB3 QR-DQN's (its extra field); another distributional teacher gives its mean as q_values
+        check_kind(self.kind, self.action_space, f"teacher {self.name}", kinds=CUSTOM_KINDS)
         self.format = "torch" if self.module is not None else "python"
         if self.module is not None:
             self.module.eval()
@@ -190,14 +190,6 @@ class CustomTeacher(_EnvRecipe, BaseTeacher):
         buf = io.BytesIO()
         torch.save(self.module.state_dict(), buf)
         return buf.getbuffer().nbytes
-
-    def digest(self) -> str:
-        """A short hash of the weights (or name) for messages."""
-        h = hashlib.sha256()
-        for k, v in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:12]
 
 
 def _numpy(value: Any) -> np.ndarray:

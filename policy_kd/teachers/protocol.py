@@ -96,14 +96,15 @@ class TeacherProtocol(Protocol):
     def make_env(self, *, stacked: bool = True) -> gym.Env: ...
 
 
-def check_kind(kind: str, action_space: gym.Space, what: str) -> None:
-    """Refuse a kind that does not exist or does not fit the action space, with the kinds that do."""
+def check_kind(kind: str, action_space: gym.Space, what: str, *, kinds: tuple[str, ...] = KINDS) -> None:
+    """Refuse a kind that is not one of ``kinds`` or does not fit the action space, with the kinds that do."""
     if isinstance(action_space, gym.spaces.Discrete):
         allowed: tuple[str, ...] = DISCRETE_KINDS
     elif isinstance(action_space, gym.spaces.Box):
         allowed = CONTINUOUS_KINDS
     else:
         raise PolicyKDError(f"{what} acts in {action_space}; supported action spaces are Discrete and Box")
+    allowed = tuple(k for k in allowed if k in kinds)
     if kind not in allowed:
         raise PolicyKDError(
             f"{what} declares kind {kind!r}, which does not fit {action_space}; choose one of {', '.join(allowed)}"
