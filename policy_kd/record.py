@@ -112,7 +112,11 @@ def _action_spec(space: gym.Space) -> FieldSpec:
         return FieldSpec("int64", ())
     if isinstance(space, gym.spaces.Box):
         return FieldSpec("float32", tuple(space.shape))
-    raise PolicyKDError(f"cannot record actions of space {space}; Discrete and Box are supported")
+    if isinstance(space, gym.spaces.MultiDiscrete | gym.spaces.MultiBinary):
+        return FieldSpec("int64", tuple(space.shape))
+    raise PolicyKDError(
+        f"cannot record actions of space {space}; Discrete, Box, MultiDiscrete and MultiBinary are supported"
+    )
 
 
 class Behaviour:

@@ -263,15 +263,20 @@ class ExportedStudent:
     def head(self) -> str:
         return str(self.info["spec"].get("head", "discrete"))
 
+    @property
+    def nvec(self) -> tuple[int, ...] | None:
+        """Choices per action component of a ``multi_discrete`` head, else None."""
+        return tuple(self.info["spec"].get("nvec", ())) or None
+
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Actions as the eager student takes them: argmax, or the Gaussian mean clipped (``gaussian``) or
         tanh-squashed (``squashed_gaussian``) into the action bounds; ``deterministic=False`` samples."""
         out = self.outputs(obs)
         if not deterministic:
-            out = sample_outputs(out, self.head, self.log_std, np.random.default_rng())
-            if self.head == "discrete":
+            out = sample_outputs(out, self.head, self.log_std, np.random.default_rng(), nvec=self.nvec)
+            if self.head in ("discrete", "multi_discrete"):
                 return out
-        return actions_from_outputs(out, self.head, self.meta.get("action_bounds"))
+        return actions_from_outputs(out, self.head, self.meta.get("action_bounds"), nvec=self.nvec)
 
     def file_bytes(self) -> int:
         return self.path.stat().st_size

@@ -19,7 +19,8 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import sample_gaussian, sample_logits, to_bounds
+from policy_kd.heads import actions_from_outputs, sample_gaussian, sample_logits, sample_outputs, to_bounds
+from policy_kd.spaces import action_nvec
 from policy_kd.teachers import sb3
 from policy_kd.teachers.sb3 import _numpy, policy_param_count
 from policy_kd.teachers.vec_env import _vec_env
@@ -95,10 +96,18 @@ class Teacher(_EnvRecipe):
         # SB3's policy.device walks the parameters on every access (~50 µs): look it up once
         self._device = self.model.policy.device
         space = self.model.action_space
-        if not isinstance(space, (gym.spaces.Discrete, gym.spaces.Box)):
+        multi = isinstance(space, gym.spaces.MultiDiscrete | gym.spaces.MultiBinary)
+        if not isinstance(space, gym.spaces.Discrete | gym.spaces.Box) and not multi:
             raise PolicyKDError(
-                f"teacher {self.path} acts in {space}; supported action spaces are Discrete and Box"
+                f"teacher {self.path} acts in {space}; supported action spaces are Discrete, Box, "
+                "MultiDiscrete and MultiBinary"
             )
+        if multi and self.algo not in ("ppo", "a2c"):
+            raise PolicyKDError(
+                f"teacher {self.path}: {space} actions are supported for ppo and a2c teachers"
+            )
+        # choices per component of a MultiDiscrete/MultiBinary action (2 per bit), else None
+        self.nvec: tuple[int, ...] | None = action_nvec(space)
         self.model.policy.set_training_mode(False)
 
     @property
@@ -123,6 +132,8 @@ class Teacher(_EnvRecipe):
     def n_outputs(self) -> int:
         """Discrete: the number of actions. Box: the action dimension (the flattened action shape)."""
         space = self.action_space
+        if self.nvec is not None:  # every component's logits side by side
+            return sum(self.nvec)
         return int(np.prod(space.shape)) if isinstance(space, gym.spaces.Box) else int(space.n)
 
     @property
@@ -177,7 +188,12 @@ class Teacher(_EnvRecipe):
             obs_t, _ = policy.obs_to_tensor(obs)
         outputs = sb3.forward_outputs(self.model, self.algo, obs_t)
         acted_on = outputs["teacher"]  # Q-values, the quantiles' mean, logits: greedy is their argmax
-        greedy = self._to_action(acted_on) if self.continuous else acted_on.argmax(axis=-1)
+        if self.nvec is not None:  # one argmax per component (a MultiBinary bit: 1 where its logit > 0)
+            greedy = actions_from_outputs(acted_on, "multi_discrete", nvec=self.nvec).reshape(
+                len(acted_on), *self.action_space.shape
+            )
+        else:
+            greedy = self._to_action(acted_on) if self.continuous else acted_on.argmax(axis=-1)
         return Labels(outputs=outputs, greedy=greedy)
 
     def head_module(self) -> torch.nn.Module:
@@ -216,6 +232,9 @@ class Teacher(_EnvRecipe):
         (clipped or squashed as SB3 does); DQN and QR-DQN act greedily."""
         if self.algo in ("dqn", "qrdqn"):
             return labels.greedy
+        if self.nvec is not None:
+            drawn = sample_outputs(labels.outputs["teacher"], "multi_discrete", None, rng, nvec=self.nvec)
+            return drawn.reshape(len(drawn), *self.action_space.shape)
         if not self.continuous:
             return sample_logits(labels.outputs["teacher"], rng)
         mean, log_std = labels.outputs["teacher"], labels.outputs["teacher_log_std"]
