@@ -323,11 +323,23 @@ def _runner(fmt: str, path: Path, info: dict[str, Any]) -> Any:
             module = torch.jit.load(str(path), map_location="cpu")
         module.eval()
     elif fmt == "sb3":
-        from stable_baselines3 import DQN
+        # which algorithm the .zip holds, read from its JSON (nothing unpickled) before loading it
+        from policy_kd.teachers.sb3 import _detect_algo, algo_class, forward_outputs
 
+        algo = _detect_algo(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = DQN.load(str(path), device="cpu").policy.q_net
+            model = algo_class(algo).load(str(path), device="cpu")
+        model.policy.set_training_mode(False)
+        if algo != "dqn":  # an actor-critic: the actor's outputs, as a teacher's are labelled
+
+            def run_actor(obs: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    obs_t = torch.from_numpy(np.ascontiguousarray(obs, dtype=dtype))
+                    return forward_outputs(model, algo, obs_t)["teacher"]
+
+            return run_actor
+        module = model.policy.q_net
         module.eval()
     else:
         raise PolicyKDError(f"unknown export format {fmt!r}; choose one of {', '.join(FILES)}")

@@ -155,3 +155,25 @@ def test_exports_take_the_students_actions(pipeline: dict[str, Path], fmt: str) 
         )
         got = np.array([[int(x) for x in line.split()] for line in run.stdout.decode().splitlines()])
         assert np.array_equal(got, st.predict(obs))
+
+
+def test_sb3_export_is_a_ppo_with_the_students_actions(pipeline: dict[str, Path]) -> None:
+    """--format sb3 --algo ppo: SB3's own MultiCategorical (or Bernoulli, one logit b - a per bit) policy
+    takes the student's actions, and learn() continues on the env."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    out = pipeline["root"] / "export_sb3"
+    assert run_cli("export", pipeline["student"], "--format", "sb3", "--algo", "ppo", "--value-target", "returns",
+                   "--value-steps", "50", "--out", out) == 0  # fmt: skip
+    model = PPO.load(
+        out / "policy.zip", env=make_vec_env(str(pipeline["env_id"]), n_envs=2), device="cpu", n_steps=32
+    )
+    obs = Buffer.open(pipeline["buffer"]).spaced("obs", 512)
+    assert np.array_equal(
+        model.predict(obs, deterministic=True)[0], load_student(pipeline["student"]).predict(obs)
+    )
+    model.learn(64)
+    # DQN needs Discrete actions: refused with a one-line error (exit 2), nothing written
+    assert run_cli("export", pipeline["student"], "--format", "sb3", "--out", out.with_name("dqn")) == 2
+    assert not out.with_name("dqn").exists()

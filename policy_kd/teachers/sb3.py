@@ -149,6 +149,11 @@ def forward_outputs(model: BaseAlgorithm, algo: str, obs_t: torch.Tensor) -> dic
     return {"teacher": mean, "teacher_log_std": log_std}
 
 
+def state_values(model: BaseAlgorithm, obs_t: torch.Tensor) -> np.ndarray:
+    """The critic's V(s) ``(batch,)`` of a PPO/A2C model on a batch in the network's layout."""
+    return _numpy(model.policy.predict_values(obs_t).reshape(-1))
+
+
 def bernoulli_as_two_way(logits: torch.Tensor) -> torch.Tensor:
     """SB3's MultiBinary logits ``(batch, n_bits)`` (one Bernoulli logit ``l`` per bit) -> ``(batch, 2 * n_bits)``
     with ``[0, l]`` per bit: ``softmax([0, l])[1] = sigmoid(l)``, so each bit becomes a 2-way categorical

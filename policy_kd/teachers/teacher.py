@@ -91,6 +91,8 @@ class Teacher(_EnvRecipe):
     vec_normalize: VecNormalize | None = None
     source: str | None = None
     """What ``load_teacher`` was given (run folder, ``.zip`` or ``hf://`` address): load it again from this."""
+    values: bool = False
+    """Label states with the critic's V(s) too (``teacher_value``; PPO/A2C only), as ``record --values`` asks."""
 
     def __post_init__(self) -> None:
         # SB3's policy.device walks the parameters on every access (~50 µs): look it up once
@@ -160,6 +162,7 @@ class Teacher(_EnvRecipe):
         return {
             "teacher": ("float32", (self.n_outputs,)),
             **sb3.extra_output_fields(self.model, self.algo, self.n_outputs),
+            **({"teacher_value": ("float32", ())} if self.values else {}),
         }
 
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
@@ -187,6 +190,8 @@ class Teacher(_EnvRecipe):
         else:  # e.g. channel-last images SB3 transposes for the network
             obs_t, _ = policy.obs_to_tensor(obs)
         outputs = sb3.forward_outputs(self.model, self.algo, obs_t)
+        if self.values:
+            outputs["teacher_value"] = sb3.state_values(self.model, obs_t)
         acted_on = outputs["teacher"]  # Q-values, the quantiles' mean, logits: greedy is their argmax
         if self.nvec is not None:  # one argmax per component (a MultiBinary bit: 1 where its logit > 0)
             greedy = actions_from_outputs(acted_on, "multi_discrete", nvec=self.nvec).reshape(
