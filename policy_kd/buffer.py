@@ -309,6 +309,38 @@ class Buffer:
             return np.zeros(0)
         return self._returns("game_reward", "game_first", ("game_over",), source)
 
+    def discounted_returns(self, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the discounted return from that step to the end of its episode,
+        ``G_t = reward_t + gamma * G_{t+1}`` (0 after the episode's last step), from the recorded rewards and
+        episode ends: ``(returns (rows,) float64, complete (rows,) bool)``.
+
+        ``complete`` is False on rows whose episode does not end inside their recording (the last, cut-off
+        episode of each env): their sums miss the rest of the episode, so a critic fitted on them should
+        leave them out. A time-limit truncation counts as the end (no bootstrap: the buffer holds no value
+        to bootstrap from), as the teacher's own returns were scored. The returns are those of the
+        behaviour policy that acted in the recording (the teacher's own when it acted).
+        """
+        if not 0.0 <= gamma <= 1.0:
+            raise PolicyKDError(f"gamma must lie in [0, 1], got {gamma}")
+        out, complete = np.zeros(self.rows), np.zeros(self.rows, dtype=bool)
+        offset = 0
+        for i, seg in enumerate(self.segments):
+            reward = np.asarray(self.segment_array(i, "reward"), dtype=np.float64)
+            done = np.asarray(self.segment_array(i, "terminated")) | np.asarray(
+                self.segment_array(i, "truncated")
+            )
+            env = np.asarray(self.segment_array(i, "env"))
+            for e in np.unique(env):
+                rows = np.flatnonzero(env == e)  # this env's steps, in order
+                g, ended = 0.0, False
+                for r in rows[::-1]:  # backwards: each step's return from the next one's
+                    if done[r]:
+                        g, ended = 0.0, True
+                    g = reward[r] + gamma * g
+                    out[offset + r], complete[offset + r] = g, ended
+            offset += seg["rows"]
+        return out, complete
+
     def _returns(
         self, reward_field: str, first_field: str, end_fields: tuple[str, ...], source: int | None
     ) -> np.ndarray:

@@ -14,6 +14,9 @@ import torch
 
 from policy_kd.rollout import Policy
 
+DISCRETE_HEADS = ("discrete", "multi_discrete")
+"""Heads whose samples are already actions (a Gaussian draw still has to be clipped or squashed)."""
+
 
 @dataclass
 class Contender:
@@ -26,7 +29,7 @@ class Contender:
     format: str
     """``sb3`` for a teacher, ``eager`` for a distilled student, else the export format."""
     head: str
-    """``discrete``, ``gaussian`` or ``squashed_gaussian``."""
+    """``discrete``, ``gaussian``, ``squashed_gaussian`` or ``multi_discrete``."""
     greedy: Callable[[np.ndarray], np.ndarray]
     sample: Callable[[np.ndarray, np.random.Generator], np.ndarray]
     outputs: Callable[[np.ndarray], np.ndarray]
@@ -38,6 +41,8 @@ class Contender:
     tb_dir: Path | None = None
     """The distillation run's TensorBoard folder, for learning curves."""
     info: dict[str, Any] = field(default_factory=dict)
+    nvec: tuple[int, ...] | None = None
+    """``multi_discrete`` head: choices per action component (MultiDiscrete/MultiBinary)."""
 
     def policy(self, mode: str, rng: np.random.Generator) -> Policy:
         """The :class:`Policy` that acts greedily (``deterministic``) or samples with ``rng``."""
@@ -59,7 +64,9 @@ def _teacher_contender(teacher: Any) -> Contender:
         macs: int | None = None if net is None else count_macs(net, torch.as_tensor(example))
     except Exception:  # an observation layout the bare network does not take (e.g. channels-last)
         macs = None
-    if not teacher.continuous:
+    if teacher.nvec is not None:
+        head = "multi_discrete"
+    elif not teacher.continuous:
         head = "discrete"
     else:
         head = "squashed_gaussian" if teacher.kind == "squashed_gaussian" else "gaussian"
@@ -76,6 +83,7 @@ def _teacher_contender(teacher: Any) -> Contender:
         bytes=int(teacher.file_bytes()),
         macs=macs,
         info={"algo": teacher.algo, "kind": teacher.kind},
+        nvec=teacher.nvec,
     )
 
 
@@ -88,11 +96,12 @@ def _student_contender(path: str, name: str) -> Contender:
     if is_export(path):
         ex = load_exported(path)
         head, log_std, bounds = ex.head, ex.log_std, ex.meta.get("action_bounds")
+        ex_nvec = ex.nvec
         source = Path(ex.meta.get("source", ""))
 
         def sample_ex(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            drawn = sample_outputs(ex.outputs(obs), head, log_std, rng)
-            return drawn if head == "discrete" else actions_from_outputs(drawn, head, bounds)
+            drawn = sample_outputs(ex.outputs(obs), head, log_std, rng, nvec=ex_nvec)
+            return drawn if head in DISCRETE_HEADS else actions_from_outputs(drawn, head, bounds)
 
         return Contender(
             name=name,
@@ -109,10 +118,12 @@ def _student_contender(path: str, name: str) -> Contender:
             log_std=log_std,
             tb_dir=source / "tb" if (source / "tb").is_dir() else None,
             info=ex.info,
+            nvec=ex_nvec,
         )
     st = load_student(path)
     net = st.net
     head = str(st.info["spec"].get("head", "discrete"))
+    nvec = tuple(st.info["spec"].get("nvec", ())) or None
     log_std_p = getattr(net, "log_std", None)
     log_std = None if log_std_p is None else log_std_p.detach().numpy().reshape(-1)
     s_bounds = (
@@ -126,8 +137,8 @@ def _student_contender(path: str, name: str) -> Contender:
             return net(torch.as_tensor(np.asarray(obs))).float().numpy()
 
     def sample_st(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        drawn = sample_outputs(outputs(obs), head, log_std, rng)
-        return drawn if head == "discrete" else actions_from_outputs(drawn, head, s_bounds)
+        drawn = sample_outputs(outputs(obs), head, log_std, rng, nvec=nvec)
+        return drawn if head in DISCRETE_HEADS else actions_from_outputs(drawn, head, s_bounds)
 
     example = torch.zeros((2, *st.info["spec"]["obs_shape"]))
     folder = st.weights_path.parent
@@ -146,4 +157,5 @@ def _student_contender(path: str, name: str) -> Contender:
         log_std=log_std,
         tb_dir=folder / "tb" if (folder / "tb").is_dir() else None,
         info=st.info,
+        nvec=nvec,
     )

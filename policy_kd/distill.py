@@ -33,7 +33,7 @@ from policy_kd.dagger import Rounds
 from policy_kd.distill_config import DistillConfig
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
-from policy_kd.losses import CONTINUOUS_LOSSES, DISCRETE_LOSSES, compute_loss, hint, kl
+from policy_kd.losses import CONTINUOUS_LOSSES, DISCRETE_LOSSES, compute_loss, hint, kl, per_component
 from policy_kd.run import (
     atomic_torch_save,
     check_interrupted,
@@ -44,6 +44,7 @@ from policy_kd.run import (
     write_json,
     write_run_info,
 )
+from policy_kd.spaces import action_nvec
 from policy_kd.students import (
     Student,
     build_student,
@@ -123,7 +124,7 @@ def _check_meta(buffer: Buffer) -> None:
             wrong.append("teacher.kind")
         if not (isinstance(t.get("policy_params"), int) and t["policy_params"] > 0):
             wrong.append("teacher.policy_params")
-        if space.get("type") not in ("Discrete", "Box"):
+        if space.get("type") not in ("Discrete", "Box", "MultiDiscrete", "MultiBinary"):
             wrong.append("action_space.type")
         bounds = [space.get(k) for k in ("low", "high") if k in space]
         if not all(isinstance(b, list) and all(isinstance(x, int | float) for x in b) for b in bounds):
@@ -193,6 +194,8 @@ class _Run(Rounds):
         kind = meta["teacher"]["kind"]
         self.teacher_params = int(meta["teacher"]["policy_params"])
         self.continuous = meta.get("action_space", {}).get("type") == "Box"
+        # MultiDiscrete/MultiBinary: the logits of each component side by side; losses per component, summed
+        self.nvec = action_nvec(meta.get("action_space", {}))
         allowed = CONTINUOUS_LOSSES if self.continuous else tuple(DISCRETE_LOSSES)
         if kind == "actions":  # only the action taken: behaviour cloning, no soft target to match
             allowed = ACTION_LOSSES["Box" if self.continuous else "Discrete"]
@@ -224,7 +227,8 @@ class _Run(Rounds):
             teacher_params=self.teacher_params,
             activation=config.activation,
             channels=config.channels,
-            head=_head(meta["teacher"]["kind"]) if self.continuous else "discrete",
+            head=self._head(),
+            **({"nvec": self.nvec} if self.nvec else {}),
         )
         self.spec = spec
         check_fits_in_memory(spec, config.batch_size)
@@ -242,6 +246,12 @@ class _Run(Rounds):
             if "teacher_log_std" in buffer.fields:  # an action-only teacher has no spread to start from
                 with torch.no_grad():  # start from the teacher's average spread, not from std 1
                     self.net.log_std.copy_(torch.from_numpy(buffer.spaced("teacher_log_std", 10_000).mean(0)))
+
+    def _head(self) -> str:
+        """The student's head: the teacher's Gaussian kind, one logit block per component, or logits."""
+        if self.continuous:
+            return _head(str(self.meta["teacher"]["kind"]))
+        return "multi_discrete" if self.nvec else "discrete"
 
     def _sampler(self) -> Sampler:
         return Sampler(
@@ -330,7 +340,7 @@ class _Run(Rounds):
                 teacher_log_std=batch.get("teacher_log_std"),
             )
         else:
-            output = compute_loss(s_out, t_out, self.loss_cfg)
+            output = compute_loss(s_out, t_out, self.loss_cfg, nvec=self.nvec)
         terms["loss/output"] = output
         total = output
         if self.proj is not None:
@@ -344,6 +354,14 @@ class _Run(Rounds):
         with torch.no_grad():
             if self.continuous:
                 terms["fidelity/mean_abs_diff"] = (s_out - t_out).abs().mean()
+            elif self.nvec:  # the whole action agrees when every component does
+                parts = zip(s_out.split(self.nvec, -1), t_out.split(self.nvec, -1), strict=True)
+                same = torch.stack([s.argmax(-1) == t.argmax(-1) for s, t in parts], dim=-1)
+                terms["fidelity/agreement"] = same.all(dim=-1).float().mean()
+                terms["fidelity/component_agreement"] = same.float().mean()
+                terms["fidelity/kl_tau"] = per_component(
+                    lambda s, t: kl(s, t, tau=self.cfg.tau), s_out, t_out, self.nvec
+                )
             else:
                 terms["fidelity/agreement"] = (s_out.argmax(-1) == t_out.argmax(-1)).float().mean()
                 terms["fidelity/kl_tau"] = kl(s_out, t_out, tau=self.cfg.tau)

@@ -115,6 +115,17 @@ class ExportConfig:
     """--format c or numpy: per-channel symmetric int8 weights (float accumulation)."""
     min_agreement: float = 0.99
     """--int8: refuse the export when it takes the float student's action on fewer of the parity states."""
+    algo: Literal["dqn", "ppo", "a2c"] = "dqn"
+    """--format sb3: the SB3 algorithm written: dqn (Q-network = the student's outputs), or ppo/a2c (actor = the
+    student, critic fitted to --value-target); ``model.learn()`` continues from either."""
+    value_target: Literal["teacher", "returns"] | None = None
+    """--algo ppo/a2c: what the critic is fitted to: teacher (the teacher's V(s), from record --values) or
+    returns (discounted returns of the rewards in the student's buffer)."""
+    gamma: float = 0.99
+    """--format sb3: the algorithm's discount factor, also the one of --value-target returns (use the
+    teacher's: 0.999 for the LunarLander PPO preset)."""
+    value_steps: int = 2000
+    """--algo ppo/a2c: Adam steps (batches of 256) fitting the critic to its targets."""
 
 
 def parity_observations(student: Any, rows: int = 4096, seed: int = 0) -> np.ndarray:
@@ -142,6 +153,17 @@ def parity_observations(student: Any, rows: int = 4096, seed: int = 0) -> np.nda
     return z.astype(dtype)
 
 
+def _component_log_probs(out: np.ndarray, nvec: Any) -> np.ndarray:
+    """Each component's log-softmax, side by side ``(batch, sum(nvec))``."""
+    from policy_kd.heads import split_components
+
+    parts = []
+    for x in split_components(np.asarray(out, dtype=np.float64), nvec):
+        z = x - x.max(axis=-1, keepdims=True)
+        parts.append(z - np.log(np.exp(z).sum(axis=-1, keepdims=True)))
+    return np.concatenate(parts, axis=-1)
+
+
 def eager_outputs(net: Any, obs: np.ndarray) -> np.ndarray:
     import torch
 
@@ -149,8 +171,11 @@ def eager_outputs(net: Any, obs: np.ndarray) -> np.ndarray:
         return net(torch.as_tensor(np.asarray(obs))).float().numpy()
 
 
-def _write(fmt: str, student: Any, path: Path, int8: bool = False) -> dict[str, Any]:
+def _write(
+    fmt: str, student: Any, path: Path, int8: bool = False, config: ExportConfig | None = None
+) -> dict[str, Any]:
     """Write ``student`` in ``fmt`` to ``path``; returns format details for export.json."""
+    config = config or ExportConfig(format=fmt)  # type: ignore[arg-type]
     import torch
 
     net = student.net
@@ -169,8 +194,14 @@ def _write(fmt: str, student: Any, path: Path, int8: bool = False) -> dict[str, 
         np.savez(path, program=np.array(json.dumps(program)), **arrays)
         return {"program": [o["op"] for o in program], "int8": int8}
     if fmt == "sb3":
-        _export_sb3(student, path)
-        return {"algo": "dqn"}
+        return _export_sb3(
+            student,
+            path,
+            algo=config.algo,
+            value_target=config.value_target,
+            gamma=config.gamma,
+            value_steps=config.value_steps,
+        )
     if fmt in ("torchscript", "int8"):
         module = net
         if fmt == "int8":
@@ -229,6 +260,21 @@ def _check_config(config: ExportConfig) -> None:
         )
     if not 0.0 <= config.min_agreement <= 1.0:
         raise PolicyKDError(f"--min-agreement must be within [0, 1], got {config.min_agreement}")
+    if config.format != "sb3" and (config.algo != "dqn" or config.value_target is not None):
+        raise PolicyKDError("--algo and --value-target apply to --format sb3")
+    if config.algo == "dqn" and config.value_target is not None:
+        raise PolicyKDError(
+            "--value-target fits a PPO/A2C critic; pass --algo ppo or a2c (a DQN has no critic)"
+        )
+    if config.algo != "dqn" and config.value_target is None:
+        raise PolicyKDError(
+            f"--algo {config.algo} fits a critic: pass --value-target teacher (record the buffer with --values) "
+            "or --value-target returns"
+        )
+    if not 0.0 <= config.gamma <= 1.0:
+        raise PolicyKDError(f"--gamma must lie in [0, 1], got {config.gamma}")
+    if config.value_steps < 0:
+        raise PolicyKDError(f"--value-steps must be >= 0, got {config.value_steps}")
     if is_export(config.student):
         raise PolicyKDError(f"{config.student} is already an export; export the distill folder it came from")
 
@@ -238,6 +284,10 @@ def _parity(config: ExportConfig, student: Any, exported: Any, action_bounds: An
     tolerance, and how often it takes the same action."""
     obs = parity_observations(student, config.parity_rows)
     ref, got = eager_outputs(student.net, obs), exported.outputs(obs)
+    if exported.head == "multi_discrete":
+        # compared as each component's log-probabilities: an SB3 MultiBinary policy keeps one logit b - a
+        # per bit where the student has two, [a, b] (the same distribution, not the same numbers)
+        ref, got = (_component_log_probs(x, exported.nvec) for x in (ref, got))
     diff = float(np.max(np.abs(ref - got)))
     relative = config.format in RELATIVE or config.int8
     scale = float(np.max(np.abs(ref))) if relative else 1.0
@@ -279,7 +329,7 @@ def export_student(config: ExportConfig) -> Path:
     torch.set_num_threads(1)
     path = out / FILES[config.format]
     try:
-        details = _write(config.format, student, path, config.int8)
+        details = _write(config.format, student, path, config.int8, config)
     except Exception:  # a refused student (or no compiler) leaves no half-written folder behind
         shutil.rmtree(out, ignore_errors=True)
         raise

@@ -3,6 +3,10 @@
 Discrete actions agree when they are equal; continuous ones when every dimension is within a tolerance of
 the action range (:func:`compare_actions`). The KL divergence (:func:`divergence`) is of the softmaxes
 (discrete) or of the two diagonal Gaussians (continuous, when both log-stds are known).
+
+MultiDiscrete and MultiBinary actions (a ``multi_discrete`` head, ``nvec`` choices per component) agree as a
+whole when every component does; :func:`component_agreement` also gives each component's own agreement, and
+their KL is the sum of the components' KLs.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import actions_from_outputs
+from policy_kd.heads import actions_from_outputs, split_components
 from policy_kd.spaces import action_range
 
 ACTION_TOLERANCE = 0.05
@@ -20,7 +24,13 @@ ACTION_TOLERANCE = 0.05
 (``high - low`` of the env's action space; 1 where a dimension is unbounded)."""
 
 
-__all__ = ["ACTION_TOLERANCE", "compare_actions", "divergence", "teacher_state_fidelity"]
+__all__ = [
+    "ACTION_TOLERANCE",
+    "compare_actions",
+    "component_agreement",
+    "divergence",
+    "teacher_state_fidelity",
+]
 
 
 class StudentOutputs(Protocol):
@@ -28,6 +38,7 @@ class StudentOutputs(Protocol):
 
     head: str
     log_std: np.ndarray | None
+    nvec: tuple[int, ...] | None
 
     def outputs(self, obs: np.ndarray) -> np.ndarray: ...
 
@@ -47,9 +58,14 @@ def divergence(
     tau: float = 1.0,
     teacher_log_std: np.ndarray | None = None,
     student_log_std: np.ndarray | None = None,
+    nvec: tuple[int, ...] | None = None,
 ) -> np.ndarray | None:
-    """Per-row KL(teacher ‖ student): of softmax(teacher / tau) and softmax(student) for a discrete head; of
-    the two diagonal Gaussians (closed form, pre-squash) when both log-stds are known; else ``None``."""
+    """Per-row KL(teacher ‖ student): of softmax(teacher / tau) and softmax(student) for a discrete head
+    (summed over the ``nvec`` components for a ``multi_discrete`` one); of the two diagonal Gaussians
+    (closed form, pre-squash) when both log-stds are known; else ``None``."""
+    if head == "multi_discrete" and nvec is not None:
+        parts = zip(split_components(teacher_out, nvec), split_components(student_out, nvec), strict=True)
+        return np.sum([divergence(t, s, "discrete", tau=tau) for t, s in parts], axis=0)
     if head == "discrete":
         lp = _log_softmax(np.asarray(teacher_out, dtype=np.float64) / tau)
         lq = _log_softmax(np.asarray(student_out, dtype=np.float64))
@@ -78,6 +94,23 @@ def compare_actions(
     return np.any(frac > tolerance, axis=-1), frac.mean(axis=-1)
 
 
+def component_agreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two batches of MultiDiscrete/MultiBinary actions ``(batch, n_components)`` (any shape per row):
+    per row whether the whole action agrees (every component equal), and per component the fraction of
+    rows on which it agrees ``(n_components,)``."""
+    a, b = np.asarray(a).reshape(len(a), -1), np.asarray(b).reshape(len(b), -1)
+    same = a == b
+    return same.all(axis=-1), same.mean(axis=0)
+
+
+def _component_fields(same_sum: np.ndarray | None, rows: int) -> dict[str, Any]:
+    """A multi_discrete head's per-component agreement (none for another head)."""
+    if same_sum is None:
+        return {}
+    per = (same_sum / max(rows, 1)).tolist()
+    return {"component_agreement": per, "mean_component_agreement": float(np.mean(per))}
+
+
 class _FidelityOnStudentStates:
     """Step observer of a student's episodes: the teacher labels every state the student visits."""
 
@@ -97,10 +130,15 @@ class _FidelityOnStudentStates:
         self.diff_sum = 0.0
         self.kl_sum = 0.0
         self.kl_ok = True
+        self.nvec = getattr(student, "nvec", None)
+        self.same_sum: np.ndarray | None = None  # per-component agreements summed over rows (multi_discrete)
 
     def __call__(self, obs: np.ndarray, actions: np.ndarray, eps: np.ndarray, steps: np.ndarray) -> None:
         labels = self.teacher.label(obs)
         bad, diff = compare_actions(labels.greedy, actions, self.width, self.tolerance)
+        if self.nvec:
+            per = component_agreement(labels.greedy, actions)[1] * len(obs)
+            self.same_sum = per if self.same_sum is None else self.same_sum + per
         self.rows += len(obs)
         self.disagree += int(bad.sum())
         if diff is not None:
@@ -115,6 +153,7 @@ class _FidelityOnStudentStates:
             tau=self.tau,
             teacher_log_std=labels.outputs.get("teacher_log_std"),
             student_log_std=self.student.log_std,
+            nvec=self.nvec,
         )
         if kl is None:
             self.kl_ok = False
@@ -127,6 +166,7 @@ class _FidelityOnStudentStates:
             "rows": self.rows,
             "agreement": 1.0 - self.disagree / max(self.rows, 1),
             **_continuous_fields(self.width, self.diff_sum, self.rows, self.tolerance),
+            **_component_fields(self.same_sum, self.rows),
             "kl": self.kl_sum / max(self.rows, 1) if self.kl_ok else None,
             "first_disagreement": self.first,
             "episodes_with_disagreement": len(firsts),
@@ -163,14 +203,24 @@ def teacher_state_fidelity(
     """
     obs, target = buffer.spaced("obs", max_rows), buffer.spaced("teacher", max_rows)
     t_log_std = buffer.spaced("teacher_log_std", max_rows) if "teacher_log_std" in buffer.fields else None
-    width = None if student.head == "discrete" else action_range(action_space)
-    if student.head != "discrete" and width is None:
+    nvec = getattr(student, "nvec", None) if student.head == "multi_discrete" else None
+    discrete = student.head in ("discrete", "multi_discrete")
+    width = None if discrete else action_range(action_space)
+    if not discrete and width is None:
         raise PolicyKDError("teacher_state_fidelity of a continuous student needs the env's action_space")
     bounds = None if width is None else [action_space.low.reshape(-1), action_space.high.reshape(-1)]
     hits, diff_sum, kl_sum, kl_ok = 0, 0.0, 0.0, True
+    same_sum = np.zeros(len(nvec)) if nvec else None
     for i in range(0, len(obs), batch):
         out, t = student.outputs(obs[i : i + batch]), target[i : i + batch]
-        if student.head == "discrete":
+        if nvec:
+            whole, per = component_agreement(
+                actions_from_outputs(t, "multi_discrete", nvec=nvec),
+                actions_from_outputs(out, "multi_discrete", nvec=nvec),
+            )
+            hits += int(whole.sum())
+            same_sum += per * len(t)  # type: ignore[operator]
+        elif student.head == "discrete":
             hits += int((out.argmax(-1) == t.argmax(-1)).sum())
         else:
             a_t = actions_from_outputs(t, teacher_head or student.head, bounds)
@@ -184,6 +234,7 @@ def teacher_state_fidelity(
             tau=tau,
             teacher_log_std=None if t_log_std is None else t_log_std[i : i + batch],
             student_log_std=student.log_std,
+            nvec=nvec,
         )
         if kl is None:
             kl_ok = False
@@ -193,5 +244,6 @@ def teacher_state_fidelity(
         "rows": len(obs),
         "agreement": hits / len(obs),
         **_continuous_fields(width, diff_sum, len(obs), tolerance),
+        **_component_fields(same_sum, len(obs)),
         "kl": kl_sum / len(obs) if kl_ok else None,
     }

@@ -9,6 +9,9 @@ keeps its distributions in ``common/distributions.py``:
   (:func:`sample_gaussian`); the action is clipped into the bounds (:func:`to_bounds`).
 - ``squashed_gaussian``: the same pre-squash mean and noise, squashed into the bounds with tanh, as SAC
   and SB3's ``squash_output`` do.
+- ``multi_discrete``: outputs are the logits of several categorical components side by side (a MultiDiscrete
+  action space, or a MultiBinary one as 2-way choices per bit), ``nvec`` choices each; every component is
+  argmaxed or sampled on its own (:func:`split_components`), as SB3's ``MultiCategoricalDistribution``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-HEADS = ("discrete", "gaussian", "squashed_gaussian")
+HEADS = ("discrete", "gaussian", "squashed_gaussian", "multi_discrete")
 
 __all__ = [
     "HEADS",
@@ -25,6 +28,7 @@ __all__ = [
     "sample_gaussian",
     "sample_logits",
     "sample_outputs",
+    "split_components",
     "to_bounds",
 ]
 
@@ -67,23 +71,51 @@ def sample_gaussian(
     return mean + std * rng.standard_normal(mean.shape, dtype=noise_dtype)
 
 
+def split_components(out: np.ndarray, nvec: Sequence[int]) -> list[np.ndarray]:
+    """Outputs ``(batch, sum(nvec))`` -> one ``(batch, nvec[i])`` block of logits per component."""
+    if out.shape[-1] != sum(nvec):
+        raise ValueError(
+            f"outputs have {out.shape[-1]} columns, not sum(nvec) = {sum(nvec)} for nvec {list(nvec)}"
+        )
+    return np.split(out, np.cumsum(nvec)[:-1], axis=-1)
+
+
 def actions_from_outputs(
-    out: np.ndarray, head: str, bounds: Sequence[Sequence[float]] | None = None
+    out: np.ndarray,
+    head: str,
+    bounds: Sequence[Sequence[float]] | None = None,
+    *,
+    nvec: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Deterministic actions from outputs ``(batch, n_outputs)``: argmax for a ``discrete`` head; for a
-    Gaussian head the mean clipped into ``bounds = [low, high]`` (``gaussian``) or squashed into them with
-    tanh (``squashed_gaussian``), as ``Student.predict`` does; no bounds: ``[-1, 1]``."""
+    """Deterministic actions from outputs ``(batch, n_outputs)``: argmax for a ``discrete`` head, one argmax
+    per component for ``multi_discrete`` (``(batch, len(nvec))``); for a Gaussian head the mean clipped into
+    ``bounds = [low, high]`` (``gaussian``) or squashed into them with tanh (``squashed_gaussian``), as
+    ``Student.predict`` does; no bounds: ``[-1, 1]``."""
     if head == "discrete":
         return out.argmax(axis=-1)
+    if head == "multi_discrete":
+        if nvec is None:
+            raise ValueError("a multi_discrete head needs nvec")
+        return np.stack([c.argmax(axis=-1) for c in split_components(out, nvec)], axis=-1)
     low, high = (np.asarray(b, dtype=np.float32) for b in bounds) if bounds else (-1.0, 1.0)
     return to_bounds(out, low, high, squash=head == "squashed_gaussian").astype(np.float32)  # type: ignore[arg-type]
 
 
 def sample_outputs(
-    out: np.ndarray, head: str, log_std: np.ndarray | None, rng: np.random.Generator
+    out: np.ndarray,
+    head: str,
+    log_std: np.ndarray | None,
+    rng: np.random.Generator,
+    *,
+    nvec: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """One sample per row: a discrete action from ``softmax(out)``, or a Gaussian draw (float32, still to
-    be clipped or squashed by :func:`actions_from_outputs`)."""
+    """One sample per row: a discrete action from ``softmax(out)`` (one per component for a
+    ``multi_discrete`` head: already actions), or a Gaussian draw (float32, still to be clipped or squashed
+    by :func:`actions_from_outputs`)."""
     if head == "discrete":
         return sample_logits(out, rng)
+    if head == "multi_discrete":
+        if nvec is None:
+            raise ValueError("a multi_discrete head needs nvec")
+        return np.stack([sample_logits(c, rng) for c in split_components(out, nvec)], axis=-1)
     return sample_gaussian(out, log_std, rng).astype(np.float32)

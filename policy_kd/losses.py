@@ -30,6 +30,7 @@ __all__ = [
     "kl_entropy",
     "mse",
     "nll",
+    "per_component",
 ]
 
 
@@ -190,6 +191,28 @@ LOSSES = (*DISCRETE_LOSSES, "gaussian_kl")
 """Every output loss by name (``hint`` is added on top of any of them, with its own weight)."""
 
 
+def per_component(
+    loss: Callable[[Tensor, Tensor], Tensor], student: Tensor, teacher: Tensor, nvec: tuple[int, ...]
+) -> Tensor:
+    """A discrete ``loss`` applied to each component of a MultiDiscrete/MultiBinary action and summed.
+
+    ``student`` and ``teacher`` are ``(batch, sum(nvec))``: each component's logits side by side, ``nvec[i]``
+    columns each. The components are independent categoricals (SB3's ``MultiCategoricalDistribution``), so
+    the KL between two such policies is the sum of the components' KLs, and the likelihood of an action the
+    product of theirs: summing keeps that meaning for every loss here. Each term is a batch mean, so the sum
+    is too. With one component it is ``loss`` itself.
+    """
+    if student.shape != teacher.shape or student.dim() != 2 or student.shape[-1] != sum(nvec):
+        raise ValueError(
+            f"student and teacher outputs must both be (batch, sum(nvec) = {sum(nvec)}); got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    if not nvec or min(nvec) < 1:
+        raise ValueError(f"nvec must list at least one component of >= 1 choices, got {list(nvec)}")
+    parts = zip(student.split(list(nvec), dim=-1), teacher.split(list(nvec), dim=-1), strict=True)
+    return torch.stack([loss(s, t) for s, t in parts]).sum()
+
+
 def compute_loss(
     student: Tensor,
     teacher: Tensor,
@@ -197,8 +220,10 @@ def compute_loss(
     *,
     student_log_std: Tensor | None = None,
     teacher_log_std: Tensor | None = None,
+    nvec: tuple[int, ...] | None = None,
 ) -> Tensor:
-    """Apply the loss named by ``config.name``; ``gaussian_kl`` also needs both log-stds."""
+    """Apply the loss named by ``config.name``; ``gaussian_kl`` also needs both log-stds. ``nvec`` (a
+    MultiDiscrete or MultiBinary action): the discrete loss per component, summed (:func:`per_component`)."""
     if config.name == "gaussian_kl":
         if student_log_std is None or teacher_log_std is None:
             raise ValueError("gaussian_kl needs student_log_std and teacher_log_std")
@@ -207,4 +232,6 @@ def compute_loss(
         fn = DISCRETE_LOSSES[config.name]
     except KeyError:
         raise ValueError(f"unknown loss {config.name!r}; choose one of {', '.join(LOSSES)}") from None
+    if nvec is not None:
+        return per_component(lambda s, t: fn(s, t, config), student, teacher, tuple(nvec))
     return fn(student, teacher, config)

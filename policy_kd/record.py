@@ -60,6 +60,9 @@ class RecordConfig:
     """Random-action probability for --behaviour epsilon."""
     sample: bool = False
     """The teacher samples its own action distribution instead of acting greedily (PPO/A2C teachers)."""
+    values: bool = False
+    """Also record the teacher's state value V(s) per row (field ``teacher_value``; PPO/A2C teachers): the
+    critic target of ``policy-kd export --format sb3 --algo ppo --value-target teacher``."""
     student: str | None = None
     """Student folder (from distill) that acts for --behaviour student or mixture."""
     beta: float = 0.5
@@ -107,12 +110,26 @@ class RecordConfig:
             raise PolicyKDError("--append adds to a buffer and --force replaces it; pass one of them")
 
 
+def _record_values(teacher: Teacher, values: bool) -> None:
+    """Make ``teacher`` label every state with its V(s) too (``--values``), or refuse a teacher without one."""
+    if values and teacher.algo not in ("ppo", "a2c"):
+        raise PolicyKDError(
+            f"--values records a critic's V(s); a {teacher.algo} teacher has none (use a ppo or a2c teacher, "
+            "or export --value-target returns from the recorded rewards)"
+        )
+    teacher.values = values
+
+
 def _action_spec(space: gym.Space) -> FieldSpec:
     if isinstance(space, gym.spaces.Discrete):
         return FieldSpec("int64", ())
     if isinstance(space, gym.spaces.Box):
         return FieldSpec("float32", tuple(space.shape))
-    raise PolicyKDError(f"cannot record actions of space {space}; Discrete and Box are supported")
+    if isinstance(space, gym.spaces.MultiDiscrete | gym.spaces.MultiBinary):
+        return FieldSpec("int64", tuple(space.shape))
+    raise PolicyKDError(
+        f"cannot record actions of space {space}; Discrete, Box, MultiDiscrete and MultiBinary are supported"
+    )
 
 
 class Behaviour:
@@ -166,6 +183,7 @@ def record(config: RecordConfig) -> Path:
     # saved with the buffer (what --resume reads): absolute, so it resumes from any working directory
     config = absolute_paths(config, "teacher", "student")
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
+    _record_values(teacher, config.values)
     if config.append:
         out = Path(config.out or "")
         lock_out_dir(out, what="buffer folder")
@@ -210,6 +228,7 @@ def _resume(config: RecordConfig) -> Path:
     )
     replace(cfg, resume=False).validate()  # the saved options are read from a file: checked as typed ones
     teacher = load_teacher(cfg.teacher, cfg.env)  # type: ignore[arg-type]
+    _record_values(teacher, cfg.values)
     started = manifest["sources"][seg["source"]].get("teacher")
     check_same_teacher(teacher, started, f"buffer {out} was started by", fix="record a new buffer")
     torch.set_num_threads(cfg.threads)

@@ -263,15 +263,20 @@ class ExportedStudent:
     def head(self) -> str:
         return str(self.info["spec"].get("head", "discrete"))
 
+    @property
+    def nvec(self) -> tuple[int, ...] | None:
+        """Choices per action component of a ``multi_discrete`` head, else None."""
+        return tuple(self.info["spec"].get("nvec", ())) or None
+
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Actions as the eager student takes them: argmax, or the Gaussian mean clipped (``gaussian``) or
         tanh-squashed (``squashed_gaussian``) into the action bounds; ``deterministic=False`` samples."""
         out = self.outputs(obs)
         if not deterministic:
-            out = sample_outputs(out, self.head, self.log_std, np.random.default_rng())
-            if self.head == "discrete":
+            out = sample_outputs(out, self.head, self.log_std, np.random.default_rng(), nvec=self.nvec)
+            if self.head in ("discrete", "multi_discrete"):
                 return out
-        return actions_from_outputs(out, self.head, self.meta.get("action_bounds"))
+        return actions_from_outputs(out, self.head, self.meta.get("action_bounds"), nvec=self.nvec)
 
     def file_bytes(self) -> int:
         return self.path.stat().st_size
@@ -318,11 +323,23 @@ def _runner(fmt: str, path: Path, info: dict[str, Any]) -> Any:
             module = torch.jit.load(str(path), map_location="cpu")
         module.eval()
     elif fmt == "sb3":
-        from stable_baselines3 import DQN
+        # which algorithm the .zip holds, read from its JSON (nothing unpickled) before loading it
+        from policy_kd.teachers.sb3 import _detect_algo, algo_class, forward_outputs
 
+        algo = _detect_algo(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = DQN.load(str(path), device="cpu").policy.q_net
+            model = algo_class(algo).load(str(path), device="cpu")
+        model.policy.set_training_mode(False)
+        if algo != "dqn":  # an actor-critic: the actor's outputs, as a teacher's are labelled
+
+            def run_actor(obs: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    obs_t = torch.from_numpy(np.ascontiguousarray(obs, dtype=dtype))
+                    return forward_outputs(model, algo, obs_t)["teacher"]
+
+            return run_actor
+        module = model.policy.q_net
         module.eval()
     else:
         raise PolicyKDError(f"unknown export format {fmt!r}; choose one of {', '.join(FILES)}")

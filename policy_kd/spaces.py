@@ -14,7 +14,7 @@ import numpy as np
 
 from policy_kd.errors import PolicyKDError
 
-__all__ = ["action_range", "check_compatible", "random_actions", "space_json"]
+__all__ = ["action_nvec", "action_range", "check_compatible", "random_actions", "space_json"]
 
 
 def space_json(space: gym.Space, *, all_bounds: bool = False) -> dict[str, Any]:
@@ -30,13 +30,41 @@ def space_json(space: gym.Space, *, all_bounds: bool = False) -> dict[str, Any]:
         if all_bounds or space.low.size <= 64:
             out["low"], out["high"] = space.low.reshape(-1).tolist(), space.high.reshape(-1).tolist()
         return out
+    if isinstance(space, gym.spaces.MultiDiscrete | gym.spaces.MultiBinary):
+        # nvec: choices per component (2 per bit of a MultiBinary); no "n", which means a Discrete's count
+        return {
+            "type": type(space).__name__,
+            "shape": list(space.shape),
+            "nvec": list(action_nvec(space) or ()),
+        }
     return {"type": type(space).__name__, "repr": repr(space)}
+
+
+def action_nvec(space: Any) -> tuple[int, ...] | None:
+    """Choices per component of a MultiDiscrete or MultiBinary action space (a gym space or its
+    :func:`space_json`): ``nvec`` flattened, ``2`` per bit of a MultiBinary; ``None`` for any other space.
+
+    A MultiBinary bit is treated as a 2-way choice so that one per-component softmax serves both spaces.
+    """
+    if isinstance(space, dict):
+        nvec = space.get("nvec") if space.get("type") in ("MultiDiscrete", "MultiBinary") else None
+        return tuple(int(n) for n in nvec) if nvec else None
+    if isinstance(space, gym.spaces.MultiBinary):
+        return (2,) * int(np.prod(space.shape))
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        if np.any(np.asarray(space.start) != 0):
+            raise PolicyKDError(f"MultiDiscrete spaces with a non-zero start are not supported: {space}")
+        return tuple(int(n) for n in np.asarray(space.nvec).reshape(-1))
+    return None
 
 
 def random_actions(space: gym.Space, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` actions drawn uniformly from ``space`` (the random policy, epsilon-greedy exploration)."""
     if isinstance(space, gym.spaces.Discrete):
         return rng.integers(int(space.n), size=n) + int(space.start)
+    nvec = action_nvec(space)
+    if nvec is not None:  # one uniform choice per component
+        return rng.integers(np.asarray(nvec), size=(n, len(nvec))).reshape(n, *space.shape)
     assert isinstance(space, gym.spaces.Box)
     if space.is_bounded():
         return rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32)

@@ -49,7 +49,11 @@ class StudentSpec:
     different channel counts); 0: no padding."""
     head: str = "discrete"
     """``discrete`` (logits), ``gaussian`` (action mean + state-independent log-std, actions clipped to
-    the bounds) or ``squashed_gaussian`` (pre-tanh mean, actions squashed into the bounds, as SAC)."""
+    the bounds) or ``squashed_gaussian`` (pre-tanh mean, actions squashed into the bounds, as SAC), or
+    ``multi_discrete`` (one block of logits per component of a MultiDiscrete/MultiBinary action, ``nvec``)."""
+    nvec: tuple[int, ...] = ()
+    """``multi_discrete`` head: choices per action component (2 per bit of a MultiBinary); ``n_outputs`` is
+    their sum. Empty for every other head."""
 
 
 class Student(nn.Module):
@@ -71,7 +75,9 @@ class Student(nn.Module):
         self.register_buffer("obs_mean", torch.zeros(spec.obs_shape))
         self.register_buffer("obs_std", torch.ones(spec.obs_shape))
         self.net = nn.Sequential(*body, nn.Linear(feature_dim, spec.n_outputs))
-        if spec.head != "discrete":
+        if spec.head == "multi_discrete" and sum(spec.nvec) != spec.n_outputs:
+            raise PolicyKDError(f"a multi_discrete student needs sum(nvec) = n_outputs, got {spec.nvec}")
+        if spec.head not in ("discrete", "multi_discrete"):
             self.log_std = nn.Parameter(torch.zeros(spec.n_outputs))
             self.register_buffer("action_low", -torch.ones(spec.n_outputs))
             self.register_buffer("action_high", torch.ones(spec.n_outputs))
@@ -103,6 +109,13 @@ class Student(nn.Module):
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Actions for a batch of raw observations: greedy/mean, or sampled when ``deterministic`` is False."""
         out = self(torch.as_tensor(np.asarray(obs)))
+        if self.spec.head == "multi_discrete":  # one choice per component: (batch, len(nvec))
+            parts = out.split(list(self.spec.nvec), dim=-1)
+            if deterministic:
+                return torch.stack([p.argmax(dim=-1) for p in parts], dim=-1).numpy()
+            return torch.stack(
+                [torch.distributions.Categorical(logits=p).sample() for p in parts], -1
+            ).numpy()
         if self.spec.head == "discrete":
             if deterministic:
                 return out.argmax(dim=-1).numpy()
@@ -340,6 +353,7 @@ def size_student(
     channels: tuple[int, ...] | None = None,
     head: str = "discrete",
     pad_channels: int = 0,
+    nvec: tuple[int, ...] = (),
 ) -> StudentSpec:
     """A spec from explicit widths, or solved for ``params_fraction`` x ``teacher_params``.
 
@@ -353,7 +367,7 @@ def size_student(
     is_cnn = issubclass(cls, _CNNStudent)
     if not is_cnn and channels:
         raise PolicyKDError("--channels applies to CNN students only; use --hidden for an mlp")
-    extra = n_outputs if head != "discrete" else 0  # the Gaussian head's log-std
+    extra = n_outputs if head not in ("discrete", "multi_discrete") else 0  # the Gaussian head's log-std
 
     def make(h: tuple[int, ...], c: tuple[int, ...]) -> StudentSpec:
         return StudentSpec(
@@ -365,6 +379,7 @@ def size_student(
             channels=c,
             head=head,
             pad_channels=pad_channels,
+            nvec=tuple(nvec),
         )
 
     if hidden is None and (not is_cnn or channels is None):
@@ -441,6 +456,7 @@ def load_student(path: str | Path) -> LoadedStudent:
             channels=tuple(s.get("channels", ())),
             head=s.get("head", "discrete"),
             pad_channels=int(s.get("pad_channels", 0)),
+            nvec=tuple(int(n) for n in s.get("nvec", ())),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PolicyKDError(f"{meta_path} is damaged ({exc}); distil the student again") from None

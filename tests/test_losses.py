@@ -7,6 +7,7 @@ tolerance is still orders of magnitude below the error a structurally wrong loss
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import hypothesis.extra.numpy as hnp
@@ -557,3 +558,73 @@ def test_hint_is_mse_zero_iff_equal_and_batch_independent(data):
 def test_hint_rejects_unprojected_features():
     with pytest.raises(ValueError, match="project"):
         L.hint(torch.zeros(4, 8), torch.zeros(4, 64))
+
+
+# --------------------------------------------------------------------------------------------------
+# per_component: MultiDiscrete / MultiBinary actions
+# --------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def multi_pairs(draw):
+    """(student, teacher, nvec): float64 arrays (batch, sum(nvec)) of 1-4 components of 2-5 choices."""
+    nvec = tuple(draw(st.lists(st.integers(2, 5), min_size=1, max_size=4)))
+    s, t = draw(pairs(s_bound=20.0, t_bound=20.0, shape=(draw(st.integers(1, 12)), sum(nvec))))
+    return s, t, nvec
+
+
+@pytest.mark.parametrize("name", NAMES)
+@SETTINGS
+@given(data=multi_pairs())
+def test_per_component_is_the_sum_of_the_components_losses(name: str, data) -> None:
+    s, t, nvec = data
+    cfg = L.LossConfig(name=name, tau=1.0)
+    got = float(L.compute_loss(_t(s), _t(t), cfg, nvec=nvec))
+    edges = np.cumsum((0, *nvec))
+    want = sum(float(L.compute_loss(_t(s[:, a:b]), _t(t[:, a:b]), cfg)) for a, b in itertools.pairwise(edges))
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@SETTINGS
+@given(data=multi_pairs())
+def test_per_component_is_batch_size_independent_and_zero_when_equal(name: str, data) -> None:
+    s, t, nvec = data
+    cfg = L.LossConfig(name=name, tau=1.0)
+    once = float(L.compute_loss(_t(s), _t(t), cfg, nvec=nvec))
+    twice = float(L.compute_loss(_t(np.concatenate([s, s])), _t(np.concatenate([t, t])), cfg, nvec=nvec))
+    assert twice == pytest.approx(once, rel=1e-5, abs=1e-6)
+    if name in ("kl", "mse"):  # nll and hinton's hard term are not zero at equal outputs
+        assert float(L.compute_loss(_t(s), _t(s), cfg, nvec=nvec)) == pytest.approx(0.0, abs=1e-5)
+
+
+@SETTINGS
+@given(data=pairs(s_bound=20.0, t_bound=20.0))
+def test_per_component_with_one_component_is_the_plain_loss(data) -> None:
+    s, t = data
+    for name in NAMES:
+        cfg = L.LossConfig(name=name, tau=0.1)
+        got = float(L.compute_loss(_t(s), _t(t), cfg, nvec=(s.shape[1],)))
+        assert got == pytest.approx(float(L.compute_loss(_t(s), _t(t), cfg)), rel=1e-6, abs=1e-7)
+
+
+@SETTINGS
+@given(
+    s=hnp.arrays(np.float64, (5, 3), elements=_floats(10.0)),
+    t=hnp.arrays(np.float64, (5, 3), elements=_floats(10.0)),
+)
+def test_multibinary_as_two_way_logits_gives_the_bernoulli_kl(s: np.ndarray, t: np.ndarray) -> None:
+    """A bit with logit l stored as [0, l]: the per-component KL at tau 1 is the Bernoulli KL of the bits."""
+
+    def two_way(x: np.ndarray) -> np.ndarray:
+        return np.stack([np.zeros_like(x), x], axis=-1).reshape(len(x), -1)
+
+    got = float(L.compute_loss(_t(two_way(s)), _t(two_way(t)), L.LossConfig("kl", tau=1.0), nvec=(2, 2, 2)))
+    p, q = 1 / (1 + np.exp(-t)), 1 / (1 + np.exp(-s))
+    want = (p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))).sum(-1).mean()
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+def test_per_component_refuses_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match=r"sum\(nvec\) = 5"):
+        L.compute_loss(torch.zeros(4, 6), torch.zeros(4, 6), L.LossConfig("kl"), nvec=(2, 3))

@@ -437,10 +437,12 @@ class _MultiDiscreteEnv(gym.Env):
         return np.zeros(2, np.float32), 0.0, True, False, {}
 
 
-def test_multidiscrete_teacher_is_refused() -> None:
+def test_multidiscrete_teacher_labels_each_component() -> None:
     model = PPO("MlpPolicy", _MultiDiscreteEnv(), policy_kwargs=small())
-    with pytest.raises(PolicyKDError, match="supported action spaces are Discrete and Box"):
-        Teacher(model=model, algo="ppo", env_id="x", path="x.zip")
+    teacher = Teacher(model=model, algo="ppo", env_id="x", path="x.zip")
+    assert (teacher.nvec, teacher.n_outputs) == ((2, 3), 5)
+    labels = teacher.label(np.zeros((4, 2), np.float32))
+    assert labels.outputs["teacher"].shape == (4, 5) and labels.greedy.shape == (4, 2)
 
 
 def test_sac_zip_is_refused(tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import sample_gaussian, sample_logits, to_bounds
+from policy_kd.heads import sample_gaussian, sample_logits, sample_outputs, to_bounds
+from policy_kd.spaces import action_nvec
 
 KINDS: tuple[str, ...] = ("q_values", "quantiles", "logits", "gaussian", "squashed_gaussian", "actions")
 """Every teacher output kind (see the module docstring)."""
@@ -153,9 +154,17 @@ class BaseTeacher:
         return isinstance(self.action_space, gym.spaces.Box)
 
     @property
+    def nvec(self) -> tuple[int, ...] | None:
+        """Choices per component of a MultiDiscrete/MultiBinary action (2 per bit); None for other spaces."""
+        return action_nvec(self.action_space)
+
+    @property
     def n_outputs(self) -> int:
-        """Discrete: the number of actions. Box: the action dimension (the flattened action shape)."""
+        """Discrete: the number of actions. Box: the action dimension (the flattened action shape).
+        MultiDiscrete/MultiBinary: every component's logits side by side (``sum(nvec)``)."""
         space = self.action_space
+        if self.nvec is not None:
+            return sum(self.nvec)
         return int(np.prod(space.shape)) if isinstance(space, gym.spaces.Box) else int(space.n)
 
     @property
@@ -190,6 +199,9 @@ class BaseTeacher:
     def sample(self, labels: Labels, rng: np.random.Generator) -> np.ndarray:
         """Actions drawn from the teacher's own distribution: softmax of logits, or mean + std * N(0, 1)
         (clipped or squashed); value-based and action-only teachers act greedily."""
+        if self.kind == "logits" and self.nvec is not None:
+            drawn = sample_outputs(labels.outputs["teacher"], "multi_discrete", None, rng, nvec=self.nvec)
+            return drawn.reshape(len(drawn), *self.action_space.shape)
         if self.kind == "logits":
             return sample_logits(labels.outputs["teacher"], rng)
         if self.kind in GAUSSIAN_KINDS:

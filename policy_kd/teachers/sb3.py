@@ -139,11 +139,26 @@ def forward_outputs(model: BaseAlgorithm, algo: str, obs_t: torch.Tensor) -> dic
     features = policy.extract_features(obs_t, policy.pi_features_extractor)
     latent_pi = policy.mlp_extractor.forward_actor(features)
     if not isinstance(model.action_space, gym.spaces.Box):
-        return {"teacher": _numpy(policy.action_net(latent_pi))}  # (batch, n_actions)
+        logits = policy.action_net(latent_pi)  # (batch, n_actions), or sum(nvec) for MultiDiscrete
+        if isinstance(model.action_space, gym.spaces.MultiBinary):
+            logits = bernoulli_as_two_way(logits)
+        return {"teacher": _numpy(logits)}
     # The action distribution (diagonal Gaussian, or gSDE's state-dependent one) in one pass.
     normal = policy._get_action_dist_from_latent(latent_pi).distribution
     mean, log_std = _numpy(normal.mean), _numpy(normal.stddev.log())  # (batch, action_dim) each
     return {"teacher": mean, "teacher_log_std": log_std}
+
+
+def state_values(model: BaseAlgorithm, obs_t: torch.Tensor) -> np.ndarray:
+    """The critic's V(s) ``(batch,)`` of a PPO/A2C model on a batch in the network's layout."""
+    return _numpy(model.policy.predict_values(obs_t).reshape(-1))
+
+
+def bernoulli_as_two_way(logits: torch.Tensor) -> torch.Tensor:
+    """SB3's MultiBinary logits ``(batch, n_bits)`` (one Bernoulli logit ``l`` per bit) -> ``(batch, 2 * n_bits)``
+    with ``[0, l]`` per bit: ``softmax([0, l])[1] = sigmoid(l)``, so each bit becomes a 2-way categorical
+    component and every discrete loss and head handles MultiBinary as MultiDiscrete ``[2] * n_bits``."""
+    return torch.stack([torch.zeros_like(logits), logits], dim=-1).reshape(len(logits), -1)
 
 
 def head_module(model: BaseAlgorithm, algo: str) -> nn.Module:

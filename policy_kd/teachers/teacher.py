@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
+from policy_kd.heads import actions_from_outputs
 from policy_kd.teachers import sb3
 from policy_kd.teachers.protocol import BaseTeacher, Labels
 from policy_kd.teachers.sb3 import policy_param_count
@@ -81,14 +82,22 @@ class Teacher(_EnvRecipe, BaseTeacher):
     vec_normalize: VecNormalize | None = None
     source: str | None = None
     """What ``load_teacher`` was given (run folder, ``.zip`` or ``hf://`` address): load it again from this."""
+    values: bool = False
+    """Label states with the critic's V(s) too (``teacher_value``; PPO/A2C only), as ``record --values`` asks."""
 
     def __post_init__(self) -> None:
         # SB3's policy.device walks the parameters on every access (~50 µs): look it up once
         self._device = self.model.policy.device
         space = self.model.action_space
-        if not isinstance(space, (gym.spaces.Discrete, gym.spaces.Box)):
+        multi = isinstance(space, gym.spaces.MultiDiscrete | gym.spaces.MultiBinary)
+        if not isinstance(space, gym.spaces.Discrete | gym.spaces.Box) and not multi:
             raise PolicyKDError(
-                f"teacher {self.path} acts in {space}; supported action spaces are Discrete and Box"
+                f"teacher {self.path} acts in {space}; supported action spaces are Discrete, Box, "
+                "MultiDiscrete and MultiBinary"
+            )
+        if multi and self.algo not in ("ppo", "a2c"):
+            raise PolicyKDError(
+                f"teacher {self.path}: {space} actions are supported for ppo and a2c teachers"
             )
         self.model.policy.set_training_mode(False)
 
@@ -130,6 +139,7 @@ class Teacher(_EnvRecipe, BaseTeacher):
         return {
             "teacher": ("float32", (self.n_outputs,)),
             **sb3.extra_output_fields(self.model, self.algo, self.n_outputs),
+            **({"teacher_value": ("float32", ())} if self.values else {}),
         }
 
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
@@ -157,8 +167,15 @@ class Teacher(_EnvRecipe, BaseTeacher):
         else:  # e.g. channel-last images SB3 transposes for the network
             obs_t, _ = policy.obs_to_tensor(obs)
         outputs = sb3.forward_outputs(self.model, self.algo, obs_t)
+        if self.values:
+            outputs["teacher_value"] = sb3.state_values(self.model, obs_t)
         acted_on = outputs["teacher"]  # Q-values, the quantiles' mean, logits: greedy is their argmax
-        greedy = self.to_action(acted_on) if self.continuous else acted_on.argmax(axis=-1)
+        if self.nvec is not None:  # one argmax per component (a MultiBinary bit: 1 where its logit > 0)
+            greedy = actions_from_outputs(acted_on, "multi_discrete", nvec=self.nvec).reshape(
+                len(acted_on), *self.action_space.shape
+            )
+        else:
+            greedy = self.to_action(acted_on) if self.continuous else acted_on.argmax(axis=-1)
         return Labels(outputs=outputs, greedy=greedy)
 
     def head_module(self) -> torch.nn.Module:
