@@ -410,7 +410,7 @@ def test_unknown_loss_name_raises_and_lists_valid_names(bad):
     assert repr(bad) in message
     for name in NAMES:
         assert name in message
-    assert set(L.LOSSES) == {*NAMES, "kl_entropy", "gaussian_kl"}
+    assert set(L.LOSSES) == {*NAMES, "kl_entropy", "gaussian_kl", "gaussian_nll"}
 
 
 # --------------------------------------------------------------------------------------------------
