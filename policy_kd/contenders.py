@@ -68,8 +68,8 @@ def _teacher_contender(teacher: Any) -> Contender:
         head = "multi_discrete"
     elif not teacher.continuous:
         head = "discrete"
-    else:
-        head = "squashed_gaussian" if teacher.kind == "squashed_gaussian" else "gaussian"
+    else:  # a Box teacher's kind names its head: gaussian, squashed_gaussian (SAC/TQC), deterministic (TD3/DDPG)
+        head = "gaussian" if teacher.kind == "actions" else teacher.kind
     return Contender(
         name="teacher",
         role="teacher",

@@ -12,6 +12,9 @@ keeps its distributions in ``common/distributions.py``:
 - ``multi_discrete``: outputs are the logits of several categorical components side by side (a MultiDiscrete
   action space, or a MultiBinary one as 2-way choices per bit), ``nvec`` choices each; every component is
   argmaxed or sampled on its own (:func:`split_components`), as SB3's ``MultiCategoricalDistribution``.
+- ``deterministic``: outputs are the action already squashed into ``[-1, 1]`` by tanh (what a TD3/DDPG
+  actor outputs and its critic takes); the action rescales them linearly to the bounds
+  (:func:`rescale_to_bounds`). A deterministic policy has nothing to sample: a "sample" is the action.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-HEADS = ("discrete", "gaussian", "squashed_gaussian", "multi_discrete")
+HEADS = ("discrete", "gaussian", "squashed_gaussian", "multi_discrete", "deterministic")
 
 __all__ = [
     "HEADS",
     "actions_from_outputs",
+    "rescale_to_bounds",
     "sample_gaussian",
     "sample_logits",
     "sample_outputs",
@@ -39,6 +43,12 @@ def to_bounds(pre_squash: np.ndarray, low: np.ndarray, high: np.ndarray, *, squa
     if squash:
         return low + (np.tanh(pre_squash) + 1.0) * 0.5 * (high - low)
     return np.clip(pre_squash, low, high)
+
+
+def rescale_to_bounds(scaled: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Actions scaled to ``[-1, 1]`` ``(batch, *action_shape)`` -> the action in ``[low, high]``, as SB3's
+    ``unscale_action`` (clipped first: a float32 tanh can round to a hair past 1)."""
+    return low + (np.clip(scaled, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
 
 
 def sample_logits(logits: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -89,7 +99,8 @@ def actions_from_outputs(
 ) -> np.ndarray:
     """Deterministic actions from outputs ``(batch, n_outputs)``: argmax for a ``discrete`` head, one argmax
     per component for ``multi_discrete`` (``(batch, len(nvec))``); for a Gaussian head the mean clipped into
-    ``bounds = [low, high]`` (``gaussian``) or squashed into them with tanh (``squashed_gaussian``), as
+    ``bounds = [low, high]`` (``gaussian``) or squashed into them with tanh (``squashed_gaussian``), or the
+    ``[-1, 1]``-scaled action rescaled to them (``deterministic``), as
     ``Student.predict`` does; no bounds: ``[-1, 1]``."""
     if head == "discrete":
         return out.argmax(axis=-1)
@@ -98,6 +109,8 @@ def actions_from_outputs(
             raise ValueError("a multi_discrete head needs nvec")
         return np.stack([c.argmax(axis=-1) for c in split_components(out, nvec)], axis=-1)
     low, high = (np.asarray(b, dtype=np.float32) for b in bounds) if bounds else (-1.0, 1.0)
+    if head == "deterministic":
+        return rescale_to_bounds(out, low, high).astype(np.float32)  # type: ignore[arg-type]
     return to_bounds(out, low, high, squash=head == "squashed_gaussian").astype(np.float32)  # type: ignore[arg-type]
 
 
@@ -111,9 +124,11 @@ def sample_outputs(
 ) -> np.ndarray:
     """One sample per row: a discrete action from ``softmax(out)`` (one per component for a
     ``multi_discrete`` head: already actions), or a Gaussian draw (float32, still to be clipped or squashed
-    by :func:`actions_from_outputs`)."""
+    by :func:`actions_from_outputs`); a deterministic head's outputs unchanged."""
     if head == "discrete":
         return sample_logits(out, rng)
+    if head == "deterministic":
+        return out
     if head == "multi_discrete":
         if nvec is None:
             raise ValueError("a multi_discrete head needs nvec")

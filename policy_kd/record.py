@@ -59,7 +59,9 @@ class RecordConfig:
     epsilon: float = 0.05
     """Random-action probability for --behaviour epsilon."""
     sample: bool = False
-    """The teacher samples its own action distribution instead of acting greedily (PPO/A2C teachers)."""
+    """The teacher samples its own action distribution instead of acting greedily (PPO/A2C/SAC/TQC teachers)."""
+    record_q: bool = False
+    """Also record ``teacher_q``: the teacher critic's Q at its own deterministic action (SAC, TQC, TD3, DDPG)."""
     values: bool = False
     """Also record the teacher's state value V(s) per row (field ``teacher_value``; PPO/A2C teachers): the
     critic target of ``policy-kd export --format sb3 --algo ppo --value-target teacher``."""
@@ -182,7 +184,7 @@ def record(config: RecordConfig) -> Path:
         return _resume(config)
     # saved with the buffer (what --resume reads): absolute, so it resumes from any working directory
     config = absolute_paths(config, "teacher", "student")
-    teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
+    teacher = _load_teacher(config)
     _record_values(teacher, config.values)
     if config.append:
         out = Path(config.out or "")
@@ -227,12 +229,18 @@ def _resume(config: RecordConfig) -> Path:
         threads=config.threads,
     )
     replace(cfg, resume=False).validate()  # the saved options are read from a file: checked as typed ones
-    teacher = load_teacher(cfg.teacher, cfg.env)  # type: ignore[arg-type]
+    teacher = _load_teacher(cfg)
     _record_values(teacher, cfg.values)
     started = manifest["sources"][seg["source"]].get("teacher")
     check_same_teacher(teacher, started, f"buffer {out} was started by", fix="record a new buffer")
     torch.set_num_threads(cfg.threads)
     return _record_into(out, teacher, cfg, mode="resume")
+
+
+def _load_teacher(config: RecordConfig) -> Teacher:
+    """The teacher that labels the recording; with ``--record-q`` it adds its critic's ``teacher_q``."""
+    teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
+    return teacher.with_q() if config.record_q else teacher
 
 
 def teacher_digest(teacher: Teacher) -> str:

@@ -11,6 +11,7 @@ kind                   ``teacher`` field ``(n_outputs,)``          greedy action
 ``logits``             action logits                               argmax / softmax draw
 ``gaussian``           Gaussian mean (+ ``teacher_log_std``)       mean clipped to the bounds / mean + std * N(0, 1)
 ``squashed_gaussian``  pre-tanh mean (+ ``teacher_log_std``)       tanh-squashed mean / squashed draw
+``deterministic``      the action scaled to ``[-1, 1]`` (TD3)      rescaled to the bounds / the same
 ``actions``            Discrete: one-hot of the action taken;      the action / the action
                        Box: the action
 =====================  =========================================  ===========================================
@@ -34,14 +35,22 @@ import numpy as np
 import torch
 
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import sample_gaussian, sample_logits, sample_outputs, to_bounds
+from policy_kd.heads import rescale_to_bounds, sample_gaussian, sample_logits, sample_outputs, to_bounds
 from policy_kd.spaces import action_nvec
 
-KINDS: tuple[str, ...] = ("q_values", "quantiles", "logits", "gaussian", "squashed_gaussian", "actions")
+KINDS: tuple[str, ...] = (
+    "q_values",
+    "quantiles",
+    "logits",
+    "gaussian",
+    "squashed_gaussian",
+    "deterministic",
+    "actions",
+)
 """Every teacher output kind (see the module docstring)."""
 GAUSSIAN_KINDS = ("gaussian", "squashed_gaussian")
 DISCRETE_KINDS = ("q_values", "quantiles", "logits", "actions")
-CONTINUOUS_KINDS = (*GAUSSIAN_KINDS, "actions")
+CONTINUOUS_KINDS = (*GAUSSIAN_KINDS, "deterministic", "actions")
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,9 @@ class BaseTeacher:
         them (``squashed_gaussian``)."""
         space = self.action_space
         assert isinstance(space, gym.spaces.Box)
+        if self.kind == "deterministic":  # a TD3/DDPG actor's [-1, 1] output, rescaled linearly
+            action = rescale_to_bounds(pre_squash.reshape(-1, *space.shape), space.low, space.high)
+            return action.astype(space.dtype, copy=False)
         squash = self.kind == "squashed_gaussian"
         action = to_bounds(pre_squash.reshape(-1, *space.shape), space.low, space.high, squash=squash)
         return action.astype(space.dtype, copy=False)

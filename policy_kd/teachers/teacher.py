@@ -84,6 +84,9 @@ class Teacher(_EnvRecipe, BaseTeacher):
     """What ``load_teacher`` was given (run folder, ``.zip`` or ``hf://`` address): load it again from this."""
     values: bool = False
     """Label states with the critic's V(s) too (``teacher_value``; PPO/A2C only), as ``record --values`` asks."""
+    record_q: bool = False
+    """Also label each state with ``teacher_q``, the critic's value at the teacher's deterministic action
+    (SAC, TQC, TD3, DDPG; ``record --record-q``): set it with :meth:`with_q`."""
 
     def __post_init__(self) -> None:
         # SB3's policy.device walks the parameters on every access (~50 µs): look it up once
@@ -101,10 +104,35 @@ class Teacher(_EnvRecipe, BaseTeacher):
             )
         self.model.policy.set_training_mode(False)
 
+    def with_q(self) -> Teacher:
+        """Label states with the critic's ``teacher_q`` too (refused for a teacher without a critic over
+        continuous actions); returns ``self``."""
+        if self.algo not in sb3.ACTOR_CRITIC_ALGOS:
+            raise PolicyKDError(
+                f"--record-q needs a teacher with a critic Q(s, a) ({', '.join(sb3.ACTOR_CRITIC_ALGOS)}), "
+                f"not {self.algo}; drop --record-q"
+            )
+        self.record_q = True
+        return self
+
+    def critic_value(self, obs: np.ndarray, scaled_actions: torch.Tensor) -> torch.Tensor:
+        """The critic's value ``(batch,)`` of actions scaled to ``[-1, 1]`` at a batch of raw observations,
+        differentiable in ``scaled_actions`` (critic guidance); see :func:`~policy_kd.teachers.sb3.critic_value`."""
+        if self.algo not in sb3.ACTOR_CRITIC_ALGOS:
+            raise PolicyKDError(
+                f"critic guidance needs a teacher with a critic Q(s, a) ({', '.join(sb3.ACTOR_CRITIC_ALGOS)}), "
+                f"not {self.algo}; set --critic-weight 0"
+            )
+        # the critic is a fixed judge: no gradient is kept for its own weights
+        self.model.policy.critic.requires_grad_(False)
+        obs_t = torch.as_tensor(self.normalize_obs(obs), device=self._device)
+        return sb3.critic_value(self.model, self.algo, obs_t, scaled_actions.to(self._device))
+
     @property
     def kind(self) -> str:
         """What ``teacher`` holds: ``q_values`` (DQN), ``quantiles`` (QR-DQN: the quantiles' mean),
-        ``logits`` (PPO/A2C, discrete), ``gaussian`` or ``squashed_gaussian`` (PPO/A2C, Box: the mean)."""
+        ``logits`` (PPO/A2C, discrete), ``gaussian`` or ``squashed_gaussian`` (PPO/A2C, Box; SAC/TQC: the
+        pre-squash mean), ``deterministic`` (TD3/DDPG: the action scaled to ``[-1, 1]``)."""
         return sb3.output_kind(self.model, self.algo)
 
     @property
@@ -138,7 +166,7 @@ class Teacher(_EnvRecipe, BaseTeacher):
         """
         return {
             "teacher": ("float32", (self.n_outputs,)),
-            **sb3.extra_output_fields(self.model, self.algo, self.n_outputs),
+            **sb3.extra_output_fields(self.model, self.algo, self.n_outputs, record_q=self.record_q),
             **({"teacher_value": ("float32", ())} if self.values else {}),
         }
 
@@ -166,7 +194,7 @@ class Teacher(_EnvRecipe, BaseTeacher):
             obs_t = torch.as_tensor(obs, device=self._device)
         else:  # e.g. channel-last images SB3 transposes for the network
             obs_t, _ = policy.obs_to_tensor(obs)
-        outputs = sb3.forward_outputs(self.model, self.algo, obs_t)
+        outputs = sb3.forward_outputs(self.model, self.algo, obs_t, record_q=self.record_q)
         if self.values:
             outputs["teacher_value"] = sb3.state_values(self.model, obs_t)
         acted_on = outputs["teacher"]  # Q-values, the quantiles' mean, logits: greedy is their argmax
