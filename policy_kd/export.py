@@ -115,6 +115,10 @@ class ExportConfig:
     """--format c or numpy: per-channel symmetric int8 weights (float accumulation)."""
     min_agreement: float = 0.99
     """--int8: refuse the export when it takes the float student's action on fewer of the parity states."""
+    native: bool = False
+    """--format c: build for this machine's CPU (-march=native: AVX vector code where the CPU has it); the
+    parity check, evaluate and the header's build line use it. Not portable: the program may not run on
+    an older CPU."""
 
 
 def parity_observations(student: Any, rows: int = 4096, seed: int = 0) -> np.ndarray:
@@ -149,7 +153,7 @@ def eager_outputs(net: Any, obs: np.ndarray) -> np.ndarray:
         return net(torch.as_tensor(np.asarray(obs))).float().numpy()
 
 
-def _write(fmt: str, student: Any, path: Path, int8: bool = False) -> dict[str, Any]:
+def _write(fmt: str, student: Any, path: Path, int8: bool = False, native: bool = False) -> dict[str, Any]:
     """Write ``student`` in ``fmt`` to ``path``; returns format details for export.json."""
     import torch
 
@@ -159,7 +163,7 @@ def _write(fmt: str, student: Any, path: Path, int8: bool = False) -> dict[str, 
     if fmt == "c":
         from policy_kd.export_c import write_c
 
-        return write_c(student, path, int8=int8)
+        return write_c(student, path, int8=int8, native=native)
     if fmt == "numpy":
         program, arrays = _numpy_program(net, tuple(info["spec"]["obs_shape"]))
         if int8:
@@ -227,6 +231,8 @@ def _check_config(config: ExportConfig) -> None:
         raise PolicyKDError(
             f"--int8 applies to --format c or numpy, not {config.format} (--format int8 is torch's dynamic quantisation)"
         )
+    if config.native and config.format != "c":
+        raise PolicyKDError(f"--native applies to --format c, not {config.format}")
     if not 0.0 <= config.min_agreement <= 1.0:
         raise PolicyKDError(f"--min-agreement must be within [0, 1], got {config.min_agreement}")
     if is_export(config.student):
@@ -279,7 +285,7 @@ def export_student(config: ExportConfig) -> Path:
     torch.set_num_threads(1)
     path = out / FILES[config.format]
     try:
-        details = _write(config.format, student, path, config.int8)
+        details = _write(config.format, student, path, config.int8, config.native)
     except Exception:  # a refused student (or no compiler) leaves no half-written folder behind
         shutil.rmtree(out, ignore_errors=True)
         raise
