@@ -126,6 +126,10 @@ class ExportConfig:
     teacher's: 0.999 for the LunarLander PPO preset)."""
     value_steps: int = 2000
     """--algo ppo/a2c: Adam steps (batches of 256) fitting the critic to its targets."""
+    native: bool = False
+    """--format c: build for this machine's CPU (-march=native: AVX vector code where the CPU has it); the
+    parity check, evaluate and the header's build line use it. Not portable: the program may not run on
+    an older CPU."""
 
 
 def parity_observations(student: Any, rows: int = 4096, seed: int = 0) -> np.ndarray:
@@ -184,7 +188,7 @@ def _write(
     if fmt == "c":
         from policy_kd.export_c import write_c
 
-        return write_c(student, path, int8=int8)
+        return write_c(student, path, int8=int8, native=config.native)
     if fmt == "numpy":
         program, arrays = _numpy_program(net, tuple(info["spec"]["obs_shape"]))
         if int8:
@@ -258,6 +262,8 @@ def _check_config(config: ExportConfig) -> None:
         raise PolicyKDError(
             f"--int8 applies to --format c or numpy, not {config.format} (--format int8 is torch's dynamic quantisation)"
         )
+    if config.native and config.format != "c":
+        raise PolicyKDError(f"--native applies to --format c, not {config.format}")
     if not 0.0 <= config.min_agreement <= 1.0:
         raise PolicyKDError(f"--min-agreement must be within [0, 1], got {config.min_agreement}")
     if config.format != "sb3" and (config.algo != "dqn" or config.value_target is not None):

@@ -292,7 +292,7 @@ def obs_dtype(info: dict[str, Any]) -> np.dtype:
     return np.dtype((info.get("observation_space") or {}).get("dtype") or "float32")
 
 
-def _runner(fmt: str, path: Path, info: dict[str, Any]) -> Any:
+def _runner(fmt: str, path: Path, info: dict[str, Any], details: dict[str, Any] | None = None) -> Any:
     dtype = obs_dtype(info)
     if fmt == "numpy":
         return NumpyPolicy.load(path).forward
@@ -300,7 +300,13 @@ def _runner(fmt: str, path: Path, info: dict[str, Any]) -> Any:
         from policy_kd.c_runtime import CPolicy
 
         spec = info["spec"]
-        return CPolicy(path, tuple(spec["obs_shape"]), int(spec["n_outputs"])).forward
+        return CPolicy(
+            path,
+            tuple(spec["obs_shape"]),
+            int(spec["n_outputs"]),
+            head=str(spec.get("head", "discrete")),
+            native=bool((details or {}).get("native", False)),
+        ).forward
     if fmt == "onnx":
         try:
             import onnxruntime as ort
@@ -369,7 +375,7 @@ def load_exported(path: str | Path) -> ExportedStudent:
     if not artifact.is_file():
         raise PolicyKDError(f"exported file missing: {artifact}; export the student again")
     try:
-        run = _runner(fmt, artifact, info)
+        run = _runner(fmt, artifact, info, meta.get("details"))
     except PolicyKDError:
         raise
     except Exception as exc:

@@ -155,6 +155,14 @@ def test_exports_take_the_students_actions(pipeline: dict[str, Path], fmt: str) 
         )
         got = np.array([[int(x) for x in line.split()] for line in run.stdout.decode().splitlines()])
         assert np.array_equal(got, st.predict(obs))
+        # and through the Python extension module evaluate uses: act() gives a tuple of choices
+        from policy_kd.c_runtime import CPolicy
+
+        spec = st.info["spec"]
+        policy = CPolicy(out / "student.c", tuple(spec["obs_shape"]), int(spec["n_outputs"]),
+                         head="multi_discrete", binding="extension")  # fmt: skip
+        acts = np.array([policy.act(o.astype(np.float32)) for o in obs[:64]])
+        assert np.array_equal(acts, st.predict(obs[:64]))
 
 
 def test_sb3_export_is_a_ppo_with_the_students_actions(pipeline: dict[str, Path]) -> None:
