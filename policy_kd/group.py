@@ -347,14 +347,17 @@ class _Group:
         if sampler_states is not None:
             self.sampler.set_states(sampler_states)
         # the open logging window, as tensors over the students (see LogWindow)
-        w0 = members[0].window
-        self.count = w0.count
+        self.count = members[0].window.count
         self.loss_sum = torch.stack(
             [torch.as_tensor(m.window.sums.get("loss/total", 0.0), dtype=torch.float32) for m in members]
         )
+        # the latest gradient norms (K,), kept (as distill keeps them) for the students that clip
+        self.clips = [m.cfg.max_grad_norm > 0 for m in members]
         self.norm: torch.Tensor | None = None
-        if "grad_norm" in w0.sums:
-            self.norm = torch.stack([torch.as_tensor(m.window.sums["grad_norm"]) for m in members])
+        if any("grad_norm" in m.window.sums for m in members):
+            self.norm = torch.stack(
+                [torch.as_tensor(m.window.sums.get("grad_norm", 0.0), dtype=torch.float32) for m in members]
+            )
         self.limit: torch.Tensor | None = None
         if members[0].first_loss is not None:
             self.limit = self._limit(torch.tensor([m.first_loss for m in members], dtype=torch.float32))
@@ -368,7 +371,7 @@ class _Group:
 
     def _sums(self, k: int) -> dict[str, torch.Tensor]:
         sums = {"loss/output": self.loss_sum[k].clone(), "loss/total": self.loss_sum[k].clone()}
-        if self.norm is not None:
+        if self.norm is not None and self.clips[k]:
             sums["grad_norm"] = self.norm[k].clone()
         return sums
 
@@ -466,7 +469,7 @@ class _Group:
         for k, (m, tb) in enumerate(zip(self.members, writers, strict=True)):
             sums = {"loss/output": self.loss_sum[k], "loss/total": self.loss_sum[k]}
             # the keys in the order distill's window first saw them
-            norm = {"grad_norm": self.norm[k]} if self.norm is not None else {}
+            norm = {"grad_norm": self.norm[k]} if self.norm is not None and self.clips[k] else {}
             if self.count > 1:
                 sums.update(norm)
             sums.update({key: v[k] for key, v in fidelity.items()})
