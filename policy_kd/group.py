@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
@@ -204,18 +205,28 @@ class _GeneratorState:
 
 class _GroupSampler:
     """Each student's minibatches as its own ``Sampler`` draws them (its generator, seeded as distill seeds
-    it, the same rows in the same order), gathered for all K students at once: ``(K, batch, ...)``.
+    it, the same rows in the same order), gathered for all K students at once: observations
+    ``(K, batch, *obs_shape)`` and teacher outputs actions-major, ``(K, n_actions, batch)``.
 
     From an in-memory buffer, each generator draws ``DRAW_AHEAD`` steps of indices in one call (a
-    generator gives the same numbers in one call as in several) and one ``index_select`` per field
-    gathers all K minibatches; otherwise each student's batch is gathered by the sampler itself."""
+    generator gives the same numbers in one call as in several) and one ``take`` per field gathers all K
+    minibatches; otherwise each student's batch is gathered by the sampler itself. ``standardize`` (vector
+    observations only) precomputes the standardised observations beside the teacher outputs in one table,
+    so one ``take`` gathers both, already laid out as the hand-written forward reads them: ``x``
+    ``(K, obs_dim, batch)``."""
 
-    def __init__(self, sampler: Sampler, seeds: Sequence[int], batch_size: int):
+    def __init__(self, sampler: Sampler, seeds: Sequence[int], batch_size: int, *, standardize: Any = None):
         self.data, self.batch_size = sampler, batch_size
         self.gens = [torch.Generator().manual_seed(s) for s in seeds]
         self.fast = bool(sampler.in_memory and sampler.stack is None and sampler.weights is None)
-        self.fields = {k: torch.from_numpy(v) for k, v in sampler.in_ram.items()} if self.fast else {}
-        self._chunk: torch.Tensor | None = None  # (steps, K * batch) indices drawn ahead
+        self.table: np.ndarray | None = None
+        if self.fast and standardize is not None:
+            obs, teacher = sampler.in_ram["obs"], sampler.in_ram["teacher"]
+            if obs.ndim == 2:
+                self.obs_dim = obs.shape[1]
+                x = standardize(torch.from_numpy(obs)).numpy()
+                self.table = np.concatenate([x, teacher.astype(np.float32)], axis=1)  # (rows, obs_dim + A)
+        self._chunk: np.ndarray | None = None  # (steps, K * batch) indices drawn ahead
         self._starts: list[torch.Tensor] = []  # each generator's state before the chunk
         self._pos = 0
 
@@ -228,18 +239,30 @@ class _GroupSampler:
             for g in self.gens:
                 self.data.gen = g
                 batches.append(self.data.sample(B))
-            return {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
+            out = {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
+            out["teacher"] = out["teacher"].transpose(1, 2).contiguous()
+            return out
         if self._chunk is None or self._pos == self._chunk.shape[0]:
             n = max(1, min(ahead, DRAW_AHEAD))
             self._starts = [g.get_state() for g in self.gens]
             drawn = torch.empty(K, n * B, dtype=torch.int64)
             for k, g in enumerate(self.gens):
                 torch.randint(self.data.rows, (n * B,), generator=g, out=drawn[k])
-            self._chunk = drawn.view(K, n, B).transpose(0, 1).reshape(n, K * B)
+            self._chunk = drawn.view(K, n, B).transpose(0, 1).reshape(n, K * B).numpy()
             self._pos = 0
         idx = self._chunk[self._pos]
         self._pos += 1
-        return {k: t.index_select(0, idx).view(K, B, *t.shape[1:]) for k, t in self.fields.items()}
+        if self.table is not None:
+            # (K * B, obs_dim + A) -> (K, obs_dim + A, B): both halves feature-major
+            rows = torch.from_numpy(self.table.take(idx, axis=0)).view(K, B, -1).transpose(1, 2).contiguous()
+            return {"x": rows[:, : self.obs_dim], "teacher": rows[:, self.obs_dim :]}
+        ram = self.data.in_ram
+        obs = torch.from_numpy(ram["obs"].take(idx, axis=0))
+        teacher = torch.from_numpy(ram["teacher"].take(idx, axis=0))
+        return {
+            "obs": obs.view(K, B, *obs.shape[1:]),
+            "teacher": teacher.view(K, B, -1).transpose(1, 2).contiguous(),
+        }
 
     def states(self) -> list[torch.Tensor]:
         """Each generator's state after the steps taken (not those drawn ahead)."""
@@ -343,7 +366,12 @@ class _Group:
             in_memory=self.cfg.in_memory,
             source_weights=self.cfg.source_weights,
         )
-        self.sampler = _GroupSampler(shared, [m.cfg.seed + m.round for m in members], self.cfg.batch_size)
+        self.sampler = _GroupSampler(
+            shared,
+            [m.cfg.seed + m.round for m in members],
+            self.cfg.batch_size,
+            standardize=self.stack.standardize if self.stack.hand else None,
+        )
         if sampler_states is not None:
             self.sampler.set_states(sampler_states)
         # the open logging window, as tensors over the students (see LogWindow)
@@ -444,7 +472,10 @@ class _Group:
         self.step += 1
         logging = log_now(self.step, self.cfg.log_every, total)
         batch = self.sampler.sample(ahead)
-        out = self.stack.forward(batch["obs"])  # (K, batch, n_actions)
+        if "x" in batch:  # standardised, feature-major
+            out = self.stack.forward(batch["x"], standardized=True)  # (K, n_actions, batch)
+        else:
+            out = self.stack.forward(batch["obs"])
         loss, grad = stacked_loss(out, batch["teacher"], self.losses)
         self._check_loss(loss)
         self.stack.backward(grad)

@@ -117,32 +117,39 @@ class StackedStudents:
 
     # -- forward and backward ---------------------------------------------------------------------------------
 
-    def forward(self, obs: Tensor) -> Tensor:
-        """Outputs ``(K, batch, n_outputs)`` of observations ``(K, batch, *obs_shape)`` (raw, as recorded).
+    def standardize(self, obs: Tensor) -> Tensor:
+        """Raw observations ``(..., *obs_shape)`` standardised as every student of the group does it."""
+        return (obs.float() - self.obs_mean) / self.obs_std
 
-        The hand-written path keeps what its backward needs; the autograd path records a graph."""
-        x = (obs.float() - self.obs_mean) / self.obs_std
+    def forward(self, obs: Tensor, *, standardized: bool = False) -> Tensor:
+        """Outputs ``(K, n_outputs, batch)`` of observations ``(K, batch, *obs_shape)`` (raw, as recorded).
+
+        ``standardized``: the hand-written path's own input instead, standardised observations laid out
+        ``(K, obs_dim, batch)``. Outputs (and the activations within) are feature-major, batch last: a
+        softmax over 2-18 actions is then a long vectorised loop instead of a short one per row. The
+        hand-written path keeps what its backward needs; the autograd path records a graph."""
+        if standardized:
+            return self._forward_hand(obs)
+        x = self.standardize(obs)
         if self.hand:
-            return self._forward_hand(x)
+            K, B = x.shape[:2]
+            return self._forward_hand(x.reshape(K, B, -1).transpose(1, 2))
         return self._forward_autograd(x)
 
     def _forward_hand(self, x: Tensor) -> Tensor:
-        K, B = x.shape[:2]
-        x = x.reshape(K, B, -1)
-        saved = [x]  # the input of each linear layer, then each activation's output
+        saved = [x]  # the input of each linear layer: the observations, then each activation's output
         for op in self.ops:
             if op.kind == "linear":
                 w, b = self.params[op.param], self.params[op.param + 1]
-                # (K, B, in) @ (K, in, out) + (K, 1, out)
-                x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+                x = torch.baddbmm(b.unsqueeze(2), w, x)  # (K, out, in) @ (K, in, B) + (K, out, 1)
             elif op.kind == "act":
-                x = _activate(op.module, x)
+                x = _ACTIVATE[type(op.module)](x)  # in place: the matmul's fresh output
                 saved.append(x)
         self._saved = saved
         return x
 
     def backward(self, grad_out: Tensor) -> None:
-        """Fill ``grad`` from ``grad_out = d loss / d outputs`` ``(K, batch, n_outputs)``."""
+        """Fill ``grad`` from ``grad_out = d loss / d outputs`` ``(K, n_outputs, batch)``."""
         if not self.hand:
             self._out.backward(grad_out)
             torch.cat([leaf.grad.reshape(-1) for leaf in self._leaves], out=self.grad)  # type: ignore[union-attr]
@@ -155,12 +162,13 @@ class StackedStudents:
         g = grad_out
         for i in range(len(linears) - 1, -1, -1):
             j = linears[i].param
-            x_in = self._saved[i]  # the layer's input: the observations, or the previous activation's output
-            torch.bmm(g.transpose(1, 2), x_in, out=self.grads[j])  # (K, out, in)
-            torch.sum(g, dim=1, out=self.grads[j + 1])  # (K, out)
+            x_in = self._saved[i]  # (K, in, B)
+            torch.bmm(g, x_in.transpose(1, 2), out=self.grads[j])  # (K, out, in)
+            torch.sum(g, dim=2, out=self.grads[j + 1])  # (K, out)
             if i > 0:
-                g = torch.bmm(g, self.params[j])  # (K, B, in)
-                g = _activation_grad(acts[i - 1], g, x_in)
+                g = torch.bmm(self.params[j].transpose(1, 2), g)  # (K, in, B)
+                # autograd's own backward kernels, from the activation's output
+                g = _ACTIVATION_GRAD[type(acts[i - 1])](g, x_in)
         self._saved = []
 
     def _forward_autograd(self, x: Tensor) -> Tensor:
@@ -190,8 +198,8 @@ class StackedStudents:
             else:  # linear
                 w, b = p[op.param], p[op.param + 1]
                 x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
-        self._out = x
-        return x.detach()
+        self._out = x.transpose(1, 2)  # (K, n_outputs, B)
+        return self._out.detach()
 
     # -- one student's tensors ---------------------------------------------------------------------------------
 
@@ -219,22 +227,12 @@ class StackedStudents:
         return torch.cat([torch.stack([t[j] for t in tensors]).reshape(-1) for j in range(len(self.shapes))])
 
 
-def _activate(module: nn.Module, x: Tensor) -> Tensor:
-    if isinstance(module, nn.ReLU):
-        return torch.relu(x)
-    if isinstance(module, nn.Tanh):
-        return torch.tanh(x)
-    return F.elu(x)
-
-
-def _activation_grad(module: nn.Module, g: Tensor, y: Tensor) -> Tensor:
-    """``g`` times the activation's derivative, from its output ``y`` (ReLU: y > 0; tanh: 1 - y^2; ELU with
-    alpha 1: 1 where y > 0, else y + 1), as autograd's backward of each computes it."""
-    if isinstance(module, nn.ReLU):
-        return g.mul_(y > 0)
-    if isinstance(module, nn.Tanh):
-        return g.mul_(1 - y * y)
-    return torch.where(y > 0, g, g * (y + 1))
+_ACTIVATE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.ELU: lambda x: F.elu_(x)}
+_ACTIVATION_GRAD = {
+    nn.ReLU: lambda g, y: torch.ops.aten.threshold_backward(g, y, 0),
+    nn.Tanh: lambda g, y: torch.ops.aten.tanh_backward(g, y),
+    nn.ELU: lambda g, y: torch.ops.aten.elu_backward(g, 1.0, 1, 1, True, y),
+}
 
 
 # -- losses --------------------------------------------------------------------------------------------------
@@ -243,14 +241,15 @@ def _activation_grad(module: nn.Module, g: Tensor, y: Tensor) -> Tensor:
 def stacked_loss(student: Tensor, teacher: Tensor, configs: Sequence[LossConfig]) -> tuple[Tensor, Tensor]:
     """Each student's loss and its gradient with respect to that student's outputs.
 
-    ``student`` and ``teacher`` are ``(K, batch, n_actions)``; ``configs`` has one :class:`LossConfig` per
-    student (a discrete loss of ``policy_kd.losses``; names and settings may differ). Returns the losses
-    ``(K,)``, each the batch mean that ``compute_loss`` gives on that student's slice, and
-    ``d loss_k / d student[k]`` ``(K, batch, n_actions)``.
+    ``student`` and ``teacher`` are ``(K, n_actions, batch)`` (actions-major: what the stacked forward
+    gives; ``policy_kd.losses`` takes each student's slice transposed, ``(batch, n_actions)``);
+    ``configs`` has one :class:`LossConfig` per student (a discrete loss of ``policy_kd.losses``; names
+    and settings may differ). Returns the losses ``(K,)``, each the batch mean that ``compute_loss``
+    gives on that student's slice, and ``d loss_k / d student[k]`` ``(K, n_actions, batch)``.
     """
-    if student.shape != teacher.shape or student.dim() != 3 or student.shape[1] == 0:
+    if student.shape != teacher.shape or student.dim() != 3 or student.shape[2] == 0:
         raise ValueError(
-            f"student and teacher outputs must both be (K, batch, n_actions) with batch > 0; got "
+            f"student and teacher outputs must both be (K, n_actions, batch) with batch > 0; got "
             f"{tuple(student.shape)} and {tuple(teacher.shape)}"
         )
     if len(configs) != student.shape[0]:
@@ -279,51 +278,56 @@ def _column(values: Sequence[float], like: Tensor) -> Tensor | float:
     return torch.tensor(values, dtype=like.dtype).view(-1, 1, 1)
 
 
+def _flat(value: Tensor | float) -> Tensor | float:
+    """A ``(K, 1, 1)`` setting as ``(K,)``, to scale per-student losses."""
+    return value.view(-1) if isinstance(value, Tensor) else value
+
+
 def _soft(log_p: Tensor, log_q: Tensor, batch: int) -> Tensor:
-    """KL(p || q) per student, batch mean, from log-probabilities ``(K, batch, n)``."""
+    """KL(p || q) per student, batch mean, from log-probabilities ``(K, n, batch)``."""
     return (log_p.exp() * (log_p - log_q)).sum(dim=(1, 2)) / batch
 
 
 def _loss_of(name: str, s: Tensor, t: Tensor, configs: Sequence[LossConfig]) -> tuple[Tensor, Tensor]:
-    batch = s.shape[1]
-    log_q = F.log_softmax(s, dim=-1)
-    q = log_q.exp()
+    n_actions, batch = s.shape[1], s.shape[2]
     if name == "mse":
         diff = s - t
-        return diff.pow(2).mean(dim=(1, 2)), diff * (2.0 / (batch * s.shape[2]))
+        return diff.pow(2).mean(dim=(1, 2)), diff.mul_(2.0 / (batch * n_actions))
+    log_q = F.log_softmax(s, dim=1)
+    q = log_q.exp()
     if name in ("kl", "kl_entropy"):
-        log_p = F.log_softmax(t / _column([c.tau for c in configs], s), dim=-1)
-        loss, grad = _soft(log_p, log_q, batch), (q - log_p.exp()) / batch
+        log_p = F.log_softmax(t / _column([c.tau for c in configs], s), dim=1)
+        p = log_p.exp()
+        loss = (p * (log_p - log_q)).sum(dim=(1, 2)) / batch
+        grad = (q - p).div_(batch)
         if name == "kl_entropy":
             w = _column([c.entropy_weight for c in configs], s)
-            ent = -(q * log_q).sum(dim=-1, keepdim=True)  # (K, B, 1)
+            ent = -(q * log_q).sum(dim=1, keepdim=True)  # (K, 1, B)
             # d(-w * mean H)/ds_j = w * q_j * (log q_j + H) / batch
-            w_k = w.view(-1) if isinstance(w, Tensor) else w
-            loss = loss - w_k * ent.mean(dim=(1, 2))
+            loss = loss - _flat(w) * ent.mean(dim=(1, 2))
             grad = grad + w * q * (log_q + ent) / batch
         return loss, grad
-    onehot = F.one_hot(t.argmax(dim=-1), s.shape[2]).to(s.dtype)
+    onehot = torch.zeros_like(s).scatter_(1, t.argmax(dim=1, keepdim=True), 1.0)
     hard_loss = -(onehot * log_q).sum(dim=(1, 2)) / batch
-    hard_grad = (q - onehot) / batch
+    hard_grad = (q - onehot).div_(batch)
     if name == "nll":
         return hard_loss, hard_grad
     # hinton: lam * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - lam) * nll
     temp = _column([c.temperature for c in configs], s)
     lam = _column([c.lam for c in configs], s)
-    log_pt, log_qt = F.log_softmax(t / temp, dim=-1), F.log_softmax(s / temp, dim=-1)
-    flat_t = temp.view(-1) if isinstance(temp, Tensor) else temp
-    flat_lam = lam.view(-1) if isinstance(lam, Tensor) else lam
-    soft = _soft(log_pt, log_qt, batch) * flat_t**2
-    loss = flat_lam * soft + (1.0 - flat_lam) * hard_loss
+    log_pt, log_qt = F.log_softmax(t / temp, dim=1), F.log_softmax(s / temp, dim=1)
+    soft = _soft(log_pt, log_qt, batch) * _flat(temp) ** 2
+    loss = _flat(lam) * soft + (1.0 - _flat(lam)) * hard_loss
     grad = lam * temp * (log_qt.exp() - log_pt.exp()) / batch + (1.0 - lam) * hard_grad
     return loss, grad
 
 
 def stacked_fidelity(student: Tensor, teacher: Tensor, taus: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """Each student's greedy agreement with the teacher and ``kl`` at its ``tau``: ``(K,)`` each."""
-    agreement = (student.argmax(-1) == teacher.argmax(-1)).float().mean(dim=1)
-    log_p = F.log_softmax(teacher.float() / _column(taus, student), dim=-1)
-    return agreement, _soft(log_p, F.log_softmax(student.float(), dim=-1), student.shape[1])
+    """Each student's greedy agreement with the teacher and ``kl`` at its ``tau``, from ``(K, n_actions,
+    batch)`` outputs: ``(K,)`` each."""
+    agreement = (student.argmax(1) == teacher.argmax(1)).float().mean(dim=1)
+    log_p = F.log_softmax(teacher.float() / _column(taus, student), dim=1)
+    return agreement, _soft(log_p, F.log_softmax(student.float(), dim=1), student.shape[2])
 
 
 # -- the optimiser -------------------------------------------------------------------------------------------

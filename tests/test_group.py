@@ -221,17 +221,17 @@ def test_distill_students_is_the_public_api(cartpole_buffer, tmp_path):
 )
 def test_stacked_loss_and_gradient_are_each_students_own(config):
     rng = torch.Generator().manual_seed(0)
-    s, t = torch.randn(3, 16, 4, generator=rng) * 3, torch.randn(3, 16, 4, generator=rng) * 10
+    s, t = torch.randn(3, 4, 16, generator=rng) * 3, torch.randn(3, 4, 16, generator=rng) * 10
     # three students: this loss, and two others beside it (their settings must not leak into it)
     configs = [config, LossConfig("kl", tau=0.5), LossConfig("hinton", temperature=1.5, lam=0.9)]
     loss, grad = stacked_loss(s, t, configs)
     for k, c in enumerate(configs):
-        x = s[k].clone().requires_grad_()
-        expected = compute_loss(x, t[k], c)
+        x = s[k].T.clone().requires_grad_()  # (batch, n_actions), as distill computes it
+        expected = compute_loss(x, t[k].T, c)
         expected.backward()
         expected = expected.detach()
         assert float(loss[k]) == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
-        torch.testing.assert_close(grad[k], x.grad, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(grad[k].T, x.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_stacked_adamw_is_bit_for_bit_torch_adamw():
@@ -286,6 +286,6 @@ def test_group_sampler_draws_each_students_own_minibatches(cartpole_buffer):
         for k, s in enumerate(alone):
             expected = s.sample(16)
             assert torch.equal(batch["obs"][k], expected["obs"])
-            assert torch.equal(batch["teacher"][k], expected["teacher"])
+            assert torch.equal(batch["teacher"][k].T, expected["teacher"])
         if step == 70:  # mid draw-ahead chunk: the states are those after the steps taken
             assert all(torch.equal(a, s.state()) for a, s in zip(sampler.states(), alone, strict=True))
