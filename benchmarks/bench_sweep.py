@@ -108,6 +108,10 @@ def run_case(name: str, root: Path, ks: tuple[int, ...], steps: int, batch: int 
     buffer = make_buffer(root / f"buffer_{name}", shape, dtype, n_actions, teacher_params, env_id)
     params = None
     ratios: dict[int, float] = {}
+    # warm-up: the first run in a process pays for lazy imports and first calls; time neither with it
+    for c in configs(buffer, root / name / "warmup", 2, student, fraction, 20):
+        distill(c)
+    _distill_together(configs(buffer, root / name / "warmup", 2, student, fraction, 20), progress=False)
     print(f"\n{name}: {steps} steps, batch {batch}")
     print(f"{'K':>4} {'sequential':>14} {'vectorised':>14} {'ratio':>7} {'end-to-end':>11}")
     for k in case_ks or ks:

@@ -361,32 +361,38 @@ class StackedAdamW:
         # a student that does not clip gets an infinite limit: its clip coefficient clamps to 1
         self._limits = torch.tensor([m if m > 0 else math.inf for m in max_grad_norms], dtype=torch.float32)
         self._tmp = torch.empty_like(stack.flat)
+        self._scaled = torch.empty_like(stack.flat)
         self.set_lrs(lrs)
 
     def set_lrs(self, lrs: Sequence[float]) -> None:
         """The learning rate of each student for the next steps (a schedule calls this after each step)."""
         self.lrs = list(lrs)
-        owner = self.stack.owner
+        # AdamW multiplies by 1 - lr * wd and by -lr / bias_correction1 as Python floats, which the kernels
+        # round to float32: these (K, 1) columns are those float32 values, one per student
         decay = [1 - lr * wd for lr, wd in zip(self.lrs, self.weight_decays, strict=True)]
-        # AdamW multiplies by 1 - lr * wd and by -lr / bias_correction1 as Python floats, then in float32:
-        # these per-element factors are those float32 values (set per step for the second)
-        self._decay = torch.tensor(decay, dtype=torch.float32)[owner] if any(self.weight_decays) else None
-        self._lr64 = torch.tensor(self.lrs, dtype=torch.float64)
+        self._decay = (
+            torch.tensor(decay, dtype=torch.float32).view(-1, 1) if any(self.weight_decays) else None
+        )
+        self._lr64 = torch.tensor(self.lrs, dtype=torch.float64).view(-1, 1)
         self._same_lr = all(lr == self.lrs[0] for lr in self.lrs)
+
+    def _blocks(self, flat: Tensor) -> list[Tensor]:
+        """``flat``'s parameter blocks as ``(K, per-student size)`` views: a ``(K, 1)`` column scales each
+        student's part of every block by broadcasting, without a per-element index."""
+        K = self.stack.K
+        return [flat[o : o + K * n].view(K, n) for o, n in self.stack.blocks]
 
     def clip(self) -> Tensor | None:
         """Scale each clipping student's gradient to its ``max_grad_norm`` (as ``clip_grad_norm_``); return
         the norms before clipping ``(K,)`` (None when no student clips)."""
         if not self.clipping:
             return None
-        s = self.stack
-        norms = torch.stack(
-            [torch.linalg.vector_norm(s.grad[o : o + s.K * n].view(s.K, n), dim=1) for o, n in s.blocks],
-            dim=1,
-        )
+        blocks = self._blocks(self.stack.grad)
+        norms = torch.stack([torch.linalg.vector_norm(b, dim=1) for b in blocks], dim=1)
         total = torch.linalg.vector_norm(norms, dim=1)  # (K,)
-        coef = torch.clamp(self._limits / (total + 1e-6), max=1.0)
-        s.grad.mul_(coef[s.owner])
+        coef = torch.clamp(self._limits / (total + 1e-6), max=1.0).view(-1, 1)
+        for b in blocks:
+            b.mul_(coef)
         return total
 
     @torch.no_grad()
@@ -395,7 +401,8 @@ class StackedAdamW:
         param, grad = self.stack.flat, self.stack.grad
         self.steps += 1
         if self._decay is not None:
-            param.mul_(self._decay)
+            for b in self._blocks(param):
+                b.mul_(self._decay)
         self.exp_avg.lerp_(grad, 1 - self.beta1)
         self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
         bias_correction1 = 1 - self.beta1**self.steps
@@ -403,7 +410,10 @@ class StackedAdamW:
         denom = torch.sqrt(self.exp_avg_sq, out=self._tmp).div_(bias_correction2_sqrt).add_(self.eps)
         if self._same_lr:
             param.addcdiv_(self.exp_avg, denom, value=-(self.lrs[0] / bias_correction1))
-        else:
-            # addcdiv(m, d, value=v) computes v * m / d in float32: the same with v per element
-            step_size = (-(self._lr64 / bias_correction1)).float()[self.stack.owner]
-            param.addcdiv_(step_size.mul_(self.exp_avg), denom)
+            return
+        # addcdiv(m, d, value=v) computes v * m / d in float32: the same with v per student
+        step_size = (-(self._lr64 / bias_correction1)).float()
+        scaled = self._scaled
+        for out, m in zip(self._blocks(scaled), self._blocks(self.exp_avg), strict=True):
+            torch.mul(m, step_size, out=out)
+        param.addcdiv_(scaled, denom)
