@@ -19,6 +19,7 @@ importing ``policy_kd.record`` never replaces them.
 from policy_kd.api import (
     StudentPolicy,
     distill_student,
+    distill_students,
     evaluate_students,
     export_student,
     load_student,
@@ -35,6 +36,7 @@ __all__ = [
     "PolicyKDError",
     "StudentPolicy",
     "distill_student",
+    "distill_students",
     "evaluate_students",
     "export_student",
     "load_student",

@@ -128,6 +128,46 @@ def distill_student(buffer: PathLike, out: PathLike, **options: Any) -> Path:
     return distill(_config(DistillConfig, "distill_student", {"buffer": buffer, "out": out, **options}))
 
 
+def distill_students(
+    buffer: PathLike,
+    students: Sequence[dict[str, Any]],
+    *,
+    vectorised: bool = True,
+    progress: bool = False,
+    **options: Any,
+) -> list[Path]:
+    """Train many students on one buffer; students of one shape train together as one stacked model.
+
+    :param buffer: buffer folder written by :func:`record_buffer`.
+    :param students: one dict of ``distill`` options per student, each with its own ``out`` folder
+        (e.g. ``{"out": "runs/s0", "seed": 0, "tau": 0.1}``); it overrides ``options``.
+    :param vectorised: train students that share an architecture and a loop (seeds, losses, tau, learning
+        rates, schedules may differ) as one stacked model, each as if trained alone (see
+        :mod:`policy_kd.group`); False: one after another, as :func:`distill_student` would.
+    :param progress: one progress bar per group.
+    :param options: ``distill`` options shared by every student (``params_fraction``, ``steps``...).
+    :return: the student folders, in the order of ``students``.
+
+    Example::
+
+        folders = policy_kd.distill_students(
+            "runs/buffer", [{"out": f"runs/s{seed}", "seed": seed} for seed in range(8)], steps=20_000
+        )
+    """
+    from policy_kd.distill import DistillConfig
+    from policy_kd.group import distill_group
+
+    configs = [
+        _config(
+            DistillConfig,
+            "distill_students",
+            {"buffer": buffer, "progress": False, **options, **dict(student)},
+        )
+        for student in students
+    ]
+    return distill_group(configs, vectorised=vectorised, progress=progress)
+
+
 def evaluate_students(
     teacher: PathLike, students: PathLike | Sequence[PathLike] = (), **options: Any
 ) -> dict[str, Any]:

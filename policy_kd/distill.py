@@ -83,19 +83,26 @@ DIVERGED = 1e4
 @job(resumable=True)
 def distill(config: DistillConfig) -> Path:
     """Distil a student into ``config.out``; return the folder. ``student.json`` is written last."""
+    config, out = start_run(config)
+    torch.set_num_threads(config.threads)
+    return _Run(config, out).train()
+
+
+def start_run(config: DistillConfig) -> tuple[DistillConfig, Path]:
+    """Validate ``config`` and lock its student folder: a new run's folder is created (refused if it holds
+    something, unless ``force``) with its resolved config, command line and versions; ``resume`` reads the
+    saved config back. Returns the config to run and the folder (also what a group of students does)."""
     config.validate()
     if config.resume:
         out = Path(config.out)  # type: ignore[arg-type]
         lock_out_dir(out, what="student folder")
-        config = _saved_config(out, progress=config.progress)
-    else:
-        # saved in config.yaml (what --resume reads): absolute, so it resumes from any working directory
-        config = absolute_paths(config, "buffer", "teacher")
-        inputs = (config.buffer, config.teacher)
-        out = prepare_out_dir(config.out, force=config.force, what="student folder", inputs=inputs)
-        write_run_info(out, config, job="distill")
-    torch.set_num_threads(config.threads)
-    return _Run(config, out).train()
+        return _saved_config(out, progress=config.progress), out
+    # saved in config.yaml (what --resume reads): absolute, so it resumes from any working directory
+    config = absolute_paths(config, "buffer", "teacher")
+    inputs = (config.buffer, config.teacher)
+    out = prepare_out_dir(config.out, force=config.force, what="student folder", inputs=inputs)
+    write_run_info(out, config, job="distill")
+    return config, out
 
 
 def _saved_config(out: Path, *, progress: bool) -> DistillConfig:
@@ -200,11 +207,21 @@ class _Run(Rounds):
             self.meta = self.buffers[0].meta
         meta = self.meta
         _check_meta(self.buffers[0])
-        kind = meta["teacher"]["kind"]
         self.teacher_params = int(meta["teacher"]["policy_params"])
         self.continuous = meta.get("action_space", {}).get("type") == "Box"
         # MultiDiscrete/MultiBinary: the logits of each component side by side; losses per component, summed
         self.nvec = action_nvec(meta.get("action_space", {}))
+        self._check_loss_choice()
+        for b in self.buffers:
+            b.require(*self.names)
+            b.check_finite(
+                self.names,
+                "a student trained on them learns NaN: re-record the buffer with a sound teacher",
+            )
+
+    def _check_loss_choice(self) -> None:
+        """Refuse a loss the teacher's kind of outputs cannot take; choose the fields to read."""
+        config, kind = self.cfg, self.meta["teacher"]["kind"]
         if kind == "deterministic":
             allowed: tuple[str, ...] = DETERMINISTIC_LOSSES
         else:
@@ -227,12 +244,10 @@ class _Run(Rounds):
         self.names = (
             ("obs", "teacher", "teacher_log_std") if config.loss == "gaussian_kl" else ("obs", "teacher")
         )
-        for b in self.buffers:
-            b.require(*self.names)
-            b.check_finite(
-                self.names,
-                "a student trained on them learns NaN: re-record the buffer with a sound teacher",
-            )
+
+    def _input_sample(self) -> torch.Tensor:
+        """The buffer's observations that set the student's input standardisation (evenly spaced rows)."""
+        return torch.from_numpy(self.buffers[0].spaced("obs", INPUT_STATS_ROWS))
 
     def _build_student(self) -> None:
         """Size and build the student; set its input statistics, action bounds and starting spread."""
@@ -251,7 +266,7 @@ class _Run(Rounds):
         torch.manual_seed(config.seed)
         self.net: Student = build_student(spec)
         if config.normalize_obs:
-            self.net.set_obs_stats(torch.from_numpy(buffer.spaced("obs", INPUT_STATS_ROWS)))
+            self.net.set_obs_stats(self._input_sample())
         if self.continuous:
             space = meta["action_space"]
             if "low" not in space:  # recorded before action bounds were kept at any size: ask the env
