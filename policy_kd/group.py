@@ -178,7 +178,7 @@ class _Member(_Run):
             return
         self.buffers, self.meta, self._teacher = s.buffers, s.meta, s._teacher
         self.teacher_path = self.cfg.teacher
-        self.teacher_params, self.continuous = s.teacher_params, s.continuous
+        self.teacher_params, self.continuous, self.nvec = s.teacher_params, s.continuous, s.nvec
         self._check_loss_choice()
 
     def _input_sample(self) -> torch.Tensor:
