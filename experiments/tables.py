@@ -34,33 +34,39 @@ RANDOM = ROOT / "results" / "random"
 BEGIN, END = "<!-- RESULTS:BEGIN (experiments/tables.py) -->", "<!-- RESULTS:END -->"
 
 
-def main() -> None:
-    sections = []
+def sections(plots: Path) -> list[str]:
+    """The Markdown sections of every committed result, their plots written into ``plots``."""
+    out = []
     all_results = [json.loads(p.read_text()) for p in sorted((ROOT / "results").glob("*.json"))]
     for res in all_results:
         if res.get("kind") == "multitask":
-            sections.append(multitask_section(res))
+            out.append(multitask_section(res))
             continue
         text, curves = task_section(res, RANDOM)
-        png = ROOT / "plots" / f"{res['task']}_return_vs_params.png"
+        png = plots / f"{res['task']}_return_vs_params.png"
         ylabel = (
             "return ratio (student / teacher)" if scorer(res, RANDOM)[1] is _ratio else "normalized score"
         )
         if curves and plot(res["task"], curves, png, ylabel):
             text += f"\n![{res['task']}](plots/{png.name})\n"
-        sections.append(text)
-    if plot_curves(all_results, ROOT / "plots" / "teacher_curves.png"):
-        sections.append(
+        out.append(text)
+    if plot_curves(all_results, plots / "teacher_curves.png"):
+        out.append(
             "### Teachers' training curves\n\nMean return of each periodic evaluation during training "
             "(the best one selects the teacher).\n\n![teacher curves](plots/teacher_curves.png)\n"
         )
-    sections.append(goals_section(all_results))
+    out.append(goals_section(all_results))
+    return out
+
+
+def main() -> None:
+    parts = sections(ROOT / "plots")
     readme = ROOT / "README.md"
     body = readme.read_text() if readme.is_file() else f"# Experiments\n\n{BEGIN}\n{END}\n"
     head, rest = body.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(head + BEGIN + "\n\n" + "\n".join(sections) + "\n" + END + tail)
-    print(f"wrote {readme} ({len(sections)} task(s))")
+    readme.write_text(head + BEGIN + "\n\n" + "\n".join(parts) + "\n" + END + tail)
+    print(f"wrote {readme} ({len(parts)} task(s))")
 
 
 if __name__ == "__main__":

@@ -269,6 +269,13 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
         "kickstart",
         lambda p: f"kickstarted student saved to {p} (model/: its SB3 run, student/: as a policy_kd student)",
     ),
+    "sweep": _job(
+        "sweep",
+        "sweep",
+        "SweepRunConfig",
+        "sweep",
+        lambda p: f"sweep results in {p} (table: {p.parent / 'results.md'})",
+    ),
     "inspect": lambda argv: _inspect(
         parse_cli(InspectConfig, argv, prog=f"{PROG} inspect", description=InspectConfig.__doc__)
     ),
@@ -289,6 +296,7 @@ commands:
   distill-online  train a teacher and distil a student from it while it trains
   kickstart       train a small student with RL plus an annealed distillation loss toward a teacher
   inspect         validate a buffer and summarise it
+  sweep           students over sizes x losses x seeds from a YAML grid, locally or on Ray; resumes
   demo            all four on CartPole-v1 into runs/demo/, then the comparison table
 
 '{PROG} COMMAND --help' lists a command's options."""
