@@ -69,21 +69,22 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------- tasks
 
 
-def train_students(students: Sequence[tuple[str, Mapping[str, Any]]], vectorised: bool) -> float:
+def train_students(students: Sequence[tuple[str, Mapping[str, Any]]], vectorised: bool) -> dict[str, Any]:
     """Task: distil ``students`` ((folder, distill options)) as one group, skipping finished ones and resuming
-    interrupted ones from their checkpoints; return the seconds taken."""
+    interrupted ones from their checkpoints; return the seconds taken and the students resumed."""
     from policy_kd import group
     from policy_kd.config import config_from_mapping
     from policy_kd.distill import CHECKPOINT, DistillConfig
 
     start = time.perf_counter()
-    configs = []
+    configs, resumed = [], []
     for out, options in students:
         folder = Path(out)
         if (folder / "student.json").is_file():
             continue
         if (folder / CHECKPOINT).is_file():
             log(f"distill: resuming {folder.name}")
+            resumed.append(folder.name)
             configs.append(DistillConfig(out=out, resume=True, progress=False))
         else:
             log(f"distill: {folder.name}")
@@ -91,7 +92,7 @@ def train_students(students: Sequence[tuple[str, Mapping[str, Any]]], vectorised
             configs.append(config_from_mapping(DistillConfig, opts, source=f"sweep student {folder.name}"))
     if configs:
         group.distill_group(configs, vectorised=vectorised, progress=False)
-    return time.perf_counter() - start
+    return {"seconds": time.perf_counter() - start, "resumed": resumed}
 
 
 def evaluate_students(teacher: str, students: Sequence[str], out: str, episodes: int) -> dict[str, Any]:
@@ -383,14 +384,19 @@ class Sweep:
         if self.backend.parallel:
             for handles in trained:
                 for h in handles:
-                    self.backend.result(h)
+                    self._trained(self.backend.result(h))
             if any(trained):
                 self.store.timed("distill", time.perf_counter() - start)  # wall time: the tasks overlap
         for (kind, pending), handles in zip(evals, trained, strict=True):
             if not self.backend.parallel:
                 for h in handles:
-                    self.store.timed("distill", self.backend.result(h))
+                    self.store.timed("distill", self._trained(self.backend.result(h)))
             self._file(pending, kind)
+
+    def _trained(self, got: Mapping[str, Any]) -> float:
+        for name in got["resumed"]:  # after a kill, or a lost worker's task run again
+            self.log(f"distill: {name} resumed from its checkpoint")
+        return float(got["seconds"])
 
     def distill(self) -> None:
         """Students size by size, each size evaluated once its students exist."""

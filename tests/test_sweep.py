@@ -83,9 +83,9 @@ class Recorder(Sequential):
 
 
 def _fake_tasks(monkeypatch: pytest.MonkeyPatch, trained: list[str]) -> None:
-    def train(students: Any, vectorised: bool) -> float:
+    def train(students: Any, vectorised: bool) -> dict[str, Any]:
         trained.extend(Path(out).name for out, _ in students)
-        return 0.0
+        return {"seconds": 0.0, "resumed": []}
 
     def evaluate(teacher: str, students: list[str], out: str, episodes: int) -> dict[str, Any]:
         run = {"loss": "kl", "mean_return": 1.0, "latency": {"batch1_us": 3.0}}
@@ -163,7 +163,8 @@ def test_a_student_with_a_checkpoint_resumes_and_a_finished_one_is_kept(
     (done / "student.json").write_text("{}")
     (interrupted / CHECKPOINT).write_bytes(b"")
     opts = {"buffer": "b", "steps": 7, "hidden": [4], "seed": 3}
-    train_students([(str(p), opts) for p in (done, interrupted, fresh)], True)
+    got = train_students([(str(p), opts) for p in (done, interrupted, fresh)], True)
+    assert got["resumed"] == ["interrupted"]
     assert [(Path(c.out).name, c.resume) for c in seen] == [("interrupted", True), ("fresh", False)]
     assert seen[1].steps == 7 and seen[1].hidden == (4,) and seen[1].seed == 3 and seen[1].force
 

@@ -1,0 +1,96 @@
+"""Sweeps and sharded records on a real local Ray cluster (2 CPUs, loopback, no dashboard), one per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from policy_kd.sweep import comparable
+from tests.conftest import run_cli
+
+ray = pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")  # a dependency of ray
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray cluster for the session; the backends find it initialised and leave it running."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sweep_file(tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]) -> Path:
+    raw = {
+        "task": "ray",
+        "teacher": {"path": str(artifacts["teacher"])},
+        "buffer": {"path": str(artifacts["buffer"])},
+        # long enough for the kill test to find a worker mid-training, past its first checkpoint
+        "distill": {"steps": 800, "eval_every": 0, "checkpoint_every": 100},
+        "sizes": [0.25, 0.04],
+        "losses": {"kl": {"loss": "kl", "tau": 0.1}},
+        "seeds": [0],
+        "episodes": 3,
+    }
+    path = tmp_path_factory.mktemp("ray_sweep") / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_results(sweep_file: Path) -> dict[str, Any]:
+    out = sweep_file.parent / "local"
+    assert run_cli("sweep", sweep_file, "--out", out) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def test_a_sweep_through_ray_gives_the_local_results(
+    ray_cluster: None, sweep_file: Path, local_results: dict[str, Any]
+) -> None:
+    out = sweep_file.parent / "ray"
+    assert run_cli("sweep", sweep_file, "--out", out, "--backend", "ray") == 0
+    got = json.loads((out / "results.json").read_text())
+    assert list(got["runs"]) == ["f0.25_kl_s0", "f0.04_kl_s0"]
+    assert comparable(got) == comparable(local_results)
+    assert ray.is_initialized()  # the session's cluster was joined, not shut down
+
+
+def _kill_a_training_worker(students: Path, killed: list[int]) -> None:
+    """SIGKILL the first Ray worker running train_students once a student of it has checkpointed."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not killed:
+        if any(students.glob("*/checkpoint.pt")):
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if any("ray::train_students" in part for part in proc.info["cmdline"] or ()):
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    return
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_task_costs_a_retry_not_the_sweep(
+    ray_cluster: None,
+    sweep_file: Path,
+    local_results: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = sweep_file.parent / "ray_killed"
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_training_worker, args=(out / "students", killed), daemon=True)
+    killer.start()
+    assert run_cli("sweep", sweep_file, "--out", out, "--backend", "ray") == 0
+    killer.join(timeout=1)
+    assert killed, "no worker was found mid-training to kill"
+    assert "resumed from its checkpoint" in capsys.readouterr().out  # the retry resumed, not restarted
+    got = json.loads((out / "results.json").read_text())
+    assert comparable(got) == comparable(local_results)  # resume is bit-identical: the same returns
