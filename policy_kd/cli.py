@@ -201,8 +201,12 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 
 def _describe_buffer(out: Path) -> str:
     """What a record run made, on one screen (also with --no-progress, where no bar showed the rate)."""
-    from policy_kd.buffer import read_manifest
+    from policy_kd.buffer import SHARDS, Buffer, read_manifest
 
+    if (out / SHARDS).is_file():  # record --workers: the shards read as one buffer
+        b = Buffer.open(out, verify=False, allow_empty=True)
+        state = "complete" if b.complete else "INCOMPLETE"
+        return f"buffer saved to {out}\n  rows: {b.rows} ({state}) in {len(b.sources)} shards"
     m = read_manifest(out)
     src = m["sources"][-1]
     state = "complete" if m["complete"] else "INCOMPLETE"

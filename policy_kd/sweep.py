@@ -283,7 +283,11 @@ class Sweep:
         workers = int(opts.pop("workers", 1))
         cfg = config_from_mapping(RecordConfig, opts, source="sweep buffer")
         if workers > 1:
+            from policy_kd.buffer import SHARDS, Buffer
             from policy_kd.shards import record_shards
+
+            if (out / SHARDS).is_file() and Buffer.open(out, verify=False, allow_empty=True).complete:
+                return
 
             self.log(f"buffer: recording {cfg.steps} steps in {workers} shards into {out}")
             record_shards(cfg, workers=workers, backend=self.backend)
