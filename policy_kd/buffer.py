@@ -40,6 +40,9 @@ Atari buffers keep the teacher's own episodes (``first``, ``terminated``, ``epis
 also store the games: ``game_reward`` (the real score the game paid at that step), ``game_first`` (first
 step of a game) and ``game_over`` (the game ended after this step: no lives left, or its frame limit).
 ``Buffer.game_returns`` sums them into game scores, as ``evaluate`` reports them.
+
+A folder with a ``shards.json`` (``record --workers N``) is a *sharded* buffer: N buffers recorded in
+parallel, which ``Buffer.open`` reads as one (``policy_kd.shards``).
 """
 
 from __future__ import annotations

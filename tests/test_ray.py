@@ -115,3 +115,16 @@ def test_a_worker_killed_mid_task_costs_a_retry_not_the_sweep(
     want = comparable(local_results)
     # resume is bit-identical: the same student, the same returns as the uninterrupted local sweep
     assert got["runs"] == {"f0.04_kl_s0": want["runs"]["f0.04_kl_s0"]} and got["teacher"] == want["teacher"]
+
+
+def test_a_sharded_record_through_ray_reads_back_row_for_row(
+    ray_cluster: None, tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
+    from policy_kd.shards import shard_plan
+    from tests.test_shards import check_every_row
+
+    out = tmp_path / "sharded"
+    args = ["--steps", "1001", "--n-envs", "2", "--seed", "3", "--chunk-rows", "500", "--no-progress"]
+    assert run_cli("record", "--teacher", artifacts["teacher"], "--out", out, *args, "--workers", "2",
+                   "--backend", "ray") == 0  # fmt: skip
+    check_every_row(out, shard_plan(1001, 2, n_envs=2, seed=3), artifacts["teacher"], tmp_path)
