@@ -136,9 +136,9 @@ class RayBackend:
         try:
             return self._ray.get(handle)
         except RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
-            if isinstance(cause, PolicyKDError):
-                raise PolicyKDError(str(cause).splitlines()[-1]) from None
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, PolicyKDError):  # bad input found in the task: one line, as locally
+                raise PolicyKDError(str(cause)) from None
             raise
 
     def close(self) -> None:

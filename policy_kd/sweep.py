@@ -503,7 +503,8 @@ def sweep(run: SweepRunConfig) -> Path:
     if run.gpus > 0 and run.backend != "ray":
         raise PolicyKDError("--gpus places tasks on a Ray cluster's GPUs; pass --backend ray with it")
 
-    @job(resumable=True)
+    # not resumable itself: Ctrl-C stops the driver at once (each distill in it stops at its next checkpoint)
+    @job(resumable=False)
     def go() -> Path:
         lock_out_dir(out, what="sweep folder", create=True)  # one driver per sweep folder
         write_run_info(out, run, job="sweep")

@@ -128,3 +128,14 @@ def test_a_sharded_record_through_ray_reads_back_row_for_row(
     assert run_cli("record", "--teacher", artifacts["teacher"], "--out", out, *args, "--workers", "2",
                    "--backend", "ray") == 0  # fmt: skip
     check_every_row(out, shard_plan(1001, 2, n_envs=2, seed=3), artifacts["teacher"], tmp_path)
+
+
+def test_bad_input_found_in_a_ray_task_is_one_line_not_retried(ray_cluster: None, tmp_path: Path) -> None:
+    from policy_kd.backends import RayBackend
+    from policy_kd.errors import PolicyKDError
+    from policy_kd.shards import read_shards
+
+    backend = RayBackend()
+    with pytest.raises(PolicyKDError, match=r"shards.json is not a list of shards; re-record") as err:
+        backend.result(backend.submit(read_shards, tmp_path))
+    assert "\n" not in str(err.value)
