@@ -40,6 +40,9 @@ Atari buffers keep the teacher's own episodes (``first``, ``terminated``, ``epis
 also store the games: ``game_reward`` (the real score the game paid at that step), ``game_first`` (first
 step of a game) and ``game_over`` (the game ended after this step: no lives left, or its frame limit).
 ``Buffer.game_returns`` sums them into game scores, as ``evaluate`` reports them.
+
+A folder with a ``shards.json`` (``record --workers N``) is a *sharded* buffer: N buffers recorded in
+parallel, which ``Buffer.open`` reads as one (``policy_kd.shards``).
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ from policy_kd.buffer_inspect import STANDARD_FIELDS, describe, describe_nonfini
 from policy_kd.buffer_writer import BufferWriter
 from policy_kd.errors import PolicyKDError
 from policy_kd.sampler import Sampler, _gather
+
+SHARDS = "shards.json"
+"""Marks a sharded buffer: a folder of buffers recorded in parallel, read as one (``policy_kd.shards``)."""
 
 __all__ = [
     "FORMAT",
@@ -132,13 +138,26 @@ SCAN_ROWS = 65_536
 class Buffer:
     """A buffer opened for reading: validated manifest and chunks, segments memory-mapped read-only."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]):
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        *,
+        segment_dirs: list[Path] | None = None,
+        source_offsets: list[int] | None = None,
+    ):
+        """``segment_dirs`` and ``source_offsets`` (one per manifest segment) place a sharded buffer's segments
+        in their shards' folders and shift each shard's ``source`` row values past the earlier shards'."""
         self.path = path
         self.manifest = manifest
         self.fields = {k: FieldSpec(v["dtype"], tuple(v["shape"])) for k, v in manifest["fields"].items()}
         self.meta: dict[str, Any] = manifest["meta"]
         self.sources: list[dict[str, Any]] = manifest["sources"]
-        self.segments: list[dict[str, Any]] = [s for s in manifest["segments"] if s["rows"] > 0]
+        n = len(manifest["segments"])
+        kept = [i for i, s in enumerate(manifest["segments"]) if s["rows"] > 0]
+        self.segments: list[dict[str, Any]] = [manifest["segments"][i] for i in kept]
+        self._dirs = [(segment_dirs or [path] * n)[i] for i in kept]
+        self._source_offsets = [(source_offsets or [0] * n)[i] for i in kept]
         self.rows = int(manifest["rows"])
         # derived from the segments, not taken from the manifest's flag (read_manifest checked the counts)
         self.complete = all(s["rows"] == s["capacity"] for s in manifest["segments"])
@@ -160,6 +179,10 @@ class Buffer:
     def open(cls, path: str | Path, *, verify: bool = True, allow_empty: bool = False) -> Buffer:
         """Open and validate a buffer; ``verify`` also checks every chunk's checksum (reads every byte once)."""
         path = Path(path)
+        if (path / SHARDS).is_file():
+            from policy_kd.shards import open_shards
+
+            return open_shards(cls, path, verify=verify, allow_empty=allow_empty)
         manifest = read_manifest(path)
         try:
             buf = cls(path, manifest)
@@ -182,7 +205,7 @@ class Buffer:
     def _check_segment(self, i: int, *, verify: bool) -> None:
         seg = self.segments[i]
         for k, spec in self.fields.items():
-            f = field_file(self.path, seg["name"], k)
+            f = field_file(self._dirs[i], seg["name"], k)
             if not f.is_file():
                 raise PolicyKDError(f"buffer file missing: {f}; re-record the buffer")
             size, expected = f.stat().st_size, _npy_size(spec, seg["capacity"])
@@ -192,7 +215,7 @@ class Buffer:
                 )
             if not verify:
                 continue
-            arr = self.segment_array(i, k)
+            arr = self._stored(i, k)
             end = 0
             for c in seg["chunks"]:
                 if c["start"] != end:
@@ -206,11 +229,24 @@ class Buffer:
                     )
 
     def segment_array(self, i: int, name: str) -> np.ndarray:
-        """Field ``name`` of segment ``i``: a read-only memory map of its listed rows."""
+        """Field ``name`` of segment ``i``: a read-only memory map of its listed rows (a sharded buffer's
+        ``source`` values shifted to index this buffer's ``sources``)."""
+        arr = self._stored(i, name)
+        if name == "source" and self._source_offsets[i]:
+            key = (i, "source+")
+            if key not in self._maps:
+                shifted = (arr + self._source_offsets[i]).astype(arr.dtype)
+                shifted.flags.writeable = False
+                self._maps[key] = shifted
+            return self._maps[key]
+        return arr
+
+    def _stored(self, i: int, name: str) -> np.ndarray:
+        """Field ``name`` of segment ``i`` as stored (what its checksums cover), memory-mapped read-only."""
         key = (i, name)
         if key not in self._maps:
             seg = self.segments[i]
-            f = field_file(self.path, seg["name"], name)
+            f = field_file(self._dirs[i], seg["name"], name)
             spec = self.fields[name]
             arr = load_npy(f, "r", (seg["capacity"], *spec.shape), spec.dtype)
             self._maps[key] = arr[: seg["rows"]]

@@ -201,8 +201,12 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 
 def _describe_buffer(out: Path) -> str:
     """What a record run made, on one screen (also with --no-progress, where no bar showed the rate)."""
-    from policy_kd.buffer import read_manifest
+    from policy_kd.buffer import SHARDS, Buffer, read_manifest
 
+    if (out / SHARDS).is_file():  # record --workers: the shards read as one buffer
+        b = Buffer.open(out, verify=False, allow_empty=True)
+        state = "complete" if b.complete else "INCOMPLETE"
+        return f"buffer saved to {out}\n  rows: {b.rows} ({state}) in {len(b.sources)} shards"
     m = read_manifest(out)
     src = m["sources"][-1]
     state = "complete" if m["complete"] else "INCOMPLETE"
@@ -288,6 +292,13 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
         "kickstart",
         lambda p: f"kickstarted student saved to {p} (model/: its SB3 run, student/: as a policy_kd student)",
     ),
+    "sweep": _job(
+        "sweep",
+        "sweep",
+        "SweepRunConfig",
+        "sweep",
+        lambda p: f"sweep results in {p} (table: {p.parent / 'results.md'})",
+    ),
     "inspect": lambda argv: _inspect(
         parse_cli(InspectConfig, argv, prog=f"{PROG} inspect", description=InspectConfig.__doc__)
     ),
@@ -310,6 +321,7 @@ commands:
   kickstart       train a small student with RL plus an annealed distillation loss toward a teacher
   inspect         validate a buffer and summarise it
   import minari   a local Minari dataset as a buffer of kind actions (behaviour cloning)
+  sweep           students over sizes x losses x seeds from a YAML grid, locally or on Ray; resumes
   demo            all four on CartPole-v1 into runs/demo/, then the comparison table
 
 '{PROG} COMMAND --help' lists a command's options."""

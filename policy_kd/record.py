@@ -25,7 +25,7 @@ import torch
 from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 from tqdm.auto import tqdm
 
-from policy_kd.buffer import Buffer, BufferWriter, FieldSpec, FrameStack, read_manifest
+from policy_kd.buffer import SHARDS, Buffer, BufferWriter, FieldSpec, FrameStack, read_manifest
 from policy_kd.config import absolute_paths, check_seed, config_from_mapping, to_dict
 from policy_kd.envs import game_monitor
 from policy_kd.errors import PolicyKDError
@@ -85,12 +85,24 @@ class RecordConfig:
     """Show a progress bar."""
     force: bool = False
     """Replace an existing --out folder."""
+    workers: int = 1
+    """Record this many shards in parallel (each a buffer with its own seed range) into --out, read back as one buffer."""
+    backend: str = "local"
+    """Where --workers shards record: local (processes on this machine) or ray (a Ray cluster; the ray extra)."""
+    address: str | None = None
+    """Ray cluster address for --backend ray (default: start a local Ray with --workers CPUs)."""
 
     def validate(self) -> None:
+        if self.workers < 1:
+            raise PolicyKDError(f"--workers must be >= 1, got {self.workers}")
         if self.resume:
             if self.out is None:
                 raise PolicyKDError("--resume needs --out BUFFER (the interrupted recording)")
             return
+        if self.workers > 1 and self.append:
+            raise PolicyKDError(
+                "--append adds one recording to a buffer; record shards (--workers) into a new --out"
+            )
         if self.teacher is None:
             raise PolicyKDError("record needs a teacher: pass --teacher RUN_DIR (or an SB3 .zip with --env)")
         if self.behaviour not in BEHAVIOURS:
@@ -180,6 +192,10 @@ class Behaviour:
 def record(config: RecordConfig) -> Path:
     """Record into a new buffer (or resume / append to one); return the buffer folder."""
     config.validate()
+    if config.workers > 1 or (config.out is not None and (Path(config.out) / SHARDS).is_file()):
+        from policy_kd.shards import record_shards
+
+        return record_shards(config)
     if config.resume:
         return _resume(config)
     # saved with the buffer (what --resume reads): absolute, so it resumes from any working directory

@@ -10,6 +10,9 @@ from types import ModuleType
 
 import pytest
 
+from policy_kd.errors import PolicyKDError
+from policy_kd.sweep_config import SweepConfig
+
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
@@ -29,26 +32,13 @@ tables = _load("tables")
 LOSSES = {"kl_t0.01": {}, "nll": {}, "mse": {}, "kl_t0.01_30k": {"steps": 30}}
 
 
-def _grid(cells=None) -> grid.Grid:
-    g = grid.Grid.__new__(grid.Grid)  # no results file touched
-    g.cfg = {"sizes": [0.25, 0.04], "losses": LOSSES, "seeds": [0, 1], **({"cells": cells} if cells else {})}
-    return g
-
-
-def test_a_run_filed_in_the_results_is_not_distilled_again(tmp_path, monkeypatch) -> None:
-    g = _grid()
-    g.runs, g.results = tmp_path, {"runs": {"f0.04_nll_s0": {"return_ratio": 1.0}}}
-    g.timed = lambda stage, seconds: None  # no results file touched
-    distilled = []
-    monkeypatch.setattr(grid, "distill", lambda cfg: distilled.append(cfg.out))
-    g._distill("f0.04_nll_s0", {})  # filed: skipped although its run folder is absent
-    assert distilled == []
-    g._distill("f0.04_nll_s1", {"buffer": "b", "params_fraction": 0.04})  # not filed: distilled
-    assert distilled == [str(tmp_path / "students" / "f0.04_nll_s1")]
+def _grid(cells=None) -> SweepConfig:
+    raw = {"task": "t", "env": "CartPole-v1", "sizes": [0.25, 0.04], "losses": LOSSES, "seeds": [0, 1]}
+    return SweepConfig.from_mapping({**raw, **({"cells": cells} if cells else {})})
 
 
 def test_cells_default_to_the_whole_product() -> None:
-    assert len(_grid().cells()) == 2 * 4 * 2
+    assert len(_grid().cell_list()) == 2 * 4 * 2
 
 
 def test_cells_restrict_to_the_union_of_groups() -> None:
@@ -56,7 +46,7 @@ def test_cells_restrict_to_the_union_of_groups() -> None:
         {"sizes": [0.04], "losses": ["kl_t0.01", "nll", "mse"]},
         {"sizes": [0.25], "losses": ["kl_t0.01"]},
     ]
-    names = [c[0] for c in _grid(cells).cells()]
+    names = [c[0] for c in _grid(cells).cell_list()]
     assert names == [
         "f0.25_kl_t0.01_s0", "f0.25_kl_t0.01_s1",
         "f0.04_kl_t0.01_s0", "f0.04_kl_t0.01_s1", "f0.04_nll_s0", "f0.04_nll_s1", "f0.04_mse_s0", "f0.04_mse_s1",
@@ -68,7 +58,7 @@ def test_a_cells_group_may_run_fewer_seeds() -> None:
         {"sizes": [0.04], "losses": ["kl_t0.01"]},
         {"sizes": [0.25], "losses": ["kl_t0.01"], "seeds": [1]},
     ]
-    assert [c[0] for c in _grid(cells).cells()] == [
+    assert [c[0] for c in _grid(cells).cell_list()] == [
         "f0.25_kl_t0.01_s1",
         "f0.04_kl_t0.01_s0",
         "f0.04_kl_t0.01_s1",
@@ -76,8 +66,29 @@ def test_a_cells_group_may_run_fewer_seeds() -> None:
 
 
 def test_cells_naming_an_undefined_loss_are_refused() -> None:
-    with pytest.raises(SystemExit, match="hinton"):
-        _grid([{"sizes": [0.04], "losses": ["hinton"]}]).cells()
+    with pytest.raises(PolicyKDError, match="hinton"):
+        _grid([{"sizes": [0.04], "losses": ["hinton"]}])
+
+
+GRID_CONFIGS = sorted(p for p in (EXPERIMENTS / "configs").glob("*.yaml") if "multitask" not in p.name)
+
+
+@pytest.mark.parametrize("path", GRID_CONFIGS, ids=lambda p: p.stem)
+def test_committed_grid_configs_parse_and_name_their_filed_runs(path: Path) -> None:
+    """Every committed grid config reads as a sweep, and each grid run its committed results file holds is a
+    cell of it (the results stay readable by the sweep that extends them)."""
+    cfg = SweepConfig.load(path)
+    results = EXPERIMENTS / "results" / f"{cfg.task}.json"
+    if results.is_file():
+        runs = json.loads(results.read_text())["runs"]
+        names = {c[0] for c in cfg.cell_list()}
+        assert {n for n, r in runs.items() if r["kind"] == "grid"} <= names
+
+
+def test_tables_regenerate_the_committed_readme_identically(tmp_path) -> None:
+    readme = (EXPERIMENTS / "README.md").read_text()
+    body = readme.split(tables.BEGIN, 1)[1].split(tables.END, 1)[0]
+    assert body == "\n\n" + "\n".join(tables.sections(tmp_path)) + "\n"
 
 
 def _results(task: str, ratios: dict[str, list[float]]) -> dict:
@@ -128,68 +139,12 @@ def test_goals_table_checks_every_game_of_a_multitask_student() -> None:
     assert next(x for x in lines if x.startswith("| M2 |")) == "| M2 | G1 1.200, G2 0.875 | no |"
 
 
-def test_a_size_pinned_by_shapes_distills_those_widths_and_a_loss_still_wins(tmp_path, monkeypatch) -> None:
-    g = _grid()
-    g.cfg = {**g.cfg, "distill": {"steps": 10}, "shapes": {0.25: {"channels": [8], "hidden": [62]}}}
-    g.cfg["losses"] = {**LOSSES, "nll": {"hidden": [32]}}
-    g.runs, g.results = tmp_path, {"runs": {}}
-    seen: dict[str, dict] = {}
-    monkeypatch.setattr(g, "_distill", lambda name, options: seen.setdefault(name, options))
-    monkeypatch.setattr(g, "_evaluate", lambda *a: None)
-    g.distill()
-    assert seen["f0.25_mse_s0"]["channels"] == [8] and seen["f0.25_mse_s0"]["hidden"] == [62]
-    assert seen["f0.25_nll_s0"]["hidden"] == [32]  # the loss entry's explicit width wins over the pin
-    assert "hidden" not in seen["f0.04_mse_s0"]  # an unpinned size is solved from its fraction
-    g.cfg["shapes"] = {0.5: {"hidden": [4]}}
-    with pytest.raises(SystemExit, match="shapes names sizes"):
-        g.shape(0.25)
-
-
 def test_a_grid_of_one_size_gets_no_return_vs_params_plot(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     assert not tables.plot("t", {"kl": {5210: 0.99}, "nll": {5210: 0.87}}, tmp_path / "one.png")
     assert not (tmp_path / "one.png").exists()
     assert tables.plot("t", {"kl": {742: 0.2, 5210: 0.99}}, tmp_path / "two.png")
     assert (tmp_path / "two.png").is_file()
-
-
-def test_jobs_distil_each_pending_student_once_and_time_the_batch(tmp_path, monkeypatch) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    g = _grid([{"sizes": [0.04], "losses": ["nll", "mse"]}])
-    g.cfg = {**g.cfg, "sizes": [0.04], "distill": {"steps": 10}}
-    g.jobs = 2
-    g.runs, g.results = tmp_path, {"runs": {"f0.04_nll_s1": {"return_ratio": 1.0}}}
-    timed: list[tuple[str, float]] = []
-    g.timed = lambda stage, seconds: timed.append((stage, seconds))
-    distilled: list[tuple[str, int]] = []
-    monkeypatch.setattr(grid, "_pool", lambda jobs: ThreadPoolExecutor(jobs))  # the same calls, in threads
-    monkeypatch.setattr(grid, "distill", lambda cfg: distilled.append((Path(cfg.out).name, cfg.seed)))
-    evaluated: list[list[str]] = []
-    monkeypatch.setattr(g, "_evaluate", lambda names, *a: evaluated.append(names))
-    g.distill()
-    # the filed run is skipped; each other cell is distilled once, with its own seed
-    assert sorted(distilled) == [("f0.04_mse_s0", 0), ("f0.04_mse_s1", 1), ("f0.04_nll_s0", 0)]
-    assert [stage for stage, _ in timed] == ["distill"]  # one wall time for the overlapping batch
-    assert evaluated == [["f0.04_nll_s0", "f0.04_nll_s1", "f0.04_mse_s0", "f0.04_mse_s1"]]
-
-
-def test_a_failed_student_under_jobs_stops_the_grid(tmp_path, monkeypatch) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    g = _grid([{"sizes": [0.04], "losses": ["nll"]}])
-    g.cfg = {**g.cfg, "sizes": [0.04], "distill": {"steps": 10}}
-    g.jobs, g.runs, g.results = 2, tmp_path, {"runs": {}}
-    g.timed = lambda stage, seconds: None
-
-    def fail(cfg):
-        raise RuntimeError(f"boom {Path(cfg.out).name}")
-
-    monkeypatch.setattr(grid, "_pool", lambda jobs: ThreadPoolExecutor(jobs))
-    monkeypatch.setattr(grid, "distill", fail)
-    monkeypatch.setattr(g, "_evaluate", lambda *a: pytest.fail("evaluated after a failed distillation"))
-    with pytest.raises(RuntimeError, match=r"boom f0\.04_nll_s0"):
-        g.distill()
 
 
 def _negative_task(random: dict | None) -> dict:
@@ -235,7 +190,7 @@ def test_the_committed_results_stay_readable() -> None:
         if res.get("kind") == "multitask":
             assert tables.multitask_section(res).startswith("### Multi-task")
             continue
-        text, _ = tables.task_section(res)
+        text, _ = tables.task_section(res, tables.RANDOM)
         # LunarLander returns can be negative: scored against the random baseline committed for it
         normalized = res["env"].startswith("LunarLander")
         assert ("Normalized score" in text) == normalized and ("Return ratio" in text) != normalized, (
