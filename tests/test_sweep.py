@@ -99,6 +99,10 @@ def _fake_tasks(monkeypatch: pytest.MonkeyPatch, trained: list[str]) -> None:
 
     monkeypatch.setattr(sweep_mod, "train_students", train)
     monkeypatch.setattr(sweep_mod, "evaluate_students", evaluate)
+    # the fake buffer cannot be opened, which alone would make every student train alone: group by shape
+    from policy_kd import group
+
+    monkeypatch.setattr(group, "alone_reason", lambda config: None)
 
 
 def test_students_of_one_architecture_train_as_one_task(
