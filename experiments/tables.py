@@ -21,6 +21,7 @@ from pathlib import Path
 
 from policy_kd.sweep_report import (
     _ratio,
+    continuous_section,
     goals_section,
     multitask_section,
     plot,
@@ -56,6 +57,8 @@ def sections(plots: Path) -> list[str]:
             "(the best one selects the teacher).\n\n![teacher curves](plots/teacher_curves.png)\n"
         )
     out.append(goals_section(all_results))
+    if text := continuous_section(all_results, RANDOM):
+        out.append(text)
     return out
 
 

@@ -18,6 +18,9 @@ Layout of a sweep folder (``--out``, default ``sweeps/<task>``)::
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,6 +98,30 @@ def train_students(students: Sequence[tuple[str, Mapping[str, Any]]], vectorised
     return {"seconds": time.perf_counter() - start, "resumed": resumed}
 
 
+def teacher_info(teacher_dir: Path) -> dict[str, Any] | None:
+    """What the teacher is (algo, training steps, wall time): train-teacher's ``teacher.json``, or for a teacher
+    the sweep trained with ``rl_zoo3.train`` its ``config.yml`` and the sweep's ``train.json``; None if neither."""
+    from policy_kd.teachers import read_zoo_yaml
+
+    info = teacher_dir / "teacher.json"
+    if info.is_file():
+        return json.loads(info.read_text())
+    train_file = teacher_dir / "train.json"
+    if not train_file.is_file():
+        return None
+    train = json.loads(train_file.read_text())
+    configs = sorted(teacher_dir.glob("*/config.yml"))
+    zoo_cfg = read_zoo_yaml(configs[0]) if configs else {}
+    # a cut run says in train.json where it stopped; a finished one ran its preset's n_timesteps
+    steps = int(train.get("n_timesteps") or zoo_cfg.get("n_timesteps", 0))
+    return {
+        "source": "rl_zoo3",
+        "n_timesteps": steps,
+        "zoo_config": zoo_cfg,
+        **{k: v for k, v in train.items() if k != "n_timesteps"},
+    }
+
+
 def evaluate_students(teacher: str, students: Sequence[str], out: str, episodes: int) -> dict[str, Any]:
     """Task: evaluate ``students`` (folders) and the teacher on the same ``episodes`` seeds into ``out``;
     return what the results file keeps of it (the driver files it)."""
@@ -112,8 +139,7 @@ def evaluate_students(teacher: str, students: Sequence[str], out: str, episodes:
     filed_teacher = {
         k: t.get(k) for k in ("mean_return", "std_return", "ci95", "iqm_return", "params", "latency")
     }
-    info = teacher_dir / "teacher.json"
-    filed_teacher["info"] = json.loads(info.read_text()) if info.is_file() else None
+    filed_teacher["info"] = teacher_info(teacher_dir)
     # what the teacher was trained with, and what evaluated it: a retrain elsewhere is compared by these
     ver = teacher_dir / "versions.json"
     filed_teacher["versions"] = json.loads(ver.read_text()) if ver.is_file() else None
@@ -258,6 +284,9 @@ class Sweep:
         from policy_kd.teachers import TrainTeacherConfig, train_teacher
 
         out = self.teacher_dir
+        if "zoo" in self.cfg.teacher:
+            self._zoo_teacher()
+            return
         if (out / "teacher.json").is_file() or out.suffix == ".zip":
             return
         options = {k: v for k, v in self.cfg.teacher.items() if k != "path"}
@@ -274,6 +303,47 @@ class Sweep:
             opts = {**options, "env": self.cfg.env, "out": str(out), "progress": False, "force": True}
             train_teacher(config_from_mapping(TrainTeacherConfig, opts, source="sweep teacher"))
         self.store.timed("teacher", time.perf_counter() - start)
+
+    def _zoo_teacher(self) -> None:
+        """Train the teacher with rl-baselines3-zoo's own ``train`` and its preset for the env and algo
+        (``teacher: {path: <log folder>/<algo>/<env>_1, zoo: {algo: sac, seed: 0, args: [...]}}``).
+
+        The zoo's run folder is what policy_kd loads; ``train.json`` beside it keeps the command and its wall
+        time (the zoo records neither). A folder that exists without the final model is a cut run: it is not
+        resumed (the zoo's ``-i`` restarts the schedules), so say so and stop.
+        """
+        from policy_kd.run import versions
+
+        z, out, env = self.cfg.teacher["zoo"], self.teacher_dir, str(self.cfg.env)
+        if (out / f"{env}.zip").is_file():
+            return
+        if out.exists():
+            raise PolicyKDError(
+                f"{out} holds no {env}.zip: a cut zoo run; use one of its rl_model_*_steps.zip checkpoints "
+                f"as {env}.zip (and say so in train.json) or delete the folder to train again"
+            )
+        if out.name != f"{env}_1" or out.parent.name != z["algo"]:
+            raise PolicyKDError(
+                f"a zoo teacher's path must end in {z['algo']}/{env}_1 (the zoo names its runs)"
+            )
+        cmd = [
+            sys.executable, "-m", "rl_zoo3.train", "--algo", z["algo"], "--env", env,
+            "--seed", str(z.get("seed", 0)), "-f", str(out.parent.parent), "--eval-freq", "-1",
+            "--vec-env", "dummy", "--device", "cpu", *map(str, z.get("args", [])),
+        ]  # fmt: skip
+        self.log(f"teacher: {' '.join(cmd[1:])}")
+        start = time.perf_counter()
+        # one torch thread, as every other stage: the machine is shared and the run stays comparable
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        seconds = time.perf_counter() - start
+        info = {
+            "algo": z["algo"],
+            "command": " ".join(cmd[1:]),
+            "train_seconds": round(seconds, 1),
+            "versions": versions(),
+        }
+        (out / "train.json").write_text(json.dumps(info, indent=1) + "\n")
+        self.store.timed("teacher", seconds)
 
     def _record(self, out: Path, options: Mapping[str, Any]) -> None:
         from policy_kd.config import config_from_mapping

@@ -37,7 +37,9 @@ class SweepConfig:
     """Environment id (required to train the teacher; else read from the teacher)."""
     teacher: Mapping[str, Any] = field(default_factory=dict)
     """The teacher: ``path`` of an existing one (a train-teacher or zoo run folder, or an SB3 .zip), and/or
-    train-teacher options (``{algo: dqn, seed: 0}``) to train it into ``path`` (default ``OUT/teacher``)."""
+    train-teacher options (``{algo: dqn, seed: 0}``) to train it into ``path`` (default ``OUT/teacher``), or
+    ``zoo: {algo: sac, seed: 0, args: [...]}`` to train it with rl-baselines3-zoo's own ``rl_zoo3.train`` and
+    preset (``path`` then names the zoo's run folder, ``.../ALGO/ENV_1``)."""
     buffer: Mapping[str, Any] = field(default_factory=dict)
     """The buffer: ``path`` of an existing one (plain or sharded), or record options (``{steps: 100000,
     n_envs: 8}``; ``workers: N`` records N shards in parallel) to record it into ``OUT/buffer``."""
@@ -55,6 +57,9 @@ class SweepConfig:
     """Evaluation episodes per student and for the teacher (seeds 0..episodes-1, the same for all)."""
     dagger: Mapping[str, Any] | None = None
     """Optional teacher- vs student-driven comparison at equal labels: ``{size, loss, labels, rounds}``."""
+    zoo_benchmark: Mapping[str, Any] | None = None
+    """rl-baselines3-zoo's published figure for this env and algo (``{env, mean_return, std_return,
+    n_timesteps}``), shown beside a zoo-trained teacher's return in the report; None: not reported."""
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "sweep config") -> SweepConfig:
@@ -118,7 +123,17 @@ class SweepConfig:
             raise PolicyKDError(
                 f"{source}: env is needed to train the teacher; add env: ENV_ID or teacher: {{path: DIR}}"
             )
-        teach = {k: v for k, v in self.teacher.items() if k != "path"}
+        zoo = self.teacher.get("zoo")
+        if zoo is not None:
+            if not (isinstance(zoo, Mapping) and isinstance(zoo.get("algo"), str)):
+                raise PolicyKDError(
+                    f"{source}: teacher.zoo must be a mapping with an algo, e.g. {{algo: sac}}"
+                )
+            if "path" not in self.teacher or self.env is None:
+                raise PolicyKDError(
+                    f"{source}: a zoo teacher needs env and teacher.path (the zoo's run folder .../ALGO/ENV_1)"
+                )
+        teach = {k: v for k, v in self.teacher.items() if k not in ("path", "zoo")}
         if teach:
             config_from_mapping(TrainTeacherConfig, teach, source=f"{source}: teacher")
         if "path" not in self.buffer:
