@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
+import subprocess
 import sys
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -31,7 +33,7 @@ from policy_kd.distill import CHECKPOINT, DistillConfig, distill
 from policy_kd.evaluate import EvaluateConfig, evaluate
 from policy_kd.record import RecordConfig, record
 from policy_kd.run import versions
-from policy_kd.teachers import TrainTeacherConfig, train_teacher
+from policy_kd.teachers import TrainTeacherConfig, read_zoo_yaml, train_teacher
 
 ROOT = Path(__file__).resolve().parent
 STAGES = ("teacher", "buffer", "distill", "eval", "dagger", "curve")  # eval: what distill left unevaluated
@@ -112,6 +114,9 @@ class Grid:
 
     def teacher(self) -> None:
         t, out = self.cfg["teacher"], self.teacher_dir
+        if "zoo" in t:
+            self.zoo_teacher()
+            return
         if (out / "teacher.json").is_file():
             return
         start = time.perf_counter()
@@ -125,6 +130,58 @@ class Grid:
                 TrainTeacherConfig(env=self.cfg["env"], out=str(out), progress=False, force=True, **opts)
             )
         self.timed("teacher", time.perf_counter() - start)
+
+    def zoo_teacher(self) -> None:
+        """Train the teacher with rl-baselines3-zoo's own ``train`` and its preset for the env and algo
+        (``teacher: {path: <log folder>/<algo>/<env>_1, zoo: {algo: sac, seed: 0, args: [...]}}``).
+
+        The zoo's run folder is what policy_kd loads; ``train.json`` beside it keeps the command and its wall
+        time (the zoo records neither). A folder that exists without the final model is a cut run: it is
+        not resumed (the zoo's ``-i`` restarts the schedules), so say so and stop.
+        """
+        z, out, env = self.cfg["teacher"]["zoo"], self.teacher_dir, self.cfg["env"]
+        if (out / f"{env}.zip").is_file():
+            return
+        if out.exists():
+            raise SystemExit(
+                f"{out} holds no {env}.zip: a cut zoo run; use one of its rl_model_*_steps.zip checkpoints "
+                f"as {env}.zip (and say so in train.json) or delete the folder to train again"
+            )
+        if out.name != f"{env}_1" or out.parent.name != z["algo"]:
+            raise SystemExit(f"a zoo teacher's path must end in {z['algo']}/{env}_1 (the zoo names its runs)")
+        cmd = [
+            sys.executable, "-m", "rl_zoo3.train", "--algo", z["algo"], "--env", env,
+            "--seed", str(z.get("seed", 0)), "-f", str(out.parent.parent), "--eval-freq", "-1",
+            "--vec-env", "dummy", "--device", "cpu", *map(str, z.get("args", [])),
+        ]  # fmt: skip
+        log(f"teacher: {' '.join(cmd[1:])}")
+        start = time.perf_counter()
+        # one torch thread, as every other stage: the machine is shared and the run stays comparable
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        seconds = time.perf_counter() - start
+        info = {"command": " ".join(cmd[1:]), "train_seconds": round(seconds, 1), "versions": versions()}
+        (out / "train.json").write_text(json.dumps(info, indent=1) + "\n")
+        self.timed("teacher", seconds)
+
+    def teacher_info(self) -> dict[str, Any]:
+        """What the teacher is (algo, training steps, wall time): train-teacher's ``teacher.json``, or for a
+        zoo teacher its ``config.yml`` and grid.py's ``train.json``."""
+        out = self.teacher_dir
+        if (out / "teacher.json").is_file():
+            return json.loads((out / "teacher.json").read_text())
+        env, z = self.cfg["env"], self.cfg["teacher"]["zoo"]
+        zoo_cfg = read_zoo_yaml(out / env / "config.yml")
+        train = json.loads((out / "train.json").read_text()) if (out / "train.json").is_file() else {}
+        # a cut run says in train.json where it stopped; a finished one ran its preset's n_timesteps
+        steps = int(train.get("n_timesteps") or zoo_cfg.get("n_timesteps", 0))
+        return {
+            "algo": z["algo"],
+            "source": "rl_zoo3",
+            "n_timesteps": steps,
+            "train_seconds": train.get("train_seconds"),
+            "zoo_config": zoo_cfg,
+            **{k: v for k, v in train.items() if k not in ("train_seconds", "n_timesteps")},
+        }
 
     def _record(self, out: Path, opts: dict[str, Any]) -> None:
         if (out / "manifest.json").is_file():
@@ -256,7 +313,7 @@ class Grid:
             k: teacher.get(k)
             for k in ("mean_return", "std_return", "ci95", "iqm_return", "params", "latency")
         }
-        self.results["teacher"]["info"] = json.loads((self.teacher_dir / "teacher.json").read_text())
+        self.results["teacher"]["info"] = self.teacher_info()
         # what the teacher was trained with, and what evaluated it: a retrain elsewhere is compared by these
         ver = self.teacher_dir / "versions.json"
         self.results["teacher"]["versions"] = json.loads(ver.read_text()) if ver.is_file() else None
