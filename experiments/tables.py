@@ -238,8 +238,8 @@ def goals_section(results: list[dict[str, Any]]) -> str:
     ]
     n_order = n_tasks = 0
     for res in results:
-        if res.get("kind") == "multitask" or not res.get("runs"):
-            continue
+        if res.get("kind") == "multitask" or not res.get("runs") or _continuous(res):
+            continue  # continuous tasks: continuous_section, on normalized scores
         best: tuple[float, str, list[float]] | None = None
         for size in res["config"]["sizes"]:
             if size > 0.05:
@@ -280,6 +280,80 @@ def goals_section(results: list[dict[str, Any]]) -> str:
             lines.append(f"| {res['task']} | {shown} | {'yes' if min(per_game.values()) >= 0.9 else 'no'} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _continuous(res: dict[str, Any]) -> bool:
+    """A continuous-control grid (issue 25): its teacher was trained by rl_zoo3 against a published figure."""
+    return "zoo_benchmark" in res.get("config", {})
+
+
+CONTINUOUS_LOSSES = ("kl_fwd", "kl_rev", "nll", "mse")
+"""The continuous grids' losses, in the order the goal table shows them at 4%."""
+
+
+def continuous_section(results: list[dict[str, Any]]) -> str:
+    """Continuous control: the zoo-trained teachers against the zoo's published figures, and the goal (a
+    student at <= 5% of the teacher's parameters reaching a normalized score of 1.0) per task."""
+    tasks = [r for r in results if _continuous(r)]
+    if not tasks:
+        return ""
+    lines = [
+        "### Continuous control: teachers and goals",
+        "",
+        "Teachers trained by `rl_zoo3.train` with the zoo's preset (one run, seed 0, one torch thread on a "
+        "shared 2-core machine), evaluated on episode seeds 0..99 with the mean action, against the zoo's "
+        "published benchmark (its own evaluation, ~150k steps, Box2D envs at v2):",
+        "",
+        "| task | algo | training steps | wall time | return (100 episodes) | zoo benchmark | random |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for res in tasks:
+        t, b, rb = res.get("teacher"), res["config"]["zoo_benchmark"], random_baseline(res)
+        info = (t or {}).get("info", {})
+        secs = info.get("train_seconds")
+        lines.append(
+            f"| {res['task']} | {info.get('algo', res['config']['teacher']['zoo']['algo'])} | "
+            f"{info.get('n_timesteps', 0):,} | {'—' if secs is None else f'{secs / 60:.0f} min'} | "
+            + ("(not evaluated)" if t is None else f"{t['mean_return']:.1f} ± {t['std_return']:.1f}")
+            + f" | {b['mean_return']:.1f} ± {b['std_return']:.1f} ({b['n_timesteps']:,} steps) | "
+            + ("—" if rb is None else f"{rb['mean_return']:.1f}")
+            + " |"
+        )
+    lines += [
+        "",
+        "Normalized score (0 = uniformly random, 1 = the teacher), mean over seeds [95% CI]; the goal counts "
+        "sizes ≤ 5% of the teacher's policy parameters.",
+        "",
+        "| task | best student ≤ 5% (loss, size: score) | ≥ 1.0? | "
+        + " / ".join(CONTINUOUS_LOSSES)
+        + " at 4% |",
+        "|---|---|---|---|",
+    ]
+    for res in tasks:
+        if not res.get("runs") or res.get("teacher") is None:
+            lines.append(f"| {res['task']} | (no students yet) | — | — |")
+            continue
+        _, score = scorer(res)
+        by = _grid_cells(res)
+        best: tuple[float, str, list[float]] | None = None
+        for (loss, size), runs in by.items():
+            xs = [score(r) for r in runs]
+            if size <= 0.05 and (best is None or np.mean(xs) > best[0]):
+                best = (float(np.mean(xs)), f"{loss}, {size:.0%}", xs)
+        reached = "—"
+        if best:
+            lo, hi = aggregate_runs(np.asarray(best[2]), statistic="mean")["ci"]
+            met = best[0] >= 1.0
+            crosses = lo < 1.0 if met else lo <= 1.0 <= hi
+            reached = ("yes" if met else "no") + (" (CI includes 1)" if crosses else "")
+        at4 = [by.get((loss, 0.04)) for loss in CONTINUOUS_LOSSES]
+        shown = " / ".join(
+            "—" if not rs else _ratio_text(float(np.mean([score(r) for r in rs]))) for rs in at4
+        )
+        lines.append(
+            f"| {res['task']} | {best[1] + ': ' + _agg(best[2]) if best else '—'} | {reached} | {shown} |"
+        )
+    return "\n".join([*lines, ""])
 
 
 def plot(
@@ -357,6 +431,8 @@ def main() -> None:
             "(the best one selects the teacher).\n\n![teacher curves](plots/teacher_curves.png)\n"
         )
     sections.append(goals_section(all_results))
+    if text := continuous_section(all_results):
+        sections.append(text)
     readme = ROOT / "README.md"
     body = readme.read_text() if readme.is_file() else f"# Experiments\n\n{BEGIN}\n{END}\n"
     head, rest = body.split(BEGIN, 1)
