@@ -33,7 +33,15 @@ from policy_kd.dagger import Rounds
 from policy_kd.distill_config import DistillConfig
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
-from policy_kd.losses import CONTINUOUS_LOSSES, DISCRETE_LOSSES, compute_loss, hint, kl
+from policy_kd.losses import (
+    CONTINUOUS_LOSSES,
+    DETERMINISTIC_LOSSES,
+    DISCRETE_LOSSES,
+    compute_loss,
+    critic_guidance,
+    hint,
+    kl,
+)
 from policy_kd.run import (
     atomic_torch_save,
     check_interrupted,
@@ -182,10 +190,17 @@ class _Run(Rounds):
         kind = meta["teacher"]["kind"]
         self.teacher_params = int(meta["teacher"]["policy_params"])
         self.continuous = meta.get("action_space", {}).get("type") == "Box"
-        allowed = CONTINUOUS_LOSSES if self.continuous else tuple(DISCRETE_LOSSES)
+        if kind == "deterministic":
+            allowed: tuple[str, ...] = DETERMINISTIC_LOSSES
+        else:
+            allowed = CONTINUOUS_LOSSES if self.continuous else tuple(DISCRETE_LOSSES)
         if config.loss not in allowed:
             raise PolicyKDError(
                 f"--loss {config.loss} does not apply to a {kind} teacher; choose one of {', '.join(allowed)}"
+            )
+        if config.critic_weight > 0 and kind not in ("deterministic", "squashed_gaussian"):
+            raise PolicyKDError(
+                f"--critic-weight needs a TD3/DDPG/SAC/TQC teacher's critic, not a {kind} teacher; drop it"
             )
         self.names = (
             ("obs", "teacher", "teacher_log_std") if config.loss == "gaussian_kl" else ("obs", "teacher")
@@ -221,8 +236,9 @@ class _Run(Rounds):
                 space = {"low": env.action_space.low.reshape(-1), "high": env.action_space.high.reshape(-1)}
                 env.close()
             self.net.set_action_bounds(np.array(space["low"]), np.array(space["high"]))
-            with torch.no_grad():  # start from the teacher's average spread, not from std 1
-                self.net.log_std.copy_(torch.from_numpy(buffer.spaced("teacher_log_std", 10_000).mean(0)))
+            if hasattr(self.net, "log_std") and "teacher_log_std" in buffer.fields:
+                with torch.no_grad():  # start from the teacher's average spread, not from std 1
+                    self.net.log_std.copy_(torch.from_numpy(buffer.spaced("teacher_log_std", 10_000).mean(0)))
 
     def _sampler(self) -> Sampler:
         return Sampler(
@@ -300,20 +316,24 @@ class _Run(Rounds):
         cost a few per cent of a small student's step)."""
         obs, t_out = batch["obs"], batch["teacher"]
         feats = self.net.features(obs)
-        s_out = self.net.net[-1](feats)
+        s_out = self.net.head_outputs(feats)  # a deterministic head's tanh included
         terms: dict[str, torch.Tensor] = {}
         if self.continuous:
             output = compute_loss(
                 s_out,
                 t_out,
                 self.loss_cfg,
-                student_log_std=self.net.log_std,
+                student_log_std=getattr(self.net, "log_std", None),
                 teacher_log_std=batch.get("teacher_log_std"),
             )
         else:
             output = compute_loss(s_out, t_out, self.loss_cfg)
         terms["loss/output"] = output
         total = output
+        if self.cfg.critic_weight > 0:
+            guidance = self._critic_guidance(obs, s_out, t_out)
+            terms["loss/critic"] = guidance
+            total = total + self.cfg.critic_weight * guidance
         if self.proj is not None:
             t_feat = torch.from_numpy(self.teacher.features(obs.numpy()))
             h = hint(self.proj(feats), t_feat)
@@ -329,6 +349,18 @@ class _Run(Rounds):
                 terms["fidelity/agreement"] = (s_out.argmax(-1) == t_out.argmax(-1)).float().mean()
                 terms["fidelity/kl_tau"] = kl(s_out, t_out, tau=self.cfg.tau)
         return total, {k: v.detach() for k, v in terms.items()}
+
+    def _critic_guidance(self, obs: torch.Tensor, s_out: torch.Tensor, t_out: torch.Tensor) -> torch.Tensor:
+        """``critic_guidance`` of the student's action against the teacher's, both valued by the teacher's
+        critic in the ``[-1, 1]`` action scale it takes (a squashed head's mean goes through tanh)."""
+        squash = self.spec.head == "squashed_gaussian"
+        s_act = torch.tanh(s_out) if squash else s_out
+        t_act = torch.tanh(t_out) if squash else t_out
+        obs_np = obs.numpy()
+        q_s = self.teacher.critic_value(obs_np, s_act).cpu()
+        with torch.no_grad():
+            q_t = self.teacher.critic_value(obs_np, t_act).cpu()
+        return critic_guidance(q_s, q_t)
 
     def _evaluate(self) -> float:
         return selection_return(self.net, self.meta, self.cfg.eval_episodes)

@@ -37,9 +37,14 @@ class DistillConfig(StudentOptions, LossOptions, RunOptions):
     """Standardise the student's inputs with the buffer's observation mean/std (stored with the student)."""
     loss: str = "kl"
     """Loss: kl (Rusu et al. 2016), nll (teacher argmax), mse (regress outputs), hinton (soft at T + hard),
-    kl_entropy (kl minus an entropy bonus, Czarnecki et al. 2019); gaussian_kl or mse for continuous actions."""
+    kl_entropy (kl minus an entropy bonus, Czarnecki et al. 2019); gaussian_kl, mse or gaussian_nll (NLL of the
+    teacher's mean under the student's Gaussian) for Gaussian heads; mse (on the [-1, 1]-scaled actions) for
+    deterministic (TD3/DDPG) teachers."""
     direction: str = "forward"
     """gaussian_kl: forward = KL(teacher || student), reverse = KL(student || teacher)."""
+    critic_weight: float = 0.0
+    """Weight of critic guidance (TD3/DDPG/SAC/TQC teachers; needs --teacher): a term that raises the teacher
+    critic's Q at the student's action, relative to its Q at the teacher's (``losses.critic_guidance``); 0: off."""
     hint_weight: float = 0.0
     """Weight of the hint loss (student features, through a learned linear projection, regressed on the
     input of the teacher's output layer); 0: off. Needs the teacher."""
@@ -95,10 +100,16 @@ class DistillConfig(StudentOptions, LossOptions, RunOptions):
             return
         if self.buffer is None and self.rounds <= 1:
             raise PolicyKDError("distill needs a buffer: pass --buffer DIR (written by policy-kd record)")
-        if self.teacher is None and (self.rounds > 1 or self.hint_weight > 0):
+        if self.teacher is None and (self.rounds > 1 or self.hint_weight > 0 or self.critic_weight > 0):
             # the buffer names its teacher, but its manifest carries no signature: loading (unpickling)
             # a path from it would run whatever code that file holds
-            what = "--rounds" if self.rounds > 1 else "--hint-weight"
+            what = (
+                "--rounds"
+                if self.rounds > 1
+                else "--hint-weight"
+                if self.hint_weight > 0
+                else "--critic-weight"
+            )
             raise PolicyKDError(
                 f"{what} needs the teacher: pass --teacher PATH (the run folder or .zip that recorded the buffer; "
                 "a path named inside a buffer is never loaded unasked)"
@@ -118,7 +129,14 @@ class DistillConfig(StudentOptions, LossOptions, RunOptions):
         check_ranges(
             self,
             positive=("steps", "batch_size", "eval_episodes", "log_every", "rounds"),
-            non_negative=("hint_weight", "weight_decay", "max_grad_norm", "eval_every", "patience"),
+            non_negative=(
+                "hint_weight",
+                "critic_weight",
+                "weight_decay",
+                "max_grad_norm",
+                "eval_every",
+                "patience",
+            ),
             unit_interval=("beta",),
         )
         check_ranges(self, non_negative=("checkpoint_every",), positive=("round_steps", "round_n_envs"))

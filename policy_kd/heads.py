@@ -9,6 +9,9 @@ keeps its distributions in ``common/distributions.py``:
   (:func:`sample_gaussian`); the action is clipped into the bounds (:func:`to_bounds`).
 - ``squashed_gaussian``: the same pre-squash mean and noise, squashed into the bounds with tanh, as SAC
   and SB3's ``squash_output`` do.
+- ``deterministic``: outputs are the action already squashed into ``[-1, 1]`` by tanh (what a TD3/DDPG
+  actor outputs and its critic takes); the action rescales them linearly to the bounds
+  (:func:`rescale_to_bounds`). A deterministic policy has nothing to sample: a "sample" is the action.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-HEADS = ("discrete", "gaussian", "squashed_gaussian")
+HEADS = ("discrete", "gaussian", "squashed_gaussian", "deterministic")
 
 __all__ = [
     "HEADS",
     "actions_from_outputs",
+    "rescale_to_bounds",
     "sample_gaussian",
     "sample_logits",
     "sample_outputs",
@@ -35,6 +39,12 @@ def to_bounds(pre_squash: np.ndarray, low: np.ndarray, high: np.ndarray, *, squa
     if squash:
         return low + (np.tanh(pre_squash) + 1.0) * 0.5 * (high - low)
     return np.clip(pre_squash, low, high)
+
+
+def rescale_to_bounds(scaled: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Actions scaled to ``[-1, 1]`` ``(batch, *action_shape)`` -> the action in ``[low, high]``, as SB3's
+    ``unscale_action`` (clipped first: a float32 tanh can round to a hair past 1)."""
+    return low + (np.clip(scaled, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
 
 
 def sample_logits(logits: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -72,10 +82,13 @@ def actions_from_outputs(
 ) -> np.ndarray:
     """Deterministic actions from outputs ``(batch, n_outputs)``: argmax for a ``discrete`` head; for a
     Gaussian head the mean clipped into ``bounds = [low, high]`` (``gaussian``) or squashed into them with
-    tanh (``squashed_gaussian``), as ``Student.predict`` does; no bounds: ``[-1, 1]``."""
+    tanh (``squashed_gaussian``), or the ``[-1, 1]``-scaled action rescaled to them (``deterministic``), as
+    ``Student.predict`` does; no bounds: ``[-1, 1]``."""
     if head == "discrete":
         return out.argmax(axis=-1)
     low, high = (np.asarray(b, dtype=np.float32) for b in bounds) if bounds else (-1.0, 1.0)
+    if head == "deterministic":
+        return rescale_to_bounds(out, low, high).astype(np.float32)  # type: ignore[arg-type]
     return to_bounds(out, low, high, squash=head == "squashed_gaussian").astype(np.float32)  # type: ignore[arg-type]
 
 
@@ -83,7 +96,9 @@ def sample_outputs(
     out: np.ndarray, head: str, log_std: np.ndarray | None, rng: np.random.Generator
 ) -> np.ndarray:
     """One sample per row: a discrete action from ``softmax(out)``, or a Gaussian draw (float32, still to
-    be clipped or squashed by :func:`actions_from_outputs`)."""
+    be clipped or squashed by :func:`actions_from_outputs`); a deterministic head's outputs unchanged."""
     if head == "discrete":
         return sample_logits(out, rng)
+    if head == "deterministic":
+        return out
     return sample_gaussian(out, log_std, rng).astype(np.float32)

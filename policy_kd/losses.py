@@ -10,6 +10,7 @@ here knows about buffers, networks or SB3.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,11 +20,14 @@ from torch import Tensor
 
 __all__ = [
     "CONTINUOUS_LOSSES",
+    "DETERMINISTIC_LOSSES",
     "DISCRETE_LOSSES",
     "LOSSES",
     "LossConfig",
     "compute_loss",
+    "critic_guidance",
     "gaussian_kl",
+    "gaussian_nll",
     "hint",
     "hinton",
     "kl",
@@ -118,8 +122,13 @@ def gaussian_kl(
     the teacher does, the usual distillation target); ``"reverse"`` is KL(student || teacher)
     (mode-seeking, as in on-policy distillation). Means are ``(batch, act_dim)``; log-stds are the same
     shape or broadcastable to it (a state-independent ``(act_dim,)`` log-std, as SB3's PPO has).
-    Pre-squash means are compared, so for squashed (SAC-style) teachers this is the KL of the Gaussians
-    before tanh, which bounds the KL after it.
+    Squashed (SAC/TQC-style) policies: pass the pre-squash means and log-stds. The KL between the two
+    squashed policies *equals* the KL between their pre-squash Gaussians, exactly: both actions are the
+    same bijection ``a = low + (tanh(u) + 1) (high - low) / 2`` of ``u``, so each density picks up the same
+    Jacobian factor ``1 / |da/du|`` at the same ``u``, and the factors cancel in the log-ratio
+    ``log p_t(a) - log p_s(a) = log N_t(u) - log N_s(u)`` (KL is invariant under any shared invertible
+    map). No tanh correction is needed; ``tests/test_losses.py`` checks this against a Monte-Carlo
+    estimate of the squashed KL in both directions.
     """
     if student_mean.shape != teacher_mean.shape or student_mean.dim() != 2 or student_mean.shape[0] == 0:
         raise ValueError(
@@ -141,6 +150,50 @@ def gaussian_kl(
     return per_dim.sum(dim=-1).mean()
 
 
+def gaussian_nll(student_mean: Tensor, student_log_std: Tensor, teacher_mean: Tensor) -> Tensor:
+    """Negative log-likelihood of the teacher's (pre-squash) mean under the student's diagonal Gaussian,
+    summed over action dimensions, batch mean: the continuous analogue of ``nll`` (the teacher's most
+    likely action as a hard label; its spread is not used).
+
+    Per dimension ``log s + (t - m)^2 / (2 s^2) + log(2 pi) / 2``: minimised at ``m = t`` for any ``s``, and
+    over ``s`` at ``s = |t - m|``, so the student's spread shrinks toward its own error (unlike
+    ``gaussian_kl``, which pulls it toward the teacher's). For squashed heads the pre-squash means are
+    compared (the log-Jacobian of tanh does not depend on the student's parameters at the teacher's
+    action, so it only shifts the loss). Means ``(batch, act_dim)``; the log-std broadcastable to them.
+    """
+    if student_mean.shape != teacher_mean.shape or student_mean.dim() != 2 or student_mean.shape[0] == 0:
+        raise ValueError(
+            f"student and teacher means must both be (batch, act_dim) with batch > 0; got "
+            f"{tuple(student_mean.shape)} and {tuple(teacher_mean.shape)}"
+        )
+    mu_s, mu_t = student_mean.float(), teacher_mean.float()
+    ls = torch.broadcast_to(student_log_std.float(), mu_s.shape)
+    per_dim = ls + 0.5 * ((mu_t - mu_s) * torch.exp(-ls)) ** 2 + 0.5 * math.log(2 * math.pi)
+    return per_dim.sum(dim=-1).mean()
+
+
+def critic_guidance(q_student: Tensor, q_teacher: Tensor) -> Tensor:
+    """How far the teacher critic's value at the student's action falls short of its value at the
+    teacher's own action, relative to the critic's scale, batch mean:
+    ``mean(q_teacher - q_student) / mean(|q_teacher|)`` (the scale detached).
+
+    Added with a weight to the action ``mse`` of a deterministic (TD3/DDPG) or squashed (SAC/TQC) student,
+    it raises the critic's Q at the student's action: where the student cannot copy the teacher, the
+    critic says which errors cost return (TD3+BC's ``alpha / mean|Q|`` normalisation, Fujimoto & Gu 2021,
+    makes the weight independent of the reward scale). Zero when both actions are valued alike; invariant
+    to scaling both Q's by a positive constant. ``q_student`` carries the gradient (through the critic to
+    the student's action); both are ``(batch,)``.
+    """
+    if q_student.shape != q_teacher.shape or q_student.dim() != 1 or q_student.shape[0] == 0:
+        raise ValueError(
+            f"critic_guidance needs (batch,) Q-values of one shape; got {tuple(q_student.shape)} and "
+            f"{tuple(q_teacher.shape)}"
+        )
+    q_s, q_t = q_student.float(), q_teacher.float().detach()
+    scale = q_t.abs().mean().clamp_min(1e-6)  # all-zero Q's (an untrained critic) must not divide by 0
+    return (q_t - q_s).mean() / scale
+
+
 def hint(student_features: Tensor, teacher_features: Tensor) -> Tensor:
     """FitNets-style hint loss: mean squared error between (projected) student and teacher features.
 
@@ -160,7 +213,8 @@ class LossConfig:
     """Which loss to use and its settings; ``compute_loss`` applies it."""
 
     name: str = "kl"
-    """One of ``LOSSES``: kl, nll, mse, hinton, kl_entropy (discrete); gaussian_kl, mse (continuous)."""
+    """One of ``LOSSES``: kl, nll, mse, hinton, kl_entropy (discrete); gaussian_kl, mse, gaussian_nll
+    (Gaussian heads); mse (deterministic heads)."""
     tau: float = 0.01
     """Teacher temperature for ``kl``."""
     temperature: float = 2.0
@@ -183,10 +237,15 @@ DISCRETE_LOSSES: dict[str, Callable[[Tensor, Tensor, LossConfig], Tensor]] = {
 }
 """Losses for discrete actions: student logits vs teacher Q-values/logits."""
 
-CONTINUOUS_LOSSES = ("gaussian_kl", "mse")
-"""Losses for Gaussian (continuous-action) teachers: ``mse`` regresses the mean only."""
+CONTINUOUS_LOSSES = ("gaussian_kl", "mse", "gaussian_nll")
+"""Losses for Gaussian (continuous-action) teachers: ``mse`` regresses the mean only, ``gaussian_nll`` scores
+the teacher's mean under the student's Gaussian."""
 
-LOSSES = (*DISCRETE_LOSSES, "gaussian_kl")
+DETERMINISTIC_LOSSES = ("mse",)
+"""Losses for deterministic (TD3/DDPG) teachers: ``mse`` on the actions scaled to ``[-1, 1]`` (optionally
+with ``critic_guidance`` added)."""
+
+LOSSES = (*DISCRETE_LOSSES, "gaussian_kl", "gaussian_nll")
 """Every output loss by name (``hint`` is added on top of any of them, with its own weight)."""
 
 
@@ -198,7 +257,12 @@ def compute_loss(
     student_log_std: Tensor | None = None,
     teacher_log_std: Tensor | None = None,
 ) -> Tensor:
-    """Apply the loss named by ``config.name``; ``gaussian_kl`` also needs both log-stds."""
+    """Apply the loss named by ``config.name``; ``gaussian_kl`` also needs both log-stds, ``gaussian_nll``
+    the student's."""
+    if config.name == "gaussian_nll":
+        if student_log_std is None:
+            raise ValueError("gaussian_nll needs student_log_std")
+        return gaussian_nll(student, student_log_std, teacher)
     if config.name == "gaussian_kl":
         if student_log_std is None or teacher_log_std is None:
             raise ValueError("gaussian_kl needs student_log_std and teacher_log_std")

@@ -59,7 +59,9 @@ class RecordConfig:
     epsilon: float = 0.05
     """Random-action probability for --behaviour epsilon."""
     sample: bool = False
-    """The teacher samples its own action distribution instead of acting greedily (PPO/A2C teachers)."""
+    """The teacher samples its own action distribution instead of acting greedily (PPO/A2C/SAC/TQC teachers)."""
+    record_q: bool = False
+    """Also record ``teacher_q``: the teacher critic's Q at its own deterministic action (SAC, TQC, TD3, DDPG)."""
     student: str | None = None
     """Student folder (from distill) that acts for --behaviour student or mixture."""
     beta: float = 0.5
@@ -165,7 +167,7 @@ def record(config: RecordConfig) -> Path:
         return _resume(config)
     # saved with the buffer (what --resume reads): absolute, so it resumes from any working directory
     config = absolute_paths(config, "teacher", "student")
-    teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
+    teacher = _load_teacher(config)
     if config.append:
         out = Path(config.out or "")
         lock_out_dir(out, what="buffer folder")
@@ -209,11 +211,17 @@ def _resume(config: RecordConfig) -> Path:
         threads=config.threads,
     )
     replace(cfg, resume=False).validate()  # the saved options are read from a file: checked as typed ones
-    teacher = load_teacher(cfg.teacher, cfg.env)  # type: ignore[arg-type]
+    teacher = _load_teacher(cfg)
     started = manifest["sources"][seg["source"]].get("teacher")
     check_same_teacher(teacher, started, f"buffer {out} was started by", fix="record a new buffer")
     torch.set_num_threads(cfg.threads)
     return _record_into(out, teacher, cfg, mode="resume")
+
+
+def _load_teacher(config: RecordConfig) -> Teacher:
+    """The teacher that labels the recording; with ``--record-q`` it adds its critic's ``teacher_q``."""
+    teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
+    return teacher.with_q() if config.record_q else teacher
 
 
 def teacher_digest(teacher: Teacher) -> str:

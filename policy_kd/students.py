@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import HEADS, to_bounds
+from policy_kd.heads import HEADS, rescale_to_bounds, to_bounds
 from policy_kd.run import write_json
 
 STUDENT_FILE = "student.json"
@@ -49,7 +49,8 @@ class StudentSpec:
     different channel counts); 0: no padding."""
     head: str = "discrete"
     """``discrete`` (logits), ``gaussian`` (action mean + state-independent log-std, actions clipped to
-    the bounds) or ``squashed_gaussian`` (pre-tanh mean, actions squashed into the bounds, as SAC)."""
+    the bounds), ``squashed_gaussian`` (pre-tanh mean, actions squashed into the bounds, as SAC) or
+    ``deterministic`` (tanh output: the action scaled to ``[-1, 1]``, rescaled to the bounds, as TD3/DDPG)."""
 
 
 class Student(nn.Module):
@@ -71,8 +72,9 @@ class Student(nn.Module):
         self.register_buffer("obs_mean", torch.zeros(spec.obs_shape))
         self.register_buffer("obs_std", torch.ones(spec.obs_shape))
         self.net = nn.Sequential(*body, nn.Linear(feature_dim, spec.n_outputs))
-        if spec.head != "discrete":
+        if spec.head in ("gaussian", "squashed_gaussian"):
             self.log_std = nn.Parameter(torch.zeros(spec.n_outputs))
+        if spec.head != "discrete":
             self.register_buffer("action_low", -torch.ones(spec.n_outputs))
             self.register_buffer("action_high", torch.ones(spec.n_outputs))
 
@@ -83,9 +85,17 @@ class Student(nn.Module):
         """The body's output ``(batch, feature_dim)`` for a batch of raw observations."""
         return self.net[:-1](self._prepare(obs))
 
+    def head_outputs(self, features: torch.Tensor) -> torch.Tensor:
+        """The head on the body's output: ``net[-1]``, then tanh for a ``deterministic`` head (its outputs
+        are the action scaled to ``[-1, 1]``, as a TD3/DDPG actor's)."""
+        out = self.net[-1](features)
+        return torch.tanh(out) if self.spec.head == "deterministic" else out
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # (batch, *obs_shape) -> (batch, n_outputs): logits, or the Gaussian's (pre-squash) mean
-        return self.net(self._prepare(obs))
+        # (batch, *obs_shape) -> (batch, n_outputs): logits, the Gaussian's (pre-squash) mean, or the
+        # deterministic head's [-1, 1]-scaled action
+        out = self.net(self._prepare(obs))  # one call of net: what the numpy export's tracer reads
+        return torch.tanh(out) if self.spec.head == "deterministic" else out
 
     def set_obs_stats(self, obs: torch.Tensor) -> None:
         """Standardise inputs with the mean/std of ``obs`` ``(N, *obs_shape)``; constant inputs keep std 1."""
@@ -107,6 +117,8 @@ class Student(nn.Module):
             if deterministic:
                 return out.argmax(dim=-1).numpy()
             return torch.distributions.Categorical(logits=out).sample().numpy()
+        if self.spec.head == "deterministic":  # a deterministic actor: sampling is acting
+            return rescale_to_bounds(out.numpy(), self.action_low.numpy(), self.action_high.numpy())
         # the noise stays torch's (torch.manual_seed governs it); clip/squash is the shared numpy head
         action = out if deterministic else out + torch.randn_like(out) * self.log_std.exp()
         squash = self.spec.head == "squashed_gaussian"
@@ -353,7 +365,7 @@ def size_student(
     is_cnn = issubclass(cls, _CNNStudent)
     if not is_cnn and channels:
         raise PolicyKDError("--channels applies to CNN students only; use --hidden for an mlp")
-    extra = n_outputs if head != "discrete" else 0  # the Gaussian head's log-std
+    extra = n_outputs if head in ("gaussian", "squashed_gaussian") else 0  # the Gaussian head's log-std
 
     def make(h: tuple[int, ...], c: tuple[int, ...]) -> StudentSpec:
         return StudentSpec(

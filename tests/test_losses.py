@@ -14,7 +14,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 
 from policy_kd import losses as L
 
@@ -410,7 +410,7 @@ def test_unknown_loss_name_raises_and_lists_valid_names(bad):
     assert repr(bad) in message
     for name in NAMES:
         assert name in message
-    assert set(L.LOSSES) == {*NAMES, "kl_entropy", "gaussian_kl"}
+    assert set(L.LOSSES) == {*NAMES, "kl_entropy", "gaussian_kl", "gaussian_nll"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -557,3 +557,137 @@ def test_hint_is_mse_zero_iff_equal_and_batch_independent(data):
 def test_hint_rejects_unprojected_features():
     with pytest.raises(ValueError, match="project"):
         L.hint(torch.zeros(4, 8), torch.zeros(4, 64))
+
+
+# --------------------------------------------------------------------------------------------------
+# gaussian_kl between squashed (SAC-style) policies: the tanh change of variables cancels
+# --------------------------------------------------------------------------------------------------
+
+
+def _squashed(mean: torch.Tensor, log_std: torch.Tensor, low: torch.Tensor, high: torch.Tensor):
+    """The policy of a SAC actor: ``a = low + (tanh(u) + 1) (high - low) / 2`` with ``u ~ N(mean, e^log_std)``,
+    as a torch distribution with its own (Jacobian-corrected) log_prob, per dimension."""
+    return torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.exp()),
+        [
+            torch.distributions.TanhTransform(),
+            torch.distributions.AffineTransform(loc=(high + low) / 2, scale=(high - low) / 2),
+        ],
+    )
+
+
+def _mc_squashed_kl(p_mean, p_ls, q_mean, q_ls, low, high, n: int, seed: int) -> tuple[float, float]:
+    """Monte-Carlo KL(p || q) of two squashed policies, from actions drawn by ``p`` and scored by both
+    densities in action space (each with its own tanh Jacobian): (estimate, standard error)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = p_mean + p_ls.exp() * torch.randn((n, *p_mean.shape), generator=gen, dtype=torch.float64)
+    a = low + (torch.tanh(u) + 1) * (high - low) / 2  # (n, batch, act_dim)
+    # score in action space: the densities invert the squashing themselves (atanh), so the Jacobians
+    # are theirs; keep draws that round to the bounds out (their atanh is infinite in float64 too)
+    inside = ((a > low) & (a < high)).all(dim=(-1, -2))
+    a = a[inside]
+    log_ratio = _squashed(p_mean, p_ls, low, high).log_prob(a) - _squashed(q_mean, q_ls, low, high).log_prob(
+        a
+    )
+    per_draw = log_ratio.sum(-1).mean(-1)  # summed over action dims, mean over the batch of states
+    return per_draw.mean().item(), (per_draw.std() / math.sqrt(len(per_draw))).item()
+
+
+def test_gaussian_kl_of_squashed_policies_equals_monte_carlo_both_directions():
+    # two states, two action dims with different bounds (Pendulum-like [-2, 2] and [0, 1]); means kept
+    # where tanh is not saturated, so atanh in the MC densities is accurate
+    f64 = dict(dtype=torch.float64)
+    low, high = torch.tensor([-2.0, 0.0], **f64), torch.tensor([2.0, 1.0], **f64)
+    t_mean = torch.tensor([[0.3, -0.5], [-0.8, 0.2]], **f64)
+    t_ls = torch.tensor([[-0.5, -1.0], [-0.7, -0.3]], **f64)
+    s_mean = torch.tensor([[-0.4, 0.4], [0.1, -0.6]], **f64)
+    s_ls = torch.tensor([[-1.2, -0.4], [-0.2, -1.0]], **f64)
+    forward = L.gaussian_kl(s_mean, s_ls, t_mean, t_ls).item()  # KL(teacher || student)
+    reverse = L.gaussian_kl(s_mean, s_ls, t_mean, t_ls, direction="reverse").item()
+    mc_fwd, se_fwd = _mc_squashed_kl(t_mean, t_ls, s_mean, s_ls, low, high, n=400_000, seed=0)
+    mc_rev, se_rev = _mc_squashed_kl(s_mean, s_ls, t_mean, t_ls, low, high, n=400_000, seed=1)
+    print(f"squashed KL forward {forward:.4f} analytic vs {mc_fwd:.4f} MC (se {se_fwd:.4f}); "
+          f"reverse {reverse:.4f} vs {mc_rev:.4f} (se {se_rev:.4f})")  # fmt: skip
+    assert abs(forward - mc_fwd) < 4 * se_fwd + 1e-3
+    assert abs(reverse - mc_rev) < 4 * se_rev + 1e-3
+    assert abs(forward - reverse) > 20 * (se_fwd + se_rev)  # the two directions really differ here
+    # a "corrected" KL that subtracted the tanh log-Jacobian of one side would miss by far more than the noise
+    u = t_mean  # e.g. the teacher's log-Jacobian at its mean, per state, summed over dims
+    jac = torch.log(1 - torch.tanh(u) ** 2).sum(-1).mean().item()
+    assert abs(forward - jac - mc_fwd) > 10 * se_fwd
+
+
+# --------------------------------------------------------------------------------------------------
+# gaussian_nll
+# --------------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(g=gaussians())
+def test_gaussian_nll_matches_torch_normal_log_prob(g):
+    mu_s, ls_s, mu_t, _ = g
+    ref = -torch.distributions.Normal(_t(mu_s), _t(ls_s).exp()).log_prob(_t(mu_t)).sum(-1).mean().item()
+    got = L.gaussian_nll(_t(mu_s), _t(ls_s), _t(mu_t)).item()
+    assert got == pytest.approx(ref, rel=1e-4, abs=1e-3)
+
+
+@SETTINGS
+@given(g=gaussians(), k=st.integers(2, 4))
+def test_gaussian_nll_minimised_at_the_teacher_mean_and_batch_independent(g, k):
+    _, ls_s, mu_t, _ = g
+    mean = _t(mu_t).clone().requires_grad_(True)
+    value = L.gaussian_nll(mean, _t(ls_s), _t(mu_t))
+    (grad,) = torch.autograd.grad(value, mean)
+    assert torch.all(grad == 0)  # stationary at m = t, whatever the std
+    moved = L.gaussian_nll(_t(mu_t + 0.5), _t(ls_s), _t(mu_t))
+    assert moved.item() > value.item()
+    tiled = L.gaussian_nll(
+        _t(np.tile(mu_t + 0.5, (k, 1))), _t(np.tile(ls_s, (k, 1))), _t(np.tile(mu_t, (k, 1)))
+    )
+    assert tiled.item() == pytest.approx(moved.item(), rel=1e-6)
+
+
+def test_gaussian_nll_via_compute_loss_and_errors():
+    m, ls = torch.zeros(3, 2), torch.zeros(2)
+    cfg = L.LossConfig(name="gaussian_nll")
+    # per dim: 0.5 * 1 + 0.5 * log(2 pi), two dims
+    assert L.compute_loss(m, m + 1, cfg, student_log_std=ls).item() == pytest.approx(
+        1 + math.log(2 * math.pi)
+    )
+    with pytest.raises(ValueError, match="student_log_std"):
+        L.compute_loss(m, m, cfg)
+    with pytest.raises(ValueError, match="batch, act_dim"):
+        L.gaussian_nll(m, ls, torch.zeros(3, 3))
+
+
+# --------------------------------------------------------------------------------------------------
+# critic_guidance
+# --------------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(q=hnp.arrays(np.float64, st.integers(1, 16), elements=_floats(1e3)), scale=st.floats(0.01, 100.0))
+def test_critic_guidance_zero_when_equal_and_scale_invariant(q, scale):
+    q_t = _t(q)
+    assert L.critic_guidance(q_t, q_t).item() == 0.0
+    assume(np.abs(q).mean() * min(scale, 1.0) > 1e-3)  # above the all-zero-critic floor of the scale
+    q_s = q_t - 1.0
+    a = L.critic_guidance(q_s, q_t).item()
+    assert L.critic_guidance(q_s * scale, q_t * scale).item() == pytest.approx(a, rel=1e-4)
+    tiled = L.critic_guidance(_t(np.tile(q - 1.0, 3)), _t(np.tile(q, 3))).item()
+    assert tiled == pytest.approx(a, rel=1e-5)
+
+
+def test_critic_guidance_raises_the_students_q():
+    q_t = torch.tensor([-100.0, -50.0, -150.0])
+    q_s = torch.tensor([-120.0, -60.0, -150.0], requires_grad=True)
+    value = L.critic_guidance(q_s, q_t)
+    assert value.item() == pytest.approx(30 / 3 / 100)  # mean shortfall / mean |Q_teacher|
+    (grad,) = torch.autograd.grad(value, q_s)
+    assert torch.all(grad < 0)  # descending the loss raises Q at the student's action
+    # the teacher's Q is a fixed reference: no gradient flows to it
+    q_t2 = q_t.clone().requires_grad_(True)
+    assert not L.critic_guidance(q_s.detach(), q_t2).requires_grad
+    with pytest.raises(ValueError, match=r"\(batch,\)"):
+        L.critic_guidance(torch.zeros(3, 1), torch.zeros(3, 1))
+    assert torch.isfinite(L.critic_guidance(torch.zeros(4), torch.zeros(4)))  # an untrained critic's 0s

@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from stable_baselines3.common.utils import LinearSchedule
@@ -19,7 +20,9 @@ from policy_kd.errors import PolicyKDError
 _ACTIVATIONS = {"ReLU", "Tanh", "ELU", "LeakyReLU", "GELU", "SiLU", "Sigmoid"}
 _OPTIMIZERS = {"Adam", "AdamW", "RMSprop", "SGD"}
 # Keys a preset may hold that are not constructor arguments of the SB3 algorithm.
-_PRESET_EXTRAS = ("n_timesteps", "policy", "n_envs", "normalize", "frame_stack")
+_PRESET_EXTRAS = ("n_timesteps", "policy", "n_envs", "normalize", "frame_stack", "noise_type", "noise_std")
+NOISE_TYPES = ("normal", "ornstein-uhlenbeck")
+"""Action noise a preset may name for an off-policy actor (rl-baselines3-zoo's ``noise_type``)."""
 
 
 def load_preset(algo: str, env_id: str, path: str | Path | None = None) -> dict[str, Any]:
@@ -110,3 +113,30 @@ def _normalize_kwargs(value: Any) -> dict[str, Any] | None:
     if isinstance(value, dict):
         return dict(value)
     raise PolicyKDError(f"preset normalize must be true/false or a mapping, got {value!r}")
+
+
+def action_noise(preset: dict[str, Any], action_space: Any) -> Any:
+    """The exploration noise a preset names for TD3/DDPG (rl-baselines3-zoo's ``noise_type`` and
+    ``noise_std``), sized to ``action_space``: ``NormalActionNoise`` or ``OrnsteinUhlenbeckActionNoise``
+    with zero mean and ``noise_std`` per dimension; ``None`` when the preset names none."""
+    kind = preset.get("noise_type")
+    if kind is None:
+        if "noise_std" in preset:
+            raise PolicyKDError(
+                "preset noise_std needs a noise_type beside it (normal or ornstein-uhlenbeck)"
+            )
+        return None
+    from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
+
+    if kind not in NOISE_TYPES:
+        raise PolicyKDError(f"preset noise_type {kind!r} is not one of {', '.join(NOISE_TYPES)}")
+    shape = getattr(action_space, "shape", None)
+    if not shape:
+        raise PolicyKDError(f"preset noise_type {kind} needs a Box action space, not {action_space}")
+    std = preset.get("noise_std", 0.1)
+    if not isinstance(std, (int, float)) or isinstance(std, bool) or not std > 0:
+        raise PolicyKDError(f"preset noise_std must be a number > 0, got {std!r}")
+    mean, sigma = np.zeros(shape[-1]), float(std) * np.ones(shape[-1])
+    if kind == "normal":
+        return NormalActionNoise(mean=mean, sigma=sigma)
+    return OrnsteinUhlenbeckActionNoise(mean=mean, sigma=sigma)

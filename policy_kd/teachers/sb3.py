@@ -1,4 +1,5 @@
-"""The SB3 adapter: every access that depends on the algorithm (DQN, QR-DQN, PPO, A2C) in one place.
+"""The SB3 adapter: every access that depends on the algorithm (DQN, QR-DQN, PPO, A2C, SAC, TQC, TD3,
+DDPG) in one place.
 
 Which algorithm saved a file and which class loads it; which modules of its policy choose actions, what
 they output and how many parameters they hold (for :class:`~policy_kd.teachers.Teacher`, ``policy_kd.cost``
@@ -17,7 +18,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -26,20 +27,36 @@ from torch import nn
 
 from policy_kd.errors import PolicyKDError
 
-ALGOS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c")
-"""Teacher algorithms. ``qrdqn`` comes from sb3-contrib (the ``contrib`` extra), imported only when used."""
+ALGOS: tuple[str, ...] = ("dqn", "qrdqn", "ppo", "a2c", "sac", "tqc", "td3", "ddpg")
+"""Teacher algorithms. ``qrdqn`` and ``tqc`` come from sb3-contrib (the ``contrib`` extra), imported only
+when used."""
+SQUASHED_ALGOS = ("sac", "tqc")
+"""Off-policy actors with a squashed (tanh) Gaussian policy: recorded as its pre-squash mean and log-std."""
+DETERMINISTIC_ALGOS = ("td3", "ddpg")
+"""Off-policy deterministic actors: recorded as the action scaled to ``[-1, 1]`` (the actor's tanh output)."""
+ACTOR_CRITIC_ALGOS = SQUASHED_ALGOS + DETERMINISTIC_ALGOS
+"""Algorithms with a critic ``Q(s, a)`` over continuous actions (``record --record-q``, critic guidance)."""
 CONTRIB_HINT = "pip install 'policy-kd[contrib]'"
 
 
 def algo_class(algo: str) -> type[BaseAlgorithm]:
-    """The SB3 algorithm class for ``algo``; sb3-contrib's QR-DQN is imported only here, on demand."""
-    if algo == "qrdqn":
+    """The SB3 algorithm class for ``algo``; sb3-contrib's QR-DQN and TQC are imported only here, on demand."""
+    if algo in ("qrdqn", "tqc"):
         try:
-            from sb3_contrib import QRDQN
+            import sb3_contrib
         except ImportError:
-            raise PolicyKDError(f"qrdqn teachers need sb3-contrib; install it with: {CONTRIB_HINT}") from None
-        return QRDQN
-    classes: dict[str, type[BaseAlgorithm]] = {"dqn": DQN, "ppo": PPO, "a2c": A2C}
+            raise PolicyKDError(
+                f"{algo} teachers need sb3-contrib; install it with: {CONTRIB_HINT}"
+            ) from None
+        return sb3_contrib.QRDQN if algo == "qrdqn" else sb3_contrib.TQC
+    classes: dict[str, type[BaseAlgorithm]] = {
+        "dqn": DQN,
+        "ppo": PPO,
+        "a2c": A2C,
+        "sac": SAC,
+        "td3": TD3,
+        "ddpg": DDPG,
+    }
     if algo not in classes:
         raise PolicyKDError(f"unknown algo {algo!r}; choose one of {', '.join(ALGOS)}")
     return classes[algo]
@@ -68,6 +85,15 @@ def _detect_algo(zip_path: Path) -> str:
         return "dqn"
     if module.startswith("sb3_contrib.qrdqn."):
         return "qrdqn"
+    if module.startswith("stable_baselines3.sac."):
+        return "sac"
+    if module.startswith("sb3_contrib.tqc."):
+        return "tqc"
+    if module.startswith("stable_baselines3.td3."):
+        # DDPG is TD3 with one actor update per critic update and no target policy smoothing; both save
+        # the same policy class
+        ddpg = data.get("policy_delay") == 1 and data.get("target_noise_clip") == 0.0
+        return "ddpg" if ddpg else "td3"
     if module == "stable_baselines3.common.policies":  # ActorCriticPolicy and its Cnn/MultiInput variants
         if "cg_max_steps" in data:
             algo = "trpo"  # sb3-contrib's TRPO shares the policy class
@@ -86,11 +112,13 @@ def _detect_algo(zip_path: Path) -> str:
 def policy_param_count(model: BaseAlgorithm, algo: str) -> int:
     """Parameters of the modules that choose actions: DQN's q_net and QR-DQN's quantile_net (not their
     targets), PPO/A2C's actor (features extractor, policy MLP, action head, and log_std for Gaussian
-    policies; not the value head)."""
+    policies; not the value head), SAC/TQC/TD3/DDPG's actor (not the critics, not the target actor)."""
     policy = model.policy
     extra: list[torch.nn.Parameter] = []
-    if algo == "dqn":
-        modules: list[torch.nn.Module] = [policy.q_net]
+    if algo in ACTOR_CRITIC_ALGOS:
+        modules: list[torch.nn.Module] = [policy.actor]
+    elif algo == "dqn":
+        modules = [policy.q_net]
     elif algo == "qrdqn":
         modules = [policy.quantile_net]
     else:
@@ -109,27 +137,43 @@ def output_kind(model: BaseAlgorithm, algo: str) -> str:
         return "q_values"
     if algo == "qrdqn":
         return "quantiles"
+    if algo in SQUASHED_ALGOS:
+        return "squashed_gaussian"
+    if algo in DETERMINISTIC_ALGOS:
+        return "deterministic"
     if not isinstance(model.action_space, gym.spaces.Box):
         return "logits"
     return "squashed_gaussian" if model.policy.squash_output else "gaussian"
 
 
 def extra_output_fields(
-    model: BaseAlgorithm, algo: str, n_outputs: int
+    model: BaseAlgorithm, algo: str, n_outputs: int, *, record_q: bool = False
 ) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Buffer fields recorded beside ``teacher``: name -> (dtype, per-row shape)."""
+    """Buffer fields recorded beside ``teacher``: name -> (dtype, per-row shape). ``record_q`` adds
+    ``teacher_q`` (the critic's value at the teacher's deterministic action, see :func:`critic_value`)."""
+    q = {"teacher_q": ("float32", ())} if record_q else {}
     if algo == "qrdqn":
         return {"teacher_quantiles": ("float32", (int(model.policy.n_quantiles), n_outputs))}
+    if algo in DETERMINISTIC_ALGOS:
+        return q
     if isinstance(model.action_space, gym.spaces.Box):
-        return {"teacher_log_std": ("float32", (n_outputs,))}
+        return {"teacher_log_std": ("float32", (n_outputs,)), **q}
     return {}
 
 
-def forward_outputs(model: BaseAlgorithm, algo: str, obs_t: torch.Tensor) -> dict[str, np.ndarray]:
+def forward_outputs(
+    model: BaseAlgorithm, algo: str, obs_t: torch.Tensor, *, record_q: bool = False
+) -> dict[str, np.ndarray]:
     """One forward pass of the modules that choose actions on a batch in the network's layout: buffer field
-    name -> array. ``teacher`` is what the policy acts on (Q-values, the quantiles' mean, logits, or the
-    Gaussian mean); QR-DQN adds ``teacher_quantiles``, a Gaussian policy ``teacher_log_std``."""
+    name -> array. ``teacher`` is what the policy acts on (Q-values, the quantiles' mean, logits, the
+    Gaussian's (pre-squash) mean, or a deterministic actor's action scaled to ``[-1, 1]``); QR-DQN adds
+    ``teacher_quantiles``, a Gaussian policy ``teacher_log_std``, ``record_q`` the critic's ``teacher_q``."""
     policy = model.policy
+    if algo in ACTOR_CRITIC_ALGOS:
+        scaled, out = _actor_outputs(model, algo, obs_t)
+        if record_q:
+            out["teacher_q"] = _numpy(critic_value(model, algo, obs_t, scaled))
+        return out
     if algo == "dqn":
         return {"teacher": _numpy(policy.q_net(obs_t))}  # (batch, n_actions)
     if algo == "qrdqn":
@@ -146,10 +190,46 @@ def forward_outputs(model: BaseAlgorithm, algo: str, obs_t: torch.Tensor) -> dic
     return {"teacher": mean, "teacher_log_std": log_std}
 
 
+def _actor_outputs(
+    model: BaseAlgorithm, algo: str, obs_t: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """An off-policy actor's deterministic action scaled to ``[-1, 1]`` (what its critic takes) and its
+    buffer fields."""
+    actor = model.policy.actor
+    if algo in DETERMINISTIC_ALGOS:
+        scaled = actor(obs_t)  # (batch, action_dim), the tanh output
+        return scaled, {"teacher": _numpy(scaled)}
+    # SAC/TQC: the distribution before tanh. The action distribution's own proba_distribution gives the
+    # per-state std for both a plain squashed Gaussian and gSDE (whose std depends on the latent features).
+    mean, log_std, kwargs = actor.get_action_dist_params(obs_t)
+    normal = actor.action_dist.proba_distribution(mean, log_std, **kwargs).distribution
+    fields = {"teacher": _numpy(normal.mean), "teacher_log_std": _numpy(normal.stddev.log())}
+    return torch.tanh(normal.mean), fields
+
+
+def critic_value(model: BaseAlgorithm, algo: str, obs_t: torch.Tensor, scaled: torch.Tensor) -> torch.Tensor:
+    """The teacher critic's value ``(batch,)`` of actions scaled to ``[-1, 1]`` ``(batch, action_dim)``, as
+    its actor is trained to raise it: TD3/DDPG's first Q-network, the minimum of SAC's two, the mean of all
+    of TQC's quantiles. Differentiable in ``scaled`` (critic guidance); observations in the network's layout."""
+    critic = model.policy.critic
+    if algo in DETERMINISTIC_ALGOS:
+        return critic.q1_forward(obs_t, scaled).squeeze(-1)
+    if algo == "tqc":
+        return critic(obs_t, scaled).mean(dim=(1, 2))  # (batch, n_critics, n_quantiles) -> (batch,)
+    if algo == "sac":
+        return torch.cat(critic(obs_t, scaled), dim=1).min(dim=1).values
+    raise PolicyKDError(
+        f"a {algo} teacher has no critic over actions; one of {', '.join(ACTOR_CRITIC_ALGOS)} has"
+    )
+
+
 def head_module(model: BaseAlgorithm, algo: str) -> nn.Module:
     """The final linear layer of the modules that choose actions: its input is the feature layer hint
     distillation matches."""
     policy = model.policy
+    if algo in ACTOR_CRITIC_ALGOS:
+        # SAC: mu is a Linear (a Linear + Hardtanh with gSDE); TD3/DDPG: mu is the whole MLP ending in Tanh
+        return [m for m in policy.actor.mu.modules() if isinstance(m, nn.Linear)][-1]
     if algo == "dqn":
         return policy.q_net.q_net[-1]
     if algo == "qrdqn":
@@ -161,7 +241,8 @@ def actor_module(model: BaseAlgorithm, algo: str) -> nn.Module:
     """The part of ``model``'s policy that chooses actions, as one ``nn.Module`` mapping a batch of
     observations in the network's layout to the ``teacher`` output (what :func:`forward_outputs` computes):
     DQN's Q-network, QR-DQN's quantile network (averaged), PPO/A2C's actor (features, policy MLP, action
-    head). In eval mode; shares the model's parameters."""
+    head), SAC/TQC's pre-squash mean, TD3/DDPG's scaled action. In eval mode; shares the model's
+    parameters."""
 
     class ActorNet(nn.Module):
         def __init__(self) -> None:
@@ -170,6 +251,10 @@ def actor_module(model: BaseAlgorithm, algo: str) -> nn.Module:
 
         def forward(self, obs: Any) -> Any:
             p = self.policy
+            if algo in DETERMINISTIC_ALGOS:
+                return p.actor(obs)
+            if algo in SQUASHED_ALGOS:
+                return p.actor.get_action_dist_params(obs)[0]
             if algo == "dqn":
                 return p.q_net(obs)
             if algo == "qrdqn":
@@ -188,7 +273,8 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def algo_name(model: BaseAlgorithm) -> str:
-    """``dqn``, ``qrdqn``, ``ppo`` or ``a2c`` for an SB3 (or sb3-contrib) model."""
+    """``dqn``, ``qrdqn``, ``ppo``, ``a2c``, ``sac``, ``tqc``, ``td3`` or ``ddpg`` for an SB3 (or sb3-contrib)
+    model."""
     # The exact class name of the model's class or, for a subclass, of its nearest supported base
     # (matching name suffixes took sb3-contrib's QRDQN for dqn).
     for cls in type(model).__mro__:

@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env.stacked_observations import StackedObserva
 
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import sample_gaussian, sample_logits, to_bounds
+from policy_kd.heads import rescale_to_bounds, sample_gaussian, sample_logits, to_bounds
 from policy_kd.teachers import sb3
 from policy_kd.teachers.sb3 import _numpy, policy_param_count
 from policy_kd.teachers.vec_env import _vec_env
@@ -90,6 +90,9 @@ class Teacher(_EnvRecipe):
     vec_normalize: VecNormalize | None = None
     source: str | None = None
     """What ``load_teacher`` was given (run folder, ``.zip`` or ``hf://`` address): load it again from this."""
+    record_q: bool = False
+    """Also label each state with ``teacher_q``, the critic's value at the teacher's deterministic action
+    (SAC, TQC, TD3, DDPG; ``record --record-q``): set it with :meth:`with_q`."""
 
     def __post_init__(self) -> None:
         # SB3's policy.device walks the parameters on every access (~50 µs): look it up once
@@ -101,6 +104,30 @@ class Teacher(_EnvRecipe):
             )
         self.model.policy.set_training_mode(False)
 
+    def with_q(self) -> Teacher:
+        """Label states with the critic's ``teacher_q`` too (refused for a teacher without a critic over
+        continuous actions); returns ``self``."""
+        if self.algo not in sb3.ACTOR_CRITIC_ALGOS:
+            raise PolicyKDError(
+                f"--record-q needs a teacher with a critic Q(s, a) ({', '.join(sb3.ACTOR_CRITIC_ALGOS)}), "
+                f"not {self.algo}; drop --record-q"
+            )
+        self.record_q = True
+        return self
+
+    def critic_value(self, obs: np.ndarray, scaled_actions: torch.Tensor) -> torch.Tensor:
+        """The critic's value ``(batch,)`` of actions scaled to ``[-1, 1]`` at a batch of raw observations,
+        differentiable in ``scaled_actions`` (critic guidance); see :func:`~policy_kd.teachers.sb3.critic_value`."""
+        if self.algo not in sb3.ACTOR_CRITIC_ALGOS:
+            raise PolicyKDError(
+                f"critic guidance needs a teacher with a critic Q(s, a) ({', '.join(sb3.ACTOR_CRITIC_ALGOS)}), "
+                f"not {self.algo}; set --critic-weight 0"
+            )
+        # the critic is a fixed judge: no gradient is kept for its own weights
+        self.model.policy.critic.requires_grad_(False)
+        obs_t = torch.as_tensor(self.normalize_obs(obs), device=self._device)
+        return sb3.critic_value(self.model, self.algo, obs_t, scaled_actions.to(self._device))
+
     @property
     def continuous(self) -> bool:
         return isinstance(self.model.action_space, gym.spaces.Box)
@@ -108,7 +135,8 @@ class Teacher(_EnvRecipe):
     @property
     def kind(self) -> str:
         """What ``teacher`` holds: ``q_values`` (DQN), ``quantiles`` (QR-DQN: the quantiles' mean),
-        ``logits`` (PPO/A2C, discrete), ``gaussian`` or ``squashed_gaussian`` (PPO/A2C, Box: the mean)."""
+        ``logits`` (PPO/A2C, discrete), ``gaussian`` or ``squashed_gaussian`` (PPO/A2C, Box; SAC/TQC: the
+        pre-squash mean), ``deterministic`` (TD3/DDPG: the action scaled to ``[-1, 1]``)."""
         return sb3.output_kind(self.model, self.algo)
 
     @property
@@ -148,7 +176,7 @@ class Teacher(_EnvRecipe):
         """
         return {
             "teacher": ("float32", (self.n_outputs,)),
-            **sb3.extra_output_fields(self.model, self.algo, self.n_outputs),
+            **sb3.extra_output_fields(self.model, self.algo, self.n_outputs, record_q=self.record_q),
         }
 
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
@@ -175,7 +203,7 @@ class Teacher(_EnvRecipe):
             obs_t = torch.as_tensor(obs, device=self._device)
         else:  # e.g. channel-last images SB3 transposes for the network
             obs_t, _ = policy.obs_to_tensor(obs)
-        outputs = sb3.forward_outputs(self.model, self.algo, obs_t)
+        outputs = sb3.forward_outputs(self.model, self.algo, obs_t, record_q=self.record_q)
         acted_on = outputs["teacher"]  # Q-values, the quantiles' mean, logits: greedy is their argmax
         greedy = self._to_action(acted_on) if self.continuous else acted_on.argmax(axis=-1)
         return Labels(outputs=outputs, greedy=greedy)
@@ -204,17 +232,20 @@ class Teacher(_EnvRecipe):
 
     def _to_action(self, pre_squash: np.ndarray) -> np.ndarray:
         """A Gaussian sample or mean -> the action SB3 takes: clipped to the bounds, or tanh-squashed and
-        scaled to them."""
+        scaled to them; a deterministic actor's ``[-1, 1]`` output rescaled to them."""
         space = self.action_space
         assert isinstance(space, gym.spaces.Box)
+        if self.algo in sb3.DETERMINISTIC_ALGOS:
+            action = rescale_to_bounds(pre_squash.reshape(-1, *space.shape), space.low, space.high)
+            return action.astype(space.dtype, copy=False)
         squash = bool(self.model.policy.squash_output)
         action = to_bounds(pre_squash.reshape(-1, *space.shape), space.low, space.high, squash=squash)
         return action.astype(space.dtype, copy=False)
 
     def sample(self, labels: Labels, rng: np.random.Generator) -> np.ndarray:
         """Actions drawn from the teacher's own distribution: softmax of logits, or mean + std * N(0, 1)
-        (clipped or squashed as SB3 does); DQN and QR-DQN act greedily."""
-        if self.algo in ("dqn", "qrdqn"):
+        (clipped or squashed as SB3 does); DQN, QR-DQN and the deterministic TD3/DDPG actors act greedily."""
+        if self.algo in ("dqn", "qrdqn", *sb3.DETERMINISTIC_ALGOS):
             return labels.greedy
         if not self.continuous:
             return sample_logits(labels.outputs["teacher"], rng)

@@ -34,7 +34,7 @@ from policy_kd.run import (
     write_run_config,
     write_run_info,
 )
-from policy_kd.teachers.presets import _normalize_kwargs, algo_kwargs, load_preset
+from policy_kd.teachers.presets import _normalize_kwargs, action_noise, algo_kwargs, load_preset
 from policy_kd.teachers.sb3 import ALGOS, algo_class, policy_param_count
 from policy_kd.teachers.sources import TEACHER_FILE
 from policy_kd.teachers.vec_env import _make_env_stack, _make_eval_env_stack
@@ -47,7 +47,7 @@ class TrainTeacherConfig:
     """Train an SB3 teacher with a tuned preset, keeping the best model found by periodic evaluation."""
 
     algo: str = "dqn"
-    """Teacher algorithm: dqn, qrdqn (needs the contrib extra), ppo or a2c."""
+    """Teacher algorithm: dqn, qrdqn (needs the contrib extra), ppo, a2c, sac, tqc (contrib extra), td3 or ddpg."""
     env: str = "CartPole-v1"
     """Gymnasium environment id (MinAtar/... needs the minatar extra, ALE/... the atari extra, LunarLander-v3 the box2d extra)."""
     out: str | None = None
@@ -292,12 +292,19 @@ def _new_or_resumed_model(
                 tensorboard_log=str(out / "tb"),
                 verbose=0,
                 **algo_kwargs(preset),
+                **_noise_kwargs(preset, env),
             )
     except TypeError as exc:
         raise PolicyKDError(
             f"preset for {config.env} has an option {config.algo} does not take: {exc}"
         ) from None
     return model
+
+
+def _noise_kwargs(preset: dict[str, Any], env: VecEnv) -> dict[str, Any]:
+    """``action_noise`` for the constructor when the preset names one (TD3/DDPG), else nothing."""
+    noise = action_noise(preset, env.action_space)
+    return {} if noise is None else {"action_noise": noise}
 
 
 def _eval_callback(
