@@ -58,10 +58,8 @@ def _teacher_contender(teacher: Any) -> Contender:
         macs: int | None = count_macs(teacher_module(teacher), torch.as_tensor(example))
     except Exception:  # an observation layout the bare network does not take (e.g. channels-last)
         macs = None
-    if not teacher.continuous:
-        head = "discrete"
-    else:
-        head = "squashed_gaussian" if teacher.kind == "squashed_gaussian" else "gaussian"
+    # a Box teacher's kind names its head: gaussian, squashed_gaussian (SAC/TQC), deterministic (TD3/DDPG)
+    head = teacher.kind if teacher.continuous else "discrete"
     return Contender(
         name="teacher",
         role="teacher",

@@ -17,7 +17,8 @@ the reference's order, so the outputs match the eager student to ~1e-6 and the a
     void policy_forward(const float *obs, float *out);                 /* the head's outputs */
     int  policy_act(const float *obs);                                  /* discrete: the argmax */
     void policy_act(const float *obs, float *action);                   /* Gaussian heads: the mean,
-                                                                           clipped or tanh-squashed */
+                                                                           clipped or tanh-squashed;
+                                                                           deterministic: rescaled */
     void policy_forward_batch(const float *obs, long n, float *out);    /* n rows at once */
 
 and its comment holds the build line. The observation is the raw one (as the env gives it, uint8 images
@@ -38,7 +39,7 @@ SOURCE_FILE = "student.c"
 HEADER_FILE = "student.h"
 #: What the tests compile with; the generated code is warning-free under it.
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Werror", "-O2")
-HEADS = ("discrete", "gaussian", "squashed_gaussian")
+HEADS = ("discrete", "gaussian", "squashed_gaussian", "deterministic")
 
 #: Dense layers compute this many outputs at a time: widths are zero-padded to a multiple of it, so that with
 #: constant trip counts and unaliased local buffers the compiler vectorises the loops at plain -O2.
@@ -339,7 +340,7 @@ def _header(obs_shape: tuple[int, ...], head: str, n_outputs: int, q8: bool, com
         extern "C" {{
         #endif
 
-        /* out[POLICY_N_OUTPUTS]: {"the logits (or Q-values)" if not continuous else "the action mean (pre-squash for squashed_gaussian)"} */
+        /* out[POLICY_N_OUTPUTS]: {"the logits (or Q-values)" if not continuous else ("the action scaled to [-1, 1] (tanh)" if head == "deterministic" else "the action mean (pre-squash for squashed_gaussian)")} */
         void policy_forward(const float *obs, float *out);
         /* {"the greedy action (argmax, first of ties)" if not continuous else "action[POLICY_N_OUTPUTS]: the deterministic action, inside the action bounds"} */
         {act_decl};
@@ -412,6 +413,9 @@ def _act_source(head: str, n: int, bounds: list[list[float]] | None, gen: _Codeg
     gen.weight_bytes -= 8 * n
     if head == "squashed_gaussian":  # as Student.predict: low + (tanh(mean) + 1) * 0.5 * (high - low)
         expr = f"{lo}[i] + (tanhf(out[i]) + 1.0f) * 0.5f * ({hi}[i] - {lo}[i])"
+    elif head == "deterministic":  # the forward already ends in tanh: rescale, clamped as rescale_to_bounds
+        clamped = "(out[i] < -1.0f ? -1.0f : (out[i] > 1.0f ? 1.0f : out[i]))"
+        expr = f"{lo}[i] + ({clamped} + 1.0f) * 0.5f * ({hi}[i] - {lo}[i])"
     else:  # clipped into the bounds
         expr = f"out[i] < {lo}[i] ? {lo}[i] : (out[i] > {hi}[i] ? {hi}[i] : out[i])"
     consts = "".join(gen.consts[-2:])
