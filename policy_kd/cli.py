@@ -249,9 +249,11 @@ IMPORT_SOURCES = ("minari",)
 
 def _import(argv: list[str]) -> int:
     """``policy-kd import minari DATASET``: a dataset of another tool as a buffer of kind actions."""
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(f"usage: {PROG} import minari DATASET --out BUFFER [--env ENV_ID] [--force]")
-        return 0 if argv else 2
+        return 0
+    if not argv:
+        raise PolicyKDError(f"import needs a source: {PROG} import minari DATASET --out BUFFER")
     if argv[0] not in IMPORT_SOURCES:
         raise PolicyKDError(f"cannot import from {argv[0]!r}; choose one of {', '.join(IMPORT_SOURCES)}")
     from policy_kd.minari_import import ImportMinariConfig, import_minari

@@ -144,3 +144,5 @@ def test_damaged_datasets_are_refused_before_writing(tmp_path: Path, datasets: P
         "Acrobot-v1 has",
     )
     expect_error(capsys, ["import", "parquet", "x"], "choose one of minari")
+    expect_error(capsys, ["import"], "import minari DATASET --out BUFFER")
+    expect_error(capsys, ["import", "minari", "--out", out], "needs a dataset")

@@ -1,7 +1,8 @@
 """Teachers that are not SB3 models, on CartPole-v1 (issue 27 items 1 and 3).
 
 1. A CleanRL-style DQN (``policy_kd.teachers.examples.train_cleanrl_dqn``: CleanRL's ``dqn.py`` defaults,
-   500k steps) is the teacher through ``--teacher py:experiments.custom_teachers.teachers:cleanrl_dqn``:
+   500k steps; and the same stopped at 50k steps, a teacher that still fails episodes) is the teacher through
+   ``--teacher py:experiments.custom_teachers.teachers:cleanrl_dqn`` (``..._weak``):
    record 50k states, distil 5% students with KL (tau 0.01, soft targets) and with NLL on the same buffer
    (its greedy actions only: behaviour cloning), 3 distillation seeds each, evaluate on 100 episode seeds.
 2. Behaviour cloning from a Minari dataset: the same teacher's greedy episodes (seeds 1000+, >= 50k steps)
@@ -37,18 +38,22 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # policy_kd and experiments.custom_teachers from this checkout
 
-from experiments.custom_teachers.teachers import CLEANRL_MODEL, RUNS  # noqa: E402
+from experiments.custom_teachers.teachers import CLEANRL_MODEL, RUNS, WEAK_MODEL  # noqa: E402
 from policy_kd.stats import aggregate_runs  # noqa: E402
 
 POLICY_KD = [sys.executable, "-m", "policy_kd"]
 CLEANRL = "py:experiments.custom_teachers.teachers:cleanrl_dqn"
+# name -> (py: spec, model file, CleanRL training steps, Minari dataset id)
+TEACHERS = {
+    "cleanrl": (CLEANRL, CLEANRL_MODEL, 500_000, "cartpole/cleanrl-dqn-v0"),
+    "cleanrl_weak": (f"{CLEANRL}_weak", WEAK_MODEL, 50_000, "cartpole/cleanrl-dqn-weak-v0"),
+}
 CONTROLLER = "py:policy_kd.teachers.examples:cartpole_controller"
 SEEDS = (0, 1, 2)
 EPISODES = 100
 RECORD_STEPS = 50_000
 FRACTION = "0.05"
 DISTILL = ["--params-fraction", FRACTION, "--steps", "5000", "--threads", "1", "--no-progress"]
-MINARI_ID = "cartpole/cleanrl-dqn-v0"
 MINARI_PATH = RUNS / "minari"
 ENV = {
     **os.environ,
@@ -72,15 +77,17 @@ def done(path: Path) -> bool:
     return path.is_file()
 
 
-def train_teacher() -> float:
-    if not CLEANRL_MODEL.is_file():
+def train_teacher(name: str) -> float:
+    _, model, steps, _ = TEACHERS[name]
+    seconds = RUNS / f"{name}_seconds.txt"
+    if not model.is_file():
         from policy_kd.teachers.examples import train_cleanrl_dqn
 
         start = time.perf_counter()
-        train_cleanrl_dqn(CLEANRL_MODEL.with_suffix(".tmp"), total_timesteps=500_000, seed=1)
-        CLEANRL_MODEL.with_suffix(".tmp").rename(CLEANRL_MODEL)
-        (RUNS / "cleanrl_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
-    return float((RUNS / "cleanrl_seconds.txt").read_text())
+        train_cleanrl_dqn(model.with_suffix(".tmp"), total_timesteps=steps, seed=1)
+        model.with_suffix(".tmp").rename(model)
+        seconds.write_text(f"{time.perf_counter() - start:.1f}\n")
+    return float(seconds.read_text())
 
 
 def distill_arm(buffer: Path, arm: str, loss: list[str]) -> list[Path]:
@@ -136,9 +143,10 @@ def summary(result: dict, reference: float | None = None) -> dict:
     return out
 
 
-def make_minari_dataset() -> dict:
-    """The CleanRL teacher's greedy episodes (env seeds 1000, 1001, ...) until RECORD_STEPS steps, as Minari."""
-    info_path = RUNS / "minari_dataset.json"
+def make_minari_dataset(name: str) -> dict:
+    """The teacher's greedy episodes (env seeds 1000, 1001, ...) until RECORD_STEPS steps, as Minari."""
+    minari_id = TEACHERS[name][3]
+    info_path = RUNS / ("minari_dataset.json" if name == "cleanrl" else f"minari_dataset_{name}.json")
     if info_path.is_file():
         return json.loads(info_path.read_text())
     os.environ["MINARI_DATASETS_PATH"] = str(MINARI_PATH)
@@ -146,9 +154,9 @@ def make_minari_dataset() -> dict:
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
-    from experiments.custom_teachers.teachers import cleanrl_dqn
+    from policy_kd.teachers import load_teacher
 
-    teacher = cleanrl_dqn()
+    teacher = load_teacher(TEACHERS[name][0])
     env = gym.make("CartPole-v1")
     episodes, steps, i = [], 0, 0
     while steps < RECORD_STEPS:
@@ -177,7 +185,7 @@ def make_minari_dataset() -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         minari.create_dataset_from_buffers(
-            MINARI_ID,
+            minari_id,
             episodes,
             env="CartPole-v1",
             algorithm_name="CleanRL-style DQN (greedy)",
@@ -185,7 +193,7 @@ def make_minari_dataset() -> dict:
         )
     returns = [float(e.rewards.sum()) for e in episodes]
     info = {
-        "dataset_id": MINARI_ID,
+        "dataset_id": minari_id,
         "episodes": len(episodes),
         "steps": steps,
         "mean_return": float(np.mean(returns)),
@@ -194,53 +202,67 @@ def make_minari_dataset() -> dict:
     return info
 
 
+def teacher_arms(name: str) -> dict:
+    """KL and NLL students of one CleanRL-style teacher, and BC from a Minari dataset of its episodes."""
+    spec, _, steps, minari_id = TEACHERS[name]
+    seconds = train_teacher(name)
+    buf = RUNS / f"buffer_{name}"
+    if not done(buf / "manifest.json") or '"complete": true' not in (buf / "manifest.json").read_text():
+        cli("record", "--teacher", spec, "--out", buf, "--steps", RECORD_STEPS, "--no-progress", "--force",
+            log=f"record_{name}")  # fmt: skip
+    kl = distill_arm(buf, f"{name}_kl", ["--loss", "kl", "--tau", "0.01"])
+    nll = distill_arm(buf, f"{name}_nll", ["--loss", "nll"])
+    ds = make_minari_dataset(name)
+    mbuf = RUNS / ("buffer_minari" if name == "cleanrl" else f"buffer_minari_{name}")
+    if not done(mbuf / "manifest.json"):
+        cli("import", "minari", minari_id, "--out", mbuf, "--force", log=f"import_minari_{name}")
+    arm = "minari_nll" if name == "cleanrl" else f"minari_{name}_nll"
+    bc = distill_arm(mbuf, arm, ["--loss", "nll"])
+    return {
+        "teacher": {
+            "what": f"CleanRL-style DQN (policy_kd.teachers.examples.train_cleanrl_dqn, CleanRL dqn.py defaults, "
+            f"{steps:,} steps, seed 1)",
+            "spec": spec,
+            "train_seconds": seconds,
+        },
+        "kl": summary(evaluate_arm(spec, kl, f"{name}_kl")),
+        "nll": summary(evaluate_arm(spec, nll, f"{name}_nll")),
+        "minari_dataset": ds,
+        "minari_bc": summary(evaluate_arm(spec, bc, arm), reference=ds["mean_return"]),
+    }
+
+
 def main() -> None:
     started = time.perf_counter()
-    teacher_seconds = train_teacher()
-    # 1. CleanRL-style DQN through py:
-    buf = RUNS / "buffer_cleanrl"
-    if not done(buf / "manifest.json") or '"complete": true' not in (buf / "manifest.json").read_text():
-        cli("record", "--teacher", CLEANRL, "--out", buf, "--steps", RECORD_STEPS, "--no-progress", "--force",
-            log="record_cleanrl")  # fmt: skip
-    kl = distill_arm(buf, "cleanrl_kl", ["--loss", "kl", "--tau", "0.01"])
-    nll = distill_arm(buf, "cleanrl_nll", ["--loss", "nll"])
-    # 2. Minari dataset of the same teacher, imported, cloned
-    ds = make_minari_dataset()
-    mbuf = RUNS / "buffer_minari"
-    if not done(mbuf / "manifest.json"):
-        cli("import", "minari", MINARI_ID, "--out", mbuf, "--force", log="import_minari")
-    bc = distill_arm(mbuf, "minari_nll", ["--loss", "nll"])
-    # 3. the scripted controller (kind actions)
-    cbuf = RUNS / "buffer_controller"
-    if not done(cbuf / "manifest.json") or '"complete": true' not in (cbuf / "manifest.json").read_text():
-        cli("record", "--teacher", CONTROLLER, "--out", cbuf, "--steps", RECORD_STEPS, "--no-progress", "--force",
-            log="record_controller")  # fmt: skip
-    ctrl = distill_arm(cbuf, "controller_nll", ["--loss", "nll"])
-    results = {
+    results: dict = {
         "env": "CartPole-v1",
         "episodes": EPISODES,
         "evaluation_seeds": f"0..{EPISODES - 1}",
         "distillation_seeds": list(SEEDS),
         "params_fraction": float(FRACTION),
         "distill_options": DISTILL,
-        "teacher": {
-            "what": "CleanRL-style DQN (policy_kd.teachers.examples.train_cleanrl_dqn, CleanRL dqn.py defaults, "
-            "500k steps, seed 1)",
-            "spec": CLEANRL,
-            "train_seconds": teacher_seconds,
-        },
-        "cleanrl_kl": summary(evaluate_arm(CLEANRL, kl, "cleanrl_kl")),
-        "cleanrl_nll": summary(evaluate_arm(CLEANRL, nll, "cleanrl_nll")),
-        "minari_dataset": ds,
-        "minari_bc": summary(evaluate_arm(CLEANRL, bc, "minari_nll"), reference=ds["mean_return"]),
-        "controller_bc": summary(evaluate_arm(CONTROLLER, ctrl, "controller_nll")),
-        "seconds": round(time.perf_counter() - started, 1),
+        "record_steps": RECORD_STEPS,
     }
+    for name in TEACHERS:
+        results[name] = teacher_arms(name)
+    # the scripted controller (kind actions)
+    cbuf = RUNS / "buffer_controller"
+    if not done(cbuf / "manifest.json") or '"complete": true' not in (cbuf / "manifest.json").read_text():
+        cli("record", "--teacher", CONTROLLER, "--out", cbuf, "--steps", RECORD_STEPS, "--no-progress", "--force",
+            log="record_controller")  # fmt: skip
+    ctrl = distill_arm(cbuf, "controller_nll", ["--loss", "nll"])
+    results["controller_bc"] = summary(evaluate_arm(CONTROLLER, ctrl, "controller_nll"))
+    results["seconds"] = round(time.perf_counter() - started, 1)
     (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    for k in ("cleanrl_kl", "cleanrl_nll", "minari_bc", "controller_bc"):
-        r = results[k]["return_ratio"]
-        print(f"{k}: return ratio {r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
-    print(f"minari_bc vs the dataset's mean return: {results['minari_bc']['ratio_to_reference']}")
+    for name in TEACHERS:
+        for arm in ("kl", "nll", "minari_bc"):
+            r = results[name][arm]["return_ratio"]
+            print(f"{name} {arm}: return ratio {r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
+        print(
+            f"{name} minari_bc vs the dataset's mean return: {results[name]['minari_bc']['ratio_to_reference']}"
+        )
+    r = results["controller_bc"]["return_ratio"]
+    print(f"controller_bc: return ratio {r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
 
 
 if __name__ == "__main__":

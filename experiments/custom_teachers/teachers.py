@@ -15,3 +15,11 @@ CLEANRL_MODEL = RUNS / "cleanrl_dqn.cleanrl_model"
 def cleanrl_dqn() -> CustomTeacher:
     """The CleanRL-style DQN ``run.py`` trained (CleanRL's dqn.py defaults on CartPole-v1)."""
     return from_cleanrl_dqn(CLEANRL_MODEL, "CartPole-v1")
+
+
+WEAK_MODEL = RUNS / "cleanrl_weak_dqn.cleanrl_model"
+
+
+def cleanrl_dqn_weak() -> CustomTeacher:
+    """The same CleanRL-style DQN stopped at 50k steps (a teacher that still fails episodes)."""
+    return from_cleanrl_dqn(WEAK_MODEL, "CartPole-v1")
