@@ -117,13 +117,14 @@ def test_buffer_and_student_carry_components(pipeline: dict[str, Path]) -> None:
     assert 0.0 <= metrics["final"]["fidelity/agreement"] <= metrics["final"]["fidelity/component_agreement"]
 
 
-def test_evaluate_reports_whole_and_component_agreement(pipeline: dict[str, Path]) -> None:
+def test_evaluate_reports_whole_and_component_agreement(pipeline: dict[str, Path], capsys) -> None:
     out = pipeline["root"] / "eval"
     assert run_cli("evaluate", "--teacher", pipeline["teacher"], "--student", pipeline["student"],
                    "--buffer", pipeline["buffer"], "--episodes", "10", "--out", out) == 0  # fmt: skip
     result = json.loads((out / "eval.json").read_text())
     text = json.dumps(result)
     assert '"component_agreement"' in text and '"mean_component_agreement"' in text
+    assert "agreement per action component on the student's own states: " in capsys.readouterr().out
     # the student learnt the task: it earns most of what the teacher earns above a random policy
     assert result["teacher"]["mean_return"] > result["random"]["mean_return"] + 2.0
     assert result["normalized_score"]["value"] > 0.8
