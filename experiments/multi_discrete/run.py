@@ -82,7 +82,7 @@ def run_task(env_id: str) -> dict:
                     "teacher_return": e["teacher"]["mean_return"],
                     "random_return": e["random"]["mean_return"],
                     "student_return": s["mean_return"],
-                    "return_ratio": e["return_ratio"]["value"],
+                    "return_ratio": e["return_ratio"],
                     "normalized_score": e["normalized_score"]["value"],
                     **{
                         f"{where}_{k}": s["fidelity"][where][k]
