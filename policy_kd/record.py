@@ -61,8 +61,7 @@ class RecordConfig:
     sample: bool = False
     """The teacher samples its own action distribution instead of acting greedily (PPO/A2C teachers)."""
     values: bool = False
-    """Also record the teacher's state value V(s) per row (field ``teacher_value``; PPO/A2C teachers): the
-    critic target of ``policy-kd export --format sb3 --algo ppo --value-target teacher``."""
+    """Also record the teacher's state value V(s) per row (field teacher_value; PPO/A2C teachers): the critic target of policy-kd export --format sb3 --algo ppo --value-target teacher."""
     student: str | None = None
     """Student folder (from distill) that acts for --behaviour student or mixture."""
     beta: float = 0.5
