@@ -43,7 +43,10 @@ greedy actions, and ``policy-kd evaluate``/``record`` accept it as a teacher too
 "Q-values" are the student's logits when it was distilled with ``kl``/``nll``/``hinton`` (only ``mse``
 students regress real Q-values), so use the ``.zip`` to act, not as a critic to resume TD learning from; the
 target network is a copy, the replay buffer empty. Other students (CNNs, whose input scaling differs from
-SB3's image preprocessing; Gaussian students) are refused with a one-line error.
+SB3's image preprocessing; Gaussian students) are refused with a one-line error. ``--algo ppo|a2c
+--value-target teacher|returns`` writes an actor-critic instead, whose actor is the student (Discrete,
+MultiDiscrete, MultiBinary or Gaussian) and whose critic is fitted to value targets, for fine-tuning with
+``model.learn()`` (:mod:`policy_kd.export_sb3`).
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class ExportConfig:
     """Student: a distill --out folder (its best weights) or a .pt weights file inside one."""
     format: Literal["onnx", "torchscript", "int8", "numpy", "sb3", "c"] = "onnx"
     """onnx (ONNX Runtime), torchscript, int8 (dynamic quantisation of Linear layers), numpy (.npz + a plain
-    numpy forward), sb3 (a DQN .zip, for discrete-action MLP students), c (one C99 source + header)."""
+    numpy forward), sb3 (an SB3 .zip: DQN, or PPO/A2C with --algo; MLP students), c (one C99 source + header)."""
     out: str | None = None
     """Folder for the exported file and export.json (refused if it exists, unless --force)."""
     parity_rows: int = 4096
@@ -116,14 +119,11 @@ class ExportConfig:
     min_agreement: float = 0.99
     """--int8: refuse the export when it takes the float student's action on fewer of the parity states."""
     algo: Literal["dqn", "ppo", "a2c"] = "dqn"
-    """--format sb3: the SB3 algorithm written: dqn (Q-network = the student's outputs), or ppo/a2c (actor = the
-    student, critic fitted to --value-target); ``model.learn()`` continues from either."""
+    """--format sb3: the SB3 algorithm written: dqn (Q-network = the student's outputs), or ppo/a2c (actor = the student, critic fitted to --value-target); model.learn() continues from either."""
     value_target: Literal["teacher", "returns"] | None = None
-    """--algo ppo/a2c: what the critic is fitted to: teacher (the teacher's V(s), from record --values) or
-    returns (discounted returns of the rewards in the student's buffer)."""
+    """--algo ppo/a2c: what the critic is fitted to: teacher (the teacher's V(s), from record --values) or returns (discounted returns of the rewards in the student's buffer)."""
     gamma: float = 0.99
-    """--format sb3: the algorithm's discount factor, also the one of --value-target returns (use the
-    teacher's: 0.999 for the LunarLander PPO preset)."""
+    """--format sb3: the algorithm's discount factor, also the one of --value-target returns (use the teacher's: 0.999 for the LunarLander PPO preset)."""
     value_steps: int = 2000
     """--algo ppo/a2c: Adam steps (batches of 256) fitting the critic to its targets."""
     native: bool = False

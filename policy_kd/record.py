@@ -63,8 +63,7 @@ class RecordConfig:
     record_q: bool = False
     """Also record ``teacher_q``: the teacher critic's Q at its own deterministic action (SAC, TQC, TD3, DDPG)."""
     values: bool = False
-    """Also record the teacher's state value V(s) per row (field ``teacher_value``; PPO/A2C teachers): the
-    critic target of ``policy-kd export --format sb3 --algo ppo --value-target teacher``."""
+    """Also record the teacher's state value V(s) per row (field teacher_value; PPO/A2C teachers): the critic target of policy-kd export --format sb3 --algo ppo --value-target teacher."""
     student: str | None = None
     """Student folder (from distill) that acts for --behaviour student or mixture."""
     beta: float = 0.5

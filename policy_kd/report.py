@@ -228,6 +228,9 @@ def _footer(result: dict[str, Any]) -> list[str]:
             f" (within {own['tolerance'] * 100:g}% of the action range per dimension; mean |Δaction| "
             f"{own['mean_action_diff'] * 100:.1f}% of the range)"
         )
+    if "component_agreement" in own:  # MultiDiscrete/MultiBinary: the whole action, then each component
+        per = ", ".join(f"{a * 100:.1f}%" for a in own["component_agreement"])
+        lines.append(f"agreement per action component on the student's own states: {per}")
     if len(result.get("students", [])) > 1:
         lines.insert(1, f"(first student: {s.get('name', 'student')})")
     return lines

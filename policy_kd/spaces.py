@@ -49,8 +49,13 @@ def action_nvec(space: Any) -> tuple[int, ...] | None:
     if isinstance(space, dict):
         nvec = space.get("nvec") if space.get("type") in ("MultiDiscrete", "MultiBinary") else None
         return tuple(int(n) for n in nvec) if nvec else None
+    if isinstance(space, gym.spaces.MultiBinary | gym.spaces.MultiDiscrete) and len(space.shape) != 1:
+        # a student acts with (batch, n_components); a nested action shape would need reshaping everywhere
+        raise PolicyKDError(
+            f"{space} has a nested action shape {space.shape}; one-dimensional ones are supported"
+        )
     if isinstance(space, gym.spaces.MultiBinary):
-        return (2,) * int(np.prod(space.shape))
+        return (2,) * int(space.shape[0])
     if isinstance(space, gym.spaces.MultiDiscrete):
         if np.any(np.asarray(space.start) != 0):
             raise PolicyKDError(f"MultiDiscrete spaces with a non-zero start are not supported: {space}")

@@ -17,6 +17,7 @@ import torch
 from conftest import run_cli
 
 from policy_kd.buffer import Buffer
+from policy_kd.errors import PolicyKDError
 from policy_kd.export import load_exported
 from policy_kd.fidelity import component_agreement
 from policy_kd.heads import actions_from_outputs, sample_outputs
@@ -62,6 +63,8 @@ def test_spaces_describe_components() -> None:
     assert action_nvec(space_json(md)) == (3, 4, 2) and action_nvec(space_json(mb)) == (2, 2, 2, 2)
     assert "n" not in space_json(mb)  # "n" is a Discrete's action count, which check_compatible compares
     assert action_nvec(gym.spaces.Discrete(3)) is None
+    with pytest.raises(PolicyKDError, match="nested action shape"):
+        action_nvec(gym.spaces.MultiDiscrete([[2, 3], [4, 5]]))
     draws = random_actions(md, 500, np.random.default_rng(0))
     assert draws.shape == (500, 3) and all(md.contains(a) for a in draws)
     assert {tuple(np.unique(draws[:, i])) for i in range(3)} == {(0, 1, 2), (0, 1, 2, 3), (0, 1)}
@@ -114,13 +117,14 @@ def test_buffer_and_student_carry_components(pipeline: dict[str, Path]) -> None:
     assert 0.0 <= metrics["final"]["fidelity/agreement"] <= metrics["final"]["fidelity/component_agreement"]
 
 
-def test_evaluate_reports_whole_and_component_agreement(pipeline: dict[str, Path]) -> None:
+def test_evaluate_reports_whole_and_component_agreement(pipeline: dict[str, Path], capsys) -> None:
     out = pipeline["root"] / "eval"
     assert run_cli("evaluate", "--teacher", pipeline["teacher"], "--student", pipeline["student"],
                    "--buffer", pipeline["buffer"], "--episodes", "10", "--out", out) == 0  # fmt: skip
     result = json.loads((out / "eval.json").read_text())
     text = json.dumps(result)
     assert '"component_agreement"' in text and '"mean_component_agreement"' in text
+    assert "agreement per action component on the student's own states: " in capsys.readouterr().out
     # the student learnt the task: it earns most of what the teacher earns above a random policy
     assert result["teacher"]["mean_return"] > result["random"]["mean_return"] + 2.0
     assert result["normalized_score"]["value"] > 0.8

@@ -14,7 +14,10 @@ kind                      teacher                          extra fields
 ========================  ===============================  ==============================================
 
 (``squashed_gaussian``: a Gaussian policy whose actions SB3 squashes with tanh, gSDE with
-``squash_output``; the fields are the pre-squash mean and log std, as for ``gaussian``.)
+``squash_output``; the fields are the pre-squash mean and log std, as for ``gaussian``. A MultiDiscrete or
+MultiBinary PPO/A2C teacher is ``logits`` too: every component's logits side by side, a MultiBinary bit as
+the 2-way logits ``[0, l]``; ``Teacher.nvec`` says how they split. With ``Teacher.values`` set, as
+``record --values`` does, a PPO/A2C teacher also labels ``teacher_value``, its critic's V(s).)
 
 Teachers load from a train-teacher run folder, an rl-baselines3-zoo run folder (also ``hf://ORG/REPO`` from
 the Hugging Face Hub), or a plain SB3 ``.zip``; files SB3 1.x saved with OpenAI ``gym`` load without it.
