@@ -357,3 +357,25 @@ def test_distill_online_continuous(algo: str, tmp_path: Path) -> None:
     assert student.info["action_space"]["low"] == [LOW]
     assert run_cli("evaluate", "--teacher", out / "teacher", "--student", out / "student", "--episodes", "1",
                    "--no-latency", "--no-random-baseline") == 0  # fmt: skip
+
+
+def test_vecnormalize_preset_normalises_inside_the_teacher_and_its_critic(tmp_path: Path) -> None:
+    preset = tmp_path / "sac.yml"
+    preset.write_text(yaml.safe_dump({ENV: {"policy": "MlpPolicy", "n_timesteps": 200, "learning_starts": 50,
+                                            "batch_size": 32, "normalize": True,
+                                            "policy_kwargs": {"net_arch": [16]}}}))  # fmt: skip
+    run, buf = tmp_path / "sac", tmp_path / "buffer"
+    assert run_cli("train-teacher", "--algo", "sac", "--env", ENV, "--preset", preset, "--out", run,
+                   "--eval-freq", "200", "--eval-episodes", "1", "--no-progress") == 0  # fmt: skip
+    assert run_cli("record", "--teacher", run, "--out", buf, "--steps", "100", "--behaviour", "teacher",
+                   "--record-q", "--no-progress") == 0  # fmt: skip
+    teacher, b = load_teacher(run), Buffer.open(buf)
+    assert teacher.vec_normalize is not None
+    raw = b.field("obs")
+    normalized = teacher.vec_normalize.normalize_obs(raw)
+    assert not np.allclose(normalized, raw)  # the buffer keeps raw observations
+    np.testing.assert_allclose(
+        b.field("action"), teacher.model.predict(normalized, deterministic=True)[0], atol=1e-5
+    )
+    np.testing.assert_allclose(b.field("teacher_q"), _sb3_q(teacher.model, "sac", normalized, b.field("action")),
+                               rtol=1e-5, atol=1e-4)  # fmt: skip
