@@ -8,7 +8,7 @@ actions relative to the teacher's own (``Q(s, a_student) - Q(s, a_teacher)``, av
 already in it are skipped.
 
     python benchmarks/bench_critic_guidance.py --teacher runs/td3_pendulum --out /tmp/pkd_critic \\
-        [--hidden 4 16] [--weights 0 0.1 1] [--seeds 0 1 2] [--steps 5000] [--episodes 20]
+        [--env ENV_ID] [--hidden 4 16] [--weights 0 0.1 1] [--seeds 0 1 2] [--steps 5000] [--episodes 20]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--env", default=None, help="environment id, for a plain .zip teacher")
     ap.add_argument("--record-steps", type=int, default=20_000)
     ap.add_argument("--hidden", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1, 1.0])
@@ -60,11 +61,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     buffer, held_out = out / "buffer", out / "held_out"
+    env = ["--env", args.env] if args.env else []
     for path, seed in ((buffer, 0), (held_out, 1)):
         if not (path / "manifest.json").is_file():
             _cli("record", "--teacher", args.teacher, "--out", path, "--steps", args.record_steps, "--seed", seed,
-                 "--record-q", "--force", "--no-progress")  # fmt: skip
-    teacher = load_teacher(args.teacher)
+                 "--record-q", "--force", "--no-progress", *env)  # fmt: skip
+    teacher = load_teacher(args.teacher, args.env)
     obs = Buffer.open(held_out).spaced("obs", 5_000)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
@@ -80,7 +82,7 @@ def main() -> None:
                 if key in results:
                     continue
                 student_dir = out / key
-                guidance = ["--critic-weight", weight, "--teacher", args.teacher] if weight > 0 else []
+                guidance = ["--critic-weight", weight, "--teacher", args.teacher, *env] if weight > 0 else []
                 _cli("distill", "--buffer", buffer, "--out", student_dir, "--loss", "mse", "--hidden", hidden,
                      "--steps", args.steps, "--seed", seed, "--eval-every", "0", "--force", "--no-progress",
                      *guidance)  # fmt: skip
