@@ -79,14 +79,40 @@ VECTOR_TYPES = """\
 /* With AVX (e.g. -march=native on a recent x86-64) and GCC/Clang, dense layers sum 8 outputs per
    vector-extension value and small convolutions run as straight-line code on runs of 8 (or 4) adjacent
    output pixels (the "u" types may be unaligned); otherwise, or with -DPOLICY_PORTABLE, plain C99 loops. */
+#if defined(__GNUC__) || defined(__clang__)
+#define POLICY_ALIGN __attribute__((aligned(64))) /* whole cache lines: no vector load straddles two */
+#else
+#define POLICY_ALIGN
+#endif
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__AVX__) && !defined(POLICY_PORTABLE)
 #define POLICY_AVX 1
 typedef float policy_v8 __attribute__((vector_size(32)));
 typedef float policy_v8u __attribute__((vector_size(32), aligned(4)));
 typedef float policy_v4 __attribute__((vector_size(16)));
 typedef float policy_v4u __attribute__((vector_size(16), aligned(4)));
-typedef signed char policy_c8u __attribute__((vector_size(8), aligned(1)));
-typedef signed char policy_c4u __attribute__((vector_size(4), aligned(1)));
+#endif
+
+"""
+
+
+#: int8 weights -> float vectors, for the dense layers of an --int8 export on AVX2.
+INT8_AVX2 = """\
+#if defined(POLICY_AVX) && defined(__AVX2__)
+#define POLICY_AVX2_INT8 1
+#include <immintrin.h>
+#include <string.h>
+static inline policy_v8 policy_q8(const int8_t *p)
+{
+    long long b;
+    memcpy(&b, p, 8);
+    return (policy_v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b)));
+}
+static inline policy_v4 policy_q4(const int8_t *p)
+{
+    int b;
+    memcpy(&b, p, 4);
+    return (policy_v4)_mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(b)));
+}
 #endif
 
 """
@@ -129,7 +155,7 @@ class _Codegen:
         items = [_lit(float(v)) for v in flat] if ctype == "float" else [str(int(v)) for v in flat]
         lines = [", ".join(items[i : i + 8]) for i in range(0, len(items), 8)]
         self.consts.append(
-            f"static const {ctype} {name}[{len(items)}] = {{\n    " + ",\n    ".join(lines) + "\n};\n"
+            f"static const {ctype} POLICY_ALIGN {name}[{len(items)}] = {{\n    " + ",\n    ".join(lines) + "\n};\n"
         )
         self.weight_bytes += flat.size * {"float": 4, "int8_t": 1}.get(ctype, 4)
         self.q8 = self.q8 or ctype == "int8_t"
@@ -435,12 +461,10 @@ class _Codegen:
         standardisation, 493 -> 473 ns on the MinAtar 4% student; the sums differ from the in-order ones in
         the last bits)."""
         self.vector = True
-        self.emit("#ifdef POLICY_AVX")
+        self.emit("#ifdef POLICY_AVX2_INT8" if cast else "#ifdef POLICY_AVX")
         chunks = [(j, 8 if n - j >= 8 else 4) for j in range(0, n, 8)]
-        if cast:  # int8 weights: converted to float vectors (one load and two conversions per 8)
-            load = "__builtin_convertvector(*(const policy_c{l}u *)(w + {j}), policy_v{l})"
-        else:
-            load = "*(const policy_v{l}u *)(w + {j})"
+        # int8 weights: widened to float vectors by AVX2 (gcc makes scalar code of a convertvector)
+        load = "policy_q{l}(w + {j})" if cast else "*(const policy_v{l}u *)(w + {j})"
         wtype = "int8_t" if cast else "float"
         self.emit("{ " + " ".join(f"policy_v{ln} s{j} = {{0.0f}}, t{j} = {{0.0f}};" for j, ln in chunks))
         self.emit(
@@ -586,7 +610,8 @@ def _source(
         "#include <math.h>\n",
         "#include <stdint.h>\n" if q8 else "",
         '#include "student.h"\n\n',
-        VECTOR_TYPES if gen.vector else "",
+        VECTOR_TYPES,
+        INT8_AVX2 if gen.vector and q8 else "",
         *gen.consts,
         "\n",
         textwrap.dedent(f"""\
