@@ -155,7 +155,9 @@ class _Codegen:
         items = [_lit(float(v)) for v in flat] if ctype == "float" else [str(int(v)) for v in flat]
         lines = [", ".join(items[i : i + 8]) for i in range(0, len(items), 8)]
         self.consts.append(
-            f"static const {ctype} POLICY_ALIGN {name}[{len(items)}] = {{\n    " + ",\n    ".join(lines) + "\n};\n"
+            f"static const {ctype} POLICY_ALIGN {name}[{len(items)}] = {{\n    "
+            + ",\n    ".join(lines)
+            + "\n};\n"
         )
         self.weight_bytes += flat.size * {"float": 4, "int8_t": 1}.get(ctype, 4)
         self.q8 = self.q8 or ctype == "int8_t"
