@@ -257,6 +257,12 @@ def test_c_export_errors(
     )
     expect_error(capsys, ["export", multi, "--format", "c", "--out", tmp_path / "m"], "C export supports")
     assert not (tmp_path / "m").exists()
+    expect_error(
+        capsys,
+        ["export", students["discrete_relu"], "--format", "numpy", "--native", "--out", tmp_path / "x"],
+        "--native applies to --format c",
+    )
+    assert not (tmp_path / "x").exists()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.delenv("CC", raising=False)
     expect_error(
@@ -427,3 +433,61 @@ def test_c_policy_falls_back_to_ctypes_with_one_line_reason(
     with torch.no_grad():
         ref = load_student(students["discrete_relu"]).net(torch.as_tensor(x)).numpy()
     assert np.abs(first.forward(x) - ref).max() <= 1e-4
+
+
+def _c_forward(out: Path, tmp_path: Path, obs: np.ndarray, flags: tuple[str, ...]) -> np.ndarray:
+    """policy_forward of the export built with ``flags``, called from a C program on ``obs`` rows."""
+    np.ascontiguousarray(obs, dtype=np.float32).tofile(tmp_path / "obs.bin")
+    (tmp_path / "fwd.c").write_text(
+        '#include <stdio.h>\n#include "student.h"\n'
+        'int main(void) { float o[POLICY_OBS_SIZE], y[POLICY_N_OUTPUTS]; int k; FILE *f = fopen("obs.bin", "rb");\n'
+        "while (fread(o, sizeof(float), POLICY_OBS_SIZE, f) == POLICY_OBS_SIZE) {\n"
+        '  policy_forward(o, y); for (k = 0; k < POLICY_N_OUTPUTS; k++) printf("%.9g ", y[k]); printf("\\n"); }\n'
+        "return 0; }\n"
+    )
+    exe = tmp_path / "fwd"
+    subprocess.run(
+        [
+            *CC.split(),
+            *STRICT_FLAGS,
+            *flags,
+            "-o",
+            str(exe),
+            "fwd.c",
+            str(out / "student.c"),
+            "-I",
+            str(out),
+            "-lm",
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    text = subprocess.run([str(exe)], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    return np.array([[float(v) for v in ln.split()] for ln in text.splitlines() if ln.strip()])
+
+
+@pytest.mark.parametrize(
+    "name,int8",
+    [("minatar_cnn", False), ("channels_last_cnn", False), ("discrete_gelu", False), ("minatar_cnn", True)],
+)
+def test_every_build_of_the_source_computes_the_student(
+    name: str, int8: bool, students: dict[str, Path], tmp_path: Path
+) -> None:
+    """One student.c, three programs: the default build (GCC on x86-64: an AVX2 copy chosen at run time),
+    -DPOLICY_PORTABLE (plain C99 loops) and -march=native; each computes the eager student's outputs."""
+    out = tmp_path / "c"
+    q = ["--int8", "--min-agreement", "0"] if int8 else []
+    assert run_cli("export", students[name], "--format", "c", "--out", out, "--parity-rows", "128", *q) == 0
+    student = load_student(students[name])
+    obs = parity_observations(student, 200, seed=5)
+    with torch.no_grad():
+        ref = student.net(torch.as_tensor(obs)).numpy()
+    tol = 0.1 * np.abs(ref).max() if int8 else 1e-4 * max(1.0, np.abs(ref).max())
+    builds = {
+        flags: _c_forward(out, tmp_path, obs, flags)
+        for flags in ((), ("-DPOLICY_PORTABLE",), ("-march=native",))
+    }
+    for flags, got in builds.items():
+        assert got.shape == ref.shape and np.abs(got - ref).max() <= tol, flags
+    if int8:  # the int8 builds agree with each other far more closely than with the float student
+        assert np.abs(builds[()] - builds[("-DPOLICY_PORTABLE",)]).max() <= 1e-4 * max(1.0, np.abs(ref).max())
