@@ -2,15 +2,19 @@
 
 The code is generated from the op program the numpy exporter reads from the network with ``torch.fx``
 (:func:`policy_kd.export._numpy_program`), so the two exports compute the same function: the input
-standardisation folded into the first linear layer (an MLP) or fused into one ``(x - mean) / std`` pass
+standardisation folded into the first linear layer (an MLP) or fused into one ``(x - mean) * (1 / std)`` pass
 (a CNN, whose per-pixel statistics cannot be folded into shared convolution weights), then linear/conv2d
 layers and activations on two ping-pong buffers on the stack. The weights are ``static const`` arrays
 (``float``, or ``int8_t`` with a float scale per output channel under ``--int8``).
 
-Every layer is emitted as loops with constant trip counts over local (unaliased) buffers, so plain
-``-O2`` vectorises them; a dense layer keeps up to 32 outputs' sums in local variables (dense widths are
-zero-padded to a multiple of 4), a convolution accumulates whole output rows. Every sum adds its terms in
-the reference's order, so the outputs match the eager student to ~1e-6 and the actions exactly in practice.
+Every layer is emitted twice, as C99 loops with constant trip counts over local (unaliased) buffers (a dense
+layer keeps up to 32 outputs' sums in local variables; widths zero-padded to a multiple of 8), and as vector
+code (GCC/Clang vector extensions: 8 outputs per value in a dense layer; a small convolution unrolled with
+its weights as literals, over runs of 8 adjacent output pixels). A build for AVX uses the vector code; GCC on
+baseline x86-64 compiles both, the vector code as an AVX2 copy of ``policy_forward`` picked at run time
+(``__builtin_cpu_supports``); anything else, or ``-DPOLICY_PORTABLE``, the loops (see ``VECTOR_TYPES``).
+The outputs match the eager student to ~1e-6 and the actions exactly in practice.
+The extension module's source (``student_py.c``) is written beside them (:mod:`policy_kd.export_c_ext`).
 
 ``student.h`` declares::
 
