@@ -2,18 +2,23 @@
 wall time of evaluating 100 CartPole episodes of teacher + student (goal < 20 s).
 
     python benchmarks/bench_latency.py                                  # trains a tiny teacher/student
-    python benchmarks/bench_latency.py --teacher runs/demo/teacher --student runs/demo/student \
-        --more runs/minatar/teacher runs/minatar/student --more runs/lunar/teacher runs/lunar/student
+    bash benchmarks/latency_pairs.sh runs/latency                       # the issue-26 pairs (~15 min), then:
+    python benchmarks/bench_latency.py --teacher runs/latency/cp_teacher --student runs/latency/cp_student \
+        --more runs/latency/ma_teacher runs/latency/ma_student --more runs/latency/ll_teacher runs/latency/ll_student
 
 Then the C export (``--format c``, needs a C compiler) of that student and of each ``--more`` pair
-(e.g. a MinAtar CNN, a LunarLander MLP): compiled batch-1 latency ÷ teacher eager (goal ≤ 0.01), timed both
-in a tight C loop (no Python) and through ctypes; ``--int8`` against float (weight bytes, file bytes,
-latency, agreement with the float student on the buffer's states, goal ≥ 0.99); and whether the compiled
-student's ``--episodes`` returns equal the eager student's on the same seeds.
+(e.g. a MinAtar CNN, a LunarLander MLP), portable and ``--native``, float and ``--int8``: compiled batch-1
+latency ÷ teacher eager (goal ≤ 0.01), timed in a tight C loop (no Python), through the generated CPython
+extension (``act``, and ``forward`` as evaluate calls it) and through ctypes; ``--int8`` against float (weight
+bytes, file bytes, latency, agreement with the float student on the buffer's states, goal ≥ 0.99); whether
+the compiled students' ``--episodes`` returns equal the eager student's on the same seeds; and last, each
+goal against its figures.
 
-Every runtime is timed the same way (``policy_kd.cost.measure_latency``): numpy observations in, numpy
-outputs out, median of many calls after an untimed warm-up, one thread. The teacher is its bare action
-network (``policy_kd.cost.teacher_module``) called eagerly on a tensor.
+The first table's runtimes are timed with ``policy_kd.cost.measure_latency`` (each call timed on its own,
+median). The C tables time every row, the teacher's and the eager student's included, as the C loop does:
+the median over 201 batches of back-to-back calls (one clock read per batch: a sub-µs call is not
+swamped by the clock's own cost), numpy observations in, one thread. The teacher is its bare action network
+(``policy_kd.cost.teacher_module``) called eagerly on a tensor.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from policy_kd.c_runtime import c_loop_latency
+from policy_kd.c_runtime import LIBRARY_FLAGS, NATIVE_FLAGS, CPolicy, c_loop_latency
 from policy_kd.cli import main as cli
 from policy_kd.cost import measure_latency, single_thread, teacher_module
 from policy_kd.evaluate import EvaluateConfig, evaluate
@@ -147,109 +154,201 @@ def main() -> None:
         )
 
 
-def c_figures(t_path: Path, s_path: Path, root: Path, episodes: int) -> dict[str, object]:
-    """C export figures of one teacher/student pair: float and int8 exports (c and numpy), latencies,
-    sizes, int8 agreement, and the compiled students' returns against the eager student's."""
+#: The C exports measured per pair: (key, export flags).
+C_EXPORTS = (
+    ("c_float", ()),
+    ("c_native", ("--native",)),
+    ("c_int8", ("--int8", "--min-agreement", "0")),
+    ("c_int8_native", ("--int8", "--min-agreement", "0", "--native")),
+)
+GOAL_C = 0.01
+GOAL_AGREEMENT = 0.99
+
+
+def per_call_us(fn: Callable[[Any], Any], x: Any, batches: int = 201) -> float:
+    """Median µs per call of ``fn(x)`` over ``batches`` batches of back-to-back calls (each batch ~25 µs
+    or more, as the C loop's batches of 100 calls): one clock read per batch, not per call, so a 0.1 µs
+    call is not swamped by the clock's own ~0.05 µs."""
+    for _ in range(20):
+        fn(x)
+    t0 = time.perf_counter_ns()
+    for _ in range(50):
+        fn(x)
+    n = int(min(1000, max(1, 25e3 / max((time.perf_counter_ns() - t0) / 50, 1.0))))
+    times = []
+    for _ in range(batches):
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            fn(x)
+        times.append((time.perf_counter_ns() - t0) / n)
+    return float(np.median(times)) / 1e3
+
+
+def _export(s_path: Path, out: Path, fmt: str, flags: tuple[str, ...]) -> dict[str, Any]:
+    if cli(["export", str(s_path), "--format", fmt, "--out", str(out), "--force", *flags]) != 0:
+        sys.exit(f"export --format {fmt} {' '.join(flags)} failed")
+    return json.loads((out / "export.json").read_text())
+
+
+def c_figures(t_path: Path, s_path: Path, root: Path, episodes: int) -> dict[str, Any]:
+    """C export figures of one teacher/student pair: portable and --native builds, float and --int8, timed
+    in a tight C loop, through the extension module (``act``: one observation -> the action; ``forward``:
+    evaluate's path, a (1, n) array) and through ctypes; sizes, int8 agreement, and the compiled students'
+    returns against the eager student's."""
     teacher, student = load_teacher(t_path), load_student(s_path)
+    spec = student.info["spec"]
     obs = parity_observations(student, rows=1).astype(np.float32)  # a real state from the buffer
     net = teacher_module(teacher)
-    row: dict[str, object] = {
+    row: dict[str, Any] = {
         "env": teacher.env_id,
-        "arch": student.info["spec"]["arch"],
+        "arch": spec["arch"],
         "teacher_params": int(teacher.policy_params),
         "student_params": int(sum(p.numel() for p in student.net.parameters())),
     }
     with single_thread(), torch.inference_mode():
-        row["teacher_eager_us"] = measure_latency(lambda o: net(torch.from_numpy(o)).numpy(), obs)[
-            "median_us"
-        ]
-        row["student_eager_us"] = measure_latency(lambda o: student.net(torch.from_numpy(o)).numpy(), obs)[
-            "median_us"
-        ]
-    for fmt in ("c", "numpy"):
-        for q in ("float", "int8"):
-            out = root / f"{fmt}_{q}"
-            if (
-                cli(
-                    [
-                        "export",
-                        str(s_path),
-                        "--format",
-                        fmt,
-                        "--out",
-                        str(out),
-                        "--force",
-                        *(["--int8", "--min-agreement", "0"] if q == "int8" else []),
-                    ]
-                )
-                != 0
-            ):
-                sys.exit(f"export --format {fmt} ({q}) failed")
-            meta = json.loads((out / "export.json").read_text())
-            key = f"{fmt}_{q}"
-            row[f"{key}_file_bytes"] = meta["bytes"]
-            row[f"{key}_agreement"] = meta["parity"]["action_agreement"]
-            row[f"{key}_max_abs_diff"] = meta["parity"]["max_abs_diff"]
-            with single_thread():
-                row[f"{key}_us"] = measure_latency(load_exported(out).run, obs)["median_us"]
-            if fmt == "c":
-                row[f"{key}_weight_bytes"] = meta["details"]["weight_bytes"]
-                row[f"{key}_loop_us"] = c_loop_latency(out / "student.c", obs) / 1e3
+        row["teacher_eager_us"] = per_call_us(lambda o: net(torch.from_numpy(o)).numpy(), obs)
+        row["student_eager_us"] = per_call_us(lambda o: student.net(torch.from_numpy(o)).numpy(), obs)
+    args = (tuple(spec["obs_shape"]), int(spec["n_outputs"]))
+    for key, flags in C_EXPORTS:
+        meta = _export(s_path, root / key, "c", flags)
+        source, native = root / key / "student.c", bool(meta["details"]["native"])
+        row[f"{key}_weight_bytes"] = meta["details"]["weight_bytes"]
+        row[f"{key}_file_bytes"] = meta["bytes"]
+        row[f"{key}_agreement"] = meta["parity"]["action_agreement"]
+        row[f"{key}_max_abs_diff"] = meta["parity"]["max_abs_diff"]
+        build = LIBRARY_FLAGS + (NATIVE_FLAGS if native else ())
+        row[f"{key}_loop_us"] = c_loop_latency(source, obs, flags=build) / 1e3
+        ext = CPolicy(source, *args, head=str(spec.get("head", "discrete")), native=native)
+        row[f"{key}_binding"] = ext.binding
+        if ext.binding == "extension":
+            row[f"{key}_act_us"] = per_call_us(ext.act, obs)
+        row[f"{key}_forward_us"] = per_call_us(ext.forward, obs)
+        if key == "c_float":
+            lib = CPolicy(source, *args, binding="ctypes")
+            row["ctypes_forward_us"] = per_call_us(lib.forward, obs)
+            one, ptrs = lib._one, (lib._in.ctypes.data, lib._out.ctypes.data)
+            row["ctypes_bare_us"] = per_call_us(lambda p, f=one: f(*p), ptrs)  # the foreign call alone
+    for q, flags in (("float", ()), ("int8", ("--int8", "--min-agreement", "0"))):
+        meta = _export(s_path, root / f"numpy_{q}", "numpy", flags)
+        row[f"numpy_{q}_file_bytes"] = meta["bytes"]
+        row[f"numpy_{q}_agreement"] = meta["parity"]["action_agreement"]
+        row[f"numpy_{q}_us"] = per_call_us(load_exported(root / f"numpy_{q}").run, obs)
+    played = ("c_float", "c_native", "c_int8")
     res = evaluate(
         EvaluateConfig(
             teacher=str(t_path),
-            student=(str(s_path), str(root / "c_float"), str(root / "c_int8")),
+            student=(str(s_path), *(str(root / k) for k in played)),
             episodes=episodes,
             latency=False,
             random_baseline=False,
         )
     )
-    eager, c_float, c_int8 = res["students"]
+    eager, *compiled = res["students"]
     row["teacher_return"] = res["teacher"]["mean_return"]
-    row["eager_return"], row["c_return"], row["c_int8_return"] = (
-        e["mean_return"] for e in (eager, c_float, c_int8)
-    )
-    row["c_returns_equal"] = eager["returns"] == c_float["returns"]
-    row["c_int8_returns_equal"] = eager["returns"] == c_int8["returns"]
+    row["eager_return"] = eager["mean_return"]
+    for key, e in zip(played, compiled, strict=True):
+        row[f"{key}_return"] = e["mean_return"]
+        row[f"{key}_returns_equal"] = e["returns"] == eager["returns"]
     return row
 
 
-def print_c_tables(rows: list[dict[str, object]], episodes: int) -> None:
-    def r(x: object, base: object) -> str:
-        return f"{x:7.2f} ({x / base:.4f})"  # type: ignore[operator]
+def _r(x: Any, base: float) -> str:
+    return f"{x:6.3f} ({x / base:.4f})" if isinstance(x, float) else f"{'-':>15s}"
 
-    print("\nC export, batch-1 median µs (one thread); (÷ teacher eager; goal ≤ 0.01)")
+
+def print_c_tables(rows: list[dict[str, Any]], episodes: int) -> None:
+    """The C export figures side by side, then each goal against its figures."""
+    print("\nC export, batch-1 median µs per call (one thread; ÷ teacher eager in brackets; goal <= 0.01)")
+    cols = (
+        ("C loop", "c_float_loop_us"),
+        ("C loop native", "c_native_loop_us"),
+        ("ext act", "c_float_act_us"),
+        ("ext act native", "c_native_act_us"),
+        ("ext forward", "c_float_forward_us"),
+        ("ctypes bare", "ctypes_bare_us"),
+        ("ctypes forward", "ctypes_forward_us"),
+        ("numpy", "numpy_float_us"),
+    )
     print(
-        f"  {'env':22s} {'arch':11s} {'params t/s':>16s} {'teacher':>8s} {'student':>8s} "
-        f"{'C loop':>17s} {'C ctypes':>17s} {'int8 C loop':>17s} {'int8 ctypes':>17s} {'numpy':>17s}"
+        f"  {'env':22s} {'params t/s':>15s} {'teacher':>7s} {'student':>7s} "
+        + " ".join(f"{c:>15s}" for c, _ in cols)
     )
     for x in rows:
         t = x["teacher_eager_us"]
         print(
-            f"  {x['env']!s:22s} {x['arch']!s:11s} {x['teacher_params']:>8,}/{x['student_params']:<7,} "
-            f"{t:8.1f} {x['student_eager_us']:8.1f} {r(x['c_float_loop_us'], t)} {r(x['c_float_us'], t)} "
-            f"{r(x['c_int8_loop_us'], t)} {r(x['c_int8_us'], t)} {r(x['numpy_float_us'], t)}"
+            f"  {x['env']:22s} {x['teacher_params']:>7,}/{x['student_params']:<7,} {t:7.1f} "
+            f"{x['student_eager_us']:7.1f} " + " ".join(_r(x.get(k), t) for _, k in cols)
         )
-    print("\nint8 (per-channel symmetric weights, float accumulation) against float; agreement goal >= 0.99")
+    print(
+        "  (ext: the generated CPython extension; act: one observation -> the action; forward: evaluate's path,"
+    )
+    print(
+        "   a (1, n) array in and out; ctypes bare: the foreign call alone; native: export --native, -march=native)"
+    )
+
+    print("\nint8 (per-channel symmetric weights, float accumulation) against float")
     print(
         f"  {'env':22s} {'C weights B f/i8':>17s} {'C source B f/i8':>17s} {'npz B f/i8':>15s} "
-        f"{'numpy µs f/i8':>14s} {'agree C/numpy':>14s} {'max|diff| C':>11s}"
+        f"{'C loop µs f/i8':>15s} {'native f/i8':>13s} {'act µs f/i8':>13s} {'agree C/numpy':>14s}  pays?"
     )
     for x in rows:
+        faster = (
+            x["c_int8_loop_us"] < x["c_float_loop_us"] or x["c_int8_native_loop_us"] < x["c_native_loop_us"]
+        )
+        smaller = x["c_int8_weight_bytes"] / x["c_float_weight_bytes"]
+        verdict = (
+            f"{1 / smaller:.1f}x smaller weights; "
+            + (
+                "faster"
+                if faster
+                else f"{x['c_int8_loop_us'] / x['c_float_loop_us']:.1f}x slower (portable), "
+            )
+            + (
+                ""
+                if faster
+                else f"{x['c_int8_native_loop_us'] / x['c_native_loop_us']:.1f}x (native): no latency gain"
+            )
+        )
+        act = f"{x.get('c_float_act_us', float('nan')):5.3f}/{x.get('c_int8_act_us', float('nan')):<6.3f}"
         print(
-            f"  {x['env']!s:22s} {x['c_float_weight_bytes']:>8,}/{x['c_int8_weight_bytes']:<8,} "
+            f"  {x['env']:22s} {x['c_float_weight_bytes']:>8,}/{x['c_int8_weight_bytes']:<8,} "
             f"{x['c_float_file_bytes']:>8,}/{x['c_int8_file_bytes']:<8,} "
             f"{x['numpy_float_file_bytes']:>7,}/{x['numpy_int8_file_bytes']:<7,} "
-            f"{x['numpy_float_us']:6.1f}/{x['numpy_int8_us']:<7.1f} "
-            f"{x['c_int8_agreement']:.4f}/{x['numpy_int8_agreement']:.4f} {x['c_int8_max_abs_diff']:11.3g}"
+            f"{x['c_float_loop_us']:6.3f}/{x['c_int8_loop_us']:<7.3f} "
+            f"{x['c_native_loop_us']:5.3f}/{x['c_int8_native_loop_us']:<6.3f} {act} "
+            f"{x['c_int8_agreement']:.4f}/{x['numpy_int8_agreement']:.4f}  {verdict}"
         )
+
     print(f"\n{episodes}-episode returns on the same seeds (deterministic)")
     for x in rows:
         print(
-            f"  {x['env']!s:22s} teacher {x['teacher_return']:8.2f}  eager student {x['eager_return']:8.2f}  "
-            f"C {x['c_return']:8.2f} (every episode equal: {x['c_returns_equal']})  "
-            f"C int8 {x['c_int8_return']:8.2f} (equal: {x['c_int8_returns_equal']})"
+            f"  {x['env']:22s} teacher {x['teacher_return']:8.2f}  eager student {x['eager_return']:8.2f}  "
+            + "  ".join(
+                f"{k.removeprefix('c_')} {x[f'{k}_return']:8.2f} (equal: {x[f'{k}_returns_equal']})"
+                for k in ("c_float", "c_native", "c_int8")
+            )
         )
+
+    print(f"\nGoals: compiled C batch-1 latency ÷ teacher eager <= {GOAL_C} (C loop and Python call path)")
+    for x in rows:
+        t = x["teacher_eager_us"]
+        for label, key in (
+            ("C loop", "c_float_loop_us"),
+            ("C loop --native", "c_native_loop_us"),
+            ("Python ext act", "c_float_act_us"),
+            ("Python ext act --native", "c_native_act_us"),
+        ):
+            if key in x:
+                ratio = x[key] / t
+                print(f"  {x['env']:22s} {label:24s} {ratio:.4f}  {'met' if ratio <= GOAL_C else 'MISSED'}")
+    for x in rows:
+        a = x["c_int8_agreement"]
+        print(
+            f"  {x['env']:22s} int8 agreement {a:.4f} (goal >= {GOAL_AGREEMENT}: {'met' if a >= GOAL_AGREEMENT else 'MISSED'})"
+        )
+    for x in rows:
+        ok = all(x[f"{k}_returns_equal"] for k in ("c_float", "c_native"))
+        print(f"  {x['env']:22s} C returns == eager returns on every episode: {'met' if ok else 'MISSED'}")
 
 
 if __name__ == "__main__":

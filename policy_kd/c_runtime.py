@@ -141,10 +141,11 @@ class CPolicy:
             out = np.empty((n, self.n_outputs), dtype=np.float32)
             try:
                 self._ext_forward(obs, out)
-            except (BufferError, TypeError):  # not contiguous, or not numbers the module converts
-                self._ext_forward(np.ascontiguousarray(obs, dtype=np.float32), out)
-            except ValueError as exc:
-                raise PolicyKDError(str(exc)) from None
+            except (BufferError, TypeError, ValueError):  # not C-contiguous, not numbers, or a wrong size
+                try:
+                    self._ext_forward(np.ascontiguousarray(obs, dtype=np.float32), out)
+                except ValueError as exc:
+                    raise PolicyKDError(str(exc)) from None
             return out
         if obs.size != n * self.obs_size:
             raise PolicyKDError(

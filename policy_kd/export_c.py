@@ -2,15 +2,19 @@
 
 The code is generated from the op program the numpy exporter reads from the network with ``torch.fx``
 (:func:`policy_kd.export._numpy_program`), so the two exports compute the same function: the input
-standardisation folded into the first linear layer (an MLP) or fused into one ``(x - mean) / std`` pass
+standardisation folded into the first linear layer (an MLP) or fused into one ``(x - mean) * (1 / std)`` pass
 (a CNN, whose per-pixel statistics cannot be folded into shared convolution weights), then linear/conv2d
 layers and activations on two ping-pong buffers on the stack. The weights are ``static const`` arrays
 (``float``, or ``int8_t`` with a float scale per output channel under ``--int8``).
 
-Every layer is emitted as loops with constant trip counts over local (unaliased) buffers, so plain
-``-O2`` vectorises them; a dense layer keeps up to 32 outputs' sums in local variables (dense widths are
-zero-padded to a multiple of 4), a convolution accumulates whole output rows. Every sum adds its terms in
-the reference's order, so the outputs match the eager student to ~1e-6 and the actions exactly in practice.
+Every layer is emitted twice, as C99 loops with constant trip counts over local (unaliased) buffers (a dense
+layer keeps up to 32 outputs' sums in local variables; widths zero-padded to a multiple of 8), and as vector
+code (GCC/Clang vector extensions: 8 outputs per value in a dense layer; a small convolution unrolled with
+its weights as literals, over runs of 8 adjacent output pixels). A build for AVX uses the vector code; GCC on
+baseline x86-64 compiles both, the vector code as an AVX2 copy of ``policy_forward`` picked at run time
+(``__builtin_cpu_supports``); anything else, or ``-DPOLICY_PORTABLE``, the loops (see ``VECTOR_TYPES``).
+The outputs match the eager student to ~1e-6 and the actions exactly in practice.
+The extension module's source (``student_py.c``) is written beside them (:mod:`policy_kd.export_c_ext`).
 
 ``student.h`` declares::
 
@@ -77,20 +81,61 @@ def _act_expr(op: dict[str, Any], v: str) -> str:
 
 #: Declared in a source whose convolution is unrolled (see ``_Codegen._conv2d_unrolled``).
 VECTOR_TYPES = """\
-/* With AVX (e.g. -march=native on a recent x86-64) and GCC/Clang, dense layers sum 8 outputs per
-   vector-extension value and small convolutions run as straight-line code on runs of 8 (or 4) adjacent
-   output pixels (the "u" types may be unaligned); otherwise, or with -DPOLICY_PORTABLE, plain C99 loops. */
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__AVX__) && !defined(POLICY_PORTABLE)
-#define POLICY_AVX 1
+/* Vector code (GCC/Clang vector extensions): dense layers sum 8 outputs per value and small convolutions run
+   as straight-line code on runs of 8 (or 4) adjacent output pixels ("u" types: may be unaligned). Built for
+   AVX (-march=native, -mavx2): used throughout. GCC on baseline x86-64: policy_forward also has an AVX2
+   copy, chosen at run time when the CPU has AVX2. Otherwise, or with -DPOLICY_PORTABLE: plain C99 loops. */
+#if defined(__GNUC__) || defined(__clang__)
+#define POLICY_ALIGN __attribute__((aligned(64))) /* whole cache lines: no vector load straddles two */
+#else
+#define POLICY_ALIGN
+#endif
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(POLICY_PORTABLE)
 typedef float policy_v8 __attribute__((vector_size(32)));
 typedef float policy_v8u __attribute__((vector_size(32), aligned(4)));
 typedef float policy_v4 __attribute__((vector_size(16)));
 typedef float policy_v4u __attribute__((vector_size(16), aligned(4)));
-typedef signed char policy_c8u __attribute__((vector_size(8), aligned(1)));
-typedef signed char policy_c4u __attribute__((vector_size(4), aligned(1)));
+#if defined(__AVX__)
+#define POLICY_AVX 1
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define POLICY_DISPATCH 1
+#endif
 #endif
 
 """
+
+#: int8 weights -> float vectors (AVX2), for the dense layers of an --int8 export; gcc makes scalar code of a
+#: ``__builtin_convertvector`` from bytes.
+INT8_HELPERS = """\
+#define POLICY_AVX2_INT8 1
+static inline policy_v8 policy_q8(const int8_t *p)
+{
+    long long b;
+    memcpy(&b, p, 8);
+    return (policy_v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b)));
+}
+static inline policy_v4 policy_q4(const int8_t *p)
+{
+    int b;
+    memcpy(&b, p, 4);
+    return (policy_v4)_mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(b)));
+}
+"""
+
+#: The includes INT8_HELPERS needs, at file scope.
+INT8_INCLUDES = (
+    """\
+#if (defined(POLICY_AVX) && defined(__AVX2__)) || defined(POLICY_DISPATCH)
+#include <immintrin.h>
+#include <string.h>
+#endif
+#if defined(POLICY_AVX) && defined(__AVX2__)
+"""
+    + INT8_HELPERS
+    + """#endif
+
+"""
+)
 
 
 def _lit(v: float) -> str:
@@ -130,7 +175,9 @@ class _Codegen:
         items = [_lit(float(v)) for v in flat] if ctype == "float" else [str(int(v)) for v in flat]
         lines = [", ".join(items[i : i + 8]) for i in range(0, len(items), 8)]
         self.consts.append(
-            f"static const {ctype} {name}[{len(items)}] = {{\n    " + ",\n    ".join(lines) + "\n};\n"
+            f"static const {ctype} POLICY_ALIGN {name}[{len(items)}] = {{\n    "
+            + ",\n    ".join(lines)
+            + "\n};\n"
         )
         self.weight_bytes += flat.size * {"float": 4, "int8_t": 1}.get(ctype, 4)
         self.q8 = self.q8 or ctype == "int8_t"
@@ -436,12 +483,10 @@ class _Codegen:
         standardisation, 493 -> 473 ns on the MinAtar 4% student; the sums differ from the in-order ones in
         the last bits)."""
         self.vector = True
-        self.emit("#ifdef POLICY_AVX")
+        self.emit("#ifdef POLICY_AVX2_INT8" if cast else "#ifdef POLICY_AVX")
         chunks = [(j, 8 if n - j >= 8 else 4) for j in range(0, n, 8)]
-        if cast:  # int8 weights: converted to float vectors (one load and two conversions per 8)
-            load = "__builtin_convertvector(*(const policy_c{l}u *)(w + {j}), policy_v{l})"
-        else:
-            load = "*(const policy_v{l}u *)(w + {j})"
+        # int8 weights: widened to float vectors by AVX2 (gcc makes scalar code of a convertvector)
+        load = "policy_q{l}(w + {j})" if cast else "*(const policy_v{l}u *)(w + {j})"
         wtype = "int8_t" if cast else "float"
         self.emit("{ " + " ".join(f"policy_v{ln} s{j} = {{0.0f}}, t{j} = {{0.0f}};" for j, ln in chunks))
         self.emit(
@@ -557,7 +602,7 @@ def _header(
     native = (
         "\n         * -march=native: this CPU's instruction set (AVX vector code); may not run on an older CPU."
         if "-march=native" in build
-        else "\n         * Add -march=native (or -mavx2) for AVX vector code on a CPU that has it (not portable)."
+        else "\n         * GCC on x86-64 also compiles an AVX2 copy of the network, used when the CPU has AVX2."
     )
     return textwrap.dedent(f"""\
         /* Generated by policy-kd export --format c{" --int8" if q8 else ""}: {comment}
@@ -607,21 +652,45 @@ def _source(
     """student.c: the constants, ``policy_forward`` (the generated body), its batch loop and ``policy_act``."""
     q8 = gen.q8
     body = "\n    ".join(gen.body)  # put in after dedent: its later lines carry no template indent
+    forward = textwrap.dedent(f"""\
+        {{
+            float a[{gen.largest}], b[{gen.largest}];
+            (void)a; (void)b;
+            @BODY@
+            for (int i = 0; i < {n_outputs}; i++) out[i] = {gen.cur}[i];
+        }}
+        """).replace("@BODY@", body)
+    q8_on, q8_off = (INT8_HELPERS, "#undef POLICY_AVX2_INT8\n") if q8 else ("", "")
     parts = [
         f"/* Generated by policy-kd export --format c: {comment} (see student.h) */\n",
         "#include <math.h>\n",
         "#include <stdint.h>\n" if q8 else "",
         '#include "student.h"\n\n',
-        VECTOR_TYPES if gen.vector else "",
+        VECTOR_TYPES,
+        INT8_INCLUDES if q8 else "",
         *gen.consts,
+        "\n#ifdef POLICY_DISPATCH\n",
+        "/* this CPU's AVX2 copy (see above): the same function, the vector code switched on */\n",
+        '#pragma GCC push_options\n#pragma GCC target("avx2")\n#define POLICY_AVX 1\n',
+        q8_on,
+        "static void policy_forward_avx2(const float *obs, float *out)\n",
+        forward,
+        "#undef POLICY_AVX\n",
+        q8_off,
+        "#pragma GCC pop_options\n#endif\n\n",
+        "static void policy_forward_any(const float *obs, float *out)\n",
+        forward,
         "\n",
         textwrap.dedent(f"""\
             void policy_forward(const float *obs, float *out)
             {{
-                float a[{gen.largest}], b[{gen.largest}];
-                (void)a; (void)b;
-                @BODY@
-                for (int i = 0; i < {n_outputs}; i++) out[i] = {gen.cur}[i];
+            #ifdef POLICY_DISPATCH
+                if (__builtin_cpu_supports("avx2")) {{
+                    policy_forward_avx2(obs, out);
+                    return;
+                }}
+            #endif
+                policy_forward_any(obs, out);
             }}
 
             void policy_forward_batch(const float *obs, long n, float *out)
@@ -630,7 +699,7 @@ def _source(
                 for (r = 0; r < n; r++) policy_forward(obs + r * {obs_size}, out + r * {n_outputs});
             }}
 
-            """).replace("@BODY@", body),
+            """),
         _multi_act_source(n_outputs, nvec)
         if head == "multi_discrete"
         else _act_source(head, n_outputs, bounds, gen),

@@ -257,6 +257,12 @@ def test_c_export_errors(
     )
     expect_error(capsys, ["export", multi, "--format", "c", "--out", tmp_path / "m"], "C export supports")
     assert not (tmp_path / "m").exists()
+    expect_error(
+        capsys,
+        ["export", students["discrete_relu"], "--format", "numpy", "--native", "--out", tmp_path / "x"],
+        "--native applies to --format c",
+    )
+    assert not (tmp_path / "x").exists()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.delenv("CC", raising=False)
     expect_error(
@@ -304,3 +310,184 @@ def test_quantize_weight_is_per_channel_symmetric() -> None:
     fp, fa = dequantize_program(qp, qa)
     assert fp == program and fa["w"].dtype == np.float32
     np.testing.assert_allclose(fa["w"], q * scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+@pytest.mark.parametrize("name", ["minatar_cnn", "channels_last_cnn", "gaussian_tanh"])
+def test_native_export_matches_eager_with_and_without_avx(
+    name: str, int8: bool, students: dict[str, Path], tmp_path: Path
+) -> None:
+    """--native: the AVX code (vector sums, unrolled convolutions) and the portable loops of the same source
+    both compile warning-free and compute the eager student's outputs."""
+    from policy_kd.c_runtime import CPolicy
+
+    out = tmp_path / "c"
+    q = ["--int8", "--min-agreement", "0"] if int8 else []
+    assert run_cli("export", students[name], "--format", "c", "--out", out, "--native", *q) == 0
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["details"]["native"] and "-march=native" in meta["details"]["build"]
+    assert "-march=native" in (out / "student.h").read_text()
+    for extra in ((), ("-DPOLICY_PORTABLE",)):
+        subprocess.run(
+            [
+                *CC.split(),
+                *STRICT_FLAGS,
+                "-march=native",
+                *extra,
+                "-c",
+                "student.c",
+                "-o",
+                str(tmp_path / "s.o"),
+            ],
+            check=True,
+            cwd=out,
+        )
+    student = load_student(students[name])
+    spec = student.info["spec"]
+    obs = parity_observations(student, 500, seed=3)
+    with torch.no_grad():
+        ref = student.net(torch.as_tensor(obs)).numpy()
+    tol = 0.1 * np.abs(ref).max() if int8 else 1e-4 * max(1.0, np.abs(ref).max())
+    native = CPolicy(out / "student.c", spec["obs_shape"], spec["n_outputs"], head=spec["head"], native=True)
+    portable = CPolicy(out / "student.c", spec["obs_shape"], spec["n_outputs"], head=spec["head"])
+    for policy in (native, portable):
+        assert np.abs(policy.forward(obs) - ref).max() <= tol
+        assert np.abs(policy.forward(obs[:1]) - ref[:1]).max() <= tol
+    assert np.abs(native.forward(obs) - portable.forward(obs)).max() <= (1e-3 if int8 else 1e-5) * max(
+        1.0, np.abs(ref).max()
+    )
+
+
+@pytest.mark.parametrize("name", ["discrete_relu", "minatar_cnn", "squashed_elu"])
+def test_extension_equals_library_equals_eager(name: str, students: dict[str, Path], tmp_path: Path) -> None:
+    """The CPython extension and the ctypes library run the same compiled code: equal outputs, both the
+    eager student's; the extension's act is the student's action, whatever the observations' dtype."""
+    from policy_kd.c_runtime import CPolicy
+
+    out = tmp_path / "c"
+    assert run_cli("export", students[name], "--format", "c", "--out", out, "--parity-rows", "256") == 0
+    assert (out / "student_py.c").is_file()
+    student = load_student(students[name])
+    spec = student.info["spec"]
+    args = (out / "student.c", spec["obs_shape"], spec["n_outputs"])
+    ext = CPolicy(*args, head=spec["head"], binding="extension")
+    lib = CPolicy(*args, head=spec["head"], binding="ctypes")
+    assert (ext.binding, lib.binding) == ("extension", "ctypes")
+    obs = parity_observations(student, 300, seed=4)
+    with torch.no_grad():
+        ref = student.net(torch.as_tensor(obs)).numpy()
+    got = ext.forward(obs)
+    np.testing.assert_array_equal(got, lib.forward(obs))  # same program, same rounding: bit-equal
+    np.testing.assert_array_equal(ext.forward(obs[:1]), lib.forward(obs[:1]))
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    for dtype in (np.float64, obs.dtype):  # converted in C, or read in place
+        np.testing.assert_array_equal(ext.forward(obs.astype(dtype)), got)
+    np.testing.assert_array_equal(ext.forward(np.asfortranarray(obs)), got)  # not C-contiguous: copied
+    actions = student.predict(obs)
+    for row, action in zip(obs[:50], actions[:50], strict=True):
+        np.testing.assert_allclose(np.asarray(ext.act(row)), action, atol=1e-5)
+
+
+def test_c_policy_refuses_a_wrong_size_observation(students: dict[str, Path], tmp_path: Path) -> None:
+    """A (1, 1) observation for a 4-input student is an error on both bindings (ctypes used to broadcast it
+    into all four inputs and return an action)."""
+    from policy_kd.c_runtime import CPolicy
+
+    out = tmp_path / "c"
+    assert (
+        run_cli("export", students["discrete_relu"], "--format", "c", "--out", out, "--parity-rows", "64")
+        == 0
+    )
+    for binding in ("ctypes", "extension"):
+        policy = CPolicy(out / "student.c", (4,), 2, binding=binding)
+        with pytest.raises(PolicyKDError, match="this C student takes 4"):
+            policy.forward(np.ones((1, 1), dtype=np.float32))
+        with pytest.raises(PolicyKDError, match="this C student takes 4"):
+            policy.forward(np.ones((3, 5), dtype=np.float32))
+
+
+def test_c_policy_falls_back_to_ctypes_with_one_line_reason(
+    students: dict[str, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import policy_kd.c_runtime as c_runtime
+    import policy_kd.export_c_ext as ext_mod
+    from policy_kd.c_runtime import CPolicy
+
+    out = tmp_path / "c"
+    assert (
+        run_cli("export", students["discrete_relu"], "--format", "c", "--out", out, "--parity-rows", "64")
+        == 0
+    )
+    capsys.readouterr()
+    monkeypatch.setattr(ext_mod, "_MODULES", {})
+    monkeypatch.setattr(c_runtime, "_REPORTED", set())
+    monkeypatch.setattr(ext_mod.sysconfig, "get_paths", lambda: {"include": str(tmp_path / "no_headers")})
+    first = CPolicy(out / "student.c", (4,), 2)
+    second = CPolicy(out / "student.c", (4,), 2)
+    assert first.binding == second.binding == "ctypes"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "through ctypes" in err[0] and "no Python.h" in err[0]  # once, one line
+    with pytest.raises(PolicyKDError, match=r"no Python\.h"):
+        CPolicy(out / "student.c", (4,), 2, binding="extension")
+    x = parity_observations(load_student(students["discrete_relu"]), 20)
+    with torch.no_grad():
+        ref = load_student(students["discrete_relu"]).net(torch.as_tensor(x)).numpy()
+    assert np.abs(first.forward(x) - ref).max() <= 1e-4
+
+
+def _c_forward(out: Path, tmp_path: Path, obs: np.ndarray, flags: tuple[str, ...]) -> np.ndarray:
+    """policy_forward of the export built with ``flags``, called from a C program on ``obs`` rows."""
+    np.ascontiguousarray(obs, dtype=np.float32).tofile(tmp_path / "obs.bin")
+    (tmp_path / "fwd.c").write_text(
+        '#include <stdio.h>\n#include "student.h"\n'
+        'int main(void) { float o[POLICY_OBS_SIZE], y[POLICY_N_OUTPUTS]; int k; FILE *f = fopen("obs.bin", "rb");\n'
+        "while (fread(o, sizeof(float), POLICY_OBS_SIZE, f) == POLICY_OBS_SIZE) {\n"
+        '  policy_forward(o, y); for (k = 0; k < POLICY_N_OUTPUTS; k++) printf("%.9g ", y[k]); printf("\\n"); }\n'
+        "return 0; }\n"
+    )
+    exe = tmp_path / "fwd"
+    subprocess.run(
+        [
+            *CC.split(),
+            *STRICT_FLAGS,
+            *flags,
+            "-o",
+            str(exe),
+            "fwd.c",
+            str(out / "student.c"),
+            "-I",
+            str(out),
+            "-lm",
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    text = subprocess.run([str(exe)], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    return np.array([[float(v) for v in ln.split()] for ln in text.splitlines() if ln.strip()])
+
+
+@pytest.mark.parametrize(
+    "name,int8",
+    [("minatar_cnn", False), ("channels_last_cnn", False), ("discrete_gelu", False), ("minatar_cnn", True)],
+)
+def test_every_build_of_the_source_computes_the_student(
+    name: str, int8: bool, students: dict[str, Path], tmp_path: Path
+) -> None:
+    """One student.c, three programs: the default build (GCC on x86-64: an AVX2 copy chosen at run time),
+    -DPOLICY_PORTABLE (plain C99 loops) and -march=native; each computes the eager student's outputs."""
+    out = tmp_path / "c"
+    q = ["--int8", "--min-agreement", "0"] if int8 else []
+    assert run_cli("export", students[name], "--format", "c", "--out", out, "--parity-rows", "128", *q) == 0
+    student = load_student(students[name])
+    obs = parity_observations(student, 200, seed=5)
+    with torch.no_grad():
+        ref = student.net(torch.as_tensor(obs)).numpy()
+    tol = 0.1 * np.abs(ref).max() if int8 else 1e-4 * max(1.0, np.abs(ref).max())
+    builds = {
+        flags: _c_forward(out, tmp_path, obs, flags)
+        for flags in ((), ("-DPOLICY_PORTABLE",), ("-march=native",))
+    }
+    for flags, got in builds.items():
+        assert got.shape == ref.shape and np.abs(got - ref).max() <= tol, flags
+    if int8:  # the int8 builds agree with each other far more closely than with the float student
+        assert np.abs(builds[()] - builds[("-DPOLICY_PORTABLE",)]).max() <= 1e-4 * max(1.0, np.abs(ref).max())
