@@ -93,6 +93,8 @@ class StackedStudents:
             self._leaves = [p.detach().requires_grad_() for p in self.params]
         self._saved: list[Tensor] = []
         self._windows: list[Tensor] = []
+        self._padded: Tensor | None = None  # the convolution's input, kept between steps
+        self._full: Tensor | None = None  # its output's gradient at every column
 
     @staticmethod
     def _ops(net: Student) -> list[_Op]:
@@ -152,16 +154,17 @@ class StackedStudents:
         hand-written path keeps what its backward needs; the autograd path records a graph."""
         if standardized:
             return self._forward_hand(obs)
+        if self.conv is not None and self.hand:
+            return self._forward_hand(self._conv_forward(obs))
         x = self.standardize(obs)
         if not self.hand:
             return self._forward_autograd(x)
-        if self.conv is not None:
-            return self._forward_hand(self._conv_forward(x))
         K, B = x.shape[:2]
         return self._forward_hand(x.reshape(K, B, -1).transpose(1, 2))
 
-    def _conv_forward(self, x: Tensor) -> Tensor:
-        """The convolution and its ReLU, ``(K, batch, *obs_shape)`` -> ``(K, C_out * H' * W', batch)``.
+    def _conv_forward(self, obs: Tensor) -> Tensor:
+        """Standardisation, the convolution and its ReLU: raw observations ``(K, batch, *obs_shape)`` ->
+        ``(K, C_out * H' * W', batch)``.
 
         Each student's image is kept as ``(C, H * W * batch)`` (plus ``kw - 1`` zero rows): the input of
         kernel offset ``(di, dj)`` at every output position is then one contiguous window of it, so the
@@ -170,21 +173,35 @@ class StackedStudents:
         and the last ``kw - 1`` of each row (which straddle two rows) dropped."""
         conv: nn.Conv2d = self.conv.module  # type: ignore[union-attr,assignment]
         w, b = self.params[self.conv.param], self.params[self.conv.param + 1]  # type: ignore[union-attr]
-        K, B = x.shape[:2]
-        x = x.permute(0, 4, 2, 3, 1) if self.channels_last else x.permute(0, 2, 3, 4, 1)  # (K, C, H, W, B)
+        K, B = obs.shape[:2]
+        # (K, C, H, W, B), and the statistics (C, H, W, 1) to match
+        if self.channels_last:
+            x, mean, std = (
+                obs.permute(0, 4, 2, 3, 1),
+                self.obs_mean.permute(2, 0, 1),
+                self.obs_std.permute(2, 0, 1),
+            )
+        else:
+            x, mean, std = obs.permute(0, 2, 3, 4, 1), self.obs_mean, self.obs_std
         C, H, W = x.shape[1:4]
         kh, kw = conv.kernel_size
         Ho, Wo = H - kh + 1, W - kw + 1
-        padded = x.new_zeros(K, C, H * W + kw - 1, B)
-        padded[:, :, : H * W].view(K, C, H, W, B).copy_(x)
-        flat = padded.view(K, C, -1)
+        shape = (K, C, H * W + kw - 1, B)
+        if self._padded is None or self._padded.shape != shape:  # its last kw - 1 rows stay zero
+            self._padded = torch.zeros(shape)
+        # standardised as ``standardize`` does it (the same operations on each element), written in place
+        image = self._padded[:, :, : H * W].view(K, C, H, W, B)
+        image.copy_(x).sub_(mean.unsqueeze(-1)).div_(std.unsqueeze(-1))
+        flat = self._padded.view(K, C, -1)
         span = Ho * W * B
         windows = [
             flat[:, :, (di * W + dj) * B : (di * W + dj) * B + span] for di in range(kh) for dj in range(kw)
         ]
+        # a contiguous (K, C_out, C) weight per kernel offset (a strided one sends the matmul to a loop)
+        offsets = w.permute(3, 4, 0, 1, 2).contiguous().view(kh * kw, K, w.shape[1], C)
         out = b.unsqueeze(2).expand(K, b.shape[1], span).contiguous()  # (K, C_out, Ho * W * B)
         for i, window in enumerate(windows):
-            out.baddbmm_(w[:, :, :, i // kw, i % kw], window)
+            out.baddbmm_(offsets[i], window)
         out.relu_()
         self._windows, self._conv_dims = windows, (Ho, W, Wo, B)
         return out.view(K, -1, Ho, W, B)[:, :, :, :Wo].reshape(K, -1, B)
@@ -196,11 +213,14 @@ class StackedStudents:
         Ho, W, Wo, B = self._conv_dims
         K, Co = g.shape[0], self.params[j].shape[1]
         torch.sum(g.view(K, Co, -1), dim=2, out=self.grads[j + 1])
-        full = g.new_zeros(K, Co, Ho, W, B)  # the dropped columns get no gradient
-        full[:, :, :, :Wo] = g.view(K, Co, Ho, Wo, B)
-        full = full.view(K, Co, -1)
-        for i, window in enumerate(self._windows):
-            self.grads[j][:, :, :, i // kw, i % kw] = torch.bmm(full, window.transpose(1, 2))
+        if self._full is None or self._full.shape != (K, Co, Ho, W, B):
+            self._full = g.new_zeros(K, Co, Ho, W, B)  # the dropped columns get no gradient: they stay 0
+        self._full[:, :, :, :Wo] = g.view(K, Co, Ho, Wo, B)
+        full = self._full.view(K, Co, -1)
+        # (kh * kw, K, C_out, C) -> the (K, C_out, C, kh, kw) gradient
+        offsets = torch.stack([torch.bmm(full, window.transpose(1, 2)) for window in self._windows])
+        kh = len(self._windows) // kw
+        self.grads[j].copy_(offsets.view(kh, kw, *offsets.shape[1:]).permute(2, 3, 4, 0, 1))
         self._windows = []
 
     def _forward_hand(self, x: Tensor) -> Tensor:
