@@ -86,13 +86,15 @@ class StackedStudents:
         # every student standardises its inputs with the same buffer's statistics
         self.obs_mean, self.obs_std = first.obs_mean.clone(), first.obs_std.clone()
         self.ops = self._ops(first)
-        self.hand = all(
-            op.kind in ("linear", "flatten") or isinstance(op.module, HAND_ACTIVATIONS) for op in self.ops
-        )
+        self.channels_last, self.conv, self.dense = self._hand_plan(self.ops)
+        self.hand = self.dense is not None
         self._leaves: list[Tensor] = []
         if not self.hand:  # autograd fills each leaf's .grad; backward copies them into ``grad``
             self._leaves = [p.detach().requires_grad_() for p in self.params]
         self._saved: list[Tensor] = []
+        self._windows: list[Tensor] = []
+        self._padded: Tensor | None = None  # the convolution's input, kept between steps
+        self._full: Tensor | None = None  # its output's gradient at every column
 
     @staticmethod
     def _ops(net: Student) -> list[_Op]:
@@ -115,6 +117,28 @@ class StackedStudents:
                 raise ValueError(f"no stacked version of layer {type(m).__name__}")
         return ops
 
+    @staticmethod
+    def _hand_plan(ops: list[_Op]) -> tuple[bool, _Op | None, list[_Op] | None]:
+        """Whether the hand-written path can run this network: (channels last, its convolution, the dense
+        ops after it); dense ops None: autograd. It takes an MLP, or one stride-1 convolution with a ReLU
+        before the dense layers (the MinAtar CNN), with ReLU, tanh or ELU hidden activations."""
+        channels_last = bool(ops) and ops[0].kind == "channels_first"
+        rest = ops[1:] if channels_last else ops
+        conv = None
+        if rest and rest[0].kind == "conv":
+            m: nn.Conv2d = rest[0].module  # type: ignore[assignment]
+            plain = m.stride == (1, 1) and m.padding == (0, 0) and m.dilation == (1, 1) and m.groups == 1
+            if not (
+                plain and len(rest) > 2 and isinstance(rest[1].module, nn.ReLU) and rest[2].kind == "flatten"
+            ):
+                return channels_last, None, None
+            conv, rest = rest[0], rest[3:]
+        if not all(
+            op.kind in ("linear", "flatten") or isinstance(op.module, HAND_ACTIVATIONS) for op in rest
+        ):
+            return channels_last, None, None
+        return channels_last, conv, rest
+
     # -- forward and backward ---------------------------------------------------------------------------------
 
     def standardize(self, obs: Tensor) -> Tensor:
@@ -130,15 +154,78 @@ class StackedStudents:
         hand-written path keeps what its backward needs; the autograd path records a graph."""
         if standardized:
             return self._forward_hand(obs)
+        if self.conv is not None and self.hand:
+            return self._forward_hand(self._conv_forward(obs))
         x = self.standardize(obs)
-        if self.hand:
-            K, B = x.shape[:2]
-            return self._forward_hand(x.reshape(K, B, -1).transpose(1, 2))
-        return self._forward_autograd(x)
+        if not self.hand:
+            return self._forward_autograd(x)
+        K, B = x.shape[:2]
+        return self._forward_hand(x.reshape(K, B, -1).transpose(1, 2))
+
+    def _conv_forward(self, obs: Tensor) -> Tensor:
+        """Standardisation, the convolution and its ReLU: raw observations ``(K, batch, *obs_shape)`` ->
+        ``(K, C_out * H' * W', batch)``.
+
+        Each student's image is kept as ``(C, H * W * batch)`` (plus ``kw - 1`` zero rows): the input of
+        kernel offset ``(di, dj)`` at every output position is then one contiguous window of it, so the
+        convolution is ``kh * kw`` batched matmuls over the windows, with no copy of them (im2col) and
+        without a grouped convolution's small per-group kernels. Outputs are computed at all ``W`` columns
+        and the last ``kw - 1`` of each row (which straddle two rows) dropped."""
+        conv: nn.Conv2d = self.conv.module  # type: ignore[union-attr,assignment]
+        w, b = self.params[self.conv.param], self.params[self.conv.param + 1]  # type: ignore[union-attr]
+        K, B = obs.shape[:2]
+        # (K, C, H, W, B), and the statistics (C, H, W, 1) to match
+        if self.channels_last:
+            x, mean, std = (
+                obs.permute(0, 4, 2, 3, 1),
+                self.obs_mean.permute(2, 0, 1),
+                self.obs_std.permute(2, 0, 1),
+            )
+        else:
+            x, mean, std = obs.permute(0, 2, 3, 4, 1), self.obs_mean, self.obs_std
+        C, H, W = x.shape[1:4]
+        kh, kw = conv.kernel_size
+        Ho, Wo = H - kh + 1, W - kw + 1
+        shape = (K, C, H * W + kw - 1, B)
+        if self._padded is None or self._padded.shape != shape:  # its last kw - 1 rows stay zero
+            self._padded = torch.zeros(shape)
+        # standardised as ``standardize`` does it (the same operations on each element), written in place
+        image = self._padded[:, :, : H * W].view(K, C, H, W, B)
+        image.copy_(x).sub_(mean.unsqueeze(-1)).div_(std.unsqueeze(-1))
+        flat = self._padded.view(K, C, -1)
+        span = Ho * W * B
+        windows = [
+            flat[:, :, (di * W + dj) * B : (di * W + dj) * B + span] for di in range(kh) for dj in range(kw)
+        ]
+        # a contiguous (K, C_out, C) weight per kernel offset (a strided one sends the matmul to a loop)
+        offsets = w.permute(3, 4, 0, 1, 2).contiguous().view(kh * kw, K, w.shape[1], C)
+        out = b.unsqueeze(2).expand(K, b.shape[1], span).contiguous()  # (K, C_out, Ho * W * B)
+        for i, window in enumerate(windows):
+            out.baddbmm_(offsets[i], window)
+        out.relu_()
+        self._windows, self._conv_dims = windows, (Ho, W, Wo, B)
+        return out.view(K, -1, Ho, W, B)[:, :, :, :Wo].reshape(K, -1, B)
+
+    def _conv_backward(self, g: Tensor) -> None:
+        """The convolution's gradients from ``g = d loss / d (its ReLU's output)`` ``(K, C_out * H' * W', B)``
+        (the observations need none)."""
+        j, kw = self.conv.param, self.conv.module.kernel_size[1]  # type: ignore[union-attr]
+        Ho, W, Wo, B = self._conv_dims
+        K, Co = g.shape[0], self.params[j].shape[1]
+        torch.sum(g.view(K, Co, -1), dim=2, out=self.grads[j + 1])
+        if self._full is None or self._full.shape != (K, Co, Ho, W, B):
+            self._full = g.new_zeros(K, Co, Ho, W, B)  # the dropped columns get no gradient: they stay 0
+        self._full[:, :, :, :Wo] = g.view(K, Co, Ho, Wo, B)
+        full = self._full.view(K, Co, -1)
+        # (kh * kw, K, C_out, C) -> the (K, C_out, C, kh, kw) gradient
+        offsets = torch.stack([torch.bmm(full, window.transpose(1, 2)) for window in self._windows])
+        kh = len(self._windows) // kw
+        self.grads[j].copy_(offsets.view(kh, kw, *offsets.shape[1:]).permute(2, 3, 4, 0, 1))
+        self._windows = []
 
     def _forward_hand(self, x: Tensor) -> Tensor:
         saved = [x]  # the input of each linear layer: the observations, then each activation's output
-        for op in self.ops:
+        for op in self.dense:  # type: ignore[union-attr]
             if op.kind == "linear":
                 w, b = self.params[op.param], self.params[op.param + 1]
                 x = torch.baddbmm(b.unsqueeze(2), w, x)  # (K, out, in) @ (K, in, B) + (K, out, 1)
@@ -157,18 +244,21 @@ class StackedStudents:
                 leaf.grad = None
             self._out = None  # type: ignore[assignment]
             return
-        linears = [op for op in self.ops if op.kind == "linear"]
-        acts = [op.module for op in self.ops if op.kind == "act"]
+        linears = [op for op in self.dense if op.kind == "linear"]  # type: ignore[union-attr]
+        # the activation before each linear layer (the convolution's ReLU before the first)
+        acts = [nn.ReLU()] + [op.module for op in self.dense if op.kind == "act"]  # type: ignore[union-attr]
         g = grad_out
         for i in range(len(linears) - 1, -1, -1):
             j = linears[i].param
             x_in = self._saved[i]  # (K, in, B)
             torch.bmm(g, x_in.transpose(1, 2), out=self.grads[j])  # (K, out, in)
             torch.sum(g, dim=2, out=self.grads[j + 1])  # (K, out)
-            if i > 0:
+            if i > 0 or self.conv is not None:
                 g = torch.bmm(self.params[j].transpose(1, 2), g)  # (K, in, B)
                 # autograd's own backward kernels, from the activation's output
-                g = _ACTIVATION_GRAD[type(acts[i - 1])](g, x_in)
+                g = _ACTIVATION_GRAD[type(acts[i])](g, x_in)
+        if self.conv is not None:
+            self._conv_backward(g)
         self._saved = []
 
     def _forward_autograd(self, x: Tensor) -> Tensor:
