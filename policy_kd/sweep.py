@@ -113,7 +113,7 @@ def evaluate_students(teacher: str, students: Sequence[str], out: str, episodes:
         k: t.get(k) for k in ("mean_return", "std_return", "ci95", "iqm_return", "params", "latency")
     }
     info = teacher_dir / "teacher.json"
-    filed_teacher["info"] = json.loads(info.read_text()) if info.is_file() else None
+    filed_teacher["info"] = json.loads(info.read_text()) if info.is_file() else {}  # a zoo teacher: none
     # what the teacher was trained with, and what evaluated it: a retrain elsewhere is compared by these
     ver = teacher_dir / "versions.json"
     filed_teacher["versions"] = json.loads(ver.read_text()) if ver.is_file() else None
