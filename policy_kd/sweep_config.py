@@ -119,7 +119,8 @@ class SweepConfig:
             raise PolicyKDError(f"{source}: sizes must lie in (0, 1] (fractions of the teacher), got {bad}")
         if not self.losses:
             raise PolicyKDError(f"{source}: losses is empty; name at least one (kl: {{loss: kl}})")
-        if "path" not in self.teacher and "path" not in self.buffer and self.env is None:
+        teach = {k: v for k, v in self.teacher.items() if k != "path"}
+        if self.env is None and ("path" not in self.teacher or teach):
             raise PolicyKDError(
                 f"{source}: env is needed to train the teacher; add env: ENV_ID or teacher: {{path: DIR}}"
             )
