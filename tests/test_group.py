@@ -289,3 +289,39 @@ def test_group_sampler_draws_each_students_own_minibatches(cartpole_buffer):
             assert torch.equal(batch["teacher"][k].T, expected["teacher"])
         if step == 70:  # mid draw-ahead chunk: the states are those after the steps taken
             assert all(torch.equal(a, s.state()) for a, s in zip(sampler.states(), alone, strict=True))
+
+
+@pytest.mark.parametrize(
+    "common",
+    [
+        dict(activation="gelu"),  # no hand-written backward: the stacked parameters with autograd
+        dict(in_memory=False),  # memory-mapped: each student's batch gathered (and sorted) by the sampler
+        dict(activation="tanh", hidden=(8, 8, 8)),  # three hidden layers, tanh's backward kernel
+    ],
+)
+def test_other_networks_and_sampling_paths_train_as_alone(cartpole_buffer, tmp_path, common):
+    students = [dict(seed=0), dict(seed=1, loss="nll", lr=3e-3)]
+    alone = _configs(cartpole_buffer, tmp_path / "alone", students, steps=60, checkpoint_every=0, **common)
+    together = _configs(
+        cartpole_buffer, tmp_path / "together", students, steps=60, checkpoint_every=0, **common
+    )
+    for c in alone:
+        distill(c)
+    distill_group(together)
+    for a, b in zip(alone, together, strict=True):
+        assert _max_diff(_weights(Path(a.out)), _weights(Path(b.out))) < TOL
+
+
+def test_group_sampler_table_holds_standardised_obs_beside_the_teacher(cartpole_buffer):
+    buf = Buffer.open(cartpole_buffer)
+    mean, std = torch.tensor([0.1, -0.2, 0.3, 0.0]), torch.tensor([1.5, 0.5, 2.0, 1.0])
+    sampler = _GroupSampler(
+        Sampler(buf, ("obs", "teacher"), seed=0), [3, 4], batch_size=8, standardize=lambda o: (o - mean) / std
+    )
+    alone = [Sampler(buf, ("obs", "teacher"), seed=s) for s in (3, 4)]
+    for _ in range(3):
+        batch = sampler.sample(ahead=3)
+        for k, s in enumerate(alone):
+            expected = s.sample(8)
+            assert torch.equal(batch["x"][k].T, (expected["obs"] - mean) / std)
+            assert torch.equal(batch["teacher"][k].T, expected["teacher"])
