@@ -325,3 +325,39 @@ def test_group_sampler_table_holds_standardised_obs_beside_the_teacher(cartpole_
             expected = s.sample(8)
             assert torch.equal(batch["x"][k].T, (expected["obs"] - mean) / std)
             assert torch.equal(batch["teacher"][k].T, expected["teacher"])
+
+
+@pytest.mark.slow
+def test_a_group_killed_with_sigkill_resumes_to_the_uninterrupted_weights(cartpole_buffer, tmp_path):
+    """kill -9 mid-group (no chance to checkpoint): the group resumes from its last checkpoints."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    students = MIXED[:3]
+    full = _configs(cartpole_buffer, tmp_path / "full", students, steps=2_000, checkpoint_every=100)
+    cut = _configs(cartpole_buffer, tmp_path / "cut", students, steps=2_000, checkpoint_every=100)
+    distill_group(full)
+    script = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from policy_kd.distill import DistillConfig\nfrom policy_kd.group import distill_group\n"
+        f"distill_group([DistillConfig(**c) for c in {[c.__dict__ for c in cut]!r}])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((Path(c.out) / "checkpoint.pt").exists() for c in cut):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not any((Path(c.out) / "student.json").exists() for c in cut), "finished before the kill"
+    steps = {torch.load(Path(c.out) / "checkpoint.pt", weights_only=True)["step"] for c in cut}
+    distill_group([replace(c, resume=True) for c in cut])
+    for a, b in zip(full, cut, strict=True):
+        diff = _max_diff(_weights(Path(a.out)), _weights(Path(b.out)))
+        # one step in every checkpoint: one group again, bit for bit (a kill between two students'
+        # checkpoints leaves two steps: two groups, equal to float rounding)
+        assert diff == 0.0 if len(steps) == 1 else diff < TOL
