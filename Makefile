@@ -47,6 +47,7 @@ bench: setup
 	$(PY) benchmarks/bench_sampler.py
 	$(PY) benchmarks/bench_distill.py
 	$(PY) benchmarks/bench_latency.py
+	$(PY) benchmarks/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache docs/_build

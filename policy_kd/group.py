@@ -415,8 +415,8 @@ class _Group:
             m.opt.param_groups[0]["lr"] = self.lrs[k]
             if self.opt.steps:
                 step = torch.tensor(float(self.opt.steps))
-                avg = self.stack.per_student(self.opt.exp_avg)[k]
-                avg_sq = self.stack.per_student(self.opt.exp_avg_sq)[k]
+                avg = self.stack.student_tensors(self.opt.exp_avg, k)
+                avg_sq = self.stack.student_tensors(self.opt.exp_avg_sq, k)
                 for p, a, a2 in zip(m.net.parameters(), avg, avg_sq, strict=True):
                     m.opt.state[p] = {"step": step.clone(), "exp_avg": a, "exp_avg_sq": a2}
         return m

@@ -306,11 +306,14 @@ class StackedStudents:
     def per_student(self, flat: Tensor) -> list[list[Tensor]]:
         """A flat tensor laid out like ``flat`` (e.g. an optimiser moment) as one list of tensors per student,
         in parameter order (copies)."""
-        views = [
-            flat[o : o + self.K * n].view(self.K, *s)
+        return [self.student_tensors(flat, k) for k in range(self.K)]
+
+    def student_tensors(self, flat: Tensor, k: int) -> list[Tensor]:
+        """Student ``k``'s part of a flat tensor laid out like ``flat``, one tensor per parameter (copies)."""
+        return [
+            flat[o : o + self.K * n].view(self.K, *s)[k].clone()
             for (o, n), s in zip(self.blocks, self.shapes, strict=True)
         ]
-        return [[v[k].clone() for v in views] for k in range(self.K)]
 
     def from_students(self, tensors: Sequence[Sequence[Tensor]]) -> Tensor:
         """The inverse of :meth:`per_student`: one list of per-parameter tensors per student -> a flat tensor."""

@@ -289,3 +289,75 @@ def test_group_sampler_draws_each_students_own_minibatches(cartpole_buffer):
             assert torch.equal(batch["teacher"][k].T, expected["teacher"])
         if step == 70:  # mid draw-ahead chunk: the states are those after the steps taken
             assert all(torch.equal(a, s.state()) for a, s in zip(sampler.states(), alone, strict=True))
+
+
+@pytest.mark.parametrize(
+    "common",
+    [
+        dict(activation="gelu"),  # no hand-written backward: the stacked parameters with autograd
+        dict(in_memory=False),  # memory-mapped: each student's batch gathered (and sorted) by the sampler
+        dict(activation="tanh", hidden=(8, 8, 8)),  # three hidden layers, tanh's backward kernel
+    ],
+)
+def test_other_networks_and_sampling_paths_train_as_alone(cartpole_buffer, tmp_path, common):
+    students = [dict(seed=0), dict(seed=1, loss="nll", lr=3e-3)]
+    alone = _configs(cartpole_buffer, tmp_path / "alone", students, steps=60, checkpoint_every=0, **common)
+    together = _configs(
+        cartpole_buffer, tmp_path / "together", students, steps=60, checkpoint_every=0, **common
+    )
+    for c in alone:
+        distill(c)
+    distill_group(together)
+    for a, b in zip(alone, together, strict=True):
+        assert _max_diff(_weights(Path(a.out)), _weights(Path(b.out))) < TOL
+
+
+def test_group_sampler_table_holds_standardised_obs_beside_the_teacher(cartpole_buffer):
+    buf = Buffer.open(cartpole_buffer)
+    mean, std = torch.tensor([0.1, -0.2, 0.3, 0.0]), torch.tensor([1.5, 0.5, 2.0, 1.0])
+    sampler = _GroupSampler(
+        Sampler(buf, ("obs", "teacher"), seed=0), [3, 4], batch_size=8, standardize=lambda o: (o - mean) / std
+    )
+    alone = [Sampler(buf, ("obs", "teacher"), seed=s) for s in (3, 4)]
+    for _ in range(3):
+        batch = sampler.sample(ahead=3)
+        for k, s in enumerate(alone):
+            expected = s.sample(8)
+            assert torch.equal(batch["x"][k].T, (expected["obs"] - mean) / std)
+            assert torch.equal(batch["teacher"][k].T, expected["teacher"])
+
+
+@pytest.mark.slow
+def test_a_group_killed_with_sigkill_resumes_to_the_uninterrupted_weights(cartpole_buffer, tmp_path):
+    """kill -9 mid-group (no chance to checkpoint): the group resumes from its last checkpoints."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    students = MIXED[:3]
+    full = _configs(cartpole_buffer, tmp_path / "full", students, steps=2_000, checkpoint_every=100)
+    cut = _configs(cartpole_buffer, tmp_path / "cut", students, steps=2_000, checkpoint_every=100)
+    distill_group(full)
+    script = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from policy_kd.distill import DistillConfig\nfrom policy_kd.group import distill_group\n"
+        f"distill_group([DistillConfig(**c) for c in {[c.__dict__ for c in cut]!r}])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((Path(c.out) / "checkpoint.pt").exists() for c in cut):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not any((Path(c.out) / "student.json").exists() for c in cut), "finished before the kill"
+    steps = {torch.load(Path(c.out) / "checkpoint.pt", weights_only=True)["step"] for c in cut}
+    distill_group([replace(c, resume=True) for c in cut])
+    for a, b in zip(full, cut, strict=True):
+        diff = _max_diff(_weights(Path(a.out)), _weights(Path(b.out)))
+        # one step in every checkpoint: one group again, bit for bit (a kill between two students'
+        # checkpoints leaves two steps: two groups, equal to float rounding)
+        assert diff == 0.0 if len(steps) == 1 else diff < TOL
