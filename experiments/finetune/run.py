@@ -235,8 +235,20 @@ def plot(results: dict) -> Path:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        metavar="ARM:SEED",
+        help="only these fine-tuning runs (e.g. scratch:1), to run several in parallel; no summary",
+    )
+    args = parser.parse_args()
     export = prepare()
+    if args.runs:
+        for item in args.runs:
+            arm, seed = item.split(":")
+            finetune(arm, int(seed), export)
+        return
     runs = [finetune(arm, seed, export) for arm in ("distilled", "scratch") for seed in SEEDS]
     results = summarise(runs)
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
