@@ -196,3 +196,64 @@ def test_the_committed_results_stay_readable() -> None:
         assert ("Normalized score" in text) == normalized and ("Return ratio" in text) != normalized, (
             path.name
         )
+
+
+def _continuous_task(scores: dict[str, list[float]]) -> dict:
+    """A continuous task (teacher trained by rl_zoo3, random -1000, teacher -100) with students at 4%."""
+    res = _negative_task({"mean_return": -1000.0, "ci95": [-1010.0, -990.0]})
+    res["config"] = {
+        **res["config"],
+        "losses": {loss: {} for loss in scores},
+        "teacher": {"zoo": {"algo": "sac"}},
+        "zoo_benchmark": {"env": "E-v2", "mean_return": -120.0, "std_return": 5.0, "n_timesteps": 20000},
+    }
+    info = {**res["teacher"]["info"], "algo": "sac"}
+    res["teacher"] = {**res["teacher"], "mean_return": -100.0, "ci95": [-102.0, -98.0], "info": info}
+    res["runs"] = {
+        f"f0.04_{loss}_s{i}": {"kind": "grid", "params": 100, "mean_return": -1000.0 + 900.0 * x}
+        for loss, xs in scores.items()
+        for i, x in enumerate(xs)
+    }
+    return res
+
+
+def test_continuous_goals_are_checked_on_normalized_scores() -> None:
+    res = _continuous_task({"kl_fwd": [1.0, 1.01, 1.02], "nll": [0.99, 0.99, 0.99], "mse": [0.5, 0.5, 0.5]})
+    text = tables.continuous_section([res])
+    row = next(line for line in text.splitlines() if line.startswith("| Neg | kl_fwd"))
+    # the best <= 5% cell by normalized score (its return ratio would rank the other way: returns are negative)
+    assert "kl_fwd, 4%: 1.010" in row and "| yes |" in row and "1.010 / — / 0.990 / 0.500" in row
+    teacher_row = next(line for line in text.splitlines() if line.startswith("| Neg | sac"))
+    assert "-100.0 ± 10.0" in teacher_row and "-120.0 ± 5.0 (20,000 steps)" in teacher_row
+    # kept out of the discrete goal table, whose KL-tau/NLL/MSE columns it has not
+    assert "| Neg |" not in tables.goals_section([res])
+    assert tables.continuous_section([_results("A", {"nll": [1.0]})]) == ""
+
+
+def test_a_zoo_teacher_is_read_from_its_run_folder_and_a_cut_run_is_not_retrained(tmp_path) -> None:
+    from policy_kd.sweep import Sweep, teacher_info
+
+    out = tmp_path / "sac" / "E-v0_1"
+    (out / "E-v0").mkdir(parents=True)
+    (out / "E-v0" / "config.yml").write_text(
+        "!!python/object/apply:collections.OrderedDict\n- - - n_timesteps\n    - 20000.0\n"
+    )
+    raw = {"task": "t", "env": "E-v0", "sizes": [0.04], "losses": LOSSES, "buffer": {"path": str(tmp_path)}}
+    cfg = SweepConfig.from_mapping({**raw, "teacher": {"path": str(out), "zoo": {"algo": "sac"}}})
+    sweep = Sweep(cfg, root=tmp_path, results=tmp_path / "r.json")
+    with pytest.raises(PolicyKDError, match="a cut zoo run"):
+        sweep.teacher()  # a folder without E-v0.zip: the zoo would start a second run beside it
+    (out / "train.json").write_text(json.dumps({"algo": "sac", "command": "c", "train_seconds": 12.5}))
+    info = teacher_info(out)
+    assert info is not None
+    assert info["algo"] == "sac" and info["n_timesteps"] == 20000 and info["train_seconds"] == 12.5
+    (out / "E-v0.zip").write_text("")
+    sweep.teacher()  # trained: nothing to do (no subprocess)
+
+
+def test_a_zoo_teacher_needs_its_run_folder_and_env() -> None:
+    raw = {"task": "t", "sizes": [0.04], "losses": LOSSES}
+    with pytest.raises(PolicyKDError, match=r"a zoo teacher needs env and teacher\.path"):
+        SweepConfig.from_mapping({**raw, "env": "E-v0", "teacher": {"zoo": {"algo": "sac"}}})
+    with pytest.raises(PolicyKDError, match=r"teacher\.zoo must be a mapping with an algo"):
+        SweepConfig.from_mapping({**raw, "env": "E-v0", "teacher": {"path": "x", "zoo": "sac"}})
