@@ -107,6 +107,23 @@ static int get_view(PyObject *obj, Py_buffer *view, int writable)
     return PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0));
 }
 
+/* One observation of `obj` as floats: its own buffer when it holds float32, else converted into `tmp`;
+ * NULL with the error set (and `view` released) when it is not POLICY_OBS_SIZE numbers. */
+static const float *one_observation(PyObject *obj, Py_buffer *view, float *tmp)
+{
+    if (get_view(obj, view, 0) < 0) return NULL;
+    if (view->len != (Py_ssize_t)(POLICY_OBS_SIZE * view->itemsize)) {
+        PyErr_Format(PyExc_ValueError, "an observation of %zd values; this C student takes %d",
+                     view->len / view->itemsize, POLICY_OBS_SIZE);
+        PyBuffer_Release(view);
+        return NULL;
+    }
+    if (element_code(view) == 'f') return (const float *)view->buf;
+    if (to_float(view, tmp, POLICY_OBS_SIZE) == 0) return tmp;
+    PyBuffer_Release(view);
+    return NULL;
+}
+
 #if @DISCRETE@
 static PyObject *act(PyObject *self, PyObject *obj)
 {
@@ -115,16 +132,7 @@ static PyObject *act(PyObject *self, PyObject *obj)
     const float *obs;
     int action;
     (void)self;
-    if (get_view(obj, &view, 0) < 0) return NULL;
-    if (view.len != (Py_ssize_t)(POLICY_OBS_SIZE * view.itemsize)) {
-        PyErr_Format(PyExc_ValueError, "an observation of %zd values; this C student takes %d",
-                     view.len / view.itemsize, POLICY_OBS_SIZE);
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    if (element_code(&view) == 'f') obs = (const float *)view.buf;
-    else if (to_float(&view, tmp, POLICY_OBS_SIZE) == 0) obs = tmp;
-    else { PyBuffer_Release(&view); return NULL; }
+    if (!(obs = one_observation(obj, &view, tmp))) return NULL;
     action = policy_act(obs);
     PyBuffer_Release(&view);
     return PyLong_FromLong(action);
@@ -139,16 +147,7 @@ static PyObject *act(PyObject *self, PyObject *obj)
     int action[POLICY_N_COMPONENTS], k;
     PyObject *out;
     (void)self;
-    if (get_view(obj, &view, 0) < 0) return NULL;
-    if (view.len != (Py_ssize_t)(POLICY_OBS_SIZE * view.itemsize)) {
-        PyErr_Format(PyExc_ValueError, "an observation of %zd values; this C student takes %d",
-                     view.len / view.itemsize, POLICY_OBS_SIZE);
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    if (element_code(&view) == 'f') obs = (const float *)view.buf;
-    else if (to_float(&view, tmp, POLICY_OBS_SIZE) == 0) obs = tmp;
-    else { PyBuffer_Release(&view); return NULL; }
+    if (!(obs = one_observation(obj, &view, tmp))) return NULL;
     policy_act(obs, action);
     PyBuffer_Release(&view);
     if (!(out = PyTuple_New(POLICY_N_COMPONENTS))) return NULL;
@@ -164,16 +163,7 @@ static PyObject *act(PyObject *self, PyObject *obj)
     PyObject *out;
     int k;
     (void)self;
-    if (get_view(obj, &view, 0) < 0) return NULL;
-    if (view.len != (Py_ssize_t)(POLICY_OBS_SIZE * view.itemsize)) {
-        PyErr_Format(PyExc_ValueError, "an observation of %zd values; this C student takes %d",
-                     view.len / view.itemsize, POLICY_OBS_SIZE);
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    if (element_code(&view) == 'f') obs = (const float *)view.buf;
-    else if (to_float(&view, tmp, POLICY_OBS_SIZE) == 0) obs = tmp;
-    else { PyBuffer_Release(&view); return NULL; }
+    if (!(obs = one_observation(obj, &view, tmp))) return NULL;
     policy_act(obs, action);
     PyBuffer_Release(&view);
     if (!(out = PyTuple_New(POLICY_N_OUTPUTS))) return NULL;

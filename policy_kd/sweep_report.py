@@ -229,6 +229,17 @@ def _mean_ratio(res: dict[str, Any], loss: str, size: float) -> float | None:
     return float(np.mean(rs)) if rs else None
 
 
+def _verdict(values: list[float]) -> str:
+    """Whether a cell's mean over seeds reaches 1 (the teacher), and whether its CI says so clearly."""
+    mean = float(np.mean(values))
+    lo, hi = aggregate_runs(np.asarray(values), statistic="mean")["ci"]
+    # A verdict whose CI reaches the other side of 1 is weak either way: say so. A CI that only touches 1
+    # from above (every seed at the teacher's return) is a clean yes.
+    met = mean >= 1.0
+    crosses = lo < 1.0 if met else lo <= 1.0 <= hi
+    return ("yes" if met else "no") + (" (CI includes 1)" if crosses else "")
+
+
 def goals_section(results: list[dict[str, Any]]) -> str:
     """The issue's goals, checked from the results (mean return ratio over seeds)."""
     lines = [
@@ -252,14 +263,7 @@ def goals_section(results: list[dict[str, Any]]) -> str:
                 m = _mean_ratio(res, loss, size)
                 if m is not None and (best is None or m > best[0]):
                     best = (m, f"{loss}, {size:.0%}", _ratios(res, loss, size))
-        reached = "—"
-        if best:
-            lo, hi = aggregate_runs(np.asarray(best[2]), statistic="mean")["ci"]
-            # A verdict whose CI reaches the other side of 1 is weak either way: say so. A CI that only
-            # touches 1 from above (every seed at the teacher's return) is a clean yes.
-            met = best[0] >= 1.0
-            crosses = lo < 1.0 if met else lo <= 1.0 <= hi
-            reached = ("yes" if met else "no") + (" (CI includes 1)" if crosses else "")
+        reached = _verdict(best[2]) if best else "—"
         kl, nll, mse = (_mean_ratio(res, k, 0.04) for k in ("kl_t0.01", "nll", "mse"))
         order = None if None in (kl, nll, mse) else bool(kl >= nll > mse)  # type: ignore[operator]
         if order is not None:
@@ -345,12 +349,7 @@ def continuous_section(results: list[dict[str, Any]], random_dir: Path | None = 
             xs = [score(r) for r in runs]
             if size <= 0.05 and (best is None or np.mean(xs) > best[0]):
                 best = (float(np.mean(xs)), f"{loss}, {size:.0%}", xs)
-        reached = "—"
-        if best:
-            lo, hi = aggregate_runs(np.asarray(best[2]), statistic="mean")["ci"]
-            met = best[0] >= 1.0
-            crosses = lo < 1.0 if met else lo <= 1.0 <= hi
-            reached = ("yes" if met else "no") + (" (CI includes 1)" if crosses else "")
+        reached = _verdict(best[2]) if best else "—"
         at4 = [by.get((loss, 0.04)) for loss in CONTINUOUS_LOSSES]
         shown = " / ".join(
             "—" if not rs else _ratio_text(float(np.mean([score(r) for r in rs]))) for rs in at4
