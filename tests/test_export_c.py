@@ -25,6 +25,20 @@ if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
 CC = find_compiler()
 
 
+def _has_python_headers() -> bool:
+    from policy_kd.export_c_ext import python_include
+
+    try:
+        python_include()
+    except PolicyKDError:
+        return False
+    return True
+
+
+#: Tests that build the extension module on purpose need this Python's headers (CI images have them).
+needs_headers = pytest.mark.skipif(not _has_python_headers(), reason="no Python.h for this Python")
+
+
 def make_student(root: Path, spec: StudentSpec, *, uint8: bool = False, seed: int = 0) -> Path:
     """A student folder with random weights and non-trivial standardisation / action bounds (no training)."""
     torch.manual_seed(seed)
@@ -358,6 +372,7 @@ def test_native_export_matches_eager_with_and_without_avx(
     )
 
 
+@needs_headers
 @pytest.mark.parametrize("name", ["discrete_relu", "minatar_cnn", "squashed_elu"])
 def test_extension_equals_library_equals_eager(name: str, students: dict[str, Path], tmp_path: Path) -> None:
     """The CPython extension and the ctypes library run the same compiled code: equal outputs, both the
@@ -388,6 +403,7 @@ def test_extension_equals_library_equals_eager(name: str, students: dict[str, Pa
         np.testing.assert_allclose(np.asarray(ext.act(row)), action, atol=1e-5)
 
 
+@needs_headers
 def test_c_policy_refuses_a_wrong_size_observation(students: dict[str, Path], tmp_path: Path) -> None:
     """A (1, 1) observation for a 4-input student is an error on both bindings (ctypes used to broadcast it
     into all four inputs and return an action)."""
