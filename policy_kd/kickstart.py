@@ -87,6 +87,7 @@ STUDENTS_FOR_KIND = {
     "gaussian": ("ppo", "a2c"),
     "squashed_gaussian": ("sac", "tqc"),
     "deterministic": ("td3", "ddpg"),
+    "actions": ("dqn", "ppo", "a2c"),  # Discrete only (a Box action-only teacher is refused)
 }
 #: A continuous student's outputs agree with the teacher's when every dimension is within this (the
 #: outputs' own scale: a Gaussian mean, a pre-squash mean, or an action in [-1, 1]).
@@ -391,6 +392,17 @@ def student_hidden(config: KickstartConfig, teacher: Teacher) -> tuple[int, ...]
 def _load_kickstart_teacher(config: KickstartConfig) -> Teacher:
     """The fixed teacher, refused unless a student's SB3 training env can reproduce its inputs."""
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
+    if teacher.kind == "actions":  # behaviour cloning: only the action taken to match
+        if teacher.continuous:
+            raise PolicyKDError(
+                f"kickstart from teacher {config.teacher}, which exposes only its Box actions, is not supported; "
+                "distil from its recording instead (policy-kd distill --loss mse)"
+            )
+        if config.loss != "nll":
+            raise PolicyKDError(
+                f"--loss {config.loss} needs soft targets, but teacher {config.teacher} exposes only its actions "
+                "(kind actions); pass --loss nll"
+            )
     algos = STUDENTS_FOR_KIND[teacher.kind]
     if config.algo not in algos:
         raise PolicyKDError(
