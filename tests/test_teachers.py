@@ -438,11 +438,22 @@ class _MultiDiscreteEnv(gym.Env):
 
 
 def test_multidiscrete_teacher_labels_each_component() -> None:
+    """Issue 27: a MultiDiscrete PPO teacher is accepted (it was refused before); its outputs are every
+    component's logits side by side and its greedy action one argmax per component."""
     model = PPO("MlpPolicy", _MultiDiscreteEnv(), policy_kwargs=small())
     teacher = Teacher(model=model, algo="ppo", env_id="x", path="x.zip")
-    assert (teacher.nvec, teacher.n_outputs) == ((2, 3), 5)
+    assert teacher.nvec == (2, 3) and teacher.n_outputs == 5
     labels = teacher.label(np.zeros((4, 2), np.float32))
     assert labels.outputs["teacher"].shape == (4, 5) and labels.greedy.shape == (4, 2)
+
+
+def test_unsupported_action_space_is_refused() -> None:
+    model = PPO("MlpPolicy", _MultiDiscreteEnv(), policy_kwargs=small())
+    model.action_space = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(3)))
+    with pytest.raises(
+        PolicyKDError, match="supported action spaces are Discrete, Box, MultiDiscrete and MultiBinary"
+    ):
+        Teacher(model=model, algo="ppo", env_id="x", path="x.zip")
 
 
 @needs_contrib
