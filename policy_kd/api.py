@@ -39,7 +39,7 @@ def train_teacher(env: str, out: PathLike, *, algo: str = "dqn", **options: Any)
 
     :param env: Gymnasium environment id, e.g. ``"CartPole-v1"``.
     :param out: run folder to create.
-    :param algo: ``dqn``, ``qrdqn``, ``ppo`` or ``a2c``.
+    :param algo: ``dqn``, ``qrdqn``, ``ppo``, ``a2c``, ``sac``, ``tqc``, ``td3`` or ``ddpg``.
     :param options: any other ``train-teacher`` option (``seed``, ``n_timesteps``, ``eval_freq``, ``force``...).
     :return: the run folder (``teacher.json``, ``best_model.zip``, ...).
 

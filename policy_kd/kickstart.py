@@ -1,6 +1,7 @@
 """Kickstarting (Schmitt et al. 2018) / QDagger-style (Agarwal et al. 2022) distillation-regularised RL.
 
-A small student is trained by SB3 DQN, PPO or A2C on the environment's reward *plus* a distillation loss
+A small student is trained by SB3 (DQN, PPO or A2C; for Box actions PPO/A2C, SAC/TQC or TD3/DDPG, the same
+kind of policy as the teacher's) on the environment's reward *plus* a distillation loss
 toward a fixed teacher, whose weight ``lambda_t`` is annealed to zero, so the student starts by imitating
 the teacher and ends as a plain RL agent that may surpass it. The RL side is ``train-teacher`` unchanged
 (the student's preset is the algorithm's zoo preset for the env with a small ``net_arch``); the
@@ -15,7 +16,9 @@ distillation side is one SB3 callback, :class:`Kickstart`, and no copy of SB3's 
 * ``lambda_t`` depends only on the env step count: ``linear`` (``weight * (1 - t / horizon)`` until the
   horizon, then 0), ``step`` (``weight`` until the horizon, then 0) or ``constant``; ``horizon`` is
   ``--anneal-fraction`` of the training steps.
-* The student's outputs in the loss: a PPO/A2C student's action logits; a DQN student's Q-values divided by
+* The student's outputs in the loss: a Gaussian (PPO/A2C) or squashed (SAC/TQC) student's mean and log-std,
+  a TD3/DDPG student's ``[-1, 1]``-scaled action (an actor-critic student's actor optimizer gets the term,
+  its critics none); a PPO/A2C student's action logits; a DQN student's Q-values divided by
   ``--tau`` for the softmax losses (kl, kl_entropy, nll), as QDagger softens both sides with one
   temperature: then KL = 0 exactly when the student's Q-values equal the teacher's up to a constant, which
   the TD loss is free to fix (raw Q-values for mse and hinton).
@@ -49,7 +52,14 @@ from torch import nn
 
 from policy_kd.config import to_dict
 from policy_kd.errors import PolicyKDError
-from policy_kd.losses import LossConfig, compute_loss
+from policy_kd.losses import (
+    CONTINUOUS_LOSSES,
+    DETERMINISTIC_LOSSES,
+    DISCRETE_LOSSES,
+    LOSSES,
+    LossConfig,
+    compute_loss,
+)
 from policy_kd.options import LossOptions, RunOptions, TeacherTrainingOptions, check_choice, check_ranges
 from policy_kd.record import space_json
 from policy_kd.run import atomic_torch_save, job, prepare_out_dir, write_json, write_run_info
@@ -67,7 +77,20 @@ from policy_kd.teachers.sb3 import algo_name, check_supported, sample_states
 from policy_kd.training import student_info
 
 ANNEALS = ("linear", "step", "constant")
-STUDENT_ALGOS = ("dqn", "ppo", "a2c")
+STUDENT_ALGOS = ("dqn", "ppo", "a2c", "sac", "tqc", "td3", "ddpg")
+#: The student algorithms whose policy has the same kind of outputs as a teacher of each kind: a Box
+#: teacher's outputs are compared with a student of the same head (Gaussian, squashed, deterministic).
+STUDENTS_FOR_KIND = {
+    "q_values": ("dqn", "ppo", "a2c"),
+    "quantiles": ("dqn", "ppo", "a2c"),
+    "logits": ("dqn", "ppo", "a2c"),
+    "gaussian": ("ppo", "a2c"),
+    "squashed_gaussian": ("sac", "tqc"),
+    "deterministic": ("td3", "ddpg"),
+}
+#: A continuous student's outputs agree with the teacher's when every dimension is within this (the
+#: outputs' own scale: a Gaussian mean, a pre-squash mean, or an action in [-1, 1]).
+CONTINUOUS_AGREEMENT = 0.1
 # Losses that compare softmaxes: a DQN student's Q-values enter them divided by tau (see the module doc).
 SOFTMAX_LOSSES = ("kl", "kl_entropy", "nll")
 #: Distillation minibatch size for an algorithm without a ``batch_size`` of its own (A2C).
@@ -102,7 +125,9 @@ class KickstartConfig(TeacherTrainingOptions, LossOptions, RunOptions):
     env: str | None = None
     """Environment id, for a plain .zip --teacher; another version of a run folder's env (LunarLander-v3 for a LunarLander-v2 teacher) runs it there if the spaces match."""
     algo: str = "dqn"
-    """The student's RL algorithm: dqn, ppo or a2c (its preset for the env comes from agents/<algo>.yml)."""
+    """The student's RL algorithm (its preset for the env comes from agents/<algo>.yml): dqn, ppo or a2c for a
+    discrete teacher; ppo or a2c for a Gaussian (PPO/A2C) one, sac or tqc for a SAC/TQC one, td3 or ddpg for
+    a TD3/DDPG one."""
     out: str | None = None
     """Run folder to create (refused if it exists, unless --force)."""
     student_hidden: tuple[int, ...] | None = None
@@ -127,7 +152,7 @@ class KickstartConfig(TeacherTrainingOptions, LossOptions, RunOptions):
         if self.teacher is None:
             raise PolicyKDError("kickstart needs a teacher: pass --teacher DIR (a train-teacher run folder)")
         check_choice("algo", self.algo, STUDENT_ALGOS, what="algo")
-        self.validate_loss()
+        self.validate_loss(LOSSES)  # which of them fits the teacher is checked once it is loaded
         self.validate_run()
         check_choice("anneal", self.anneal, ANNEALS)
         self.validate_training()
@@ -191,22 +216,29 @@ class Kickstart(BaseCallback):
         model = self.model
         check_supported(model, "kickstart")
         self.algo = algo_name(model)
-        if self.algo not in STUDENT_ALGOS:
-            raise PolicyKDError(f"kickstart trains dqn, ppo or a2c students, not {self.algo}")
+        if self.algo not in STUDENTS_FOR_KIND[self.teacher.kind]:
+            raise PolicyKDError(
+                f"kickstart trains {', '.join(STUDENTS_FOR_KIND[self.teacher.kind])} students from a "
+                f"{self.teacher.kind} teacher, not {self.algo}"
+            )
         if tuple(model.observation_space.shape or ()) != tuple(self.teacher.observation_space.shape or ()):
             raise PolicyKDError(
                 f"the teacher takes observations {self.teacher.observation_space.shape} but the student's env "
                 f"gives {model.observation_space.shape}; kickstart a student on the teacher's environment"
             )
-        if self.teacher.n_outputs != model.action_space.n:  # type: ignore[attr-defined]
+        space = model.action_space
+        n = int(space.n) if hasattr(space, "n") else int(np.prod(space.shape or ()))  # type: ignore[attr-defined]
+        if self.teacher.n_outputs != n or type(space) is not type(self.teacher.action_space):
             raise PolicyKDError(
-                f"the teacher has {self.teacher.n_outputs} actions, the student's env {model.action_space}"
+                f"the teacher acts in {self.teacher.action_space}, the student's env in {model.action_space}"
             )
+        self.continuous = self.teacher.continuous
         self.batch_size = self.batch_size or int(getattr(model, "batch_size", None) or FALLBACK_BATCH_SIZE)
         self.scale = self.loss.tau if self.algo == "dqn" and self.loss.name in SOFTMAX_LOSSES else 1.0
         # register_step_pre_hook is torch's public API: the hook runs inside optimizer.step(), after SB3's
         # backward() and gradient clipping, before the parameters move.
-        self._handle = model.policy.optimizer.register_step_pre_hook(self._add_distillation)
+        # (an actor-critic student: the actor's optimizer, so the critic's updates get no distillation term)
+        self._handle = sb3.actor_optimizer(model, self.algo).register_step_pre_hook(self._add_distillation)
 
     def _on_step(self) -> bool:
         return True
@@ -244,18 +276,36 @@ class Kickstart(BaseCallback):
             return  # no teacher forward pass at all: exactly SB3's update
         model = self.model
         raw = sample_states(model, self.batch_size, self.rng)  # (batch, *obs_shape), as the env gave them
-        target = torch.as_tensor(self.teacher.label(raw).outputs["teacher"], device=model.device)
+        labels = self.teacher.label(raw).outputs
+        target = torch.as_tensor(labels["teacher"], device=model.device)
         vec_normalize = model.get_vec_normalize_env()
         obs = vec_normalize.normalize_obs(raw) if vec_normalize is not None else raw
         obs_t, _ = model.policy.obs_to_tensor(obs)
         with torch.enable_grad():
-            out = self.student_outputs(obs_t)  # (batch, n_actions)
-            loss = compute_loss(out, target, self.loss)
+            if self.continuous:
+                out, log_std = sb3.student_gaussian_outputs(model, self.algo, obs_t)  # (batch, action_dim)
+                t_log_std = labels.get("teacher_log_std")
+                loss = compute_loss(
+                    out,
+                    target,
+                    self.loss,
+                    student_log_std=log_std,
+                    teacher_log_std=None
+                    if t_log_std is None
+                    else torch.as_tensor(t_log_std, device=model.device),
+                )
+            else:
+                out = self.student_outputs(obs_t)  # (batch, n_actions)
+                loss = compute_loss(out, target, self.loss)
             # backward() adds into .grad, which holds SB3's gradient for this step by now
             (w * loss).backward()
         self.distill_steps += 1
         self._sums["loss"] += float(loss.detach())
-        self._sums["agreement"] += float((out.argmax(-1) == target.argmax(-1)).float().mean())
+        if self.continuous:
+            close = ((out.detach() - target).abs() <= CONTINUOUS_AGREEMENT).all(dim=-1)
+            self._sums["agreement"] += float(close.float().mean())
+        else:
+            self._sums["agreement"] += float((out.argmax(-1) == target.argmax(-1)).float().mean())
         self._sums["n"] += 1
 
 
@@ -264,22 +314,28 @@ class Kickstart(BaseCallback):
 
 def export_sb3_student(model: BaseAlgorithm, out: Path, info: dict[str, Any]) -> tuple[Path | None, str]:
     """Write an SB3 MLP student as a policy_kd student folder (``student.json``, ``best.pt``) with the same
-    outputs (Q-values or logits); return (folder or None, why not)."""
+    outputs (Q-values, logits, a Gaussian mean and log-std, a deterministic action) and, for Box actions,
+    the same bounds; return (folder or None, why not)."""
     algo = algo_name(model)
     if model.get_vec_normalize_env() is not None:
         return None, "the student was trained on normalised observations (VecNormalize)"
+    head, why_not = _student_head(model, algo)
+    if head is None:
+        return None, why_not
     extractor = sb3.actor_features_extractor(model, algo)
     if type(extractor).__name__ != "FlattenExtractor":
         return None, f"the student's features extractor is {type(extractor).__name__}, not an MLP's"
     linears, act = sb3.actor_linears(model, algo)
     if len(linears) > 1 and act not in _ACTIVATION_NAMES:
         return None, f"the student's activation {act} has no policy_kd equivalent"
+    space = model.action_space
     spec = StudentSpec(
         arch="mlp",
         obs_shape=tuple(model.observation_space.shape or ()),
-        n_outputs=int(model.action_space.n),  # type: ignore[attr-defined]
+        n_outputs=int(space.n) if head == "discrete" else int(np.prod(space.shape)),  # type: ignore[attr-defined]
         hidden=tuple(m.out_features for m in linears[:-1]),
         activation=_ACTIVATION_NAMES.get(act, "relu") if act else "relu",  # type: ignore[arg-type]
+        head=head,
     )
     net = build_student(spec)
     targets = [m for m in net.net if isinstance(m, nn.Linear)]
@@ -287,11 +343,36 @@ def export_sb3_student(model: BaseAlgorithm, out: Path, info: dict[str, Any]) ->
         for dst, src in zip(targets, linears, strict=True):
             dst.weight.copy_(src.weight.cpu())
             dst.bias.copy_(src.bias.cpu())
+        if head != "discrete":
+            net.set_action_bounds(space.low.reshape(-1), space.high.reshape(-1))  # type: ignore[attr-defined]
+        if head == "gaussian":  # PPO/A2C: the state-independent log-std, as policy_kd's Gaussian head
+            net.log_std.copy_(model.policy.log_std.detach().cpu())
     out.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(net.state_dict(), out / "best.pt")
     params = count_params(net)
     save_student(out, spec, {**info, "params": params, "weights": "best.pt"})
     return out, ""
+
+
+def _student_head(model: BaseAlgorithm, algo: str) -> tuple[str | None, str]:
+    """The policy_kd head that reproduces an SB3 student's actions exactly, or None and why there is none."""
+    if (
+        algo in ("dqn", "ppo", "a2c")
+        and not model.policy.squash_output
+        and not getattr(model, "use_sde", False)
+    ):
+        return ("gaussian" if sb3.output_kind(model, algo) == "gaussian" else "discrete"), ""
+    if algo in sb3.DETERMINISTIC_ALGOS:
+        return "deterministic", ""
+    if algo in sb3.SQUASHED_ALGOS:
+        return None, (
+            f"a {algo} student's std depends on the state, which policy_kd's state-independent log-std "
+            "cannot reproduce (evaluate OUT/model instead)"
+        )
+    return (
+        None,
+        "the student uses gSDE or squashed actions, which policy_kd's Gaussian head does not reproduce",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the job
@@ -310,9 +391,18 @@ def student_hidden(config: KickstartConfig, teacher: Teacher) -> tuple[int, ...]
 def _load_kickstart_teacher(config: KickstartConfig) -> Teacher:
     """The fixed teacher, refused unless a student's SB3 training env can reproduce its inputs."""
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
-    if teacher.continuous:
+    algos = STUDENTS_FOR_KIND[teacher.kind]
+    if config.algo not in algos:
         raise PolicyKDError(
-            f"kickstart supports discrete actions; teacher {config.teacher} acts in {teacher.action_space}"
+            f"a {teacher.kind} teacher ({teacher.algo}) kickstarts a student of the same kind of policy: "
+            f"pass --algo {' or '.join(algos)}, not {config.algo}"
+        )
+    allowed = DETERMINISTIC_LOSSES if teacher.kind == "deterministic" else CONTINUOUS_LOSSES
+    if not teacher.continuous:
+        allowed = tuple(DISCRETE_LOSSES)
+    if config.loss not in allowed:
+        raise PolicyKDError(
+            f"--loss {config.loss} does not apply to a {teacher.kind} teacher; choose one of {', '.join(allowed)}"
         )
     if teacher.env_wrappers or teacher.raw_env:
         raise PolicyKDError(
@@ -324,12 +414,20 @@ def _load_kickstart_teacher(config: KickstartConfig) -> Teacher:
 
 def student_preset(config: KickstartConfig, env_id: str, hidden: tuple[int, ...]) -> dict[str, Any]:
     """The algorithm's preset for ``env_id`` with the student's small ``net_arch`` (PPO/A2C: actor and
-    critic alike)."""
+    critic alike; SAC/TQC/TD3/DDPG: the actor only, the critics keep the preset's size, since only the
+    actor is deployed)."""
     preset = load_preset(config.algo, env_id, config.preset)
     policy_kwargs = dict(preset.get("policy_kwargs") or {})
-    policy_kwargs["net_arch"] = (
-        list(hidden) if config.algo == "dqn" else {"pi": list(hidden), "vf": list(hidden)}
-    )
+    if config.algo == "dqn":
+        policy_kwargs["net_arch"] = list(hidden)
+    elif config.algo in sb3.ACTOR_CRITIC_ALGOS:
+        arch = policy_kwargs.get("net_arch")
+        # SB3's own defaults when the preset names no size: 256x256 (SAC/TQC), 400x300 (TD3/DDPG)
+        qf = arch.get("qf") if isinstance(arch, dict) else arch
+        default_qf = [256, 256] if config.algo in sb3.SQUASHED_ALGOS else [400, 300]
+        policy_kwargs["net_arch"] = {"pi": list(hidden), "qf": list(qf or default_qf)}
+    else:
+        policy_kwargs["net_arch"] = {"pi": list(hidden), "vf": list(hidden)}
     return {**preset, "policy_kwargs": policy_kwargs}
 
 

@@ -32,8 +32,10 @@ from stable_baselines3.common.vec_env import VecFrameStack, unwrap_vec_wrapper
 from torch.utils.tensorboard import SummaryWriter
 
 from policy_kd.envs import make_env_from_spec
+from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
-from policy_kd.losses import compute_loss
+from policy_kd.fidelity import compare_actions
+from policy_kd.losses import CONTINUOUS_LOSSES, DETERMINISTIC_LOSSES, DISCRETE_LOSSES, LOSSES, compute_loss
 from policy_kd.options import (
     LossOptions,
     RunOptions,
@@ -44,6 +46,7 @@ from policy_kd.options import (
 )
 from policy_kd.record import space_json
 from policy_kd.run import job, prepare_out_dir, write_json, write_run_info
+from policy_kd.spaces import action_range
 from policy_kd.students import Student, build_student, count_params, save_student
 from policy_kd.teacher import Teacher, policy_param_count, train_teacher
 from policy_kd.teachers.sb3 import algo_name, check_supported, sample_states
@@ -57,7 +60,14 @@ from policy_kd.training import (
 )
 
 UNITS = ("updates", "steps")
-ONLINE_ALGOS = ("dqn", "ppo", "a2c")
+LOSSES_FOR_ALGO = {
+    "dqn": tuple(DISCRETE_LOSSES),
+    "sac": CONTINUOUS_LOSSES,
+    "tqc": CONTINUOUS_LOSSES,
+    "td3": DETERMINISTIC_LOSSES,
+    "ddpg": DETERMINISTIC_LOSSES,
+}
+ONLINE_ALGOS = ("dqn", "ppo", "a2c", "sac", "tqc", "td3", "ddpg")
 # Student evaluations start where distill's model selection does, away from evaluate's seeds 0..N.
 EVAL_SEED = SELECTION_SEED
 # States used to refresh the student's input standardisation before each distillation phase.
@@ -90,7 +100,8 @@ class DistillOnlineConfig(TeacherTrainingOptions, StudentOptions, LossOptions, R
     """Train an SB3 teacher (as train-teacher does) and distil a student from it while it trains."""
 
     algo: str = "dqn"
-    """Teacher algorithm: dqn, ppo or a2c (the teacher's preset comes from agents/<algo>.yml)."""
+    """Teacher algorithm: dqn, ppo or a2c; for Box actions ppo, a2c (Gaussian students), sac, tqc (squashed
+    Gaussian students), td3 or ddpg (deterministic students). The teacher's preset comes from agents/<algo>.yml."""
     env: str = "CartPole-v1"
     """Gymnasium environment id."""
     out: str | None = None
@@ -121,7 +132,9 @@ class DistillOnlineConfig(TeacherTrainingOptions, StudentOptions, LossOptions, R
 
     def validate(self) -> None:
         check_choice("algo", self.algo, ONLINE_ALGOS, what="algo")
-        self.validate_loss()
+        # dqn acts on Discrete actions, sac/tqc/td3/ddpg on Box ones; ppo/a2c on either, so their loss is
+        # checked against the action space once the teacher exists
+        self.validate_loss(LOSSES_FOR_ALGO.get(self.algo, LOSSES))
         self.validate_student()
         self.validate_run()
         self.validate_training()
@@ -194,14 +207,31 @@ class OnlineDistillation(BaseCallback):
         self.teacher = live_teacher(model, cfg.env, path)
         obs_shape = tuple(model.observation_space.shape or ())
         self.teacher_params = policy_param_count(model, self.teacher.algo)
+        kind, continuous = self.teacher.kind, self.teacher.continuous
+        if kind == "deterministic":
+            allowed: tuple[str, ...] = DETERMINISTIC_LOSSES
+        else:
+            allowed = CONTINUOUS_LOSSES if continuous else tuple(DISCRETE_LOSSES)
+        if cfg.loss not in allowed:
+            raise PolicyKDError(
+                f"--loss {cfg.loss} does not apply to a {kind} teacher; choose one of {', '.join(allowed)}"
+            )
+        self.width = action_range(model.action_space)  # None for discrete actions
         self.spec = cfg.student_spec(
-            obs_shape, self.teacher.n_outputs, teacher_params=self.teacher_params, activation=cfg.activation
+            obs_shape,
+            self.teacher.n_outputs,
+            teacher_params=self.teacher_params,
+            activation=cfg.activation,
+            head=kind if continuous else "discrete",  # gaussian, squashed_gaussian or deterministic
         )
         # the student's initialisation must not draw from the global torch RNG the teacher's training uses:
         # with or without an online student, a seed gives the same teacher
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
             self.net: Student = build_student(self.spec)
+        if continuous:
+            space = model.action_space
+            self.net.set_action_bounds(space.low.reshape(-1), space.high.reshape(-1))  # type: ignore[attr-defined]
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.tb = SummaryWriter(str(self.out / "tb"))
         spec = self.teacher.env_spec
@@ -246,12 +276,24 @@ class OnlineDistillation(BaseCallback):
         total, agree = torch.zeros(()), torch.zeros(())
         for _ in range(n_steps):
             raw = sample_states(self.model, cfg.batch_size, self.rng)  # (batch, *obs_shape)
-            target = torch.from_numpy(self.teacher.label(raw).outputs["teacher"])  # (batch, n_actions)
-            out = net(torch.from_numpy(raw))  # (batch, n_actions)
-            loss = compute_loss(out, target, self.loss_cfg)
+            labels = self.teacher.label(raw)
+            target = torch.from_numpy(labels.outputs["teacher"])  # (batch, n_outputs)
+            out = net(torch.from_numpy(raw))  # (batch, n_outputs)
+            t_log_std = labels.outputs.get("teacher_log_std")
+            loss = compute_loss(
+                out,
+                target,
+                self.loss_cfg,
+                student_log_std=getattr(net, "log_std", None),
+                teacher_log_std=None if t_log_std is None else torch.from_numpy(t_log_std),
+            )
             optimizer_step(loss, self.opt)
             total += loss.detach()
-            agree += (out.argmax(-1) == target.argmax(-1)).float().mean()
+            if self.width is None:
+                agree += (out.argmax(-1) == target.argmax(-1)).float().mean()
+            else:  # actions within evaluate's tolerance of the range, as evaluate's agreement
+                bad, _ = compare_actions(labels.greedy, net.predict(raw), self.width)
+                agree += float(1.0 - bad.mean())
         self.student_steps += n_steps
         mean_loss, mean_agree = float(total) / n_steps, float(agree) / n_steps
         self.last_loss = mean_loss

@@ -172,7 +172,9 @@ def test_ppo_student_folder_matches_its_policy(tmp_path, artifacts) -> None:
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["--algo", "sac"], "unknown algo"),
+        (["--algo", "trpo"], "unknown algo"),
+        (["--algo", "sac"], "kickstarts a student of the same kind of policy"),
+        (["--loss", "gaussian_kl"], "does not apply to a q_values teacher"),
         (["--loss", "cosine"], "unknown loss"),
         (["--weight", "-1"], "--weight must be >= 0"),
         (["--anneal", "cosine"], "unknown --anneal"),

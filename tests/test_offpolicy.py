@@ -290,3 +290,92 @@ def test_packaged_presets_cover_the_continuous_tasks() -> None:
             preset = load_preset(algo, env)
             assert preset != load_preset(algo, "NoSuchEnv-v0")  # an entry of its own, not the default: one
             assert preset["n_timesteps"] > 0 and isinstance(algo_kwargs(preset), dict)
+
+
+# ------------------------------------------------------------------ kickstart and distill-online, continuous
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_kickstart_continuous_student(
+    offpolicy: dict[str, dict[str, Path]], algo: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "ks"
+    assert run_cli("kickstart", "--teacher", offpolicy[algo]["teacher"], "--algo", algo, "--loss", LOSS[algo],
+                   "--preset", _preset(tmp_path, algo), "--student-hidden", "8", "--out", out,
+                   "--eval-freq", "300", "--eval-episodes", "1", "--no-progress") == 0  # fmt: skip
+    summary = json.loads((out / "kickstart.json").read_text())
+    assert summary["distill_updates"] > 0 and summary["log"]
+    assert all(np.isfinite(e["distill_loss"]) and 0 <= e["agreement"] <= 1 for e in summary["log"])
+    model = load_teacher(out / "model")
+    assert model.algo == algo and next(iter(model.model.policy.actor.parameters())).shape[0] == 8
+    if algo in SQUASHED:  # a state-dependent std: no policy_kd student folder, and it says why
+        assert summary["student_folder"] is None and "state" in summary["student_folder_skipped"]
+        return
+    student = load_student(out / "student")  # the same network as a policy_kd student: the same actions
+    obs = Buffer.open(offpolicy[algo]["buffer"]).field("obs")
+    assert student.net.spec.head == "deterministic"
+    np.testing.assert_allclose(
+        student.predict(obs), model.model.predict(obs, deterministic=True)[0], atol=1e-5
+    )
+
+
+def test_kickstart_gaussian_ppo_student(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    teacher = tmp_path / "ppo.zip"
+    PPO("MlpPolicy", ENV, policy_kwargs={"net_arch": [16]}, seed=0).save(teacher)
+    preset = tmp_path / "ppo.yml"
+    preset.write_text(yaml.safe_dump({ENV: {"policy": "MlpPolicy", "n_steps": 128, "batch_size": 64,
+                                            "n_epochs": 2}}))  # fmt: skip
+    out = tmp_path / "ks"
+    assert run_cli("kickstart", "--teacher", teacher, "--env", ENV, "--algo", "ppo", "--loss", "gaussian_kl",
+                   "--preset", preset, "--student-hidden", "8", "--n-timesteps", "256", "--anneal", "constant", "--out", out,
+                   "--eval-freq", "256", "--eval-episodes", "1", "--no-progress") == 0  # fmt: skip
+    assert json.loads((out / "kickstart.json").read_text())["distill_updates"] > 0
+    sb3_student, student = load_teacher(out / "model"), load_student(out / "student")
+    obs = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    assert student.net.spec.head == "gaussian"
+    np.testing.assert_allclose(
+        student.predict(obs), sb3_student.model.predict(obs, deterministic=True)[0], atol=1e-5
+    )
+    np.testing.assert_array_equal(
+        student.net.log_std.detach().numpy(), sb3_student.model.policy.log_std.detach().numpy()
+    )
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_distill_online_continuous(algo: str, tmp_path: Path) -> None:
+    out = tmp_path / "online"
+    assert run_cli("distill-online", "--algo", algo, "--env", ENV, "--preset", _preset(tmp_path, algo),
+                   "--loss", LOSS[algo], "--out", out, "--every", "50", "--unit", "steps", "--distill-steps", "5",
+                   "--eval-freq", "150", "--eval-episodes", "1", "--no-progress") == 0  # fmt: skip
+    metrics = json.loads((out / "student" / "metrics.json").read_text())
+    assert metrics["student_steps"] == 5 * (300 // 50)
+    assert all(np.isfinite(p["loss"]) and 0 <= p["agreement"] <= 1 for p in metrics["phases"])
+    student = load_student(out / "student")
+    assert student.net.spec.head == KIND[algo]
+    assert student.info["action_space"]["low"] == [LOW]
+    assert run_cli("evaluate", "--teacher", out / "teacher", "--student", out / "student", "--episodes", "1",
+                   "--no-latency", "--no-random-baseline") == 0  # fmt: skip
+
+
+def test_vecnormalize_preset_normalises_inside_the_teacher_and_its_critic(tmp_path: Path) -> None:
+    preset = tmp_path / "sac.yml"
+    preset.write_text(yaml.safe_dump({ENV: {"policy": "MlpPolicy", "n_timesteps": 200, "learning_starts": 50,
+                                            "batch_size": 32, "normalize": True,
+                                            "policy_kwargs": {"net_arch": [16]}}}))  # fmt: skip
+    run, buf = tmp_path / "sac", tmp_path / "buffer"
+    assert run_cli("train-teacher", "--algo", "sac", "--env", ENV, "--preset", preset, "--out", run,
+                   "--eval-freq", "200", "--eval-episodes", "1", "--no-progress") == 0  # fmt: skip
+    assert run_cli("record", "--teacher", run, "--out", buf, "--steps", "100", "--behaviour", "teacher",
+                   "--record-q", "--no-progress") == 0  # fmt: skip
+    teacher, b = load_teacher(run), Buffer.open(buf)
+    assert teacher.vec_normalize is not None
+    raw = b.field("obs")
+    normalized = teacher.vec_normalize.normalize_obs(raw)
+    assert not np.allclose(normalized, raw)  # the buffer keeps raw observations
+    np.testing.assert_allclose(
+        b.field("action"), teacher.model.predict(normalized, deterministic=True)[0], atol=1e-5
+    )
+    np.testing.assert_allclose(b.field("teacher_q"), _sb3_q(teacher.model, "sac", normalized, b.field("action")),
+                               rtol=1e-5, atol=1e-4)  # fmt: skip

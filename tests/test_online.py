@@ -126,7 +126,8 @@ def test_distill_online_job_writes_teacher_and_student_side_by_side(
         (["--unit", "episodes"], "unknown --unit"),
         (["--loss", "gaussian_kl"], "unknown loss"),
         (["--every", "0"], "--every must be > 0"),
-        (["--algo", "sac"], "unknown algo"),
+        (["--algo", "trpo"], "unknown algo"),
+        (["--algo", "td3", "--loss", "gaussian_kl"], "unknown loss"),
         (["--tau", "0"], "--tau must be > 0"),
     ],
 )

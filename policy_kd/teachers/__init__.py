@@ -1,4 +1,5 @@
-"""Teachers: train SB3 DQN/QR-DQN/PPO/A2C from the presets in ``agents/``, and load them to act and label.
+"""Teachers: train SB3 DQN/QR-DQN/PPO/A2C/SAC/TQC/TD3/DDPG from the presets in ``agents/``, and load them to
+act and label.
 
 A loaded :class:`Teacher` gives, in one forward pass, both the outputs the buffer records and the greedy
 action taken from them, so what the teacher does and what it is recorded to know can never disagree.
@@ -11,7 +12,13 @@ kind                      teacher                          extra fields
 ``quantiles`` (QR-DQN)    mean of the quantiles            ``teacher_quantiles`` ``(n_quantiles, n_actions)``
 ``logits`` (PPO/A2C)      action logits ``(n_actions,)``   none
 ``gaussian`` (PPO/A2C)    Gaussian mean ``(action_dim,)``  ``teacher_log_std`` ``(action_dim,)``
+``squashed_gaussian``     pre-tanh mean ``(action_dim,)``  ``teacher_log_std`` ``(action_dim,)`` per state
+``deterministic``         action in [-1, 1]                none
 ========================  ===============================  ==============================================
+
+``squashed_gaussian`` is SAC's and TQC's, ``deterministic`` TD3's and DDPG's (their actor's tanh output, the
+action scale their critic takes). ``record --record-q`` adds ``teacher_q`` ``()`` for these four: the
+critic's value at the teacher's deterministic action.
 
 (``squashed_gaussian``: a Gaussian policy whose actions SB3 squashes with tanh, gSDE with
 ``squash_output``; the fields are the pre-squash mean and log std, as for ``gaussian``.)

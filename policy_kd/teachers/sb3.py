@@ -284,10 +284,11 @@ def algo_name(model: BaseAlgorithm) -> str:
 
 
 def check_supported(model: BaseAlgorithm, what: str) -> None:
-    """Refuse models whose stored states are not the env's observations, and non-discrete actions."""
-    if not isinstance(model.action_space, gym.spaces.Discrete):
+    """Refuse models whose stored states are not the env's observations, and actions neither Discrete nor
+    a Box."""
+    if not isinstance(model.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         raise PolicyKDError(
-            f"{what} supports discrete actions, not {model.action_space}; distil continuous teachers from a "
+            f"{what} supports Discrete and Box actions, not {model.action_space}; distil this teacher from a "
             "recorded buffer with policy-kd distill"
         )
     if not isinstance(model.observation_space, gym.spaces.Box):
@@ -346,15 +347,51 @@ def student_outputs(model: BaseAlgorithm, algo: str, obs: torch.Tensor, scale: f
     return policy.get_distribution(obs).distribution.logits
 
 
+def student_gaussian_outputs(
+    model: BaseAlgorithm, algo: str, obs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What kickstart's loss compares with a Box teacher's outputs, with gradients: ``(mean, log_std)`` of a
+    PPO/A2C (Gaussian) or SAC/TQC (pre-squash) student's action distribution, each ``(batch, action_dim)``;
+    a TD3/DDPG student's action scaled to ``[-1, 1]`` and ``None``."""
+    policy = model.policy
+    if algo in DETERMINISTIC_ALGOS:
+        return policy.actor(obs), None
+    if algo in SQUASHED_ALGOS:
+        mean, log_std, kwargs = policy.actor.get_action_dist_params(obs)
+        normal = policy.actor.action_dist.proba_distribution(mean, log_std, **kwargs).distribution
+    else:
+        normal = policy.get_distribution(obs).distribution
+    return normal.mean, normal.stddev.log()
+
+
+def actor_optimizer(model: BaseAlgorithm, algo: str) -> torch.optim.Optimizer:
+    """The optimizer that updates the layers that choose actions: SAC/TQC/TD3/DDPG's actor optimizer (their
+    critics have their own), else the policy's one optimizer."""
+    if algo in ACTOR_CRITIC_ALGOS:
+        return model.policy.actor.optimizer
+    return model.policy.optimizer
+
+
 def actor_features_extractor(model: BaseAlgorithm, algo: str) -> nn.Module:
     """The features extractor in front of the layers that choose actions."""
+    if algo in ACTOR_CRITIC_ALGOS:
+        return model.policy.actor.features_extractor
     return model.policy.q_net.features_extractor if algo == "dqn" else model.policy.pi_features_extractor
 
 
 def actor_linears(model: BaseAlgorithm, algo: str) -> tuple[list[nn.Linear], type[nn.Module] | None]:
-    """The Linear layers that choose actions, in order, and their activation class (DQN, PPO, A2C MLPs)."""
+    """The Linear layers that choose actions, in order, and their hidden activation class (DQN, PPO, A2C,
+    TD3/DDPG MLPs; a SAC/TQC actor's mean path, its log-std head left out)."""
     policy = model.policy
-    seq = list(policy.q_net.q_net) if algo == "dqn" else [*policy.mlp_extractor.policy_net, policy.action_net]
+    if algo in DETERMINISTIC_ALGOS:
+        seq = list(policy.actor.mu)[:-1]  # its final Tanh is the deterministic head's, not a hidden one
+    elif algo in SQUASHED_ALGOS:
+        mu = policy.actor.mu
+        seq = [*policy.actor.latent_pi, *(mu if isinstance(mu, nn.Sequential) else [mu])]
+    elif algo == "dqn":
+        seq = list(policy.q_net.q_net)
+    else:
+        seq = [*policy.mlp_extractor.policy_net, policy.action_net]
     linears = [m for m in seq if isinstance(m, nn.Linear)]
     acts = {type(m) for m in seq if not isinstance(m, nn.Linear)}
     return linears, (acts.pop() if len(acts) == 1 else None)
