@@ -216,20 +216,13 @@ def comparable(results: Mapping[str, Any]) -> Any:
 
 
 def group_key(options: Mapping[str, Any]) -> tuple[Any, ...] | None:
-    """Students with equal keys train as one stacked model: :func:`policy_kd.group.group_key` where the
-    library has it, else the options that fix a student's architecture and data (None: train alone)."""
+    """Students with equal keys train as one stacked model (:func:`policy_kd.group.group_key` on the
+    student's distill options; None: it trains alone)."""
     from policy_kd import group
     from policy_kd.config import config_from_mapping
     from policy_kd.distill import DistillConfig
 
-    config = config_from_mapping(DistillConfig, dict(options), source="sweep student")
-    library_key = getattr(group, "group_key", None)
-    if library_key is not None:
-        return library_key(config)
-    if config.rounds > 1 or config.hint_weight > 0:
-        return None  # rounds record new data per student, the hint loss needs the teacher: alone
-    fields = ("buffer", "student", "hidden", "channels", "params_fraction", "layers", "activation")
-    return (*(getattr(config, f) for f in fields), config.normalize_obs)
+    return group.group_key(config_from_mapping(DistillConfig, dict(options), source="sweep student"))
 
 
 # ---------------------------------------------------------------------------------------------- the sweep
