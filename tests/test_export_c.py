@@ -100,22 +100,7 @@ def test_c_export_compiles_strict_and_matches_eager(
         '#include "student.h"\nint main(void) { float o[POLICY_OBS_SIZE] = {0}; float y[POLICY_N_OUTPUTS];\n'
         "policy_forward(o, y); return y[0] != y[0]; }\n"
     )
-    subprocess.run(
-        [
-            *CC.split(),
-            *STRICT_FLAGS,
-            "-o",
-            str(tmp_path / "app"),
-            str(tmp_path / "main.c"),
-            str(out / "student.c"),
-            "-I",
-            str(out),
-            "-lm",
-        ],
-        check=True,
-        cwd=out,
-    )
-    subprocess.run([str(tmp_path / "app")], check=True)
+    subprocess.run([str(_build(out, tmp_path / "main.c", tmp_path / "app"))], check=True)
     student = load_student(students[name])
     obs = parity_observations(student, 2000, seed=1)
     with torch.no_grad():
@@ -159,30 +144,51 @@ def test_c_program_with_padding_stride_scale_and_permute(tmp_path: Path) -> None
     np.testing.assert_allclose(CPolicy(tmp_path / SOURCE_FILE, (8, 8, 3), 5).forward(x), ref, atol=1e-5)
 
 
-def _c_act(out: Path, tmp_path: Path, obs: np.ndarray, continuous: bool) -> np.ndarray:
-    """policy_act of the export, called from a C program on ``obs`` rows (read from a file)."""
-    np.ascontiguousarray(obs, dtype=np.float32).tofile(tmp_path / "obs.bin")
-    call = (
-        'policy_act(o, a); for (k = 0; k < POLICY_N_OUTPUTS; k++) printf("%.6g ", a[k]);'
-        if continuous
-        else 'printf("%d", policy_act(o));'
+def _build(out: Path, main: Path, exe: Path, flags: tuple[str, ...] = ()) -> Path:
+    """``main`` linked with the export's student.c into ``exe``, under the strict flags (and ``flags``)."""
+    subprocess.run(
+        [
+            *CC.split(),
+            *STRICT_FLAGS,
+            *flags,
+            "-o",
+            str(exe),
+            str(main),
+            str(out / "student.c"),
+            "-I",
+            str(out),
+            "-lm",
+        ],
+        check=True,
+        cwd=main.parent,
     )
-    (tmp_path / "act.c").write_text(
+    return exe
+
+
+def _c_rows(out: Path, tmp_path: Path, obs: np.ndarray, call: str, flags: tuple[str, ...] = ()) -> np.ndarray:
+    """What ``call`` prints for each of the ``obs`` rows (read from a file into ``o``; ``a`` holds
+    POLICY_N_OUTPUTS floats), from a C program linked with the export built with ``flags``."""
+    np.ascontiguousarray(obs, dtype=np.float32).tofile(tmp_path / "obs.bin")
+    (tmp_path / "rows.c").write_text(
         '#include <stdio.h>\n#include "student.h"\n'
         'int main(void) { float o[POLICY_OBS_SIZE], a[POLICY_N_OUTPUTS]; int k; FILE *f = fopen("obs.bin", "rb");\n'
         "(void)a; (void)k;\n"
         f'while (fread(o, sizeof(float), POLICY_OBS_SIZE, f) == POLICY_OBS_SIZE) {{ {call} printf("\\n"); }}\n'
         "return 0; }\n"
     )
-    subprocess.run(
-        [*CC.split(), *STRICT_FLAGS, "-o", "act", "act.c", str(out / "student.c"), "-I", str(out), "-lm"],
-        check=True,
-        cwd=tmp_path,
+    exe = _build(out, tmp_path / "rows.c", tmp_path / "rows", flags)
+    text = subprocess.run([str(exe)], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    return np.array([[float(v) for v in ln.split()] for ln in text.splitlines() if ln.strip()])
+
+
+def _c_act(out: Path, tmp_path: Path, obs: np.ndarray, continuous: bool) -> np.ndarray:
+    """policy_act of the export, called from a C program on ``obs`` rows."""
+    call = (
+        'policy_act(o, a); for (k = 0; k < POLICY_N_OUTPUTS; k++) printf("%.6g ", a[k]);'
+        if continuous
+        else 'printf("%d", policy_act(o));'
     )
-    lines = subprocess.run(["./act"], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.split(
-        "\n"
-    )
-    return np.array([[float(v) for v in ln.split()] for ln in lines if ln.strip()])
+    return _c_rows(out, tmp_path, obs, call)
 
 
 @pytest.mark.parametrize("name", ["discrete_relu", "squashed_elu", "gaussian_tanh"])
@@ -453,33 +459,8 @@ def test_c_policy_falls_back_to_ctypes_with_one_line_reason(
 
 def _c_forward(out: Path, tmp_path: Path, obs: np.ndarray, flags: tuple[str, ...]) -> np.ndarray:
     """policy_forward of the export built with ``flags``, called from a C program on ``obs`` rows."""
-    np.ascontiguousarray(obs, dtype=np.float32).tofile(tmp_path / "obs.bin")
-    (tmp_path / "fwd.c").write_text(
-        '#include <stdio.h>\n#include "student.h"\n'
-        'int main(void) { float o[POLICY_OBS_SIZE], y[POLICY_N_OUTPUTS]; int k; FILE *f = fopen("obs.bin", "rb");\n'
-        "while (fread(o, sizeof(float), POLICY_OBS_SIZE, f) == POLICY_OBS_SIZE) {\n"
-        '  policy_forward(o, y); for (k = 0; k < POLICY_N_OUTPUTS; k++) printf("%.9g ", y[k]); printf("\\n"); }\n'
-        "return 0; }\n"
-    )
-    exe = tmp_path / "fwd"
-    subprocess.run(
-        [
-            *CC.split(),
-            *STRICT_FLAGS,
-            *flags,
-            "-o",
-            str(exe),
-            "fwd.c",
-            str(out / "student.c"),
-            "-I",
-            str(out),
-            "-lm",
-        ],
-        check=True,
-        cwd=tmp_path,
-    )
-    text = subprocess.run([str(exe)], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
-    return np.array([[float(v) for v in ln.split()] for ln in text.splitlines() if ln.strip()])
+    call = 'policy_forward(o, a); for (k = 0; k < POLICY_N_OUTPUTS; k++) printf("%.9g ", a[k]);'
+    return _c_rows(out, tmp_path, obs, call, flags)
 
 
 @pytest.mark.parametrize(
