@@ -175,12 +175,11 @@ def eager_outputs(net: Any, obs: np.ndarray) -> np.ndarray:
         return net(torch.as_tensor(np.asarray(obs))).float().numpy()
 
 
-def _write(
-    fmt: str, student: Any, path: Path, int8: bool = False, config: ExportConfig | None = None
-) -> dict[str, Any]:
-    """Write ``student`` in ``fmt`` to ``path``; returns format details for export.json."""
-    config = config or ExportConfig(format=fmt)  # type: ignore[arg-type]
+def _write(config: ExportConfig, student: Any, path: Path) -> dict[str, Any]:
+    """Write ``student`` in ``config.format`` to ``path``; returns format details for export.json."""
     import torch
+
+    fmt, int8 = config.format, config.int8
 
     net = student.net
     info = student.info
@@ -335,7 +334,7 @@ def export_student(config: ExportConfig) -> Path:
     torch.set_num_threads(1)
     path = out / FILES[config.format]
     try:
-        details = _write(config.format, student, path, config.int8, config)
+        details = _write(config, student, path)
     except Exception:  # a refused student (or no compiler) leaves no half-written folder behind
         shutil.rmtree(out, ignore_errors=True)
         raise
