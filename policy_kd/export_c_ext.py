@@ -137,37 +137,37 @@ static PyObject *act(PyObject *self, PyObject *obj)
     PyBuffer_Release(&view);
     return PyLong_FromLong(action);
 }
-#elif defined(POLICY_N_COMPONENTS)
-/* multi_discrete: one greedy choice per component, as a tuple of ints */
+#else
+/* multi_discrete: one greedy choice per component, a tuple of ints; Gaussian heads: the action's floats */
+#ifdef POLICY_N_COMPONENTS
+#define POLICY_ACT_SIZE POLICY_N_COMPONENTS
+#define POLICY_ACT_ITEM(v) PyLong_FromLong(v)
+typedef int policy_act_t;
+#else
+#define POLICY_ACT_SIZE POLICY_N_OUTPUTS
+#define POLICY_ACT_ITEM(v) PyFloat_FromDouble(v)
+typedef float policy_act_t;
+#endif
 static PyObject *act(PyObject *self, PyObject *obj)
 {
     Py_buffer view;
     float tmp[POLICY_OBS_SIZE];
+    policy_act_t action[POLICY_ACT_SIZE];
     const float *obs;
-    int action[POLICY_N_COMPONENTS], k;
-    PyObject *out;
-    (void)self;
-    if (!(obs = one_observation(obj, &view, tmp))) return NULL;
-    policy_act(obs, action);
-    PyBuffer_Release(&view);
-    if (!(out = PyTuple_New(POLICY_N_COMPONENTS))) return NULL;
-    for (k = 0; k < POLICY_N_COMPONENTS; k++) PyTuple_SET_ITEM(out, k, PyLong_FromLong(action[k]));
-    return out;
-}
-#else
-static PyObject *act(PyObject *self, PyObject *obj)
-{
-    Py_buffer view;
-    float tmp[POLICY_OBS_SIZE], action[POLICY_N_OUTPUTS];
-    const float *obs;
-    PyObject *out;
+    PyObject *out, *item;
     int k;
     (void)self;
     if (!(obs = one_observation(obj, &view, tmp))) return NULL;
     policy_act(obs, action);
     PyBuffer_Release(&view);
-    if (!(out = PyTuple_New(POLICY_N_OUTPUTS))) return NULL;
-    for (k = 0; k < POLICY_N_OUTPUTS; k++) PyTuple_SET_ITEM(out, k, PyFloat_FromDouble(action[k]));
+    if (!(out = PyTuple_New(POLICY_ACT_SIZE))) return NULL;
+    for (k = 0; k < POLICY_ACT_SIZE; k++) {
+        if (!(item = POLICY_ACT_ITEM(action[k]))) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, k, item);
+    }
     return out;
 }
 #endif
