@@ -160,8 +160,6 @@ class _Codegen:
         self.cur = "obs"
         self.largest = 1
         self.weight_bytes = 0
-        #: a convolution uses the GCC/Clang vector types (declared, with a portable fallback, in the source)
-        self.vector = False
         #: elementwise constant ops not emitted yet: (C operator, constant), see ``step``
         self.pending: list[tuple[str, np.ndarray]] = []
 
@@ -342,7 +340,6 @@ class _Codegen:
         q8 = op.get("scale") is not None
         scale = self.arrays[op["scale"]].reshape(-1) if q8 else None
         bias = self.arrays[op["bias"]].reshape(-1) if op.get("bias") is not None else None
-        self.vector = True
         lanes = 8 if wo >= 8 else 4
         starts = [*range(0, wo - lanes + 1, lanes)]
         if starts[-1] != wo - lanes:
@@ -482,7 +479,6 @@ class _Codegen:
         bound by the adders' throughput rather than by one add's latency per input (with the reciprocal
         standardisation, 493 -> 473 ns on the MinAtar 4% student; the sums differ from the in-order ones in
         the last bits)."""
-        self.vector = True
         self.emit("#ifdef POLICY_AVX2_INT8" if cast else "#ifdef POLICY_AVX")
         chunks = [(j, 8 if n - j >= 8 else 4) for j in range(0, n, 8)]
         # int8 weights: widened to float vectors by AVX2 (gcc makes scalar code of a convertvector)
