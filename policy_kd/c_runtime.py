@@ -179,10 +179,13 @@ int main(int argc, char **argv)
     static float obs[POLICY_OBS_SIZE], out[POLICY_N_OUTPUTS];
     static double per_call[BATCHES];
     volatile float sink = 0.0f;
-    long calls = atol(argv[1]), k;
+    long calls, k;
     int i, batch;
-    FILE *f = fopen(argv[2], "rb");
-    if (argc < 3 || !f || fread(obs, sizeof(float), POLICY_OBS_SIZE, f) != POLICY_OBS_SIZE) return 2;
+    FILE *f;
+    if (argc < 3) return 2;  /* usage: bench CALLS OBS_FILE */
+    calls = atol(argv[1]);
+    f = fopen(argv[2], "rb");
+    if (!f || fread(obs, sizeof(float), POLICY_OBS_SIZE, f) != POLICY_OBS_SIZE) return 2;
     fclose(f);
     for (k = 0; k < calls; k++) policy_forward(obs, out);  /* warm-up */
     for (batch = 0; batch < BATCHES; batch++) {

@@ -8,7 +8,7 @@ layers and activations on two ping-pong buffers on the stack. The weights are ``
 (``float``, or ``int8_t`` with a float scale per output channel under ``--int8``).
 
 Every layer is emitted twice, as C99 loops with constant trip counts over local (unaliased) buffers (a dense
-layer keeps up to 32 outputs' sums in local variables; widths zero-padded to a multiple of 8), and as vector
+layer keeps up to 32 outputs' sums in local variables; widths zero-padded to a multiple of ``LANES``), and as vector
 code (GCC/Clang vector extensions: 8 outputs per value in a dense layer; a small convolution unrolled with
 its weights as literals, over runs of 8 adjacent output pixels). A build for AVX uses the vector code; GCC on
 baseline x86-64 compiles both, the vector code as an AVX2 copy of ``policy_forward`` picked at run time
