@@ -57,6 +57,7 @@ class Contender:
 
 def _teacher_contender(teacher: Any) -> Contender:
     from policy_kd.cost import count_macs, teacher_module
+    from policy_kd.heads import head_for_teacher
 
     try:
         example = teacher.normalize_obs(np.stack([teacher.observation_space.sample()] * 2))
@@ -64,18 +65,12 @@ def _teacher_contender(teacher: Any) -> Contender:
         macs: int | None = None if net is None else count_macs(net, torch.as_tensor(example))
     except Exception:  # an observation layout the bare network does not take (e.g. channels-last)
         macs = None
-    if teacher.nvec is not None:
-        head = "multi_discrete"
-    elif not teacher.continuous:
-        head = "discrete"
-    else:  # a Box teacher's kind names its head: gaussian, squashed_gaussian (SAC/TQC), deterministic (TD3/DDPG)
-        head = "gaussian" if teacher.kind == "actions" else teacher.kind
     return Contender(
         name="teacher",
         role="teacher",
         path=str(teacher.path),
         format=teacher.format,
-        head=head,
+        head=head_for_teacher(teacher.kind, continuous=teacher.continuous, nvec=teacher.nvec),
         greedy=lambda obs: teacher.label(obs).greedy,
         sample=lambda obs, rng: teacher.sample(teacher.label(obs), rng),
         outputs=teacher.outputs,

@@ -28,6 +28,7 @@ HEADS = ("discrete", "gaussian", "squashed_gaussian", "multi_discrete", "determi
 __all__ = [
     "HEADS",
     "actions_from_outputs",
+    "head_for_teacher",
     "rescale_to_bounds",
     "sample_gaussian",
     "sample_logits",
@@ -43,6 +44,16 @@ def to_bounds(pre_squash: np.ndarray, low: np.ndarray, high: np.ndarray, *, squa
     if squash:
         return low + (np.tanh(pre_squash) + 1.0) * 0.5 * (high - low)
     return np.clip(pre_squash, low, high)
+
+
+def head_for_teacher(kind: str, *, continuous: bool, nvec: Sequence[int] | None) -> str:
+    """The head that acts as a teacher does: a Box teacher's ``kind`` names it (``gaussian``,
+    ``squashed_gaussian`` for SAC/TQC, ``deterministic`` for TD3/DDPG; an action-only teacher's actions are in
+    the bounds, so a clipped Gaussian mean regresses them); else one logit block per component
+    (``multi_discrete``, a MultiDiscrete/MultiBinary teacher with ``nvec``) or logits (``discrete``)."""
+    if continuous:
+        return "gaussian" if kind == "actions" else kind
+    return "multi_discrete" if nvec else "discrete"
 
 
 def rescale_to_bounds(scaled: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
