@@ -12,10 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from policy_kd.heads import DISCRETE_HEADS, head_for_teacher
 from policy_kd.rollout import Policy
-
-DISCRETE_HEADS = ("discrete", "multi_discrete")
-"""Heads whose samples are already actions (a Gaussian draw still has to be clipped or squashed)."""
 
 
 @dataclass
@@ -57,7 +55,6 @@ class Contender:
 
 def _teacher_contender(teacher: Any) -> Contender:
     from policy_kd.cost import count_macs, teacher_module
-    from policy_kd.heads import head_for_teacher
 
     try:
         example = teacher.normalize_obs(np.stack([teacher.observation_space.sample()] * 2))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import HEADS, rescale_to_bounds, to_bounds
+from policy_kd.heads import DISCRETE_HEADS, HEADS, rescale_to_bounds, to_bounds
 from policy_kd.run import write_json
 
 STUDENT_FILE = "student.json"
@@ -80,7 +80,7 @@ class Student(nn.Module):
             raise PolicyKDError(f"a multi_discrete student needs sum(nvec) = n_outputs, got {spec.nvec}")
         if spec.head in ("gaussian", "squashed_gaussian"):
             self.log_std = nn.Parameter(torch.zeros(spec.n_outputs))
-        if spec.head not in ("discrete", "multi_discrete"):
+        if spec.head not in DISCRETE_HEADS:
             self.register_buffer("action_low", -torch.ones(spec.n_outputs))
             self.register_buffer("action_high", torch.ones(spec.n_outputs))
 
