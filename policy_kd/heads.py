@@ -35,6 +35,7 @@ __all__ = [
     "actions_from_outputs",
     "head_for_teacher",
     "rescale_to_bounds",
+    "sample_actions",
     "sample_gaussian",
     "sample_logits",
     "sample_outputs",
@@ -150,3 +151,18 @@ def sample_outputs(
             raise ValueError("a multi_discrete head needs nvec")
         return np.stack([sample_logits(c, rng) for c in split_components(out, nvec)], axis=-1)
     return sample_gaussian(out, log_std, rng).astype(np.float32)
+
+
+def sample_actions(
+    out: np.ndarray,
+    head: str,
+    log_std: np.ndarray | None,
+    rng: np.random.Generator,
+    bounds: Sequence[Sequence[float]] | None = None,
+    *,
+    nvec: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Sampled actions: :func:`sample_outputs`, then (a Gaussian or deterministic head) into the bounds by
+    :func:`actions_from_outputs`; a discrete head's draws are already actions."""
+    drawn = sample_outputs(out, head, log_std, rng, nvec=nvec)
+    return drawn if head in DISCRETE_HEADS else actions_from_outputs(drawn, head, bounds)
