@@ -25,12 +25,16 @@ import numpy as np
 
 HEADS = ("discrete", "gaussian", "squashed_gaussian", "multi_discrete", "deterministic")
 
+GAUSSIAN_HEADS = ("gaussian", "squashed_gaussian")
+"""Heads with a Gaussian's spread: a student with one has a ``log_std`` parameter per action dimension."""
+
 DISCRETE_HEADS = ("discrete", "multi_discrete")
 """Heads whose outputs are logits and whose actions are choices: no action bounds, and a sample is already
 an action (a Gaussian draw still has to be clipped or squashed)."""
 
 __all__ = [
     "DISCRETE_HEADS",
+    "GAUSSIAN_HEADS",
     "HEADS",
     "actions_from_outputs",
     "head_for_teacher",
