@@ -12,10 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from policy_kd.heads import head_for_teacher, sample_actions
 from policy_kd.rollout import Policy
-
-DISCRETE_HEADS = ("discrete", "multi_discrete")
-"""Heads whose samples are already actions (a Gaussian draw still has to be clipped or squashed)."""
 
 
 @dataclass
@@ -64,18 +62,12 @@ def _teacher_contender(teacher: Any) -> Contender:
         macs: int | None = None if net is None else count_macs(net, torch.as_tensor(example))
     except Exception:  # an observation layout the bare network does not take (e.g. channels-last)
         macs = None
-    if teacher.nvec is not None:
-        head = "multi_discrete"
-    elif not teacher.continuous:
-        head = "discrete"
-    else:  # a Box teacher's kind names its head: gaussian, squashed_gaussian (SAC/TQC), deterministic (TD3/DDPG)
-        head = "gaussian" if teacher.kind == "actions" else teacher.kind
     return Contender(
         name="teacher",
         role="teacher",
         path=str(teacher.path),
         format=teacher.format,
-        head=head,
+        head=head_for_teacher(teacher.kind, continuous=teacher.continuous, nvec=teacher.nvec),
         greedy=lambda obs: teacher.label(obs).greedy,
         sample=lambda obs, rng: teacher.sample(teacher.label(obs), rng),
         outputs=teacher.outputs,
@@ -89,7 +81,6 @@ def _teacher_contender(teacher: Any) -> Contender:
 
 def _student_contender(path: str, name: str) -> Contender:
     from policy_kd.cost import count_macs
-    from policy_kd.heads import actions_from_outputs, sample_outputs
     from policy_kd.runtime import is_export, load_exported
     from policy_kd.students import count_params, load_student
 
@@ -100,8 +91,7 @@ def _student_contender(path: str, name: str) -> Contender:
         source = Path(ex.meta.get("source", ""))
 
         def sample_ex(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            drawn = sample_outputs(ex.outputs(obs), head, log_std, rng, nvec=ex_nvec)
-            return drawn if head in DISCRETE_HEADS else actions_from_outputs(drawn, head, bounds)
+            return sample_actions(ex.outputs(obs), head, log_std, rng, bounds, nvec=ex_nvec)
 
         return Contender(
             name=name,
@@ -137,8 +127,7 @@ def _student_contender(path: str, name: str) -> Contender:
             return net(torch.as_tensor(np.asarray(obs))).float().numpy()
 
     def sample_st(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        drawn = sample_outputs(outputs(obs), head, log_std, rng, nvec=nvec)
-        return drawn if head in DISCRETE_HEADS else actions_from_outputs(drawn, head, s_bounds)
+        return sample_actions(outputs(obs), head, log_std, rng, s_bounds, nvec=nvec)
 
     example = torch.zeros((2, *st.info["spec"]["obs_shape"]))
     folder = st.weights_path.parent

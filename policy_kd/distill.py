@@ -33,6 +33,7 @@ from policy_kd.dagger import Rounds
 from policy_kd.distill_config import DistillConfig
 from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
+from policy_kd.heads import head_for_teacher
 from policy_kd.losses import (
     CONTINUOUS_LOSSES,
     DETERMINISTIC_LOSSES,
@@ -118,12 +119,6 @@ def _saved_config(out: Path, *, progress: bool) -> DistillConfig:
 ACTION_LOSSES: dict[str, tuple[str, ...]] = {"Discrete": ("nll",), "Box": ("mse",)}
 """The losses a buffer of kind ``actions`` (the teacher's actions only) takes, by action space: the
 negative log-likelihood of the recorded action, or the squared error to it."""
-
-
-def _head(kind: str) -> str:
-    """The student head for a continuous teacher kind: an action-only teacher's actions are in the bounds
-    (a clipped Gaussian mean regresses them)."""
-    return "gaussian" if kind == "actions" else kind
 
 
 def _check_meta(buffer: Buffer) -> None:
@@ -280,9 +275,7 @@ class _Run(Rounds):
 
     def _head(self) -> str:
         """The student's head: the teacher's Gaussian kind, one logit block per component, or logits."""
-        if self.continuous:
-            return _head(str(self.meta["teacher"]["kind"]))
-        return "multi_discrete" if self.nvec else "discrete"
+        return head_for_teacher(str(self.meta["teacher"]["kind"]), continuous=self.continuous, nvec=self.nvec)
 
     def _sampler(self) -> Sampler:
         return Sampler(

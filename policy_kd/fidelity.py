@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import actions_from_outputs, split_components
+from policy_kd.heads import DISCRETE_HEADS, actions_from_outputs, split_components
 from policy_kd.spaces import action_range
 
 ACTION_TOLERANCE = 0.05
@@ -204,7 +204,7 @@ def teacher_state_fidelity(
     obs, target = buffer.spaced("obs", max_rows), buffer.spaced("teacher", max_rows)
     t_log_std = buffer.spaced("teacher_log_std", max_rows) if "teacher_log_std" in buffer.fields else None
     nvec = getattr(student, "nvec", None) if student.head == "multi_discrete" else None
-    discrete = student.head in ("discrete", "multi_discrete")
+    discrete = student.head in DISCRETE_HEADS
     width = None if discrete else action_range(action_space)
     if not discrete and width is None:
         raise PolicyKDError("teacher_state_fidelity of a continuous student needs the env's action_space")

@@ -25,10 +25,21 @@ import numpy as np
 
 HEADS = ("discrete", "gaussian", "squashed_gaussian", "multi_discrete", "deterministic")
 
+GAUSSIAN_HEADS = ("gaussian", "squashed_gaussian")
+"""Heads with a Gaussian's spread: a student with one has a ``log_std`` parameter per action dimension."""
+
+DISCRETE_HEADS = ("discrete", "multi_discrete")
+"""Heads whose outputs are logits and whose actions are choices: no action bounds, and a sample is already
+an action (a Gaussian draw still has to be clipped or squashed)."""
+
 __all__ = [
+    "DISCRETE_HEADS",
+    "GAUSSIAN_HEADS",
     "HEADS",
     "actions_from_outputs",
+    "head_for_teacher",
     "rescale_to_bounds",
+    "sample_actions",
     "sample_gaussian",
     "sample_logits",
     "sample_outputs",
@@ -43,6 +54,16 @@ def to_bounds(pre_squash: np.ndarray, low: np.ndarray, high: np.ndarray, *, squa
     if squash:
         return low + (np.tanh(pre_squash) + 1.0) * 0.5 * (high - low)
     return np.clip(pre_squash, low, high)
+
+
+def head_for_teacher(kind: str, *, continuous: bool, nvec: Sequence[int] | None) -> str:
+    """The head that acts as a teacher does: a Box teacher's ``kind`` names it (``gaussian``,
+    ``squashed_gaussian`` for SAC/TQC, ``deterministic`` for TD3/DDPG; an action-only teacher's actions are in
+    the bounds, so a clipped Gaussian mean regresses them); else one logit block per component
+    (``multi_discrete``, a MultiDiscrete/MultiBinary teacher with ``nvec``) or logits (``discrete``)."""
+    if continuous:
+        return "gaussian" if kind == "actions" else kind
+    return "multi_discrete" if nvec else "discrete"
 
 
 def rescale_to_bounds(scaled: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -134,3 +155,18 @@ def sample_outputs(
             raise ValueError("a multi_discrete head needs nvec")
         return np.stack([sample_logits(c, rng) for c in split_components(out, nvec)], axis=-1)
     return sample_gaussian(out, log_std, rng).astype(np.float32)
+
+
+def sample_actions(
+    out: np.ndarray,
+    head: str,
+    log_std: np.ndarray | None,
+    rng: np.random.Generator,
+    bounds: Sequence[Sequence[float]] | None = None,
+    *,
+    nvec: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Sampled actions: :func:`sample_outputs`, then (a Gaussian or deterministic head) into the bounds by
+    :func:`actions_from_outputs`; a discrete head's draws are already actions."""
+    drawn = sample_outputs(out, head, log_std, rng, nvec=nvec)
+    return drawn if head in DISCRETE_HEADS else actions_from_outputs(drawn, head, bounds)

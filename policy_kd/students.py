@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import HEADS, rescale_to_bounds, to_bounds
+from policy_kd.heads import DISCRETE_HEADS, GAUSSIAN_HEADS, HEADS, rescale_to_bounds, to_bounds
 from policy_kd.run import write_json
 
 STUDENT_FILE = "student.json"
@@ -78,9 +78,9 @@ class Student(nn.Module):
         self.net = nn.Sequential(*body, nn.Linear(feature_dim, spec.n_outputs))
         if spec.head == "multi_discrete" and sum(spec.nvec) != spec.n_outputs:
             raise PolicyKDError(f"a multi_discrete student needs sum(nvec) = n_outputs, got {spec.nvec}")
-        if spec.head in ("gaussian", "squashed_gaussian"):
+        if spec.head in GAUSSIAN_HEADS:
             self.log_std = nn.Parameter(torch.zeros(spec.n_outputs))
-        if spec.head not in ("discrete", "multi_discrete"):
+        if spec.head not in DISCRETE_HEADS:
             self.register_buffer("action_low", -torch.ones(spec.n_outputs))
             self.register_buffer("action_high", torch.ones(spec.n_outputs))
 
@@ -379,7 +379,7 @@ def size_student(
     is_cnn = issubclass(cls, _CNNStudent)
     if not is_cnn and channels:
         raise PolicyKDError("--channels applies to CNN students only; use --hidden for an mlp")
-    extra = n_outputs if head in ("gaussian", "squashed_gaussian") else 0  # the Gaussian head's log-std
+    extra = n_outputs if head in GAUSSIAN_HEADS else 0  # the Gaussian head's log-std
 
     def make(h: tuple[int, ...], c: tuple[int, ...]) -> StudentSpec:
         return StudentSpec(
