@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from policy_kd.errors import PolicyKDError
+from policy_kd.heads import DISCRETE_HEADS
 
 SOURCE_FILE = "student.c"
 HEADER_FILE = "student.h"
@@ -579,7 +580,7 @@ def _header(
 ) -> str:
     """student.h: the build line, the sizes and the entry points' declarations."""
     obs_size = int(np.prod(obs_shape))
-    continuous = head not in ("discrete", "multi_discrete")
+    continuous = head not in DISCRETE_HEADS
     act_decl = (
         "void policy_act(const float *obs, float *action)"
         if continuous

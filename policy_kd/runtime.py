@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from policy_kd.errors import PolicyKDError
-from policy_kd.heads import actions_from_outputs, sample_outputs
+from policy_kd.heads import actions_from_outputs, sample_actions, sample_outputs
 
 EXPORT_FILE = "export.json"
 """The metadata file of an export folder."""
@@ -271,12 +271,12 @@ class ExportedStudent:
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Actions as the eager student takes them: argmax, or the Gaussian mean clipped (``gaussian``) or
         tanh-squashed (``squashed_gaussian``) into the action bounds; ``deterministic=False`` samples."""
-        out = self.outputs(obs)
+        out, bounds = self.outputs(obs), self.meta.get("action_bounds")
         if not deterministic:
-            out = sample_outputs(out, self.head, self.log_std, np.random.default_rng(), nvec=self.nvec)
-            if self.head in ("discrete", "multi_discrete"):
-                return out
-        return actions_from_outputs(out, self.head, self.meta.get("action_bounds"), nvec=self.nvec)
+            return sample_actions(
+                out, self.head, self.log_std, np.random.default_rng(), bounds, nvec=self.nvec
+            )
+        return actions_from_outputs(out, self.head, bounds, nvec=self.nvec)
 
     def file_bytes(self) -> int:
         return self.path.stat().st_size
