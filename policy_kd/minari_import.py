@@ -29,6 +29,7 @@ from policy_kd.buffer import BufferWriter, FieldSpec
 from policy_kd.config import to_dict
 from policy_kd.envs import ensure_registered, make_env_from_spec
 from policy_kd.errors import PolicyKDError
+from policy_kd.record import transition_fields
 from policy_kd.run import job, prepare_out_dir, write_run_info
 from policy_kd.spaces import space_json
 from policy_kd.teachers.protocol import default_params
@@ -215,16 +216,7 @@ def import_minari(config: ImportMinariConfig) -> Path:
         "algorithm_name": dataset.storage.metadata.get("algorithm_name"),
     }
     fields = {
-        "obs": FieldSpec(str(obs_space.dtype), tuple(obs_space.shape)),
-        "action": FieldSpec("int64", ())
-        if isinstance(act_space, gym.spaces.Discrete)
-        else FieldSpec("float32", tuple(act_space.shape)),
-        "reward": FieldSpec("float32", ()),
-        "first": FieldSpec("bool", ()),
-        "terminated": FieldSpec("bool", ()),
-        "truncated": FieldSpec("bool", ()),
-        "env": FieldSpec("int16", ()),
-        "source": FieldSpec("int16", ()),
+        **transition_fields(str(obs_space.dtype), tuple(obs_space.shape), act_space),
         "teacher": FieldSpec("float32", (n_out,)),
     }
     meta = {
