@@ -34,6 +34,7 @@ from torch.utils.tensorboard import SummaryWriter
 from policy_kd.envs import make_env_from_spec
 from policy_kd.evaluate import run_episodes
 from policy_kd.fidelity import compare_actions
+from policy_kd.heads import actions_from_outputs
 from policy_kd.losses import (
     CONTINUOUS_LOSSES,
     DETERMINISTIC_LOSSES,
@@ -293,7 +294,9 @@ class OnlineDistillation(BaseCallback):
             if self.width is None:
                 agree += (out.argmax(-1) == target.argmax(-1)).float().mean()
             else:  # actions within evaluate's tolerance of the range, as evaluate's agreement
-                bad, _ = compare_actions(labels.greedy, net.predict(raw), self.width)
+                bounds = (net.action_low.numpy(), net.action_high.numpy())
+                acted = actions_from_outputs(out.detach().numpy(), self.spec.head, bounds)
+                bad, _ = compare_actions(labels.greedy, acted, self.width)
                 agree += float(1.0 - bad.mean())
         self.student_steps += n_steps
         mean_loss, mean_agree = float(total) / n_steps, float(agree) / n_steps
