@@ -35,9 +35,7 @@ from policy_kd.envs import make_env_from_spec
 from policy_kd.errors import PolicyKDError
 from policy_kd.heads import head_for_teacher
 from policy_kd.losses import (
-    CONTINUOUS_LOSSES,
-    DETERMINISTIC_LOSSES,
-    DISCRETE_LOSSES,
+    check_loss_for_kind,
     compute_loss,
     critic_guidance,
     hint,
@@ -114,11 +112,6 @@ def _saved_config(out: Path, *, progress: bool) -> DistillConfig:
             f"{out} has no {CHECKPOINT} to resume from; run distill again with --force to start over"
         )
     return read_run_config(DistillConfig, out, progress=progress)
-
-
-ACTION_LOSSES: dict[str, tuple[str, ...]] = {"Discrete": ("nll",), "Box": ("mse",)}
-"""The losses a buffer of kind ``actions`` (the teacher's actions only) takes, by action space: the
-negative log-likelihood of the recorded action, or the squared error to it."""
 
 
 def _check_meta(buffer: Buffer) -> None:
@@ -217,21 +210,12 @@ class _Run(Rounds):
     def _check_loss_choice(self) -> None:
         """Refuse a loss the teacher's kind of outputs cannot take; choose the fields to read."""
         config, kind = self.cfg, self.meta["teacher"]["kind"]
-        if kind == "deterministic":
-            allowed: tuple[str, ...] = DETERMINISTIC_LOSSES
-        else:
-            allowed = CONTINUOUS_LOSSES if self.continuous else tuple(DISCRETE_LOSSES)
-        if kind == "actions":  # only the action taken: behaviour cloning, no soft target to match
-            allowed = ACTION_LOSSES["Box" if self.continuous else "Discrete"]
-            if config.loss not in allowed:
-                raise PolicyKDError(
-                    f"--loss {config.loss} needs soft targets, but the buffer holds only the teacher's actions "
-                    f"(kind actions: behaviour cloning); pass --loss {allowed[0]}"
-                )
-        if config.loss not in allowed:
-            raise PolicyKDError(
-                f"--loss {config.loss} does not apply to a {kind} teacher; choose one of {', '.join(allowed)}"
-            )
+        check_loss_for_kind(
+            config.loss,
+            kind,
+            self.continuous,
+            only_actions="the buffer holds only the teacher's actions (kind actions: behaviour cloning)",
+        )
         if config.critic_weight > 0 and kind not in ("deterministic", "squashed_gaussian"):
             raise PolicyKDError(
                 f"--critic-weight needs a TD3/DDPG/SAC/TQC teacher's critic, not a {kind} teacher; drop it"

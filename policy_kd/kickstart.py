@@ -52,14 +52,7 @@ from torch import nn
 
 from policy_kd.config import to_dict
 from policy_kd.errors import PolicyKDError
-from policy_kd.losses import (
-    CONTINUOUS_LOSSES,
-    DETERMINISTIC_LOSSES,
-    DISCRETE_LOSSES,
-    LOSSES,
-    LossConfig,
-    compute_loss,
-)
+from policy_kd.losses import LOSSES, LossConfig, check_loss_for_kind, compute_loss
 from policy_kd.options import LossOptions, RunOptions, TeacherTrainingOptions, check_choice, check_ranges
 from policy_kd.record import space_json
 from policy_kd.run import atomic_torch_save, job, prepare_out_dir, write_json, write_run_info
@@ -392,39 +385,27 @@ def student_hidden(config: KickstartConfig, teacher: Teacher) -> tuple[int, ...]
 def _load_kickstart_teacher(config: KickstartConfig) -> Teacher:
     """The fixed teacher, refused unless a student's SB3 training env can reproduce its inputs."""
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
-    if teacher.kind == "actions":  # behaviour cloning: only the action taken to match
-        if teacher.continuous:
-            raise PolicyKDError(
-                f"kickstart from teacher {config.teacher}, which exposes only its Box actions, is not supported; "
-                "distil from its recording instead (policy-kd distill --loss mse)"
-            )
-        if config.loss != "nll":
-            raise PolicyKDError(
-                f"--loss {config.loss} needs soft targets, but teacher {config.teacher} exposes only its actions "
-                "(kind actions); pass --loss nll"
-            )
+    if teacher.kind == "actions" and teacher.continuous:
+        raise PolicyKDError(
+            f"kickstart from teacher {config.teacher}, which exposes only its Box actions, is not supported; "
+            "distil from its recording instead (policy-kd distill --loss mse)"
+        )
+    check_loss_for_kind(
+        config.loss,
+        teacher.kind,
+        teacher.continuous,
+        only_actions=f"teacher {config.teacher} exposes only its actions (kind actions)",
+    )
     algos = STUDENTS_FOR_KIND[teacher.kind]
     if config.algo not in algos:
         raise PolicyKDError(
             f"a {teacher.kind} teacher ({teacher.algo}) kickstarts a student of the same kind of policy: "
             f"pass --algo {' or '.join(algos)}, not {config.algo}"
         )
-    allowed = DETERMINISTIC_LOSSES if teacher.kind == "deterministic" else CONTINUOUS_LOSSES
-    if not teacher.continuous:
-        allowed = tuple(DISCRETE_LOSSES)
-    if config.loss not in allowed:
-        raise PolicyKDError(
-            f"--loss {config.loss} does not apply to a {teacher.kind} teacher; choose one of {', '.join(allowed)}"
-        )
     if teacher.env_wrappers or teacher.raw_env:
         raise PolicyKDError(
             f"teacher {config.teacher} acts in a zoo-wrapped {teacher.env_id}, which the student's training "
             "env would not reproduce; kickstart from a train-teacher run"
-        )
-    if teacher.kind == "actions" and config.loss != "nll":
-        raise PolicyKDError(
-            f"--loss {config.loss} needs soft targets, but teacher {config.teacher} exposes only its actions "
-            "(kind actions); pass --loss nll"
         )
     return teacher
 

@@ -18,12 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from policy_kd.errors import PolicyKDError
+
 __all__ = [
+    "ACTION_LOSSES",
     "CONTINUOUS_LOSSES",
     "DETERMINISTIC_LOSSES",
     "DISCRETE_LOSSES",
     "LOSSES",
     "LossConfig",
+    "check_loss_for_kind",
     "compute_loss",
     "critic_guidance",
     "gaussian_kl",
@@ -248,6 +252,30 @@ with ``critic_guidance`` added)."""
 
 LOSSES = (*DISCRETE_LOSSES, "gaussian_kl", "gaussian_nll")
 """Every output loss by name (``hint`` is added on top of any of them, with its own weight)."""
+
+ACTION_LOSSES: dict[str, tuple[str, ...]] = {"Discrete": ("nll",), "Box": ("mse",)}
+"""The losses a teacher of kind ``actions`` (its actions only) takes, by action space: the negative
+log-likelihood of the action taken, or the squared error to it."""
+
+
+def check_loss_for_kind(loss: str, kind: str, continuous: bool, *, only_actions: str) -> None:
+    """Refuse a loss that a teacher of output ``kind`` (``policy_kd.teachers.protocol.KINDS``) cannot take,
+    naming the ones it can; ``only_actions`` says where an action-only teacher's actions come from."""
+    if kind == "actions":  # only the action taken: behaviour cloning, no soft target to match
+        allowed: tuple[str, ...] = ACTION_LOSSES["Box" if continuous else "Discrete"]
+        if loss not in allowed:
+            raise PolicyKDError(
+                f"--loss {loss} needs soft targets, but {only_actions}; pass --loss {allowed[0]}"
+            )
+        return
+    if kind == "deterministic":
+        allowed = DETERMINISTIC_LOSSES
+    else:
+        allowed = CONTINUOUS_LOSSES if continuous else tuple(DISCRETE_LOSSES)
+    if loss not in allowed:
+        raise PolicyKDError(
+            f"--loss {loss} does not apply to a {kind} teacher; choose one of {', '.join(allowed)}"
+        )
 
 
 def per_component(

@@ -27,10 +27,11 @@ import tyro
 
 from policy_kd.buffer import BufferWriter, FieldSpec
 from policy_kd.config import to_dict
-from policy_kd.envs import ensure_registered, make_env_from_spec
 from policy_kd.errors import PolicyKDError
+from policy_kd.record import transition_fields
 from policy_kd.run import job, prepare_out_dir, write_run_info
 from policy_kd.spaces import space_json
+from policy_kd.teachers.custom import check_env_spaces
 from policy_kd.teachers.protocol import default_params
 
 MINARI_HINT = "pip install 'policy-kd[minari]'"
@@ -86,15 +87,13 @@ def _env_id(dataset: Any, requested: str | None) -> str:
         raise PolicyKDError(
             f"Minari dataset {dataset.spec.dataset_id} names no environment; pass --env ENV_ID"
         )
-    ensure_registered(env_id)
-    env = make_env_from_spec({"env_id": env_id})
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
-    if obs_space.shape != dataset.observation_space.shape or act_space != dataset.action_space:
-        raise PolicyKDError(
-            f"Minari dataset {dataset.spec.dataset_id} has observations {dataset.observation_space} and actions "
-            f"{dataset.action_space}, but {env_id} has {obs_space} and {act_space}; pass the env it was collected in"
-        )
+    check_env_spaces(
+        env_id,
+        dataset.observation_space,
+        dataset.action_space,
+        who=f"Minari dataset {dataset.spec.dataset_id} has",
+        fix="pass the env it was collected in",
+    )
     return env_id
 
 
@@ -215,16 +214,7 @@ def import_minari(config: ImportMinariConfig) -> Path:
         "algorithm_name": dataset.storage.metadata.get("algorithm_name"),
     }
     fields = {
-        "obs": FieldSpec(str(obs_space.dtype), tuple(obs_space.shape)),
-        "action": FieldSpec("int64", ())
-        if isinstance(act_space, gym.spaces.Discrete)
-        else FieldSpec("float32", tuple(act_space.shape)),
-        "reward": FieldSpec("float32", ()),
-        "first": FieldSpec("bool", ()),
-        "terminated": FieldSpec("bool", ()),
-        "truncated": FieldSpec("bool", ()),
-        "env": FieldSpec("int16", ()),
-        "source": FieldSpec("int16", ()),
+        **transition_fields(str(obs_space.dtype), tuple(obs_space.shape), act_space),
         "teacher": FieldSpec("float32", (n_out,)),
     }
     meta = {

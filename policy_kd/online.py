@@ -32,10 +32,17 @@ from stable_baselines3.common.vec_env import VecFrameStack, unwrap_vec_wrapper
 from torch.utils.tensorboard import SummaryWriter
 
 from policy_kd.envs import make_env_from_spec
-from policy_kd.errors import PolicyKDError
 from policy_kd.evaluate import run_episodes
 from policy_kd.fidelity import compare_actions
-from policy_kd.losses import CONTINUOUS_LOSSES, DETERMINISTIC_LOSSES, DISCRETE_LOSSES, LOSSES, compute_loss
+from policy_kd.heads import actions_from_outputs
+from policy_kd.losses import (
+    CONTINUOUS_LOSSES,
+    DETERMINISTIC_LOSSES,
+    DISCRETE_LOSSES,
+    LOSSES,
+    check_loss_for_kind,
+    compute_loss,
+)
 from policy_kd.options import (
     LossOptions,
     RunOptions,
@@ -208,14 +215,9 @@ class OnlineDistillation(BaseCallback):
         obs_shape = tuple(model.observation_space.shape or ())
         self.teacher_params = policy_param_count(model, self.teacher.algo)
         kind, continuous = self.teacher.kind, self.teacher.continuous
-        if kind == "deterministic":
-            allowed: tuple[str, ...] = DETERMINISTIC_LOSSES
-        else:
-            allowed = CONTINUOUS_LOSSES if continuous else tuple(DISCRETE_LOSSES)
-        if cfg.loss not in allowed:
-            raise PolicyKDError(
-                f"--loss {cfg.loss} does not apply to a {kind} teacher; choose one of {', '.join(allowed)}"
-            )
+        check_loss_for_kind(
+            cfg.loss, kind, continuous, only_actions=f"teacher {path} exposes only its actions"
+        )
         self.width = action_range(model.action_space)  # None for discrete actions
         self.spec = cfg.student_spec(
             obs_shape,
@@ -292,7 +294,9 @@ class OnlineDistillation(BaseCallback):
             if self.width is None:
                 agree += (out.argmax(-1) == target.argmax(-1)).float().mean()
             else:  # actions within evaluate's tolerance of the range, as evaluate's agreement
-                bad, _ = compare_actions(labels.greedy, net.predict(raw), self.width)
+                bounds = (net.action_low.numpy(), net.action_high.numpy())
+                acted = actions_from_outputs(out.detach().numpy(), self.spec.head, bounds)
+                bad, _ = compare_actions(labels.greedy, acted, self.width)
                 agree += float(1.0 - bad.mean())
         self.student_steps += n_steps
         mean_loss, mean_agree = float(total) / n_steps, float(agree) / n_steps

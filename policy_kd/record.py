@@ -315,20 +315,30 @@ def _frame_stack(teacher: Teacher) -> FrameStack | None:
     return FrameStack(k=k, axis=axis, frame_shape=tuple(frame_space.shape))
 
 
-def _fields(
-    teacher: Teacher, obs_space: gym.Space, stack: FrameStack | None, games: bool
+def transition_fields(
+    obs_dtype: str, obs_shape: tuple[int, ...], action_space: gym.Space
 ) -> dict[str, FieldSpec]:
-    """The buffer's columns: the transition, the teacher's outputs, and the frame/game bookkeeping."""
-    obs_shape = stack.frame_shape if stack else tuple(obs_space.shape)
-    fields = {
-        "obs": FieldSpec(str(obs_space.dtype), obs_shape),
-        "action": _action_spec(teacher.action_space),
+    """The columns every buffer has before its teacher's outputs: the transition and which env and
+    source (teacher or student) each row came from."""
+    return {
+        "obs": FieldSpec(obs_dtype, obs_shape),
+        "action": _action_spec(action_space),
         "reward": FieldSpec("float32", ()),
         "first": FieldSpec("bool", ()),
         "terminated": FieldSpec("bool", ()),
         "truncated": FieldSpec("bool", ()),
         "env": FieldSpec("int16", ()),
         "source": FieldSpec("int16", ()),
+    }
+
+
+def _fields(
+    teacher: Teacher, obs_space: gym.Space, stack: FrameStack | None, games: bool
+) -> dict[str, FieldSpec]:
+    """The buffer's columns: the transition, the teacher's outputs, and the frame/game bookkeeping."""
+    obs_shape = stack.frame_shape if stack else tuple(obs_space.shape)
+    fields = {
+        **transition_fields(str(obs_space.dtype), obs_shape, teacher.action_space),
         **{k: FieldSpec(dtype, shape) for k, (dtype, shape) in teacher.output_fields().items()},
     }
     if stack:  # one frame per row; the stack is rebuilt from earlier rows of the same episode

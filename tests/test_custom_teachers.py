@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from conftest import run_cli
+from test_errors import expect_error
 
 from policy_kd.buffer import Buffer
 from policy_kd.errors import PolicyKDError
@@ -32,17 +33,6 @@ from policy_kd.teachers.examples import (
 
 CONTROLLER = "py:policy_kd.teachers.examples:cartpole_controller"
 TINY = ["--no-progress"]
-
-
-def expect_error(capsys: pytest.CaptureFixture[str], args: list[object], *fragments: str) -> str:
-    code = run_cli(*map(str, args))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("policy-kd: error: ")
-    for frag in fragments:
-        assert frag in err, (frag, err)
-    return err
 
 
 @pytest.fixture(scope="session")

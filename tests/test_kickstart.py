@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import run_cli
 from stable_baselines3 import DQN, PPO
-from test_online import expect_error
+from test_errors import expect_error
 
 from policy_kd.buffer import Buffer
 from policy_kd.kickstart import Kickstart, distill_weight

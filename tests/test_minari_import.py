@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import run_cli
-from test_custom_teachers import expect_error
+from test_errors import expect_error
 
 from policy_kd.buffer import Buffer
 from policy_kd.teachers.examples import cartpole_controller

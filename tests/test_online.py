@@ -10,21 +10,11 @@ import pytest
 import torch
 from conftest import run_cli
 from stable_baselines3 import DQN, PPO
+from test_errors import expect_error
 
 from policy_kd.online import DistillOnlineConfig, OnlineDistillation, sample_states
 from policy_kd.students import load_student
 from policy_kd.teacher import load_teacher
-
-
-def expect_error(capsys: pytest.CaptureFixture[str], args: list[object], *fragments: str) -> None:
-    """One line on stderr, exit status 2, no traceback (as tests/test_errors.py checks every job)."""
-    code = run_cli(*map(str, args))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("policy-kd: error: ")
-    for frag in fragments:
-        assert frag in err, (frag, err)
 
 
 def _config(**kw: object) -> DistillOnlineConfig:

@@ -104,15 +104,13 @@ class CustomTeacher(_EnvRecipe, BaseTeacher):
 
     def bind(self, env_id: str) -> None:
         """Run the teacher in ``env_id``: refused unless the env's spaces are the declared ones."""
-        ensure_registered(env_id)
-        env = make_env_from_spec({"env_id": env_id})
-        obs_space, act_space = env.observation_space, env.action_space
-        env.close()
-        if obs_space.shape != self.observation_space.shape or act_space != self.action_space:
-            raise PolicyKDError(
-                f"teacher {self.name} declares observations {self.observation_space} and actions "
-                f"{self.action_space}, but {env_id} has {obs_space} and {act_space}; pass the env it acts in"
-            )
+        check_env_spaces(
+            env_id,
+            self.observation_space,
+            self.action_space,
+            who=f"teacher {self.name} declares",
+            fix="pass the env it acts in",
+        )
         self.env_id = env_id
 
     def make_env(self, *, stacked: bool = True) -> gym.Env:
@@ -206,11 +204,30 @@ def _spaces(
         return observation_space, action_space
     if env_id is None:
         raise PolicyKDError(f"teacher {name}: declare observation_space and action_space, or give env_id")
+    obs_space, act_space = env_spaces(env_id)
+    return observation_space or obs_space, action_space or act_space
+
+
+def env_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
+    """The observation and action spaces of a registered env id (the env is made and closed)."""
     ensure_registered(env_id)
     env = make_env_from_spec({"env_id": env_id})
-    spaces = observation_space or env.observation_space, action_space or env.action_space
+    spaces = env.observation_space, env.action_space
     env.close()
     return spaces
+
+
+def check_env_spaces(
+    env_id: str, observation_space: gym.Space, action_space: gym.Space, *, who: str, fix: str
+) -> None:
+    """Refuse ``env_id`` unless its observations have ``observation_space``'s shape and its actions are
+    ``action_space`` (``who`` and ``fix`` begin and end the message)."""
+    obs_space, act_space = env_spaces(env_id)
+    if obs_space.shape != observation_space.shape or act_space != action_space:
+        raise PolicyKDError(
+            f"{who} observations {observation_space} and actions {action_space}, but {env_id} has "
+            f"{obs_space} and {act_space}; {fix}"
+        )
 
 
 def from_callable(
