@@ -16,7 +16,7 @@ from policy_kd.distill import CHECKPOINT
 from policy_kd.errors import PolicyKDError
 from policy_kd.sweep import Sweep, comparable, train_students
 from policy_kd.sweep_config import SweepConfig
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_sweep_file
 
 BASE: dict[str, Any] = {
     "task": "t",
@@ -181,27 +181,10 @@ def test_comparable_drops_only_timings() -> None:
     assert comparable(a) == {"runs": {"x": {"mean_return": 2}}}
 
 
-def _sweep_file(tmp_path: Path, artifacts: dict[str, Path], **changes: Any) -> Path:
-    raw = {
-        "task": "tiny",
-        "teacher": {"path": str(artifacts["teacher"])},
-        "buffer": {"path": str(artifacts["buffer"])},
-        "distill": {"steps": 60, "eval_every": 0, "checkpoint_every": 20},
-        "sizes": [0.25, 0.04],
-        "losses": {"kl": {"loss": "kl", "tau": 0.1}, "nll": {"loss": "nll"}},
-        "seeds": [0],
-        "episodes": 2,
-        **changes,
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
 def test_a_sweep_end_to_end_then_resumed_retrains_nothing(
     tmp_path: Path, artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config, out = _sweep_file(tmp_path, artifacts), tmp_path / "out"
+    config, out = write_sweep_file(tmp_path, artifacts), tmp_path / "out"
     assert run_cli("sweep", config, "--out", out) == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results["runs"]) == ["f0.25_kl_s0", "f0.25_nll_s0", "f0.04_kl_s0", "f0.04_nll_s0"]
