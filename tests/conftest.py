@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-import yaml
 
 from policy_kd.cli import main
 
@@ -17,24 +15,6 @@ torch.set_num_threads(1)
 def run_cli(*args: str) -> int:
     """Run ``policy-kd ARGS`` in-process and return its exit status."""
     return main([str(a) for a in args])
-
-
-def write_sweep_file(folder: Path, artifacts: dict[str, Path], **changes: Any) -> Path:
-    """``folder/sweep.yaml``: a tiny CartPole sweep over the session's teacher and buffer, ``changes`` on top."""
-    raw = {
-        "task": "tiny",
-        "teacher": {"path": str(artifacts["teacher"])},
-        "buffer": {"path": str(artifacts["buffer"])},
-        "distill": {"steps": 60, "eval_every": 0, "checkpoint_every": 20},
-        "sizes": [0.25, 0.04],
-        "losses": {"kl": {"loss": "kl", "tau": 0.1}, "nll": {"loss": "nll"}},
-        "seeds": [0],
-        "episodes": 2,
-        **changes,
-    }
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="session")

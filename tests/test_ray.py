@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from policy_kd.sweep import comparable
-from tests.conftest import run_cli, write_sweep_file
+from tests.conftest import run_cli
+from tests.test_sweep import write_sweep_file
 
 ray = pytest.importorskip("ray")
 

@@ -16,7 +16,7 @@ from policy_kd.distill import CHECKPOINT
 from policy_kd.errors import PolicyKDError
 from policy_kd.sweep import Sweep, comparable, train_students
 from policy_kd.sweep_config import SweepConfig
-from tests.conftest import run_cli, write_sweep_file
+from tests.conftest import run_cli
 
 BASE: dict[str, Any] = {
     "task": "t",
@@ -179,6 +179,25 @@ def test_comparable_drops_only_timings() -> None:
         "runs": {"x": {"mean_return": 2, "latency": {}, "distill_seconds": 3}},
     }
     assert comparable(a) == {"runs": {"x": {"mean_return": 2}}}
+
+
+def write_sweep_file(folder: Path, artifacts: dict[str, Path], **changes: Any) -> Path:
+    """``folder/sweep.yaml``: a tiny CartPole sweep over the session's teacher and buffer, ``changes`` on top
+    (test_ray's sweep too)."""
+    raw = {
+        "task": "tiny",
+        "teacher": {"path": str(artifacts["teacher"])},
+        "buffer": {"path": str(artifacts["buffer"])},
+        "distill": {"steps": 60, "eval_every": 0, "checkpoint_every": 20},
+        "sizes": [0.25, 0.04],
+        "losses": {"kl": {"loss": "kl", "tau": 0.1}, "nll": {"loss": "nll"}},
+        "seeds": [0],
+        "episodes": 2,
+        **changes,
+    }
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def test_a_sweep_end_to_end_then_resumed_retrains_nothing(
