@@ -20,14 +20,11 @@ import json
 from pathlib import Path
 
 from policy_kd.sweep_report import (
-    _ratio,
     continuous_section,
     goals_section,
     multitask_section,
-    plot,
     plot_curves,
-    scorer,
-    task_section,
+    task_report,
 )
 
 ROOT = Path(__file__).resolve().parent
@@ -43,14 +40,7 @@ def sections(plots: Path) -> list[str]:
         if res.get("kind") == "multitask":
             out.append(multitask_section(res))
             continue
-        text, curves = task_section(res, RANDOM)
-        png = plots / f"{res['task']}_return_vs_params.png"
-        ylabel = (
-            "return ratio (student / teacher)" if scorer(res, RANDOM)[1] is _ratio else "normalized score"
-        )
-        if curves and plot(res["task"], curves, png, ylabel):
-            text += f"\n![{res['task']}](plots/{png.name})\n"
-        out.append(text)
+        out.append(task_report(res, plots / f"{res['task']}_return_vs_params.png", RANDOM))
     if plot_curves(all_results, plots / "teacher_curves.png"):
         out.append(
             "### Teachers' training curves\n\nMean return of each periodic evaluation during training "

@@ -412,16 +412,21 @@ def plot_curves(results: list[dict[str, Any]], out: Path) -> bool:
     return True
 
 
-def write_report(res: dict[str, Any], out: Path, random_dir: Path | None = None) -> Path:
-    """One sweep's table (``out/results.md``) and plot (``out/plots/return_vs_params.png``, where matplotlib
-    is installed and the sweep has two sizes or more); returns the Markdown file."""
+def task_report(res: dict[str, Any], png: Path, random_dir: Path | None = None) -> str:
+    """``task_section``'s Markdown with its plot written to ``png`` (where matplotlib is installed and the
+    sweep has two sizes or more) and linked as ``plots/<png's name>``."""
     text, curves = task_section(res, random_dir)
-    png = out / "plots" / "return_vs_params.png"
     ylabel = (
         "return ratio (student / teacher)" if scorer(res, random_dir)[1] is _ratio else "normalized score"
     )
     if curves and plot(res["task"], curves, png, ylabel):
         text += f"\n![{res['task']}](plots/{png.name})\n"
+    return text
+
+
+def write_report(res: dict[str, Any], out: Path, random_dir: Path | None = None) -> Path:
+    """One sweep's table (``out/results.md``) and plot (``out/plots/return_vs_params.png``, where matplotlib
+    is installed and the sweep has two sizes or more); returns the Markdown file."""
     md = out / "results.md"
-    md.write_text(text)
+    md.write_text(task_report(res, out / "plots" / "return_vs_params.png", random_dir))
     return md
