@@ -2,16 +2,10 @@
 
     python experiments/tables.py            # rewrites the part of README.md between the RESULTS markers
 
-Per task: the teacher; the student/teacher return ratio per loss and size (mean over seeds with a 95%
-stratified-bootstrap CI over seeds, via ``policy_kd.stats.aggregate_runs``); parameters and batch-1 latency
-per size; teacher- vs student-driven data at equal labels; wall time per stage; and a plot of return ratio
-against student parameters, one line per loss.
-
-Where returns can be negative (LunarLander) the ratio reads backwards, so those tasks show the normalized
-score (student - random) / (teacher - random) instead, with ``random`` the mean return of a uniformly random
-policy on the same episode seeds: the result's own ``random`` entry, else
+The tables and plots are ``policy_kd.sweep_report``'s (what ``policy-kd sweep`` writes per sweep; its
+docstring says what they show), per task and then across tasks (teachers' training curves, the goals,
+continuous control). Random baselines for results made before evaluate played one come from
 ``results/random/<env>.json`` (``scripts/random_baseline.py``; results without either keep the ratio).
-The tables and plots are ``policy_kd.sweep_report``'s (what ``policy-kd sweep`` writes per sweep).
 """
 
 from __future__ import annotations
