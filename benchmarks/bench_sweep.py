@@ -25,21 +25,19 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from policy_kd.buffer import BufferWriter, FieldSpec
+from policy_kd.buffer import write_synthetic_q_buffer
 from policy_kd.distill import DistillConfig, distill
 from policy_kd.group import _distill_together
 
 ROWS = 100_000
 CASES = {
-    # name: (obs shape, obs dtype, actions, teacher params, env id, student, params fraction, Ks)
-    "cartpole_mlp_1pct": ((4,), "float32", 2, 67_586, "CartPole-v1", "mlp", 0.01, None),
-    "cartpole_mlp_4pct": ((4,), "float32", 2, 67_586, "CartPole-v1", "mlp", 0.04, None),
+    # name: (obs shape (uint8 for an image), actions, teacher params, env id, student, params fraction, Ks)
+    "cartpole_mlp_1pct": ((4,), 2, 67_586, "CartPole-v1", "mlp", 0.01, None),
+    "cartpole_mlp_4pct": ((4,), 2, 67_586, "CartPole-v1", "mlp", 0.04, None),
     "minatar_cnn_4pct": (
         (10, 10, 4),
-        "uint8",
         3,
         132_179,
         "MinAtar/Breakout-v1",
@@ -50,27 +48,15 @@ CASES = {
 }
 
 
-def make_buffer(path: Path, obs_shape: tuple[int, ...], dtype: str, n_actions: int, teacher_params: int,
-                env_id: str) -> Path:  # fmt: skip
+def make_buffer(
+    path: Path, obs_shape: tuple[int, ...], n_actions: int, teacher_params: int, env_id: str
+) -> Path:
     if (path / "manifest.json").is_file():
         return path
     shutil.rmtree(path, ignore_errors=True)
-    rng = np.random.default_rng(0)
-    meta = {
-        "env_id": env_id,
-        "observation_space": {"type": "Box", "shape": list(obs_shape), "dtype": dtype},
-        "action_space": {"type": "Discrete", "n": n_actions},
-        "teacher": {"kind": "q_values", "algo": "dqn", "path": None, "policy_params": teacher_params},
-    }
-    fields = {"obs": FieldSpec(dtype, obs_shape), "teacher": FieldSpec("float32", (n_actions,))}
-    if dtype == "uint8":
-        obs = rng.integers(0, 2, size=(ROWS, *obs_shape), dtype=np.uint8)
-    else:
-        obs = rng.standard_normal((ROWS, *obs_shape), dtype=np.float32)
-    teacher = rng.standard_normal((ROWS, n_actions), dtype=np.float32) * 10
-    with BufferWriter(path, fields=fields, meta=meta, source={"behaviour": "synthetic"}, capacity=ROWS) as w:
-        w.append(obs=obs, teacher=teacher)
-    return path
+    return write_synthetic_q_buffer(
+        path, obs_shape, n_actions, ROWS, env_id=env_id, teacher_params=teacher_params, teacher_scale=10.0
+    )
 
 
 def configs(
@@ -104,8 +90,8 @@ def loop_seconds(folders: list[Path], *, shared: bool) -> float:
 
 
 def run_case(name: str, root: Path, ks: tuple[int, ...], steps: int, batch: int = 256) -> dict[int, float]:
-    shape, dtype, n_actions, teacher_params, env_id, student, fraction, case_ks = CASES[name]
-    buffer = make_buffer(root / f"buffer_{name}", shape, dtype, n_actions, teacher_params, env_id)
+    shape, n_actions, teacher_params, env_id, student, fraction, case_ks = CASES[name]
+    buffer = make_buffer(root / f"buffer_{name}", shape, n_actions, teacher_params, env_id)
     params = None
     ratios: dict[int, float] = {}
     # warm-up: the first run in a process pays for lazy imports and first calls; time neither with it

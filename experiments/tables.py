@@ -2,16 +2,10 @@
 
     python experiments/tables.py            # rewrites the part of README.md between the RESULTS markers
 
-Per task: the teacher; the student/teacher return ratio per loss and size (mean over seeds with a 95%
-stratified-bootstrap CI over seeds, via ``policy_kd.stats.aggregate_runs``); parameters and batch-1 latency
-per size; teacher- vs student-driven data at equal labels; wall time per stage; and a plot of return ratio
-against student parameters, one line per loss.
-
-Where returns can be negative (LunarLander) the ratio reads backwards, so those tasks show the normalized
-score (student - random) / (teacher - random) instead, with ``random`` the mean return of a uniformly random
-policy on the same episode seeds: the result's own ``random`` entry, else
+The tables and plots are ``policy_kd.sweep_report``'s (what ``policy-kd sweep`` writes per sweep; its
+docstring says what they show), per task and then across tasks (teachers' training curves, the goals,
+continuous control). Random baselines for results made before evaluate played one come from
 ``results/random/<env>.json`` (``scripts/random_baseline.py``; results without either keep the ratio).
-The tables and plots are ``policy_kd.sweep_report``'s (what ``policy-kd sweep`` writes per sweep).
 """
 
 from __future__ import annotations
@@ -20,14 +14,11 @@ import json
 from pathlib import Path
 
 from policy_kd.sweep_report import (
-    _ratio,
     continuous_section,
     goals_section,
     multitask_section,
-    plot,
     plot_curves,
-    scorer,
-    task_section,
+    task_report,
 )
 
 ROOT = Path(__file__).resolve().parent
@@ -43,14 +34,7 @@ def sections(plots: Path) -> list[str]:
         if res.get("kind") == "multitask":
             out.append(multitask_section(res))
             continue
-        text, curves = task_section(res, RANDOM)
-        png = plots / f"{res['task']}_return_vs_params.png"
-        ylabel = (
-            "return ratio (student / teacher)" if scorer(res, RANDOM)[1] is _ratio else "normalized score"
-        )
-        if curves and plot(res["task"], curves, png, ylabel):
-            text += f"\n![{res['task']}](plots/{png.name})\n"
-        out.append(text)
+        out.append(task_report(res, plots / f"{res['task']}_return_vs_params.png", RANDOM))
     if plot_curves(all_results, plots / "teacher_curves.png"):
         out.append(
             "### Teachers' training curves\n\nMean return of each periodic evaluation during training "

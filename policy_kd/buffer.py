@@ -91,6 +91,7 @@ __all__ = [
     "field_file",
     "load_npy",
     "read_manifest",
+    "write_synthetic_q_buffer",
 ]
 
 
@@ -400,3 +401,35 @@ class Buffer:
                     if len(ends):  # finished within the buffer
                         returns.append(float(csum[s + ends[0] + 1] - csum[s]))
         return np.asarray(returns)
+
+
+def write_synthetic_q_buffer(
+    path: Path,
+    obs_shape: tuple[int, ...],
+    n_actions: int,
+    rows: int,
+    *,
+    env_id: str,
+    teacher_params: int,
+    teacher_scale: float,
+) -> Path:
+    """A buffer of random rows in a DQN teacher's layout, for benchmarks and tests of the training loop:
+    observations (float32 normals, or uint8 0/1 for an image shape) and Q-values (normals times
+    ``teacher_scale``), drawn in that order from seed 0; the meta names ``env_id`` (evaluation runs on it)."""
+    rng = np.random.default_rng(0)
+    dtype = "float32" if len(obs_shape) == 1 else "uint8"
+    meta = {
+        "env_id": env_id,
+        "observation_space": {"type": "Box", "shape": list(obs_shape), "dtype": dtype},
+        "action_space": {"type": "Discrete", "n": n_actions},
+        "teacher": {"kind": "q_values", "algo": "dqn", "path": None, "policy_params": teacher_params},
+    }
+    fields = {"obs": FieldSpec(dtype, obs_shape), "teacher": FieldSpec("float32", (n_actions,))}
+    if dtype == "uint8":
+        obs = rng.integers(0, 2, size=(rows, *obs_shape), dtype=np.uint8)
+    else:
+        obs = rng.standard_normal((rows, *obs_shape), dtype=np.float32)
+    teacher = rng.standard_normal((rows, n_actions), dtype=np.float32) * teacher_scale
+    with BufferWriter(path, fields=fields, meta=meta, source={"behaviour": "synthetic"}, capacity=rows) as w:
+        w.append(obs=obs, teacher=teacher)
+    return path

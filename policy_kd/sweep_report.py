@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -220,15 +220,6 @@ def multitask_section(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ratios(res: dict[str, Any], loss: str, size: float) -> list[float]:
-    return [_ratio(r) for r in _grid_cells(res).get((loss, float(size)), [])]
-
-
-def _mean_ratio(res: dict[str, Any], loss: str, size: float) -> float | None:
-    rs = _ratios(res, loss, size)
-    return float(np.mean(rs)) if rs else None
-
-
 def _verdict(values: list[float]) -> str:
     """Whether a cell's mean over seeds reaches 1 (the teacher), and whether its CI says so clearly."""
     mean = float(np.mean(values))
@@ -238,6 +229,18 @@ def _verdict(values: list[float]) -> str:
     met = mean >= 1.0
     crosses = lo < 1.0 if met else lo <= 1.0 <= hi
     return ("yes" if met else "no") + (" (CI includes 1)" if crosses else "")
+
+
+def _best_small(cells: Iterable[tuple[str, float, list[float]]]) -> tuple[str, str]:
+    """The goal's two columns for the best cell (highest mean; the first one on a tie) among sizes <= 5% of
+    the teacher: ``"<loss>, <size>: <mean [CI]>"`` and its ``_verdict``, or two dashes without one."""
+    best: tuple[float, str, list[float]] | None = None
+    for loss, size, values in cells:
+        if size <= 0.05 and values and (best is None or float(np.mean(values)) > best[0]):
+            best = (float(np.mean(values)), f"{loss}, {size:.0%}", values)
+    if best is None:
+        return "—", "—"
+    return f"{best[1]}: {_agg(best[2])}", _verdict(best[2])
 
 
 def goals_section(results: list[dict[str, Any]]) -> str:
@@ -255,24 +258,22 @@ def goals_section(results: list[dict[str, Any]]) -> str:
     for res in results:
         if res.get("kind") == "multitask" or not res.get("runs") or _continuous(res):
             continue  # continuous tasks: continuous_section, on normalized scores
-        best: tuple[float, str, list[float]] | None = None
-        for size in res["config"]["sizes"]:
-            if size > 0.05:
-                continue
-            for loss in res["config"]["losses"]:
-                m = _mean_ratio(res, loss, size)
-                if m is not None and (best is None or m > best[0]):
-                    best = (m, f"{loss}, {size:.0%}", _ratios(res, loss, size))
-        reached = _verdict(best[2]) if best else "—"
-        kl, nll, mse = (_mean_ratio(res, k, 0.04) for k in ("kl_t0.01", "nll", "mse"))
+        by = {cell: [_ratio(r) for r in runs] for cell, runs in _grid_cells(res).items()}
+        best, reached = _best_small(
+            (loss, size, by.get((loss, float(size)), []))
+            for size in res["config"]["sizes"]
+            for loss in res["config"]["losses"]
+        )
+        kl, nll, mse = (
+            float(np.mean(by[(k, 0.04)])) if by.get((k, 0.04)) else None for k in ("kl_t0.01", "nll", "mse")
+        )
         order = None if None in (kl, nll, mse) else bool(kl >= nll > mse)  # type: ignore[operator]
         if order is not None:
             n_tasks += 1
             n_order += order
         fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
         lines.append(
-            f"| {res['task']} | {best[1] + ': ' + _agg(best[2]) if best else '—'} | "
-            f"{reached} | {fmt(kl)} / {fmt(nll)} / {fmt(mse)} | "
+            f"| {res['task']} | {best} | {reached} | {fmt(kl)} / {fmt(nll)} / {fmt(mse)} | "
             f"{'—' if order is None else ('yes' if order else 'no')} |"
         )
     lines += ["", f"KL (τ=0.01) ≥ NLL > MSE holds on {n_order} of {n_tasks} single-task settings.", ""]
@@ -344,19 +345,14 @@ def continuous_section(results: list[dict[str, Any]], random_dir: Path | None = 
             continue
         _, score = scorer(res, random_dir)
         by = _grid_cells(res)
-        best: tuple[float, str, list[float]] | None = None
-        for (loss, size), runs in by.items():
-            xs = [score(r) for r in runs]
-            if size <= 0.05 and (best is None or np.mean(xs) > best[0]):
-                best = (float(np.mean(xs)), f"{loss}, {size:.0%}", xs)
-        reached = _verdict(best[2]) if best else "—"
+        best, reached = _best_small(
+            (loss, size, [score(r) for r in runs]) for (loss, size), runs in by.items()
+        )
         at4 = [by.get((loss, 0.04)) for loss in CONTINUOUS_LOSSES]
         shown = " / ".join(
             "—" if not rs else _ratio_text(float(np.mean([score(r) for r in rs]))) for rs in at4
         )
-        lines.append(
-            f"| {res['task']} | {best[1] + ': ' + _agg(best[2]) if best else '—'} | {reached} | {shown} |"
-        )
+        lines.append(f"| {res['task']} | {best} | {reached} | {shown} |")
     return "\n".join([*lines, ""])
 
 
@@ -416,16 +412,21 @@ def plot_curves(results: list[dict[str, Any]], out: Path) -> bool:
     return True
 
 
-def write_report(res: dict[str, Any], out: Path, random_dir: Path | None = None) -> Path:
-    """One sweep's table (``out/results.md``) and plot (``out/plots/return_vs_params.png``, where matplotlib
-    is installed and the sweep has two sizes or more); returns the Markdown file."""
+def task_report(res: dict[str, Any], png: Path, random_dir: Path | None = None) -> str:
+    """``task_section``'s Markdown with its plot written to ``png`` (where matplotlib is installed and the
+    sweep has two sizes or more) and linked as ``plots/<png's name>``."""
     text, curves = task_section(res, random_dir)
-    png = out / "plots" / "return_vs_params.png"
     ylabel = (
         "return ratio (student / teacher)" if scorer(res, random_dir)[1] is _ratio else "normalized score"
     )
     if curves and plot(res["task"], curves, png, ylabel):
         text += f"\n![{res['task']}](plots/{png.name})\n"
+    return text
+
+
+def write_report(res: dict[str, Any], out: Path, random_dir: Path | None = None) -> Path:
+    """One sweep's table (``out/results.md``) and plot (``out/plots/return_vs_params.png``, where matplotlib
+    is installed and the sweep has two sizes or more); returns the Markdown file."""
     md = out / "results.md"
-    md.write_text(text)
+    md.write_text(task_report(res, out / "plots" / "return_vs_params.png", random_dir))
     return md

@@ -10,6 +10,7 @@ from types import ModuleType
 
 import pytest
 
+from policy_kd import sweep_report
 from policy_kd.errors import PolicyKDError
 from policy_kd.sweep_config import SweepConfig
 
@@ -141,9 +142,9 @@ def test_goals_table_checks_every_game_of_a_multitask_student() -> None:
 
 def test_a_grid_of_one_size_gets_no_return_vs_params_plot(tmp_path) -> None:
     pytest.importorskip("matplotlib")
-    assert not tables.plot("t", {"kl": {5210: 0.99}, "nll": {5210: 0.87}}, tmp_path / "one.png")
+    assert not sweep_report.plot("t", {"kl": {5210: 0.99}, "nll": {5210: 0.87}}, tmp_path / "one.png")
     assert not (tmp_path / "one.png").exists()
-    assert tables.plot("t", {"kl": {742: 0.2, 5210: 0.99}}, tmp_path / "two.png")
+    assert sweep_report.plot("t", {"kl": {742: 0.2, 5210: 0.99}}, tmp_path / "two.png")
     assert (tmp_path / "two.png").is_file()
 
 
@@ -171,7 +172,9 @@ def _negative_task(random: dict | None) -> dict:
 
 
 def test_tables_show_the_normalized_score_where_returns_are_negative() -> None:
-    text, curves = tables.task_section(_negative_task({"mean_return": -500.0, "ci95": [-510.0, -490.0]}))
+    text, curves = sweep_report.task_section(
+        _negative_task({"mean_return": -500.0, "ci95": [-510.0, -490.0]})
+    )
     # (-135 + 500) / (-150 + 500) = 1.043: better than the teacher, where the ratio says 0.90
     assert (
         "Normalized score" in text
@@ -180,7 +183,7 @@ def test_tables_show_the_normalized_score_where_returns_are_negative() -> None:
     )
     # without a random baseline (or one the teacher does not beat) the ratio stays, as the results filed it
     for random in (None, {"mean_return": -150.0, "ci95": [-160.0, -140.0]}):
-        text, _ = tables.task_section(_negative_task(random))
+        text, _ = sweep_report.task_section(_negative_task(random))
         assert "Return ratio (student ÷ teacher" in text and "| kl | 0.900 [" in text
 
 
@@ -190,7 +193,7 @@ def test_the_committed_results_stay_readable() -> None:
         if res.get("kind") == "multitask":
             assert tables.multitask_section(res).startswith("### Multi-task")
             continue
-        text, _ = tables.task_section(res, tables.RANDOM)
+        text, _ = sweep_report.task_section(res, tables.RANDOM)
         # LunarLander and the continuous tasks' returns can be negative: scored against the random baseline
         normalized = res["env"].startswith("LunarLander") or bool(res["config"].get("zoo_benchmark"))
         assert ("Normalized score" in text) == normalized and ("Return ratio" in text) != normalized, (

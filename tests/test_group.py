@@ -12,7 +12,7 @@ import torch
 
 import policy_kd
 from policy_kd import group
-from policy_kd.buffer import Buffer, BufferWriter, FieldSpec, Sampler
+from policy_kd.buffer import Buffer, Sampler, write_synthetic_q_buffer
 from policy_kd.distill import DistillConfig, distill
 from policy_kd.group import _GroupSampler, alone_reason, distill_group, group_key
 from policy_kd.losses import LossConfig, compute_loss
@@ -20,34 +20,16 @@ from policy_kd.run import _STOP
 from policy_kd.stacked import StackedAdamW, StackedStudents, stacked_loss
 from policy_kd.students import build_student, load_student, size_student
 
+TEACHER = dict(teacher_params=67_586, teacher_scale=5.0)  # the synthetic buffers' (a DQN on CartPole)
 TOL = 2e-4  # a batched matmul sums in another order than a single one: weights agree to float rounding
-
-
-def _write_buffer(path: Path, obs_shape: tuple[int, ...], n_actions: int, rows: int, env_id: str) -> Path:
-    rng = np.random.default_rng(0)
-    dtype = "float32" if len(obs_shape) == 1 else "uint8"
-    box = {"type": "Box", "shape": list(obs_shape), "dtype": dtype}
-    meta = {
-        "env_id": env_id,
-        "observation_space": box,
-        "action_space": {"type": "Discrete", "n": n_actions},
-        "teacher": {"kind": "q_values", "algo": "dqn", "path": None, "policy_params": 67_586},
-    }
-    fields = {"obs": FieldSpec(dtype, obs_shape), "teacher": FieldSpec("float32", (n_actions,))}
-    if dtype == "uint8":
-        obs = rng.integers(0, 2, size=(rows, *obs_shape), dtype=np.uint8)
-    else:
-        obs = rng.standard_normal((rows, *obs_shape), dtype=np.float32)
-    teacher = rng.standard_normal((rows, n_actions), dtype=np.float32) * 5
-    with BufferWriter(path, fields=fields, meta=meta, source={"behaviour": "synthetic"}, capacity=rows) as w:
-        w.append(obs=obs, teacher=teacher)
-    return path
 
 
 @pytest.fixture(scope="module")
 def cartpole_buffer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic CartPole-shaped rows (4 floats, 2 actions): evaluation runs on the real env."""
-    return _write_buffer(tmp_path_factory.mktemp("group") / "buffer", (4,), 2, 5_000, "CartPole-v1")
+    return write_synthetic_q_buffer(
+        tmp_path_factory.mktemp("group") / "buffer", (4,), 2, 5_000, env_id="CartPole-v1", **TEACHER
+    )
 
 
 # a mixed group: every discrete loss, per-student tau, lr, schedule, weight decay and clipping
@@ -163,7 +145,9 @@ def test_a_group_checkpoint_is_the_checkpoint_distill_writes(cartpole_buffer, tm
 
 def test_cnn_students_train_together_as_alone(tmp_path):
     """MinAtar-shaped frames (10x10x4, channels last): a grouped convolution for K students."""
-    buffer = _write_buffer(tmp_path / "buffer", (10, 10, 4), 3, 2_000, "MinAtar/Breakout-v1")
+    buffer = write_synthetic_q_buffer(
+        tmp_path / "buffer", (10, 10, 4), 3, 2_000, env_id="MinAtar/Breakout-v1", **TEACHER
+    )
     students = [dict(seed=0), dict(seed=1, tau=0.1, lr=3e-3), dict(seed=2, loss="mse")]
     common = dict(student="minatar_cnn", channels=(4,), hidden=(16,), steps=60, checkpoint_every=0)
     alone = _configs(buffer, tmp_path / "alone", students, **common)

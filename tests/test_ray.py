@@ -16,6 +16,7 @@ import yaml
 
 from policy_kd.sweep import comparable
 from tests.conftest import run_cli
+from tests.test_sweep import write_sweep_file
 
 ray = pytest.importorskip("ray")
 
@@ -35,20 +36,15 @@ def ray_cluster() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def sweep_file(tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]) -> Path:
-    raw = {
-        "task": "ray",
-        "teacher": {"path": str(artifacts["teacher"])},
-        "buffer": {"path": str(artifacts["buffer"])},
+    return write_sweep_file(
+        tmp_path_factory.mktemp("ray_sweep"),
+        artifacts,
+        task="ray",
         # long enough for the kill test to find a worker mid-training, past its first checkpoint
-        "distill": {"steps": 800, "eval_every": 0, "checkpoint_every": 100},
-        "sizes": [0.25, 0.04],
-        "losses": {"kl": {"loss": "kl", "tau": 0.1}},
-        "seeds": [0],
-        "episodes": 3,
-    }
-    path = tmp_path_factory.mktemp("ray_sweep") / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+        distill={"steps": 800, "eval_every": 0, "checkpoint_every": 100},
+        losses={"kl": {"loss": "kl", "tau": 0.1}},
+        episodes=3,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -181,7 +181,9 @@ def test_comparable_drops_only_timings() -> None:
     assert comparable(a) == {"runs": {"x": {"mean_return": 2}}}
 
 
-def _sweep_file(tmp_path: Path, artifacts: dict[str, Path], **changes: Any) -> Path:
+def write_sweep_file(folder: Path, artifacts: dict[str, Path], **changes: Any) -> Path:
+    """``folder/sweep.yaml``: a tiny CartPole sweep over the session's teacher and buffer, ``changes`` on top
+    (test_ray's sweep too)."""
     raw = {
         "task": "tiny",
         "teacher": {"path": str(artifacts["teacher"])},
@@ -193,7 +195,7 @@ def _sweep_file(tmp_path: Path, artifacts: dict[str, Path], **changes: Any) -> P
         "episodes": 2,
         **changes,
     }
-    path = tmp_path / "sweep.yaml"
+    path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -201,7 +203,7 @@ def _sweep_file(tmp_path: Path, artifacts: dict[str, Path], **changes: Any) -> P
 def test_a_sweep_end_to_end_then_resumed_retrains_nothing(
     tmp_path: Path, artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config, out = _sweep_file(tmp_path, artifacts), tmp_path / "out"
+    config, out = write_sweep_file(tmp_path, artifacts), tmp_path / "out"
     assert run_cli("sweep", config, "--out", out) == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results["runs"]) == ["f0.25_kl_s0", "f0.25_nll_s0", "f0.04_kl_s0", "f0.04_nll_s0"]
