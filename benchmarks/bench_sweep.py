@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--dir", type=Path, default=Path("/tmp/pkd_bench_sweep"))
     args = parser.parse_args()
+    if args.steps < 50:  # shorter loops round to 0 s in metrics.json, and a rate of 0 s divides by zero
+        parser.error(f"--steps {args.steps} is too short to time; use --steps 50 or more")
     torch.set_num_threads(1)
     results = {name: run_case(name, args.dir, tuple(args.ks), args.steps) for name in args.cases}
     print("\ngoals: >= 5x at K = 36 (MLP, 1-5% students), >= 2x at K = 12 (MinAtar CNN, 4%)")

@@ -98,6 +98,10 @@ def start_run(config: DistillConfig) -> tuple[DistillConfig, Path]:
         return _saved_config(out, progress=config.progress), out
     # saved in config.yaml (what --resume reads): absolute, so it resumes from any working directory
     config = absolute_paths(config, "buffer", "teacher")
+    if config.buffer:  # refuse a loss the buffer cannot take before its folder exists (no --force to retry)
+        buffer = Buffer.open(config.buffer)
+        _check_meta(buffer)
+        _fields_for_loss(config, buffer.meta)
     inputs = (config.buffer, config.teacher)
     out = prepare_out_dir(config.out, force=config.force, what="student folder", inputs=inputs)
     write_run_info(out, config, job="distill")
@@ -139,6 +143,22 @@ def _check_meta(buffer: Buffer) -> None:
         raise PolicyKDError(
             f"buffer {buffer.path} has no valid {', '.join(wrong)} in its manifest's meta; re-record it with policy-kd record"
         )
+
+
+def _fields_for_loss(config: DistillConfig, meta: dict[str, Any]) -> tuple[str, ...]:
+    """Refuse a loss the teacher's kind of outputs cannot take; return the buffer fields it reads."""
+    kind = meta["teacher"]["kind"]
+    check_loss_for_kind(
+        config.loss,
+        kind,
+        meta.get("action_space", {}).get("type") == "Box",
+        only_actions="the buffer holds only the teacher's actions (kind actions: behaviour cloning)",
+    )
+    if config.critic_weight > 0 and kind not in ("deterministic", "squashed_gaussian"):
+        raise PolicyKDError(
+            f"--critic-weight needs a TD3/DDPG/SAC/TQC teacher's critic, not a {kind} teacher; drop it"
+        )
+    return ("obs", "teacher", "teacher_log_std") if config.loss == "gaussian_kl" else ("obs", "teacher")
 
 
 class _Run(Rounds):
@@ -199,30 +219,13 @@ class _Run(Rounds):
         self.continuous = meta.get("action_space", {}).get("type") == "Box"
         # MultiDiscrete/MultiBinary: the logits of each component side by side; losses per component, summed
         self.nvec = action_nvec(meta.get("action_space", {}))
-        self._check_loss_choice()
+        self.names = _fields_for_loss(config, meta)
         for b in self.buffers:
             b.require(*self.names)
             b.check_finite(
                 self.names,
                 "a student trained on them learns NaN: re-record the buffer with a sound teacher",
             )
-
-    def _check_loss_choice(self) -> None:
-        """Refuse a loss the teacher's kind of outputs cannot take; choose the fields to read."""
-        config, kind = self.cfg, self.meta["teacher"]["kind"]
-        check_loss_for_kind(
-            config.loss,
-            kind,
-            self.continuous,
-            only_actions="the buffer holds only the teacher's actions (kind actions: behaviour cloning)",
-        )
-        if config.critic_weight > 0 and kind not in ("deterministic", "squashed_gaussian"):
-            raise PolicyKDError(
-                f"--critic-weight needs a TD3/DDPG/SAC/TQC teacher's critic, not a {kind} teacher; drop it"
-            )
-        self.names = (
-            ("obs", "teacher", "teacher_log_std") if config.loss == "gaussian_kl" else ("obs", "teacher")
-        )
 
     def _input_sample(self) -> torch.Tensor:
         """The buffer's observations that set the student's input standardisation (evenly spaced rows)."""

@@ -38,7 +38,16 @@ from tqdm.auto import tqdm
 
 from policy_kd.buffer import Sampler
 from policy_kd.buffer_format import read_manifest
-from policy_kd.distill import CHECKPOINT, DIVERGED, _Run, _saved_config, distill, log_now, start_run
+from policy_kd.distill import (
+    CHECKPOINT,
+    DIVERGED,
+    _fields_for_loss,
+    _Run,
+    _saved_config,
+    distill,
+    log_now,
+    start_run,
+)
 from policy_kd.distill_config import DistillConfig
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import check_interrupted, job
@@ -179,7 +188,7 @@ class _Member(_Run):
         self.buffers, self.meta, self._teacher = s.buffers, s.meta, s._teacher
         self.teacher_path = self.cfg.teacher
         self.teacher_params, self.continuous, self.nvec = s.teacher_params, s.continuous, s.nvec
-        self._check_loss_choice()
+        self.names = _fields_for_loss(self.cfg, self.meta)
 
     def _input_sample(self) -> torch.Tensor:
         if self._shared is not None:

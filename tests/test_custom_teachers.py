@@ -152,6 +152,7 @@ def test_scripted_controller_is_behaviour_cloning(tmp_path: Path, capsys: pytest
     for loss in ("kl", "hinton", "mse"):
         expect_error(capsys, ["distill", "--buffer", out, "--out", tmp_path / loss, "--loss", loss],
                      "needs soft targets", "--loss nll")  # fmt: skip
+        assert not (tmp_path / loss).exists()  # refused before its folder is made: a retry needs no --force
     st = tmp_path / "st"
     assert run_cli("distill", "--buffer", out, "--out", st, "--loss", "nll", "--steps", "1500",
                    "--eval-every", "500", "--eval-episodes", "3", *TINY) == 0  # fmt: skip

@@ -241,6 +241,7 @@ def test_distill_refusals(
 ) -> None:
     assert run_cli("distill", "--buffer", offpolicy["td3"]["buffer"], "--out", tmp_path / "s", *args) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before the student folder is made
 
 
 def test_record_q_and_critic_weight_refused_without_a_critic(
