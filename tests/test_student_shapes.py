@@ -17,6 +17,7 @@ import torch
 from conftest import run_cli
 from test_errors import expect_error
 
+from policy_kd import sweep
 from policy_kd.buffer import Buffer, write_synthetic_q_buffer
 from policy_kd.distill import DistillConfig, distill
 from policy_kd.errors import PolicyKDError
@@ -184,6 +185,12 @@ def test_group_of_each_shape_trains_as_alone_and_keys_by_shape(tmp_path):
     base = DistillConfig(buffer=str(buffer), student="minatar_cnn", hidden=(0,), params_fraction=0.01)
     assert group_key(base) != group_key(dataclasses.replace(base, params_fraction=0.02))
     assert group_key(base) == group_key(dataclasses.replace(base, hidden=()))
+    # a sweep's loss entry carries the shape as distill options (YAML lists)
+    entry = {"buffer": str(buffer), "student": "minatar_cnn", "params_fraction": 0.01}
+    assert sweep.group_key({**entry, "hidden": [0], "conv": "separable"}) == group_key(
+        dataclasses.replace(base, conv="separable")
+    )
+    assert sweep.group_key({**entry, "conv_stride": 2}) != sweep.group_key(entry)
 
 
 # ------------------------------------------------------------------- distill, evaluate and export end to end
