@@ -250,3 +250,26 @@ def test_each_shape_distils_evaluates_and_exports_with_the_students_actions(shap
         with torch.no_grad():
             ref = student.net(torch.as_tensor(obs)).numpy()
         assert np.abs(exported.outputs(obs) - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max()), fmt
+
+
+def test_a_separable_nature_cnn_keeps_its_strides_and_output():
+    spec = size_student(
+        "nature_cnn",
+        (4, 84, 84),
+        3,
+        hidden=(16,),
+        conv="separable",
+        params_fraction=None,
+        teacher_params=None,
+    )
+    net = build_student(spec)
+    convs = [m for m in net.net if isinstance(m, torch.nn.Conv2d)]
+    # (depthwise, pointwise) per layer: 8x8/4, 4x4/2, 3x3/1 over the input's channels, then 1x1 to the widths
+    assert [(m.kernel_size[0], m.stride[0], m.groups) for m in convs[::2]] == [
+        (8, 4, 4),
+        (4, 2, 32),
+        (3, 1, 64),
+    ]
+    assert [m.out_channels for m in convs[1::2]] == [32, 64, 64]
+    assert count_params(net) == spec_params(spec)
+    assert net(torch.zeros(2, 4, 84, 84)).shape == (2, 3)
