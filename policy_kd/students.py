@@ -237,9 +237,9 @@ class _CNNStudent(Student):
                     f"--conv-stride applies to minatar_cnn (one convolution); {spec.arch}'s strides are fixed "
                     f"({', '.join(str(s) for _, s in kernels)}): drop --conv-stride"
                 )
-            # A strided convolution, not pooling, shrinks the maps: the DQN line of networks (Nature CNN,
-            # IMPALA's first layer aside) downsamples by strides, since pooling throws away where an object
-            # is, which is what a policy acts on; and a stride adds no layer for any export to know.
+            # A strided convolution, not pooling, shrinks the maps: DQN's Nature CNN downsamples by strides
+            # alone (pooling throws away where an object is, which is what a policy acts on), and a stride
+            # adds no layer for the exports and the group trainer to know.
             kernels = ((kernels[0][0], spec.conv_stride),)
         convs: list[nn.Module] = []
         channels_last, c_in = _image_layout(spec.obs_shape, spec.arch)
