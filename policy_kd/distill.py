@@ -240,6 +240,8 @@ class _Run(Rounds):
             teacher_params=self.teacher_params,
             activation=config.activation,
             channels=config.channels,
+            conv=config.conv,
+            conv_stride=config.conv_stride,
             head=self._head(),
             **({"nvec": self.nvec} if self.nvec else {}),
         )

@@ -29,6 +29,10 @@ class DistillConfig(StudentOptions, LossOptions, RunOptions):
     """Environment id, for a plain .zip --teacher without a buffer."""
     channels: tuple[int, ...] | None = None
     """Explicit conv channels of a CNN student, e.g. --channels 8 (minatar_cnn) or 16 32 32 (nature_cnn)."""
+    conv: str = "standard"
+    """CNN students' convolutions: standard, or separable (depthwise kxk, then pointwise 1x1 to the channels)."""
+    conv_stride: int = 1
+    """minatar_cnn: its convolution's stride, 1 or 2 (padded by 1: 5x5 maps from a 10x10 frame, not 8x8)."""
     params_fraction: float = 0.01
     """Student size as a fraction (0, 1] of the teacher's policy parameters (widths solved, actual count reported)."""
     activation: str = "relu"
@@ -116,6 +120,7 @@ class DistillConfig(StudentOptions, LossOptions, RunOptions):
             )
         self.validate_loss(LOSSES)
         self.validate_student()
+        check_choice("conv", self.conv, ("standard", "separable"))
         self.validate_run()
         check_ranges(self, positive=("lr",))
         if self.lr > MAX_LR:  # Adam divides it by 1 - 0.9 in float32: above ~3e37 the step overflows

@@ -52,6 +52,7 @@ from policy_kd.distill_config import DistillConfig
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import check_interrupted, job
 from policy_kd.stacked import StackedAdamW, StackedStudents, stacked_fidelity, stacked_loss
+from policy_kd.students import hidden_widths
 from policy_kd.training import LogWindow
 
 __all__ = ["alone_reason", "distill_group", "group_key"]
@@ -102,15 +103,21 @@ def group_key(config: DistillConfig) -> tuple | None:
         return None
     config = _resolved(config)
     step = _checkpoint_step(Path(config.out)) if config.resume and config.out else 0  # type: ignore[arg-type]
+    hidden = hidden_widths(config.hidden)
+    # the size comes from --params-fraction unless the widths are given (--hidden 0 leaves a CNN's channels
+    # to the fraction)
+    by_fraction = hidden is None or (hidden == () and config.student != "mlp" and config.channels is None)
     return (
         str(Path(config.buffer).resolve()),  # type: ignore[arg-type]
         config.teacher and str(Path(config.teacher).resolve()),
         config.student,
-        config.hidden,
-        None if config.hidden is not None else config.params_fraction,
+        hidden,
+        config.params_fraction if by_fraction else None,
         config.layers,
         config.activation,
         config.channels,
+        config.conv,
+        config.conv_stride,
         config.normalize_obs,
         config.steps,
         config.batch_size,

@@ -110,7 +110,8 @@ class StudentOptions:
     student: str = "mlp"
     """Student architecture (registry name): mlp, nature_cnn (84x84 images) or minatar_cnn (small images)."""
     hidden: tuple[int, ...] | None = None
-    """Explicit hidden widths, e.g. --hidden 32 32; overrides --params-fraction."""
+    """Explicit hidden widths, e.g. --hidden 32 32; overrides --params-fraction. --hidden 0: no hidden layer
+    (a CNN's features straight to the head; its channels solved for --params-fraction unless --channels)."""
     params_fraction: float = 0.01
     """Student size as a fraction of the teacher's policy parameters (widths solved, actual count reported)."""
     layers: int = 2

@@ -272,13 +272,15 @@ class StackedStudents:
             elif op.kind == "conv":
                 conv: nn.Conv2d = op.module  # type: ignore[assignment]
                 w, b = p[op.param], p[op.param + 1]
-                # the K students' channels side by side: (B, K * C, H, W), one convolution in K groups
+                # the K students' channels side by side: (B, K * C, H, W), one convolution in K groups (K times
+                # a depthwise convolution's own groups: student k's group g is group k * groups + g)
                 y = F.conv2d(
                     x.transpose(0, 1).reshape(B, K * x.shape[2], *x.shape[3:]),
                     w.reshape(K * w.shape[1], *w.shape[2:]),
                     b.reshape(-1),
                     stride=conv.stride,
-                    groups=K,
+                    padding=conv.padding,
+                    groups=K * conv.groups,
                 )
                 x = y.view(B, K, -1, *y.shape[2:]).transpose(0, 1)  # (K, B, C_out, H', W')
             elif op.kind == "flatten":

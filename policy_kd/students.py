@@ -25,6 +25,10 @@ from policy_kd.heads import DISCRETE_HEADS, GAUSSIAN_HEADS, HEADS, rescale_to_bo
 from policy_kd.run import write_json
 
 STUDENT_FILE = "student.json"
+#: The convolutions a CNN student may have (``StudentSpec.conv``).
+CONVS = ("standard", "separable")
+#: The strides ``minatar_cnn``'s convolution may have (``StudentSpec.conv_stride``).
+CONV_STRIDES = (1, 2)
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
 
@@ -55,6 +59,12 @@ class StudentSpec:
     nvec: tuple[int, ...] = ()
     """``multi_discrete`` head: choices per action component (2 per bit of a MultiBinary); ``n_outputs`` is
     their sum. Empty for every other head."""
+    conv: str = "standard"
+    """CNN students: ``standard`` convolutions, or ``separable`` ones (each a depthwise kxk convolution,
+    one filter per input channel, then a pointwise 1x1 convolution to the layer's channels)."""
+    conv_stride: int = 1
+    """``minatar_cnn``: stride of its convolution, 1 (the published network) or 2 (padded by 1, so the
+    10x10 frame gives 5x5 feature maps instead of 8x8: a flatten 2.56x smaller)."""
 
 
 class Student(nn.Module):
@@ -188,6 +198,22 @@ class _PadChannels(nn.Module):
         return nn.functional.pad(x, (0, 0, 0, 0, 0, self.target - x.shape[1]))
 
 
+def _conv_layers(c_in: int, c_out: int, kernel: int, stride: int, padding: int, kind: str) -> list[nn.Module]:
+    """One convolution of a CNN student: ``standard`` (``c_in * c_out * k * k + c_out`` parameters) or
+    ``separable`` (depthwise ``k x k``, one filter per input channel, then pointwise ``1 x 1`` to ``c_out``:
+    ``c_in * k * k + c_in + c_in * c_out + c_out``), with the same output size.
+
+    No activation between the depthwise and the pointwise convolution (as Xception, Chollet 2017, found
+    best): the pair is then a factorised (rank-limited) standard convolution, and the budget it saves goes
+    to more channels or a wider hidden layer."""
+    if kind == "separable":
+        return [
+            nn.Conv2d(c_in, c_in, kernel, stride, padding, groups=c_in),
+            nn.Conv2d(c_in, c_out, 1),
+        ]
+    return [nn.Conv2d(c_in, c_out, kernel, stride, padding)]
+
+
 class _CNNStudent(Student):
     """[Conv -> ReLU] per channel count -> Flatten -> [Linear -> activation] * len(hidden) -> Linear."""
 
@@ -198,15 +224,36 @@ class _CNNStudent(Student):
             raise PolicyKDError(
                 f"student {spec.arch} has {len(self.kernels)} conv layers; got --channels {list(spec.channels)}"
             )
+        if spec.conv not in CONVS:
+            raise PolicyKDError(f"unknown --conv {spec.conv!r}; choose one of {', '.join(CONVS)}")
+        if spec.conv_stride not in CONV_STRIDES:
+            raise PolicyKDError(
+                f"--conv-stride must be one of {', '.join(map(str, CONV_STRIDES))}, got {spec.conv_stride}"
+            )
+        kernels = self.kernels
+        if spec.conv_stride != 1:
+            if len(kernels) != 1:
+                raise PolicyKDError(
+                    f"--conv-stride applies to minatar_cnn (one convolution); {spec.arch}'s strides are fixed "
+                    f"({', '.join(str(s) for _, s in kernels)}): drop --conv-stride"
+                )
+            # A strided convolution, not pooling, shrinks the maps: DQN's Nature CNN downsamples by strides
+            # alone (pooling throws away where an object is, which is what a policy acts on), and a stride
+            # adds no layer for the exports and the group trainer to know.
+            kernels = ((kernels[0][0], spec.conv_stride),)
+        convs: list[nn.Module] = []
         channels_last, c_in = _image_layout(spec.obs_shape, spec.arch)
-        convs: list[nn.Module] = [_ToChannelsFirst()] if channels_last else []
+        convs += [_ToChannelsFirst()] if channels_last else []
         if spec.pad_channels:  # present even when nothing is padded: every task's trunk has one layout
             if spec.pad_channels < c_in:
                 raise PolicyKDError(f"cannot pad {c_in} input channels down to {spec.pad_channels}")
             convs.append(_PadChannels(spec.pad_channels))
             c_in = spec.pad_channels
-        for c_out, (k, stride) in zip(spec.channels, self.kernels, strict=True):
-            convs += [nn.Conv2d(c_in, c_out, k, stride), nn.ReLU()]
+        for c_out, (k, stride) in zip(spec.channels, kernels, strict=True):
+            # --conv-stride 2 pads by (k - 1) // 2: unpadded, 3x3 windows at stride 2 on a 10x10 frame start
+            # at rows 0, 2, 4, 6 and never see row 9 (where SpaceInvaders' cannon and Breakout's paddle are)
+            padding = (k - 1) // 2 if spec.conv_stride != 1 else 0
+            convs += [*_conv_layers(c_in, c_out, k, stride, padding, spec.conv), nn.ReLU()]
             c_in = c_out
         convs.append(nn.Flatten())
         with torch.no_grad():
@@ -352,6 +399,27 @@ def _cnn_widths(
     )
 
 
+def hidden_widths(hidden: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """``hidden`` with ``(0,)`` (``--hidden 0``, the spelling of "no hidden layer") read as ``()``."""
+    return () if hidden is not None and tuple(hidden) == (0,) else hidden
+
+
+def _cnn_channels(
+    cls: type[Student],
+    make: Callable[[tuple[int, ...], tuple[int, ...]], StudentSpec],
+    budget: int,
+    extra: int,
+) -> tuple[int, ...]:
+    """A CNN's channels for ``budget`` parameters with no hidden layer: its default channels scaled by one
+    factor (in steps of 1/64), the largest that fits."""
+    base_c = cls.default_channels  # type: ignore[attr-defined]
+
+    def scaled(k: int) -> tuple[int, ...]:
+        return tuple(max(1, round(c * k / 64)) for c in base_c)
+
+    return scaled(_largest_fit(lambda k: spec_params(make((), scaled(k))) - extra, budget, "channels"))
+
+
 def size_student(
     arch: str,
     obs_shape: tuple[int, ...],
@@ -366,12 +434,16 @@ def size_student(
     head: str = "discrete",
     pad_channels: int = 0,
     nvec: tuple[int, ...] = (),
+    conv: str = "standard",
+    conv_stride: int = 1,
 ) -> StudentSpec:
     """A spec from explicit widths, or solved for ``params_fraction`` x ``teacher_params``.
 
     An MLP sized by budget gets ``layers`` hidden layers of one equal width; a CNN keeps its
     architecture's proportions (channels and hidden width scaled by one factor, in steps of 1/64), then
-    widens its hidden layers to fill what the channels' coarse steps leave of the budget.
+    widens its hidden layers to fill what the channels' coarse steps leave of the budget. ``hidden=()``
+    (``--hidden 0``) gives a CNN no hidden layer (the convolutions' features straight to the head); its
+    channels are then solved for the budget unless ``channels`` gives them.
     """
     if arch not in STUDENTS:
         raise PolicyKDError(f"unknown student {arch!r}; choose one of {', '.join(STUDENTS)}")
@@ -379,6 +451,9 @@ def size_student(
     is_cnn = issubclass(cls, _CNNStudent)
     if not is_cnn and channels:
         raise PolicyKDError("--channels applies to CNN students only; use --hidden for an mlp")
+    if not is_cnn and (conv != "standard" or conv_stride != 1):
+        raise PolicyKDError("--conv and --conv-stride apply to CNN students only; drop them for an mlp")
+    hidden = hidden_widths(hidden)
     extra = n_outputs if head in GAUSSIAN_HEADS else 0  # the Gaussian head's log-std
 
     def make(h: tuple[int, ...], c: tuple[int, ...]) -> StudentSpec:
@@ -392,8 +467,14 @@ def size_student(
             head=head,
             pad_channels=pad_channels,
             nvec=tuple(nvec),
+            conv=conv,
+            conv_stride=conv_stride,
         )
 
+    if is_cnn and hidden == () and channels is None and params_fraction is not None and teacher_params:
+        if not params_fraction > 0:
+            raise PolicyKDError(f"--params-fraction must be > 0, got {params_fraction}")
+        channels = _cnn_channels(cls, make, math.floor(params_fraction * teacher_params) - extra, extra)
     if hidden is None and (not is_cnn or channels is None):
         if params_fraction is None or teacher_params is None:
             raise PolicyKDError("size the student with --hidden W [W ...] or --params-fraction F")
@@ -410,7 +491,9 @@ def size_student(
         hidden = cls.default_hidden if hidden is None else hidden  # type: ignore[attr-defined]
     assert hidden is not None
     if any(w <= 0 for w in (*hidden, *(channels or ()))):
-        raise PolicyKDError(f"--hidden and --channels must be > 0, got {hidden} and {channels}")
+        raise PolicyKDError(
+            f"--hidden and --channels must be > 0 (--hidden 0 alone: no hidden layer), got {hidden} and {channels}"
+        )
     spec = make(tuple(hidden), tuple(channels or ()))
     spec_params(spec)  # refuses shapes the architecture cannot take, here rather than mid-run
     return spec
@@ -469,6 +552,9 @@ def load_student(path: str | Path) -> LoadedStudent:
             head=s.get("head", "discrete"),
             pad_channels=int(s.get("pad_channels", 0)),
             nvec=tuple(int(n) for n in s.get("nvec", ())),
+            # students saved before these options had the standard, stride-1 convolution
+            conv=s.get("conv", "standard"),
+            conv_stride=int(s.get("conv_stride", 1)),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PolicyKDError(f"{meta_path} is damaged ({exc}); distil the student again") from None

@@ -152,6 +152,8 @@ def evaluate_students(teacher: str, students: Sequence[str], out: str, episodes:
                 "loss": spec["loss"],
                 "hidden": spec["spec"]["hidden"],
                 "channels": spec["spec"].get("channels", []),
+                "conv": spec["spec"].get("conv", "standard"),
+                "conv_stride": spec["spec"].get("conv_stride", 1),
                 "params": st["params"],
                 "params_ratio": st["params_ratio"],
                 "mean_return": st["mean_return"],
