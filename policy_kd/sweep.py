@@ -116,6 +116,8 @@ def teacher_info(teacher_dir: Path) -> dict[str, Any] | None:
     steps = int(train.get("n_timesteps") or zoo_cfg.get("n_timesteps", 0))
     return {
         "source": "rl_zoo3",
+        # the zoo names its runs <log folder>/<algo>/<env>_<n>: a train.json written without it keeps its algo
+        "algo": teacher_dir.parent.name,
         "n_timesteps": steps,
         "zoo_config": zoo_cfg,
         **{k: v for k, v in train.items() if k != "n_timesteps"},

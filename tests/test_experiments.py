@@ -250,6 +250,9 @@ def test_a_zoo_teacher_is_read_from_its_run_folder_and_a_cut_run_is_not_retraine
     info = teacher_info(out)
     assert info is not None
     assert info["algo"] == "sac" and info["n_timesteps"] == 20000 and info["train_seconds"] == 12.5
+    # an older train.json, written without the algo
+    (out / "train.json").write_text(json.dumps({"command": "c", "train_seconds": 12.5}))
+    assert teacher_info(out)["algo"] == "sac"  # from the zoo's folder name, <algo>/<env>_1
     (out / "E-v0.zip").write_text("")
     sweep.teacher()  # trained: nothing to do (no subprocess)
 
