@@ -309,7 +309,8 @@ def continuous_section(results: list[dict[str, Any]], random_dir: Path | None = 
     lines = [
         "### Continuous control: teachers and goals",
         "",
-        "Teachers trained by `rl_zoo3.train` with the zoo's preset (one run, seed 0, one torch thread on a "
+        "Teachers trained with the zoo's preset by `rl_zoo3.train` (or by `policy-kd train-teacher` from "
+        "its copy in `agents/`, which resumes a cut run; one run, seed 0, one torch thread on a "
         "shared 2-core machine), evaluated on episode seeds 0..99 with the mean action, against the zoo's "
         "published benchmark (its own evaluation, ~150k steps, Box2D envs at v2):",
         "",
