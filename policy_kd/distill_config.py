@@ -120,7 +120,9 @@ class DistillConfig(StudentOptions, LossOptions, RunOptions):
             )
         self.validate_loss(LOSSES)
         self.validate_student()
-        check_choice("conv", self.conv, ("standard", "separable"))
+        from policy_kd.students import CONVS  # students imports torch: only when a job validates
+
+        check_choice("conv", self.conv, CONVS)
         self.validate_run()
         check_ranges(self, positive=("lr",))
         if self.lr > MAX_LR:  # Adam divides it by 1 - 0.9 in float32: above ~3e37 the step overflows

@@ -471,11 +471,11 @@ def size_student(
             conv_stride=conv_stride,
         )
 
-    if is_cnn and hidden == () and channels is None and params_fraction is not None and teacher_params:
-        if not params_fraction > 0:
-            raise PolicyKDError(f"--params-fraction must be > 0, got {params_fraction}")
-        channels = _cnn_channels(cls, make, math.floor(params_fraction * teacher_params) - extra, extra)
-    if hidden is None and (not is_cnn or channels is None):
+    # --hidden 0 on a CNN: the budget goes to its channels, unless --channels gives them or nothing sizes it
+    channels_only = (
+        is_cnn and hidden == () and channels is None and params_fraction is not None and teacher_params
+    )
+    if channels_only or (hidden is None and (not is_cnn or channels is None)):
         if params_fraction is None or teacher_params is None:
             raise PolicyKDError("size the student with --hidden W [W ...] or --params-fraction F")
         if not params_fraction > 0:
@@ -484,6 +484,8 @@ def size_student(
         if not is_cnn:
             width = width_for_budget(budget, int(np.prod(obs_shape)), n_outputs, layers)
             hidden = (width,) * layers
+        elif channels_only:
+            channels = _cnn_channels(cls, make, budget, extra)
         else:
             channels, hidden = _cnn_widths(cls, make, budget, extra)
     if is_cnn:
