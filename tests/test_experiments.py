@@ -194,6 +194,10 @@ def test_the_committed_results_stay_readable() -> None:
             assert tables.multitask_section(res).startswith("### Multi-task")
             continue
         text, _ = sweep_report.task_section(res, tables.RANDOM)
+        if res.get("teacher") is None:
+            # filed mid-run (the grid commits its results as each stage lands): no teacher evaluation yet
+            assert text.endswith("(no evaluation yet)\n") and not res.get("runs"), path.name
+            continue
         # LunarLander and the continuous tasks' returns can be negative: scored against the random baseline
         normalized = res["env"].startswith("LunarLander") or bool(res["config"].get("zoo_benchmark"))
         assert ("Normalized score" in text) == normalized and ("Return ratio" in text) != normalized, (
