@@ -127,6 +127,10 @@ class KickstartConfig(TeacherTrainingOptions, LossOptions, RunOptions):
     student_hidden: tuple[int, ...] | None = None
     """The student's hidden widths (its SB3 net_arch; PPO/A2C: the actor's and the critic's), e.g.
     --student-hidden 32 32; overrides --params-fraction."""
+    critic_hidden: tuple[int, ...] | None = None
+    """PPO/A2C: the critic's hidden widths, e.g. --critic-hidden 64 64; default: the actor's. Only the actor
+    is deployed (and counted against the teacher), so a larger critic costs nothing at run time and gives
+    the small actor better advantages. SAC/TQC/TD3/DDPG critics keep the preset's size whatever this is."""
     params_fraction: float = 0.01
     """Student size as a fraction of the teacher's policy parameters (equal widths solved for)."""
     layers: int = 2
@@ -157,8 +161,17 @@ class KickstartConfig(TeacherTrainingOptions, LossOptions, RunOptions):
         )
         if not 0.0 < self.anneal_fraction <= 1.0:
             raise PolicyKDError(f"--anneal-fraction must lie in (0, 1], got {self.anneal_fraction}")
-        if self.student_hidden is not None and (not self.student_hidden or min(self.student_hidden) <= 0):
-            raise PolicyKDError(f"--student-hidden needs positive widths, got {list(self.student_hidden)}")
+        for name in ("student_hidden", "critic_hidden"):
+            widths = getattr(self, name)
+            if widths is not None and (not widths or min(widths) <= 0):
+                flag = "--" + name.replace("_", "-")
+                raise PolicyKDError(f"{flag} needs positive widths, got {list(widths)}")
+        if self.critic_hidden is not None and self.algo not in ("ppo", "a2c"):
+            raise PolicyKDError(
+                f"--critic-hidden sizes a PPO/A2C student's critic; --algo {self.algo} has "
+                + ("no critic" if self.algo == "dqn" else "critics of the preset's size")
+                + ": drop it"
+            )
 
 
 # ------------------------------------------------------------------------------------------- the callback
@@ -412,7 +425,7 @@ def _load_kickstart_teacher(config: KickstartConfig) -> Teacher:
 
 def student_preset(config: KickstartConfig, env_id: str, hidden: tuple[int, ...]) -> dict[str, Any]:
     """The algorithm's preset for ``env_id`` with the student's small ``net_arch`` (PPO/A2C: actor and
-    critic alike; SAC/TQC/TD3/DDPG: the actor only, the critics keep the preset's size, since only the
+    critic alike unless --critic-hidden; SAC/TQC/TD3/DDPG: the actor only, the critics keep the preset's size, since only the
     actor is deployed)."""
     preset = load_preset(config.algo, env_id, config.preset)
     policy_kwargs = dict(preset.get("policy_kwargs") or {})
@@ -425,7 +438,7 @@ def student_preset(config: KickstartConfig, env_id: str, hidden: tuple[int, ...]
         default_qf = [256, 256] if config.algo in sb3.SQUASHED_ALGOS else [400, 300]
         policy_kwargs["net_arch"] = {"pi": list(hidden), "qf": list(qf or default_qf)}
     else:
-        policy_kwargs["net_arch"] = {"pi": list(hidden), "vf": list(hidden)}
+        policy_kwargs["net_arch"] = {"pi": list(hidden), "vf": list(config.critic_hidden or hidden)}
     return {**preset, "policy_kwargs": policy_kwargs}
 
 

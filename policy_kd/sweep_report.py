@@ -231,12 +231,16 @@ def _verdict(values: list[float]) -> str:
     return ("yes" if met else "no") + (" (CI includes 1)" if crosses else "")
 
 
-def _best_small(cells: Iterable[tuple[str, float, list[float]]]) -> tuple[str, str]:
-    """The goal's two columns for the best cell (highest mean; the first one on a tie) among sizes <= 5% of
-    the teacher: ``"<loss>, <size>: <mean [CI]>"`` and its ``_verdict``, or two dashes without one."""
+def _best_small(cells: Iterable[tuple[str, float, list[dict[str, Any]], list[float]]]) -> tuple[str, str]:
+    """The goal's two columns for the best cell (highest mean; the first one on a tie) among cells <= 5% of
+    the teacher, ``(loss, size, runs, values)``: ``"<loss>, <size>: <mean [CI]>"`` and its ``_verdict``, or
+    two dashes without one. A cell counts by its students' actual parameter ratio where they record one, not
+    only by the size it is filed under: a loss may give explicit widths (``hidden: [64, 64]``) under any size."""
     best: tuple[float, str, list[float]] | None = None
-    for loss, size, values in cells:
-        if size <= 0.05 and values and (best is None or float(np.mean(values)) > best[0]):
+    for loss, size, runs, values in cells:
+        actual = [r["params_ratio"] for r in runs if r.get("params_ratio") is not None]
+        small = size <= 0.05 and all(x <= 0.05 for x in actual)
+        if small and values and (best is None or float(np.mean(values)) > best[0]):
             best = (float(np.mean(values)), f"{loss}, {size:.0%}", values)
     if best is None:
         return "—", "—"
@@ -258,9 +262,10 @@ def goals_section(results: list[dict[str, Any]]) -> str:
     for res in results:
         if res.get("kind") == "multitask" or not res.get("runs") or _continuous(res):
             continue  # continuous tasks: continuous_section, on normalized scores
-        by = {cell: [_ratio(r) for r in runs] for cell, runs in _grid_cells(res).items()}
+        cells = _grid_cells(res)
+        by = {cell: [_ratio(r) for r in runs] for cell, runs in cells.items()}
         best, reached = _best_small(
-            (loss, size, by.get((loss, float(size)), []))
+            (loss, size, cells.get((loss, float(size)), []), by.get((loss, float(size)), []))
             for size in res["config"]["sizes"]
             for loss in res["config"]["losses"]
         )
@@ -347,7 +352,7 @@ def continuous_section(results: list[dict[str, Any]], random_dir: Path | None = 
         _, score = scorer(res, random_dir)
         by = _grid_cells(res)
         best, reached = _best_small(
-            (loss, size, [score(r) for r in runs]) for (loss, size), runs in by.items()
+            (loss, size, runs, [score(r) for r in runs]) for (loss, size), runs in by.items()
         )
         at4 = [by.get((loss, 0.04)) for loss in CONTINUOUS_LOSSES]
         shown = " / ".join(

@@ -125,6 +125,21 @@ def test_goals_table_flags_a_met_goal_whose_ci_crosses_1() -> None:
     assert "| yes |" in row_d and "CI includes" not in row_d
 
 
+def test_the_goal_counts_a_cell_by_its_students_actual_size() -> None:
+    """A loss may give explicit widths under any size key: a 30% student filed under 4% must not meet the
+    <= 5% goal, on the discrete table or the continuous one."""
+    res = _results("E", {"kl_t0.01": [0.9, 0.9], "nll": [1.2, 1.2], "mse": [0.5]})
+    for name, run in res["runs"].items():
+        run["params_ratio"] = 0.3 if "_nll_" in name else 0.04
+    row = next(x for x in tables.goals_section([res]).splitlines() if x.startswith("| E |"))
+    assert "kl_t0.01, 4%: 0.900" in row and "| no |" in row
+    cont = _continuous_task({"kl_fwd": [0.9, 0.9], "nll": [1.2, 1.2]})
+    for name, run in cont["runs"].items():
+        run["params_ratio"] = 0.3 if "_nll_" in name else 0.04
+    row = next(x for x in tables.continuous_section([cont]).splitlines() if x.startswith("| Neg | kl_fwd"))
+    assert "kl_fwd, 4%: 0.900" in row and "| no |" in row
+
+
 def test_goals_table_checks_every_game_of_a_multitask_student() -> None:
     def multitask(name: str, per_seed: list[dict[str, float]]) -> dict:
         runs = {

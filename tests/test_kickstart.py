@@ -157,6 +157,9 @@ def test_ppo_student_folder_matches_its_policy(tmp_path, artifacts) -> None:
         out,
         "--student-hidden",
         "8",
+        "--critic-hidden",
+        "24",
+        "24",
     ]
     assert (
         run_cli(*args, "--n-timesteps", "256", "--eval-freq", "256", "--eval-episodes", "1", "--no-progress")
@@ -166,7 +169,14 @@ def test_ppo_student_folder_matches_its_policy(tmp_path, artifacts) -> None:
     student = load_student(out / "student")
     obs = np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32)
     assert student.info["spec"]["activation"] == "tanh"  # PPO's default activation
+    assert student.info["spec"]["hidden"] == [8]  # the actor: a larger critic is not the student
     np.testing.assert_array_equal(student.predict(obs), sb3.predict(obs))
+    model = PPO.load(out / "model" / "best_model.zip", device="cpu")
+    vf = [m.out_features for m in model.policy.mlp_extractor.value_net if isinstance(m, torch.nn.Linear)]
+    pi = [m.out_features for m in model.policy.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)]
+    assert vf == [24, 24] and pi == [8]
+    info = json.loads((out / "kickstart.json").read_text())
+    assert info["student_params"] == student.info["params"] == 4 * 8 + 8 + 8 * 2 + 2  # the actor only
 
 
 @pytest.mark.parametrize(
@@ -180,6 +190,8 @@ def test_ppo_student_folder_matches_its_policy(tmp_path, artifacts) -> None:
         (["--anneal", "cosine"], "unknown --anneal"),
         (["--anneal-fraction", "0"], "--anneal-fraction"),
         (["--student-hidden", "0"], "--student-hidden"),
+        (["--critic-hidden", "0"], "--critic-hidden needs positive widths"),
+        (["--critic-hidden", "32"], "--critic-hidden sizes a PPO/A2C student's critic; --algo dqn"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, artifacts, extra: list[str], fragment: str) -> None:
