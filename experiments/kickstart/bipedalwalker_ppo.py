@@ -15,8 +15,10 @@ One command regenerates everything and resumes where it stopped (runs with a ``k
 Both arms are ``policy-kd kickstart`` with the zoo's BipedalWalker PPO preset (32 envs, VecNormalize) cut to
 3M steps, the actor [10] and a [64, 64] critic (only the actor is deployed and counted); the baseline only
 sets ``--weight 0``. Each run's best checkpoint (10-episode evaluations every 250k steps, as the teacher's)
-is then evaluated by ``policy-kd evaluate`` on episode seeds 0..99, the grid's seeds, and scored against
-the grid's teacher and random policy on those seeds (``experiments/results/BipedalWalker-v3_ppo.json``).
+is then evaluated by ``policy-kd evaluate`` on episode seeds 0..99, the grid's seeds, and its greedy (mean)
+actions scored against the grid's teacher and random policy on those seeds
+(``experiments/results/BipedalWalker-v3_ppo.json``), as every grid student is; its sampled actions are
+reported beside, unscored.
 The teacher is the grid's (``experiments/grid.py experiments/configs/bipedalwalker_ppo.yaml`` trains it).
 Runs go to ``experiments/runs/BipedalWalker-v3_ppo/kickstart/`` (not committed); ``bipedalwalker_ppo.json``
 and ``bipedalwalker_ppo.png`` are written here.
@@ -68,7 +70,7 @@ def run(arm: str, seed: int) -> Path:
     if not (out / "eval" / "eval.json").is_file():
         # the student keeps its own VecNormalize statistics, so it is evaluated as an SB3 run folder
         cmd = [POLICY_KD, "evaluate", "--teacher", str(out / "model"), "--episodes", str(EPISODES)]
-        cmd += ["--out", str(out / "eval"), "--force"]
+        cmd += ["--mode", "both", "--out", str(out / "eval"), "--force"]  # scored greedy; sampled shown too
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         print(f"[kickstart] {out.name}: evaluated", flush=True)
     return out
@@ -99,6 +101,8 @@ def summarise(seeds: tuple[int, ...]) -> dict:
                     "normalized_score": score(ret["mean_return"]),
                     "normalized_ci95": [score(x) for x in ret["ci95"]],
                     "mean_length": ret["mean_length"],
+                    "sampled_mean_return": ret["modes"]["sampled"]["mean_return"],
+                    "sampled_ci95": ret["modes"]["sampled"]["ci95"],
                     "best_eval_mean_return": info["best_eval_mean_return"],
                     "student_hidden": info["student_hidden"],
                     "student_params": info["student_params"],
