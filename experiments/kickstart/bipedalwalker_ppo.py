@@ -11,6 +11,9 @@ One command regenerates everything and resumes where it stopped (runs with a ``k
 
     .venv/bin/python experiments/kickstart/bipedalwalker_ppo.py             # 2 runs at a time
     .venv/bin/python experiments/kickstart/bipedalwalker_ppo.py --seeds 0   # one seed per arm
+    .venv/bin/python experiments/kickstart/bipedalwalker_ppo.py --arms ks_1x10 --seeds 3 4   # more seeds of one arm
+
+The summary holds every finished and evaluated run of each arm, whichever command ran it.
 
 Both arms are ``policy-kd kickstart`` with the zoo's BipedalWalker PPO preset (32 envs, VecNormalize) cut to
 3M steps, the actor [10] and a [64, 64] critic (only the actor is deployed and counted); the baseline only
@@ -76,7 +79,13 @@ def run(arm: str, seed: int) -> Path:
     return out
 
 
-def summarise(seeds: tuple[int, ...]) -> dict:
+def _finished_seeds(arm: str) -> list[int]:
+    """The seeds of ``arm`` whose run is trained and evaluated."""
+    done = RUNS.glob(f"{arm}_s*/eval/eval.json")
+    return sorted(int(p.parent.parent.name.rsplit("_s", 1)[1]) for p in done)
+
+
+def summarise() -> dict:
     grid = json.loads(GRID_RESULTS.read_text())
     teacher, random = grid["teacher"]["mean_return"], grid["random"]["mean_return"]
 
@@ -85,7 +94,7 @@ def summarise(seeds: tuple[int, ...]) -> dict:
 
     runs = []
     for arm in ARMS:
-        for seed in seeds:
+        for seed in _finished_seeds(arm):
             out = RUNS / f"{arm}_s{seed}"
             info = json.loads((out / "kickstart.json").read_text())
             ev = json.loads((out / "eval" / "eval.json").read_text())
@@ -172,14 +181,15 @@ def main() -> int:
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one CPU thread)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run")
     args = parser.parse_args()
     if not (TEACHER / "teacher.json").is_file():
         print(f"no teacher at {TEACHER}: run experiments/grid.py experiments/configs/bipedalwalker_ppo.yaml")
         return 2
     seeds = tuple(args.seeds)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(lambda job: run(*job), [(arm, seed) for seed in seeds for arm in ARMS]))
-    results = summarise(seeds)
+        list(pool.map(lambda job: run(*job), [(arm, seed) for seed in seeds for arm in args.arms]))
+    results = summarise()
     (HERE / "bipedalwalker_ppo.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))
     print(f"wrote {HERE / 'bipedalwalker_ppo.json'} and {plot(results)}")
