@@ -425,8 +425,8 @@ def _load_kickstart_teacher(config: KickstartConfig) -> Teacher:
 
 def student_preset(config: KickstartConfig, env_id: str, hidden: tuple[int, ...]) -> dict[str, Any]:
     """The algorithm's preset for ``env_id`` with the student's small ``net_arch`` (PPO/A2C: actor and
-    critic alike unless --critic-hidden; SAC/TQC/TD3/DDPG: the actor only, the critics keep the preset's size, since only the
-    actor is deployed)."""
+    critic alike unless --critic-hidden; SAC/TQC/TD3/DDPG: the actor only, the critics keep the preset's
+    size, since only the actor is deployed)."""
     preset = load_preset(config.algo, env_id, config.preset)
     policy_kwargs = dict(preset.get("policy_kwargs") or {})
     if config.algo == "dqn":
