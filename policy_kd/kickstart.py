@@ -166,7 +166,8 @@ class KickstartConfig(TeacherTrainingOptions, LossOptions, RunOptions):
             if widths is not None and (not widths or min(widths) <= 0):
                 flag = "--" + name.replace("_", "-")
                 raise PolicyKDError(f"{flag} needs positive widths, got {list(widths)}")
-        if self.critic_hidden is not None and self.algo not in ("ppo", "a2c"):
+        # the same split as student_preset's: only the on-policy branch builds its critic from widths
+        if self.critic_hidden is not None and (self.algo == "dqn" or self.algo in sb3.ACTOR_CRITIC_ALGOS):
             raise PolicyKDError(
                 f"--critic-hidden sizes a PPO/A2C student's critic; --algo {self.algo} has "
                 + ("no critic" if self.algo == "dqn" else "critics of the preset's size")

@@ -231,13 +231,16 @@ def _verdict(values: list[float]) -> str:
     return ("yes" if met else "no") + (" (CI includes 1)" if crosses else "")
 
 
-def _best_small(cells: Iterable[tuple[str, float, list[dict[str, Any]], list[float]]]) -> tuple[str, str]:
-    """The goal's two columns for the best cell (highest mean; the first one on a tie) among cells <= 5% of
-    the teacher, ``(loss, size, runs, values)``: ``"<loss>, <size>: <mean [CI]>"`` and its ``_verdict``, or
+def _best_small(
+    cells: Iterable[tuple[str, float, list[dict[str, Any]]]], score: Callable[[dict[str, Any]], float]
+) -> tuple[str, str]:
+    """The goal's two columns for the best cell (highest mean ``score``; the first one on a tie) among cells
+    ``(loss, size, runs)`` <= 5% of the teacher: ``"<loss>, <size>: <mean [CI]>"`` and its ``_verdict``, or
     two dashes without one. A cell counts by its students' actual parameter ratio where they record one, not
     only by the size it is filed under: a loss may give explicit widths (``hidden: [64, 64]``) under any size."""
     best: tuple[float, str, list[float]] | None = None
-    for loss, size, runs, values in cells:
+    for loss, size, runs in cells:
+        values = [score(r) for r in runs]
         actual = [r["params_ratio"] for r in runs if r.get("params_ratio") is not None]
         small = size <= 0.05 and all(x <= 0.05 for x in actual)
         if small and values and (best is None or float(np.mean(values)) > best[0]):
@@ -265,9 +268,12 @@ def goals_section(results: list[dict[str, Any]]) -> str:
         cells = _grid_cells(res)
         by = {cell: [_ratio(r) for r in runs] for cell, runs in cells.items()}
         best, reached = _best_small(
-            (loss, size, cells.get((loss, float(size)), []), by.get((loss, float(size)), []))
-            for size in res["config"]["sizes"]
-            for loss in res["config"]["losses"]
+            (
+                (loss, size, cells.get((loss, float(size)), []))
+                for size in res["config"]["sizes"]
+                for loss in res["config"]["losses"]
+            ),
+            _ratio,
         )
         kl, nll, mse = (
             float(np.mean(by[(k, 0.04)])) if by.get((k, 0.04)) else None for k in ("kl_t0.01", "nll", "mse")
@@ -351,9 +357,7 @@ def continuous_section(results: list[dict[str, Any]], random_dir: Path | None = 
             continue
         _, score = scorer(res, random_dir)
         by = _grid_cells(res)
-        best, reached = _best_small(
-            (loss, size, runs, [score(r) for r in runs]) for (loss, size), runs in by.items()
-        )
+        best, reached = _best_small(((loss, size, runs) for (loss, size), runs in by.items()), score)
         at4 = [by.get((loss, 0.04)) for loss in CONTINUOUS_LOSSES]
         shown = " / ".join(
             "—" if not rs else _ratio_text(float(np.mean([score(r) for r in rs]))) for rs in at4
