@@ -48,6 +48,7 @@ bench: setup
 	$(PY) benchmarks/bench_distill.py
 	$(PY) benchmarks/bench_latency.py
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_teacher_threads.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache docs/_build
