@@ -32,13 +32,18 @@ Layout of ``policy-kd kickstart --out OUT``::
                   ``policy-kd evaluate --teacher TEACHER --student OUT/student``
 
 ``--weight 0`` trains the same student, with the same hyperparameters, from scratch: the baseline.
+
+A run checkpoints every ``--checkpoint-freq`` env steps and on SIGINT/SIGTERM (``OUT/model/checkpoint/``:
+the SB3 model, its replay buffer or VecNormalize statistics and the callback's minibatch RNG, annealing
+horizon and log), and ``policy-kd kickstart --resume --out OUT`` continues it with its saved options
+(``--n-timesteps`` may extend it; the weight schedule keeps its horizon). As with train-teacher, the resumed
+envs start new episodes, so a resumed run is not bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,7 +60,15 @@ from policy_kd.errors import PolicyKDError
 from policy_kd.losses import LOSSES, LossConfig, check_loss_for_kind, compute_loss
 from policy_kd.options import LossOptions, RunOptions, TeacherTrainingOptions, check_choice, check_ranges
 from policy_kd.record import space_json
-from policy_kd.run import atomic_torch_save, job, prepare_out_dir, write_json, write_run_info
+from policy_kd.run import (
+    atomic_torch_save,
+    job,
+    lock_out_dir,
+    prepare_out_dir,
+    read_run_config,
+    write_json,
+    write_run_info,
+)
 from policy_kd.students import StudentSpec, build_student, count_params, save_student, width_for_budget
 from policy_kd.teacher import (
     Teacher,
@@ -145,8 +158,18 @@ class KickstartConfig(TeacherTrainingOptions, LossOptions, RunOptions):
     """States per distillation minibatch; default: the algorithm's batch_size."""
     seed: int = 0
     """Seed for the student's weights, its envs and its distillation minibatches."""
+    checkpoint_freq: int = 100_000
+    """Env steps between resumable checkpoints in OUT/model/checkpoint/ (also written on SIGINT/SIGTERM); 0: none."""
+    resume: bool = False
+    """Continue the interrupted run in --out from its checkpoint, with its saved options (--n-timesteps may
+    extend it). The checkpoint's .zip and .pkl files are unpickled code: resume only runs you trust."""
 
     def validate(self) -> None:
+        if self.resume:
+            if self.out is None:
+                raise PolicyKDError("--resume needs --out OUT (the interrupted kickstart run)")
+            check_ranges(self, positive=("n_timesteps",))
+            return
         if self.teacher is None:
             raise PolicyKDError("kickstart needs a teacher: pass --teacher DIR (a train-teacher run folder)")
         check_choice("algo", self.algo, STUDENT_ALGOS, what="algo")
@@ -157,7 +180,7 @@ class KickstartConfig(TeacherTrainingOptions, LossOptions, RunOptions):
         check_ranges(
             self,
             positive=("params_fraction", "layers", "distill_batch_size"),
-            non_negative=("weight",),
+            non_negative=("weight", "checkpoint_freq"),
         )
         if not 0.0 < self.anneal_fraction <= 1.0:
             raise PolicyKDError(f"--anneal-fraction must lie in (0, 1], got {self.anneal_fraction}")
@@ -219,6 +242,24 @@ class Kickstart(BaseCallback):
 
     def weight_at(self, step: int) -> float:
         return distill_weight(step, weight=self.weight, anneal=self.anneal, horizon=self.horizon)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run continues (train-teacher's checkpoint keeps it beside the model). ``weights``
+        is left out: it is ``weight_at`` of each update's step, one entry per update (millions for SAC)."""
+        return {
+            "rng": self.rng.bit_generator.state,
+            "horizon": self.horizon,
+            "distill_steps": self.distill_steps,
+            "log": self.log,
+            "sums": self._sums,
+        }
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.horizon = int(state["horizon"])
+        self.distill_steps = int(state["distill_steps"])
+        self.log = list(state["log"])
+        self._sums = dict(state["sums"])
 
     def _init_callback(self) -> None:
         model = self.model
@@ -443,22 +484,44 @@ def student_preset(config: KickstartConfig, env_id: str, hidden: tuple[int, ...]
     return {**preset, "policy_kwargs": policy_kwargs}
 
 
-@job(resumable=False)
+def _resumed_config(config: KickstartConfig) -> KickstartConfig:
+    """``--resume``: the interrupted run's saved options (with a new --n-timesteps budget, if given)."""
+    out = Path(config.out)  # type: ignore[arg-type]
+    if not (out / "config.yaml").is_file() or not (out / "student_preset.yaml").is_file():
+        raise PolicyKDError(f"{out} holds no kickstart run to resume; start one without --resume")
+    lock_out_dir(out, what="kickstart folder")
+    if (out / "kickstart.json").is_file():
+        raise PolicyKDError(f"{out} holds a finished kickstart run; nothing to resume")
+    saved = read_run_config(KickstartConfig, out, progress=config.progress)
+    return replace(saved, n_timesteps=config.n_timesteps or saved.n_timesteps)
+
+
+@job(resumable=True)
 def kickstart(config: KickstartConfig) -> Path:
     """Kickstart a student into ``config.out`` (see the module docstring for the layout); return it."""
     config.validate()
+    if config.resume:
+        config = _resumed_config(config)
     teacher = _load_kickstart_teacher(config)
     algo_class(config.algo)
     env_id = teacher.env_id
     hidden = student_hidden(config, teacher)
-    preset = student_preset(config, env_id, hidden)
+    if config.resume:
+        out = Path(config.out)  # type: ignore[arg-type]
+        preset = yaml.safe_load((out / "student_preset.yaml").read_text())[env_id]
+    else:
+        preset = student_preset(config, env_id, hidden)
     n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", DEFAULT_N_TIMESTEPS))
-    horizon = max(1, round(config.anneal_fraction * n_timesteps))
+    horizon = max(1, round(config.anneal_fraction * n_timesteps))  # a resumed run restores its own
 
-    out = prepare_out_dir(config.out, force=config.force, what="kickstart folder", inputs=(config.teacher,))
-    write_run_info(out, config, job="kickstart")
+    if not config.resume:
+        out = prepare_out_dir(
+            config.out, force=config.force, what="kickstart folder", inputs=(config.teacher,)
+        )
+        write_run_info(out, config, job="kickstart")
     preset_path = out / "student_preset.yaml"
-    preset_path.write_text(yaml.safe_dump({env_id: preset}, sort_keys=False))
+    if not config.resume:
+        preset_path.write_text(yaml.safe_dump({env_id: preset}, sort_keys=False))
     torch.set_num_threads(config.threads)
     callback = Kickstart(
         teacher,
@@ -478,10 +541,12 @@ def kickstart(config: KickstartConfig) -> Path:
         preset=str(preset_path),
         threads=config.threads,
         progress=config.progress,
+        checkpoint_freq=config.checkpoint_freq,
+        resume=config.resume,
     )
-    start = time.perf_counter()
-    model_dir = train_teacher(rl_config, extra_callbacks=[callback])
-    seconds = time.perf_counter() - start
+    model_dir = train_teacher(
+        rl_config, extra_callbacks=[callback], resume_command=f"policy-kd kickstart --resume --out {out}"
+    )
 
     best = algo_class(config.algo).load(model_dir / "best_model.zip", device="cpu")
     teacher_meta = teacher.meta()
@@ -493,6 +558,7 @@ def kickstart(config: KickstartConfig) -> Path:
         "env_spec": teacher.env_spec,
         "teacher": teacher_meta,
     }
+    horizon = callback.horizon
     record = {"algo": config.algo, "weight": config.weight, "anneal": config.anneal, "horizon": horizon}
     info = student_info(  # its "params" is the exported network's count, added by export_sb3_student
         meta,
@@ -516,21 +582,21 @@ def kickstart(config: KickstartConfig) -> Path:
         "student_folder": str(student_dir) if student_dir else None,
         "student_folder_skipped": why_not or None,
     }
-    write_json(out / "kickstart.json", {**summary, **_learning_curve(model_dir, callback, seconds)})
+    write_json(out / "kickstart.json", {**summary, **_learning_curve(model_dir, callback)})
     return out
 
 
-def _learning_curve(model_dir: Path, callback: Kickstart, seconds: float) -> dict[str, Any]:
+def _learning_curve(model_dir: Path, callback: Kickstart) -> dict[str, Any]:
     """The student's best return, its evaluation curve and the distillation log, for kickstart.json."""
     evals = np.load(model_dir / "evaluations.npz") if (model_dir / "evaluations.npz").is_file() else None
+    trained = json.loads((model_dir / "teacher.json").read_text())
     return {
-        "best_eval_mean_return": json.loads((model_dir / "teacher.json").read_text())[
-            "best_eval_mean_return"
-        ],
+        "best_eval_mean_return": trained["best_eval_mean_return"],
+        "resumed": bool(trained.get("resumed")),
         "curve": {
             "timesteps": evals["timesteps"].tolist() if evals is not None else [],
             "mean_return": evals["results"].mean(axis=1).tolist() if evals is not None else [],
         },
         "log": callback.log,
-        "seconds": round(seconds, 2),
+        "seconds": trained["train_seconds"],  # every segment of a resumed run
     }

@@ -214,3 +214,44 @@ def test_out_inside_the_teacher_is_refused(capsys, artifacts) -> None:
         ["kickstart", "--teacher", artifacts["teacher"], "--out", artifacts["teacher"] / "ks"],
         "overwrite",
     )
+
+
+# ------------------------------------------------------------------------------------------------- resume
+
+
+def test_sigterm_checkpoints_and_resume_continues_the_distillation_state(
+    tmp_path, artifacts, tiny_preset, capsys
+) -> None:
+    from test_guarantees import _one_line, _running, _terminate, _wait_for
+
+    out = tmp_path / "ks"
+    args = ("kickstart", "--teacher", artifacts["teacher"], "--preset", tiny_preset, "--out", out,
+            "--n-timesteps", 10**6, "--eval-freq", 500, "--eval-episodes", 2, "--no-progress")  # fmt: skip
+    with _running(*args) as proc:
+        _wait_for(lambda: (out / "model" / "evaluations.npz").is_file(), proc)  # past its first evaluation
+        code, err = _terminate(proc)
+    assert code == 143, err
+    # the run resumes as a kickstart run, not as the train-teacher run it trains through
+    _one_line(
+        err, "interrupted by SIGTERM", "checkpoint at step", f"policy-kd kickstart --resume --out {out}"
+    )
+    state = json.loads((out / "model" / "checkpoint" / "state.json").read_text())
+    stopped, saved = state["num_timesteps"], state["callbacks"]["Kickstart"]
+    assert saved["distill_steps"] > 0 and saved["log"] and saved["horizon"] == 500_000
+    budget = stopped + 500
+    # train-teacher --resume would go on without the distillation term
+    expect_error(capsys, ["train-teacher", "--resume", "--out", out / "model", "--n-timesteps", budget],
+                 "checkpointed by another job", f"policy-kd kickstart --resume --out {out}")  # fmt: skip
+    assert run_cli("kickstart", "--resume", "--out", out, "--n-timesteps", budget, "--no-progress") == 0
+    info = json.loads((out / "kickstart.json").read_text())
+    assert info["resumed"] and info["n_timesteps"] == budget
+    assert info["horizon"] == 500_000  # the schedule of the run as started, not of the new budget
+    assert info["log"][: len(saved["log"])] == saved["log"] and len(info["log"]) > len(saved["log"])
+    assert info["distill_updates"] > saved["distill_steps"]
+    assert json.loads((out / "model" / "teacher.json").read_text())["n_timesteps"] == budget
+    load_student(out / "student")
+    expect_error(
+        capsys, ["kickstart", "--resume", "--out", out], "finished kickstart run", "nothing to resume"
+    )
+    expect_error(capsys, ["kickstart", "--resume", "--out", tmp_path / "nope"], "no kickstart run to resume")
+    expect_error(capsys, ["kickstart", "--resume"], "--resume needs --out")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import yaml
@@ -40,6 +40,24 @@ from policy_kd.teachers.sources import TEACHER_FILE
 from policy_kd.teachers.vec_env import _make_env_stack, _make_eval_env_stack
 
 CHECKPOINT_DIR = "checkpoint"
+
+
+@runtime_checkable
+class CheckpointedCallback(Protocol):
+    """An ``extra_callbacks`` entry whose own state a checkpoint keeps beside the model's, so that a resumed
+    run continues it (kickstarting's minibatch RNG and log); keyed in ``state.json`` by its class name."""
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run needs, as JSON-able values."""
+        ...
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``checkpoint_state()``'s output, before the resumed training starts."""
+        ...
+
+
+def _stateful(callbacks: Sequence[BaseCallback]) -> dict[str, CheckpointedCallback]:
+    return {type(cb).__name__: cb for cb in callbacks if isinstance(cb, CheckpointedCallback)}
 
 
 @dataclass(frozen=True)
@@ -133,10 +151,20 @@ class _Checkpoint(BaseCallback):
     any moment leaves one complete checkpoint (``checkpoint/``, or ``checkpoint.old/`` between the renames).
     """
 
-    def __init__(self, out: Path, freq: int, eval_cb: EvalCallback, seconds_before: float):
+    def __init__(
+        self,
+        out: Path,
+        freq: int,
+        eval_cb: EvalCallback,
+        seconds_before: float,
+        *,
+        extras: dict[str, CheckpointedCallback],
+        resume_command: str,
+    ):
         super().__init__()
         self.out, self.freq, self.eval_cb = out, freq, eval_cb
         self.seconds_before, self.start = seconds_before, time.perf_counter()
+        self.extras, self.resume_command = extras, resume_command
         self.last = 0
 
     def _on_training_start(self) -> None:
@@ -144,7 +172,10 @@ class _Checkpoint(BaseCallback):
 
     def _save(self) -> None:
         seconds = self.seconds_before + time.perf_counter() - self.start
-        save_checkpoint(self.out, self.model, self.eval_cb, seconds)
+        extra = {name: cb.checkpoint_state() for name, cb in self.extras.items()}
+        save_checkpoint(
+            self.out, self.model, self.eval_cb, seconds, extra=extra, resume_command=self.resume_command
+        )
 
     def _on_stop(self) -> str:
         if not self.freq:
@@ -152,10 +183,7 @@ class _Checkpoint(BaseCallback):
                 f"no checkpoint (--checkpoint-freq 0): {self.out} cannot be resumed; start over with --force"
             )
         self._save()
-        return (
-            f"checkpoint at step {self.num_timesteps} saved; "
-            f"continue with: policy-kd train-teacher --resume --out {self.out}"
-        )
+        return f"checkpoint at step {self.num_timesteps} saved; continue with: {self.resume_command}"
 
     def _on_step(self) -> bool:
         check_interrupted(self._on_stop)
@@ -165,7 +193,17 @@ class _Checkpoint(BaseCallback):
         return True
 
 
-def save_checkpoint(out: Path, model: BaseAlgorithm, eval_cb: EvalCallback, seconds: float) -> None:
+def save_checkpoint(
+    out: Path,
+    model: BaseAlgorithm,
+    eval_cb: EvalCallback,
+    seconds: float,
+    *,
+    extra: dict[str, dict[str, Any]] | None = None,
+    resume_command: str | None = None,
+) -> None:
+    """Write ``out/checkpoint/`` atomically; ``extra``: the state of the run's checkpointed callbacks,
+    ``resume_command``: how this run continues (a job that trains through train-teacher resumes as itself)."""
     new, cur, old = out / "checkpoint.new", out / CHECKPOINT_DIR, out / "checkpoint.old"
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir()
@@ -186,6 +224,8 @@ def save_checkpoint(out: Path, model: BaseAlgorithm, eval_cb: EvalCallback, seco
         "evaluations_results": [[float(r) for r in rs] for rs in eval_cb.evaluations_results],
         "evaluations_length": [[int(n) for n in ns] for ns in eval_cb.evaluations_length],
         "train_seconds": round(seconds, 2),
+        "callbacks": extra or {},
+        "resume_command": resume_command,
     }
     write_json(new / "state.json", state)
     shutil.rmtree(old, ignore_errors=True)
@@ -193,6 +233,17 @@ def save_checkpoint(out: Path, model: BaseAlgorithm, eval_cb: EvalCallback, seco
         cur.rename(old)
     new.rename(cur)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore_callbacks(out: Path, state: dict[str, Any], extras: dict[str, CheckpointedCallback]) -> None:
+    """Hand each checkpointed callback its saved state; refuse a checkpoint whose callbacks differ (a
+    kickstart run resumed by train-teacher would lose its distillation term without a word)."""
+    saved: dict[str, Any] = state.get("callbacks") or {}
+    if saved.keys() != extras.keys():
+        how = state.get("resume_command") or "the job that started it, with --resume"
+        raise PolicyKDError(f"{out} was checkpointed by another job; continue it with: {how}")
+    for name, cb in extras.items():
+        cb.restore_checkpoint_state(saved[name])
 
 
 def _checkpoint_dir(out: Path) -> Path | None:
@@ -344,11 +395,21 @@ def _save_final(out: Path, model: BaseAlgorithm, env: VecEnv, norm: dict[str, An
 
 
 @job(resumable=True)
-def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseCallback] = ()) -> Path:
+def train_teacher(
+    config: TrainTeacherConfig,
+    *,
+    extra_callbacks: Sequence[BaseCallback] = (),
+    resume_command: str | None = None,
+) -> Path:
     """Train a teacher into ``config.out``; return the run folder. ``teacher.json`` is written last.
 
     ``extra_callbacks`` run after the evaluation callback on every step (online distillation and
-    kickstarting hook into the training this way, see ``policy_kd.online`` and ``policy_kd.kickstart``).
+    kickstarting hook into the training this way, see ``policy_kd.online`` and ``policy_kd.kickstart``);
+    those that are :class:`CheckpointedCallback` are saved in each checkpoint and restored on ``--resume``.
+    ``resume_command``: the command that continues an interrupted run, for the stop message and the
+    checkpoint (default: ``policy-kd train-teacher --resume --out OUT``); a checkpoint with callback state
+    can only be resumed by a call that passes the same callbacks, so ``train-teacher --resume`` refuses a
+    kickstart run's model folder, which would go on without its distillation term.
     """
     config.validate()
     resume_from: Path | None = None
@@ -374,8 +435,16 @@ def train_teacher(config: TrainTeacherConfig, *, extra_callbacks: Sequence[BaseC
     eval_cb = _eval_callback(config, eval_env, out, n_envs, state)
     done_before = int(state.get("num_timesteps", 0))
     wall_before = float(state.get("train_seconds", 0.0))
+    extras = _stateful(extra_callbacks)
+    if resume_from is not None:
+        _restore_callbacks(out, state, extras)
     callbacks: list[BaseCallback] = [eval_cb, *extra_callbacks]
-    callbacks.append(_Checkpoint(out, config.checkpoint_freq, eval_cb, wall_before))
+    resume_command = resume_command or f"policy-kd train-teacher --resume --out {out}"
+    callbacks.append(
+        _Checkpoint(
+            out, config.checkpoint_freq, eval_cb, wall_before, extras=extras, resume_command=resume_command
+        )
+    )
     start = time.perf_counter()
     model.learn(
         total_timesteps=n_timesteps - done_before,
