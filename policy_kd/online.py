@@ -169,6 +169,9 @@ def distill_online(config: DistillOnlineConfig) -> Path:
         seed=config.seed,
         threads=config.threads,
         progress=config.progress,
+        # online runs do not resume: a teacher checkpoint would invite train-teacher --resume, which trains
+        # on without the student; without one, SIGTERM's line says to start over with --force
+        checkpoint_freq=0,
     )
     train_teacher(teacher_config, extra_callbacks=[callback])
     return root

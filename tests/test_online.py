@@ -147,3 +147,19 @@ def test_algo_name_is_the_exact_class_name() -> None:
         "a2c": A2C("MlpPolicy", "CartPole-v1", **small),
     }
     assert {name: algo_name(m) for name, m in models.items()} == {n: n for n in models}
+
+
+def test_sigterm_says_start_over_not_train_teacher_resume(tmp_path: Path) -> None:
+    """An online run does not resume: a teacher checkpoint would invite ``train-teacher --resume``, which
+    trains on without the student."""
+    from test_guarantees import _one_line, _running, _terminate, _wait_for
+
+    out = tmp_path / "online"
+    args = ("distill-online", "--env", "CartPole-v1", "--out", out, "--n-timesteps", 10**6, "--eval-freq", 500,
+            "--eval-episodes", 1, "--every", 64, "--distill-steps", 2, "--hidden", 8, "--no-progress")  # fmt: skip
+    with _running(*args) as proc:
+        _wait_for(lambda: (out / "teacher" / "evaluations.npz").is_file(), proc)
+        code, err = _terminate(proc)
+    line = _one_line(err, "interrupted by SIGTERM", "cannot be resumed", "--force")
+    assert code == 143 and "train-teacher --resume" not in line, line
+    assert not (out / "teacher" / "checkpoint").exists()
