@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 from policy_kd import sweep_report
 from policy_kd.errors import PolicyKDError
@@ -282,3 +286,39 @@ def test_a_zoo_teacher_needs_its_run_folder_and_env() -> None:
         SweepConfig.from_mapping({**raw, "env": "E-v0", "teacher": {"zoo": {"algo": "sac"}}})
     with pytest.raises(PolicyKDError, match=r"teacher\.zoo must be a mapping with an algo"):
         SweepConfig.from_mapping({**raw, "env": "E-v0", "teacher": {"path": "x", "zoo": "sac"}})
+
+
+def test_grid_sigterm_is_one_line_and_the_same_command_resumes_the_teacher(tmp_path) -> None:
+    """grid.py stopped by SIGTERM (a scheduler's kill) while it trains the teacher: one line, exit 143, a
+    checkpoint; the same command continues from it."""
+    from test_guarantees import ENV, _one_line, _terminate, _wait_for
+
+    task = f"test_sigterm_{os.getpid()}"
+    runs = EXPERIMENTS / "runs" / task
+    config = tmp_path / "grid.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "task": task,
+                "env": "CartPole-v1",
+                "sizes": [0.5],
+                "losses": {"kl": {"loss": "kl"}},
+                "seeds": [0],
+                "teacher": {"algo": "dqn", "n_timesteps": 10**6, "eval_freq": 500, "eval_episodes": 1},
+            }
+        )
+    )
+    cmd = [sys.executable, str(EXPERIMENTS / "grid.py"), str(config), "--only", "teacher"]
+    try:
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda: (runs / "teacher" / "evaluations.npz").is_file(), proc)
+            code, err = _terminate(proc)
+        finally:
+            proc.kill()
+        assert code == 143, err
+        _one_line(err, "grid.py: interrupted by SIGTERM", "checkpoint at step", "the same command continues")
+        assert (runs / "teacher" / "checkpoint" / "state.json").is_file()
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+        (EXPERIMENTS / "results" / f"{task}.json").unlink(missing_ok=True)

@@ -579,6 +579,9 @@ def test_train_teacher_resumes_after_kill9(tmp_path: Path) -> None:
     state = json.loads((ckpt / "state.json").read_text())
     assert 2000 <= state["num_timesteps"] < 12000 and (ckpt / "replay_buffer.pkl").is_file()
     assert run_cli("train-teacher", "--out", out, "--no-progress") == 2  # exists: refused without --force
+    moved = tmp_path / "moved"  # a run folder moved after the kill resumes where it is now
+    out.rename(moved)
+    out = moved
     done = state["num_timesteps"]
     resume = ("train-teacher", "--resume", "--out", out, "--no-progress")
     assert run_cli(*resume, "--n-timesteps", str(done)) == 2  # a budget already spent: refused
@@ -587,7 +590,8 @@ def test_train_teacher_resumes_after_kill9(tmp_path: Path) -> None:
     assert run_cli(*resume, "--n-timesteps", str(budget)) == 0
     info = json.loads((out / "teacher.json").read_text())
     assert info["resumed"] and info["n_timesteps"] == budget
-    assert yaml.safe_load((out / "config.yaml").read_text())["n_timesteps"] == budget
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["n_timesteps"] == budget and saved["out"] == str(moved)
     # SB3 stops at the first rollout (train_freq steps) that reaches the budget, as an uninterrupted run does
     assert budget <= DQN.load(out / "last_model.zip").num_timesteps < budget + 4
     evals = np.load(out / "evaluations.npz")["timesteps"]

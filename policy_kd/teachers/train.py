@@ -269,7 +269,8 @@ def _resume_state(
     out = Path(config.out)  # type: ignore[arg-type]
     lock_out_dir(out, what="teacher folder")
     new_budget = config.n_timesteps
-    config = _saved_train_config(out, config.progress)
+    # the folder as given now: a run folder moved since it started records where it is
+    config = replace(_saved_train_config(out, config.progress), out=str(out))
     resume_from = _checkpoint_dir(out)
     state = json.loads((resume_from / "state.json").read_text())  # type: ignore[operator]
     if new_budget is not None:
