@@ -23,7 +23,7 @@ from policy_kd import sweep
 from policy_kd.backends import BACKENDS, Backend, make_backend
 from policy_kd.config import load_yaml_mapping
 from policy_kd.errors import PolicyKDError
-from policy_kd.run import Interrupted, raise_interrupted
+from policy_kd.run import interrupted_line, raise_interrupted
 from policy_kd.sweep import STAGES, Sweep, log
 from policy_kd.sweep_config import SweepConfig
 
@@ -103,10 +103,9 @@ def main() -> int:
         print(f"grid.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        said = exc.message if isinstance(exc, Interrupted) and exc.message else "finished runs were kept"
-        name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
-        print(f"grid.py: interrupted by {name}; {said}; the same command continues the grid", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, Interrupted) else 130
+        line, code = interrupted_line(exc)
+        print(f"grid.py: {line}; the same command continues the grid", file=sys.stderr)
+        return code
     log(f"done; results in {path}")
     return 0
 

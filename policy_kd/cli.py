@@ -17,7 +17,7 @@ from policy_kd.config import parse_cli
 from policy_kd.errors import PolicyKDError
 from policy_kd.run import (
     COMMAND_LINE,
-    Interrupted,
+    interrupted_line,
     job,
     lock_out_dir,
     quiet_no_space_in_threads,
@@ -370,12 +370,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        if isinstance(exc, Interrupted):
-            said = exc.message or "finished outputs were kept"
-            print(f"{PROG}: interrupted by {exc.signal_name}; {said}", file=sys.stderr)
-            return exc.exit_code
-        print(f"{PROG}: interrupted; finished outputs were kept", file=sys.stderr)
-        return 130
+        line, code = interrupted_line(exc)
+        print(f"{PROG}: {line}", file=sys.stderr)
+        return code
     finally:
         threading.excepthook = thread_hook
         if on_term is not None:

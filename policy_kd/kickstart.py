@@ -506,22 +506,18 @@ def kickstart(config: KickstartConfig) -> Path:
     algo_class(config.algo)
     env_id = teacher.env_id
     hidden = student_hidden(config, teacher)
-    if config.resume:
+    if config.resume:  # the folder and preset the run started with (its lock is taken)
         out = Path(config.out)  # type: ignore[arg-type]
         preset = yaml.safe_load((out / "student_preset.yaml").read_text())[env_id]
     else:
         preset = student_preset(config, env_id, hidden)
-    n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", DEFAULT_N_TIMESTEPS))
-    horizon = max(1, round(config.anneal_fraction * n_timesteps))  # a resumed run restores its own
-
-    if not config.resume:
         out = prepare_out_dir(
             config.out, force=config.force, what="kickstart folder", inputs=(config.teacher,)
         )
         write_run_info(out, config, job="kickstart")
-    preset_path = out / "student_preset.yaml"
-    if not config.resume:
-        preset_path.write_text(yaml.safe_dump({env_id: preset}, sort_keys=False))
+        (out / "student_preset.yaml").write_text(yaml.safe_dump({env_id: preset}, sort_keys=False))
+    n_timesteps = int(config.n_timesteps or preset.get("n_timesteps", DEFAULT_N_TIMESTEPS))
+    horizon = max(1, round(config.anneal_fraction * n_timesteps))  # a resumed run restores its own
     torch.set_num_threads(config.threads)
     callback = Kickstart(
         teacher,
@@ -538,7 +534,7 @@ def kickstart(config: KickstartConfig) -> Path:
         out=str(out / "model"),
         seed=config.seed,
         n_timesteps=n_timesteps,
-        preset=str(preset_path),
+        preset=str(out / "student_preset.yaml"),
         threads=config.threads,
         progress=config.progress,
         checkpoint_freq=config.checkpoint_freq,
@@ -558,8 +554,12 @@ def kickstart(config: KickstartConfig) -> Path:
         "env_spec": teacher.env_spec,
         "teacher": teacher_meta,
     }
-    horizon = callback.horizon
-    record = {"algo": config.algo, "weight": config.weight, "anneal": config.anneal, "horizon": horizon}
+    record = {
+        "algo": config.algo,
+        "weight": config.weight,
+        "anneal": config.anneal,
+        "horizon": callback.horizon,
+    }
     info = student_info(  # its "params" is the exported network's count, added by export_sb3_student
         meta,
         loss=config.loss_config,
@@ -577,7 +577,7 @@ def kickstart(config: KickstartConfig) -> Path:
         "student_params": student_params,
         "params_ratio": student_params / teacher.policy_params,
         "n_timesteps": n_timesteps,
-        "horizon": horizon,
+        "horizon": callback.horizon,  # a resumed run's is the one it started with
         "distill_updates": callback.distill_steps,
         "student_folder": str(student_dir) if student_dir else None,
         "student_folder_skipped": why_not or None,

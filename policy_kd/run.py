@@ -228,6 +228,17 @@ _DEFER_DEPTH = [0]
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def interrupted_line(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What a job's front end prints when ``exc`` stopped it, and its exit status: ``interrupted by SIGTERM;
+    <what was kept, how to resume>`` and ``128 + signum`` (a bare KeyboardInterrupt: 130)."""
+    if isinstance(exc, Interrupted):
+        return (
+            f"interrupted by {exc.signal_name}; {exc.message or 'finished outputs were kept'}",
+            exc.exit_code,
+        )
+    return "interrupted; finished outputs were kept", 130
+
+
 def raise_interrupted(signum: int, _frame: Any = None) -> None:
     """A signal handler: stop now (what Ctrl-C does by default), for SIGTERM as for SIGINT."""
     raise Interrupted(signum)

@@ -288,9 +288,9 @@ def test_a_zoo_teacher_needs_its_run_folder_and_env() -> None:
         SweepConfig.from_mapping({**raw, "env": "E-v0", "teacher": {"path": "x", "zoo": "sac"}})
 
 
-def test_grid_sigterm_is_one_line_and_the_same_command_resumes_the_teacher(tmp_path) -> None:
-    """grid.py stopped by SIGTERM (a scheduler's kill) while it trains the teacher: one line, exit 143, a
-    checkpoint; the same command continues from it."""
+def test_grid_sigterm_is_one_line_and_leaves_the_teacher_checkpoint(tmp_path) -> None:
+    """grid.py stopped by SIGTERM (a scheduler's kill) while it trains the teacher: one line, exit 143, and
+    the checkpoint the teacher stage resumes from (that resume is train-teacher's, tested in test_teachers)."""
     from test_guarantees import ENV, _one_line, _terminate, _wait_for
 
     task = f"test_sigterm_{os.getpid()}"
