@@ -217,3 +217,50 @@ def test_a_sweep_end_to_end_then_resumed_retrains_nothing(
     monkeypatch.setattr(group, "distill_group", lambda *a, **k: pytest.fail("retrained a finished student"))
     assert run_cli("sweep", config, "--out", out) == 0
     assert comparable(json.loads((out / "results.json").read_text())) == comparable(results)
+
+
+def test_a_sweep_refuses_to_file_students_of_another_teacher(
+    tmp_path: Path, artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run folders are lost (runs/ is not committed) and the teacher retrained: its students must not be
+    filed beside the first teacher's, in one table, as if measured against one teacher."""
+    import shutil
+
+    import torch
+    from stable_baselines3 import DQN
+
+    small = {"sizes": [0.04], "losses": {"nll": {"loss": "nll"}}}
+    (tmp_path / "a").mkdir()
+    out = tmp_path / "out"
+    assert run_cli("sweep", write_sweep_file(tmp_path / "a", artifacts, **small), "--out", out) == 0
+    results = out / "results.json"
+    filed = json.loads(results.read_text())
+    assert len(filed["teacher"]["weights_sha256"]) == 64 and list(filed["runs"]) == ["f0.04_nll_s0"]
+
+    other = tmp_path / "teacher2"  # another teacher, and the buffer it records
+    shutil.copytree(artifacts["teacher"], other)
+    model = DQN.load(other / "best_model.zip", device="cpu")
+    with torch.no_grad():
+        next(model.policy.parameters()).add_(0.5)
+    model.save(other / "best_model.zip")
+    buffer = tmp_path / "buffer2"
+    args = ("--chunk-rows", "500", "--no-progress")
+    assert run_cli("record", "--teacher", other, "--out", buffer, "--steps", "1000", *args) == 0
+    (tmp_path / "b").mkdir()
+    config = write_sweep_file(tmp_path / "b", {"teacher": other, "buffer": buffer}, **small, seeds=[0, 1])
+    capsys.readouterr()
+
+    assert run_cli("sweep", config, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another teacher than" in err and "weights sha256" in err and "\n" not in err
+    assert list(json.loads(results.read_text())["runs"]) == ["f0.04_nll_s0"]  # nothing filed, nothing trained
+    assert not (out / "students" / "f0.04_nll_s1").exists()
+
+    # results filed before digests were kept: the teacher's return on the same seeds tells them apart
+    filed["teacher"].pop("weights_sha256")
+    filed["teacher"]["mean_return"] = 123.25
+    results.write_text(json.dumps(filed))
+    assert run_cli("sweep", config, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another teacher than" in err and "mean return 123.25" in err and "\n" not in err
+    assert list(json.loads(results.read_text())["runs"]) == ["f0.04_nll_s0"]
