@@ -162,4 +162,5 @@ def test_sigterm_says_start_over_not_train_teacher_resume(tmp_path: Path) -> Non
         code, err = _terminate(proc)
     line = _one_line(err, "interrupted by SIGTERM", "cannot be resumed", "--force")
     assert code == 143 and "train-teacher --resume" not in line, line
+    assert "cannot be resumed; start over with --force" in line and "--checkpoint-freq" not in line, line
     assert not (out / "teacher" / "checkpoint").exists()

@@ -180,7 +180,8 @@ class _Checkpoint(BaseCallback):
     def _on_stop(self) -> str:
         if not self.freq:
             return (
-                f"no checkpoint (--checkpoint-freq 0): {self.out} cannot be resumed; start over with --force"
+                # no option named: distill-online trains without checkpoints that its users did not ask for
+                f"this run keeps no checkpoint: {self.out} cannot be resumed; start over with --force"
             )
         self._save()
         return f"checkpoint at step {self.num_timesteps} saved; continue with: {self.resume_command}"
