@@ -17,6 +17,7 @@ Layout of a sweep folder (``--out``, default ``sweeps/<task>``)::
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -359,10 +360,20 @@ class Sweep:
             "--seed", str(z.get("seed", 0)), "-f", str(out.parent.parent), "--eval-freq", "-1",
             "--vec-env", "dummy", "--device", "cpu", *map(str, z.get("args", [])),
         ]  # fmt: skip
+        if importlib.util.find_spec("rl_zoo3") is None:  # else: a traceback from python -m, then ours
+            raise PolicyKDError(
+                "teacher.zoo trains the teacher with rl_zoo3, which is not installed: "
+                "pip install 'policy-kd[zoo]', or point teacher.path at a trained teacher without teacher.zoo"
+            )
         self.log(f"teacher: {' '.join(cmd[1:])}")
         start = time.perf_counter()
         # one torch thread, as every other stage: the machine is shared and the run stays comparable
-        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        if proc.returncode != 0:
+            raise PolicyKDError(
+                f"rl_zoo3.train failed with exit status {proc.returncode} (its output is above); fix that, "
+                f"delete {out} if it was created, and run again"
+            )
         seconds = time.perf_counter() - start
         info = {
             "algo": z["algo"],

@@ -280,6 +280,34 @@ def test_a_zoo_teacher_is_read_from_its_run_folder_and_a_cut_run_is_not_retraine
     sweep.teacher()  # trained: nothing to do (no subprocess)
 
 
+def test_a_zoo_teacher_without_rl_zoo3_or_with_a_failed_train_is_one_line(tmp_path, monkeypatch) -> None:
+    """rl_zoo3 is an extra: without it (or when its train fails) the grid stopped with a traceback."""
+    import importlib.util
+    import subprocess
+
+    from policy_kd import sweep as sweep_mod
+
+    out = tmp_path / "ppo" / "E-v0_1"
+    raw = {"task": "t", "env": "E-v0", "sizes": [0.04], "losses": LOSSES, "buffer": {"path": str(tmp_path)}}
+    cfg = SweepConfig.from_mapping({**raw, "teacher": {"path": str(out), "zoo": {"algo": "ppo"}}})
+    sweep = sweep_mod.Sweep(cfg, root=tmp_path, results=tmp_path / "r.json")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "rl_zoo3" else find_spec(n, *a)
+    )
+    with pytest.raises(
+        PolicyKDError, match=r"rl_zoo3, which is not installed: pip install 'policy-kd\[zoo\]'"
+    ):
+        sweep.teacher()
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "rl_zoo3" else find_spec(n, *a)
+    )
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(cmd, 3))
+    with pytest.raises(PolicyKDError, match=r"rl_zoo3\.train failed with exit status 3") as err:
+        sweep.teacher()
+    assert "\n" not in str(err.value) and not (out / "train.json").exists()
+
+
 def test_a_zoo_teacher_needs_its_run_folder_and_env() -> None:
     raw = {"task": "t", "sizes": [0.04], "losses": LOSSES}
     with pytest.raises(PolicyKDError, match=r"a zoo teacher needs env and teacher\.path"):
