@@ -194,7 +194,8 @@ class Results:
 
     def __init__(self, path: Path, **fields: Any):
         self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        self.original = path.read_bytes() if path.is_file() else None  # what restore() puts back
+        self.data: dict[str, Any] = json.loads(self.original) if self.original is not None else {}
         self.data.update(fields)
         self.data.setdefault("stage_seconds", {})
         self.data.setdefault("runs", {})
@@ -203,6 +204,16 @@ class Results:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1) + "\n")  # key order kept: the config's order
+        tmp.replace(self.path)
+
+    def restore(self) -> None:
+        """Put the file back as this run found it (its config and stage times included): a run refused
+        midway leaves no trace of itself in results filed by another."""
+        if self.original is None:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(self.original)
         tmp.replace(self.path)
 
     def timed(self, stage: str, seconds: float) -> None:
@@ -290,6 +301,7 @@ class Sweep:
 
     def _raise_if_other_teacher(self, filed: Any, got: Any, what: str) -> None:
         if filed != got:
+            self.store.restore()  # earlier stages may have written their times and this run's config
             raise PolicyKDError(
                 f"{self.store.path} holds students measured against another teacher than {self.teacher_dir} "
                 f"({what} {str(filed)[:12]}, this teacher's {str(got)[:12]}); restore that teacher, or file these "
