@@ -129,24 +129,19 @@ def evaluate_students(teacher: str, students: Sequence[str], out: str, episodes:
     """Task: evaluate ``students`` (folders) and the teacher on the same ``episodes`` seeds into ``out``;
     return what the results file keeps of it (the driver files it)."""
     from policy_kd.evaluate import EvaluateConfig, evaluate
-    from policy_kd.record import teacher_digest
     from policy_kd.run import versions
-    from policy_kd.teachers import load_teacher
 
     start = time.perf_counter()
     log(f"eval: {Path(out).name} ({len(students)} students)")
-    env_id = json.loads((Path(students[0]) / "student.json").read_text()).get("env_id") if students else None
-    digest = teacher_digest(load_teacher(teacher, env_id))  # env_id: a plain .zip teacher needs it
     result = evaluate(
         EvaluateConfig(
             teacher=teacher, student=tuple(students), out=out, episodes=episodes, plots=False, force=True
         )
     )
     t, teacher_dir = result["teacher"], Path(teacher)
-    filed_teacher = {
-        k: t.get(k) for k in ("mean_return", "std_return", "ci95", "iqm_return", "params", "latency")
-    }
-    filed_teacher["weights_sha256"] = digest  # which teacher every filed student was measured against
+    # weights_sha256: which teacher every filed student was measured against (Sweep refuses another)
+    keep = ("mean_return", "std_return", "ci95", "iqm_return", "params", "latency", "weights_sha256")
+    filed_teacher = {k: t.get(k) for k in keep}
     filed_teacher["info"] = teacher_info(teacher_dir)
     # what the teacher was trained with, and what evaluated it: a retrain elsewhere is compared by these
     ver = teacher_dir / "versions.json"
@@ -273,39 +268,44 @@ class Sweep:
         fields["config"] = dict(raw) if raw is not None else _plain(config)
         self.store = Results(results, **fields)
         self.results = self.store.data
-        self._teacher_checked = False
 
     def run(self, stages: Sequence[str] = STAGES) -> None:
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise PolicyKDError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+        trains = [s for s in stages if s in ("distill", "eval", "dagger", "curve")]
         for stage in stages:
-            if stage in ("distill", "eval", "dagger", "curve"):
-                self._check_teacher()
+            if trains and stage == trains[0]:
+                self._check_teacher()  # once, before any student trains (the teacher stage is done)
             getattr(self, stage)()
 
     def _check_teacher(self) -> None:
         """Refuse to add students to results measured against another teacher than ``teacher_dir``'s (a
-        teacher retrained after its run folder was lost, say): the table would mix two teachers silently."""
+        teacher retrained after its run folder was lost, say): the table would mix two teachers silently.
+        Results filed before digests were kept are checked by :meth:`_check_filed` (the teacher's return)."""
         filed = self.results.get("teacher") or {}
-        want = filed.get("weights_sha256")
-        if want is None or not self.results["runs"] or self._teacher_checked:
-            return  # nothing filed yet, or filed before digests were kept (_file compares returns then)
+        if filed.get("weights_sha256") is None or not self.results["runs"]:
+            return
         from policy_kd.record import teacher_digest
         from policy_kd.teachers import load_teacher
 
-        self._raise_if_other_teacher(
-            want, teacher_digest(load_teacher(self.teacher_dir, self.cfg.env)), "weights sha256"
-        )
-        self._teacher_checked = True
+        digest = teacher_digest(load_teacher(self.teacher_dir, self.cfg.env))
+        self._check_filed({"weights_sha256": digest})
 
-    def _raise_if_other_teacher(self, filed: Any, got: Any, what: str) -> None:
-        if filed != got:
+    def _check_filed(self, teacher: Mapping[str, Any]) -> None:
+        """Compare ``teacher`` (an evaluation's entry, or just a digest) with the filed teacher: by weights,
+        or by the return on the same seeds for results filed before digests were kept."""
+        filed = self.results.get("teacher")
+        if not filed or not self.results["runs"]:
+            return
+        key = "weights_sha256" if filed.get("weights_sha256") is not None else "mean_return"
+        if key in teacher and filed.get(key) != teacher[key]:
             self.store.restore()  # earlier stages may have written their times and this run's config
             raise PolicyKDError(
                 f"{self.store.path} holds students measured against another teacher than {self.teacher_dir} "
-                f"({what} {str(filed)[:12]}, this teacher's {str(got)[:12]}); restore that teacher, or file these "
-                "students apart (another task name, or move the results file aside)"
+                f"({key.replace('_', ' ')} {str(filed.get(key))[:12]}, this teacher's {str(teacher[key])[:12]}); "
+                "restore that teacher, or file these students apart (another task name, or move the results "
+                "file aside)"
             )
 
     # -- teacher and buffer ---------------------------------------------------------------------------------
@@ -486,17 +486,7 @@ class Sweep:
             return
         names, handle = pending
         got = self.backend.result(handle)
-        filed = self.results.get("teacher") if self.results["runs"] else None
-        if filed and filed.get("weights_sha256") is not None:
-            self._raise_if_other_teacher(
-                filed["weights_sha256"], got["teacher"]["weights_sha256"], "weights sha256"
-            )
-        elif (
-            filed
-        ):  # filed before digests were kept: the teacher's return on the same seeds tells teachers apart
-            self._raise_if_other_teacher(
-                filed.get("mean_return"), got["teacher"]["mean_return"], "mean return"
-            )
+        self._check_filed(got["teacher"])
         self.store.timed("eval", got["seconds"])
         self.results["teacher"] = got["teacher"]
         self.results["eval_versions"] = got["versions"]

@@ -226,8 +226,7 @@ def test_a_sweep_refuses_to_file_students_of_another_teacher(
     filed beside the first teacher's, in one table, as if measured against one teacher."""
     import shutil
 
-    import torch
-    from stable_baselines3 import DQN
+    from test_untrusted import other_weights
 
     small = {"sizes": [0.04], "losses": {"nll": {"loss": "nll"}}}
     (tmp_path / "a").mkdir()
@@ -239,10 +238,7 @@ def test_a_sweep_refuses_to_file_students_of_another_teacher(
 
     other = tmp_path / "teacher2"  # another teacher, and the buffer it records
     shutil.copytree(artifacts["teacher"], other)
-    model = DQN.load(other / "best_model.zip", device="cpu")
-    with torch.no_grad():
-        next(model.policy.parameters()).add_(0.5)
-    model.save(other / "best_model.zip")
+    other_weights(other)
     buffer = tmp_path / "buffer2"
     args = ("--chunk-rows", "500", "--no-progress")
     assert run_cli("record", "--teacher", other, "--out", buffer, "--steps", "1000", *args) == 0
