@@ -31,7 +31,6 @@ from policy_kd.fidelity import (
     divergence,
     teacher_state_fidelity,
 )
-from policy_kd.record import teacher_digest
 from policy_kd.rollout import Episodes, Policy, run_episodes
 from policy_kd.run import job, prepare_out_dir, write_json, write_run_info
 from policy_kd.spaces import action_range, check_compatible, random_actions
@@ -413,7 +412,6 @@ def _result(
         "play_seconds": play.seconds,
     }
     result["teacher"]["trained_env_id"] = teacher.trained_env_id  # set when --env ran it on another version
-    result["teacher"]["weights_sha256"] = teacher_digest(teacher)  # which teacher these figures measure
     if config.aggregate:
         result["aggregate"] = {mode: _aggregate(s_entries, mode, config.seed) for mode in play.modes}
     return result
