@@ -15,6 +15,18 @@ BETA_SCHEDULES = ("linear", "constant", "exponential")
 MAX_LR = 1e30
 
 
+def teacher_option(rounds: int, hint_weight: float, critic_weight: float) -> str | None:
+    """The option that makes distill load the teacher itself (``--rounds``, ``--hint-weight``,
+    ``--critic-weight``), or None when the buffer's labels are all it needs."""
+    if rounds > 1:
+        return "--rounds"
+    if hint_weight > 0:
+        return "--hint-weight"
+    if critic_weight > 0:
+        return "--critic-weight"
+    return None
+
+
 @dataclass(frozen=True)
 class DistillConfig(StudentOptions, LossOptions, RunOptions):
     """Train a student to match the teacher outputs stored in a buffer (optionally in DAgger rounds)."""
@@ -104,16 +116,10 @@ class DistillConfig(StudentOptions, LossOptions, RunOptions):
             return
         if self.buffer is None and self.rounds <= 1:
             raise PolicyKDError("distill needs a buffer: pass --buffer DIR (written by policy-kd record)")
-        if self.teacher is None and (self.rounds > 1 or self.hint_weight > 0 or self.critic_weight > 0):
+        what = teacher_option(self.rounds, self.hint_weight, self.critic_weight)
+        if self.teacher is None and what is not None:
             # the buffer names its teacher, but its manifest carries no signature: loading (unpickling)
             # a path from it would run whatever code that file holds
-            what = (
-                "--rounds"
-                if self.rounds > 1
-                else "--hint-weight"
-                if self.hint_weight > 0
-                else "--critic-weight"
-            )
             raise PolicyKDError(
                 f"{what} needs the teacher: pass --teacher PATH (the run folder or .zip that recorded the buffer; "
                 "a path named inside a buffer is never loaded unasked)"

@@ -223,9 +223,18 @@ class SweepConfig:
 
 
 def needs_teacher(options: Mapping[str, Any]) -> bool:
-    """Whether distill needs the teacher itself for these options (rounds, the hint loss): it never takes it
-    from the buffer."""
-    return int(options.get("rounds", 1)) > 1 or float(options.get("hint_weight", 0)) > 0
+    """Whether distill needs the teacher itself for these options (rounds, the hint loss, critic guidance): it
+    never takes it from the buffer."""
+    from policy_kd.distill_config import teacher_option
+
+    return (
+        teacher_option(
+            int(options.get("rounds", 1)),
+            float(options.get("hint_weight", 0)),
+            float(options.get("critic_weight", 0)),
+        )
+        is not None
+    )
 
 
 def _is(value: Any, kind: type) -> bool:

@@ -154,6 +154,25 @@ def test_a_pinned_shape_reaches_its_students_and_a_loss_width_wins(tmp_path: Pat
     assert s._options(0.04, "mse", 1)["seed"] == 1 and s._options(0.04, "mse", 1)["params_fraction"] == 0.04
 
 
+@pytest.mark.parametrize(
+    ("loss", "loads_teacher"),
+    [
+        ({"loss": "mse", "critic_weight": 1.0}, True),
+        ({"loss": "kl", "tau": 0.1, "hint_weight": 0.5}, True),
+        ({"loss": "mse", "rounds": 2, "round_steps": 10}, True),
+        ({"loss": "mse", "critic_weight": 0.0}, False),
+    ],
+)
+def test_a_loss_that_needs_the_teacher_gets_the_sweeps_teacher(
+    tmp_path: Path, loss: dict[str, Any], loads_teacher: bool
+) -> None:
+    # critic guidance was left out of this list: its students reached distill without the teacher and the
+    # config was refused before the first stage ("--critic-weight needs the teacher")
+    cfg = _config(losses={"x": loss})
+    s = Sweep(cfg, root=tmp_path, results=tmp_path / "r.json")
+    assert (s._options(0.04, "x", 0).get("teacher") == str(s.teacher_dir)) is loads_teacher
+
+
 def test_a_student_with_a_checkpoint_resumes_and_a_finished_one_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
