@@ -375,6 +375,8 @@ def _result(
     tau: float,
 ) -> dict[str, Any]:
     """The eval.json document (schema version 2)."""
+    from policy_kd.teachers import teacher_digest
+
     # a teacher-only evaluation has no student: its summary fields are None
     first = s_entries[0] if s_entries else None
     ratio = None if first is None else first["return_ratio"]
@@ -412,6 +414,7 @@ def _result(
         "play_seconds": play.seconds,
     }
     result["teacher"]["trained_env_id"] = teacher.trained_env_id  # set when --env ran it on another version
+    result["teacher"]["weights_sha256"] = teacher_digest(teacher)  # which teacher these figures measure
     if config.aggregate:
         result["aggregate"] = {mode: _aggregate(s_entries, mode, config.seed) for mode in play.modes}
     return result

@@ -12,7 +12,6 @@ are rebuilt as it saw them. An Atari buffer also stores the games: ``game_reward
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -38,6 +37,7 @@ from policy_kd.run import (
 )
 from policy_kd.spaces import check_compatible, random_actions, space_json
 from policy_kd.teacher import Teacher, load_teacher
+from policy_kd.teachers import teacher_digest
 
 BEHAVIOURS = ("teacher", "epsilon", "student", "mixture")
 
@@ -256,21 +256,6 @@ def _load_teacher(config: RecordConfig) -> Teacher:
     """The teacher that labels the recording; with ``--record-q`` it adds its critic's ``teacher_q``."""
     teacher = load_teacher(config.teacher, config.env)  # type: ignore[arg-type]
     return teacher.with_q() if config.record_q else teacher
-
-
-def teacher_digest(teacher: Teacher) -> str:
-    """sha256 over the teacher's policy weights (every state_dict tensor in name order, with its name,
-    dtype and shape) and its observation-normalisation statistics: which teacher labelled a buffer."""
-    h = hashlib.sha256()
-    for name, t in sorted(teacher.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    rms = getattr(teacher.vec_normalize, "obs_rms", None)
-    for part in (getattr(rms, "mean", None), getattr(rms, "var", None)):
-        if part is not None:
-            h.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
-    return h.hexdigest()
 
 
 def check_same_teacher(teacher: Teacher, recorded: Any, what: str, *, fix: str) -> None:

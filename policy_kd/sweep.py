@@ -129,24 +129,19 @@ def evaluate_students(teacher: str, students: Sequence[str], out: str, episodes:
     """Task: evaluate ``students`` (folders) and the teacher on the same ``episodes`` seeds into ``out``;
     return what the results file keeps of it (the driver files it)."""
     from policy_kd.evaluate import EvaluateConfig, evaluate
-    from policy_kd.record import teacher_digest
     from policy_kd.run import versions
-    from policy_kd.teachers import load_teacher
 
     start = time.perf_counter()
     log(f"eval: {Path(out).name} ({len(students)} students)")
-    # evaluate (a reader: it imports no writer such as record) does not hash the teacher; the sweep does
-    env_id = json.loads((Path(students[0]) / "student.json").read_text()).get("env_id") if students else None
-    digest = teacher_digest(load_teacher(teacher, env_id))  # env_id: a plain .zip teacher needs it
     result = evaluate(
         EvaluateConfig(
             teacher=teacher, student=tuple(students), out=out, episodes=episodes, plots=False, force=True
         )
     )
     t, teacher_dir = result["teacher"], Path(teacher)
-    keep = ("mean_return", "std_return", "ci95", "iqm_return", "params", "latency")
+    # weights_sha256: which teacher every filed student was measured against (Sweep refuses another)
+    keep = ("mean_return", "std_return", "ci95", "iqm_return", "params", "latency", "weights_sha256")
     filed_teacher = {k: t.get(k) for k in keep}
-    filed_teacher["weights_sha256"] = digest  # which teacher every filed student was measured against
     filed_teacher["info"] = teacher_info(teacher_dir)
     # what the teacher was trained with, and what evaluated it: a retrain elsewhere is compared by these
     ver = teacher_dir / "versions.json"
@@ -291,8 +286,7 @@ class Sweep:
         filed = self.results.get("teacher") or {}
         if filed.get("weights_sha256") is None or not self.results["runs"]:
             return
-        from policy_kd.record import teacher_digest
-        from policy_kd.teachers import load_teacher
+        from policy_kd.teachers import load_teacher, teacher_digest
 
         digest = teacher_digest(load_teacher(self.teacher_dir, self.cfg.env))
         self._check_filed({"weights_sha256": digest})

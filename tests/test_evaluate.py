@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+from policy_kd.buffer import Buffer
 from policy_kd.evaluate import EvaluateConfig, divergence, evaluate
 from policy_kd.report import format_table, learning_curves, write_report
 
@@ -41,7 +42,7 @@ def report(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     return out, json.loads((out / "eval.json").read_text())
 
 
-def test_report_files_and_schema(report: tuple[Path, dict]) -> None:
+def test_report_files_and_schema(report: tuple[Path, dict], artifacts: dict[str, Path]) -> None:
     out, r = report
     for name in ("eval.json", "report.md", "returns.png", "return_vs_params.png", "learning_curves.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -67,6 +68,9 @@ def test_report_files_and_schema(report: tuple[Path, dict]) -> None:
     md = (out / "report.md").read_text()
     assert "## Return" in md and "## Fidelity" in md and "## Cost" in md and "![returns](returns.png)" in md
     assert set(r["files"]) >= {"eval.json", "report.md", "returns.png"}
+    # which teacher was measured: the digest the buffer recorded for it (the sweep files and checks this one)
+    recorded = Buffer.open(artifacts["buffer"]).meta["teacher"]["weights_sha256"]
+    assert r["teacher"]["weights_sha256"] == recorded
 
 
 def test_paired_statistics_and_compat_keys(report: tuple[Path, dict]) -> None:

@@ -46,7 +46,7 @@ and Hub folders) and :mod:`~policy_kd.teachers.loading` (:func:`load_teacher`).
 from policy_kd.teachers.custom import CustomTeacher, from_callable, from_module
 from policy_kd.teachers.loading import PY_PREFIX, UNPICKLE_WARNING, load_teacher
 from policy_kd.teachers.presets import algo_kwargs, load_preset
-from policy_kd.teachers.protocol import KINDS, BaseTeacher, TeacherProtocol
+from policy_kd.teachers.protocol import KINDS, BaseTeacher, TeacherProtocol, teacher_digest
 from policy_kd.teachers.sb3 import ALGOS, CONTRIB_HINT, algo_class, policy_param_count
 from policy_kd.teachers.sources import HUB_HINT, HUB_PREFIX, TEACHER_FILE, read_zoo_yaml
 from policy_kd.teachers.teacher import Labels, Teacher
@@ -86,5 +86,6 @@ __all__ = [
     "save_checkpoint",
     "save_model",
     "save_vecnormalize",
+    "teacher_digest",
     "train_teacher",
 ]

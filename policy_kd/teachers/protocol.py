@@ -27,6 +27,7 @@ and its spaces. The SB3 adapter (:class:`~policy_kd.teachers.Teacher`) and the t
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -231,7 +232,7 @@ class BaseTeacher:
         return labels.greedy if deterministic else self.sample(labels, np.random.default_rng())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The tensors that identify this teacher (``record.teacher_digest`` hashes them); none by default."""
+        """The tensors that identify this teacher (:func:`teacher_digest` hashes them); none by default."""
         return {}
 
     def network(self) -> torch.nn.Module | None:
@@ -267,3 +268,19 @@ class BaseTeacher:
     def file_bytes(self) -> int:
         """Bytes the teacher takes on disk (its weights); 0 when it has none."""
         return 0
+
+
+def teacher_digest(teacher: BaseTeacher) -> str:
+    """sha256 over the teacher's policy weights (every state_dict tensor in name order, with its name,
+    dtype and shape) and its observation-normalisation statistics: which teacher labelled a buffer (record),
+    and which one an evaluation measured students against (evaluate, sweep)."""
+    h = hashlib.sha256()
+    for name, t in sorted(teacher.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    rms = getattr(teacher.vec_normalize, "obs_rms", None)
+    for part in (getattr(rms, "mean", None), getattr(rms, "var", None)):
+        if part is not None:
+            h.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+    return h.hexdigest()
