@@ -303,7 +303,13 @@ def goals_section(results: list[dict[str, Any]]) -> str:
 
 
 def _continuous(res: dict[str, Any]) -> bool:
-    """A continuous-control grid (issue 25): its teacher was trained by rl_zoo3 against a published figure."""
+    """A continuous-control grid (issue 25): its buffer's teacher outputs a Gaussian or an action, or (results
+    filed without a buffer entry) its config names the zoo's published figure for the teacher."""
+    from policy_kd.teachers.protocol import GAUSSIAN_KINDS
+
+    kind = (((res.get("buffer") or {}).get("source") or {}).get("teacher") or {}).get("kind")
+    if kind is not None:
+        return kind in (*GAUSSIAN_KINDS, "deterministic")
     return bool(res.get("config", {}).get("zoo_benchmark"))
 
 
@@ -329,7 +335,7 @@ def continuous_section(results: list[dict[str, Any]], random_dir: Path | None = 
         "|---|---|---|---|---|---|---|",
     ]
     for res in tasks:
-        t, b, rb = res.get("teacher"), res["config"]["zoo_benchmark"], random_baseline(res, random_dir)
+        t, b, rb = res.get("teacher"), res["config"].get("zoo_benchmark"), random_baseline(res, random_dir)
         info = (t or {}).get("info") or {}
         secs = info.get("train_seconds")
         algo = info.get("algo") or res["config"].get("teacher", {}).get("zoo", {}).get("algo", "?")
@@ -337,7 +343,11 @@ def continuous_section(results: list[dict[str, Any]], random_dir: Path | None = 
             f"| {res['task']} | {algo} | {info.get('n_timesteps', 0):,} | "
             f"{'—' if secs is None else f'{secs / 60:.0f} min'} | "
             + ("(not evaluated)" if t is None else f"{t['mean_return']:.1f} ± {t['std_return']:.1f}")
-            + f" | {b['mean_return']:.1f} ± {b['std_return']:.1f} ({b['n_timesteps']:,} steps) | "
+            + (
+                " | (none published) | "
+                if not b
+                else f" | {b['mean_return']:.1f} ± {b['std_return']:.1f} ({b['n_timesteps']:,} steps) | "
+            )
             + ("—" if rb is None else f"{rb['mean_return']:.1f}")
             + " |"
         )

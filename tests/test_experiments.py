@@ -218,7 +218,7 @@ def test_the_committed_results_stay_readable() -> None:
             assert text.endswith("(no evaluation yet)\n") and not res.get("runs"), path.name
             continue
         # LunarLander and the continuous tasks' returns can be negative: scored against the random baseline
-        normalized = res["env"].startswith("LunarLander") or bool(res["config"].get("zoo_benchmark"))
+        normalized = res["env"].startswith("LunarLander") or sweep_report._continuous(res)
         assert ("Normalized score" in text) == normalized and ("Return ratio" in text) != normalized, (
             path.name
         )
@@ -254,6 +254,21 @@ def test_continuous_goals_are_checked_on_normalized_scores() -> None:
     # kept out of the discrete goal table, whose KL-tau/NLL/MSE columns it has not
     assert "| Neg |" not in tables.goals_section([res])
     assert tables.continuous_section([_results("A", {"nll": [1.0]})]) == ""
+
+
+@pytest.mark.parametrize("kind", ["deterministic", "squashed_gaussian"])
+def test_a_continuous_teacher_without_a_published_figure_is_still_a_continuous_task(kind: str) -> None:
+    # a TQC Pendulum teacher (the zoo publishes no figure for it) was filed in the discrete goal table, whose
+    # per-game columns it has not: the buffer's teacher kind, not the benchmark, makes a task continuous
+    res = _continuous_task({"mse": [1.0, 1.01, 1.02]})
+    del res["config"]["zoo_benchmark"]
+    res["buffer"] = {"rows": 10, "source": {"teacher": {"kind": kind, "algo": "td3"}}}
+    text = tables.continuous_section([res])
+    assert "| (none published) |" in next(x for x in text.splitlines() if x.startswith("| Neg | sac"))
+    assert "mse, 4%: 1.010" in next(x for x in text.splitlines() if x.startswith("| Neg | mse"))
+    assert "| Neg |" not in tables.goals_section([res])
+    res["buffer"]["source"]["teacher"]["kind"] = "q_values"
+    assert tables.continuous_section([res]) == ""
 
 
 def test_a_zoo_teacher_is_read_from_its_run_folder_and_a_cut_run_is_not_retrained(tmp_path) -> None:
