@@ -6,8 +6,10 @@ for cfg in cartpole_dqn lunarlander_ppo lunarlander_dqn; do
   .venv/bin/python experiments/grid.py experiments/configs/$cfg.yaml || echo "grid $cfg failed; re-run to resume"
   .venv/bin/python experiments/tables.py
 done
-# continuous control (issue 25): teachers trained by rl_zoo3.train with the zoo's presets
-for cfg in pendulum_sac pendulum_ppo mountaincarcontinuous_sac lunarlandercontinuous_ppo lunarlandercontinuous_sac; do
+# continuous control (issue 25): teachers trained with the zoo's presets (by rl_zoo3.train, or by train-teacher
+# from their copies in agents/); the multi-hour BipedalWalker teachers are left to their own commands
+for cfg in pendulum_sac pendulum_ppo pendulum_tqc pendulum_td3 pendulum_ddpg mountaincarcontinuous_sac \
+  lunarlandercontinuous_ppo lunarlandercontinuous_sac lunarlandercontinuous_td3; do
   .venv/bin/python experiments/grid.py experiments/configs/$cfg.yaml || echo "grid $cfg failed; re-run to resume"
   .venv/bin/python experiments/tables.py
 done
