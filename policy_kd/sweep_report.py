@@ -303,8 +303,8 @@ def goals_section(results: list[dict[str, Any]]) -> str:
 
 
 def _continuous(res: dict[str, Any]) -> bool:
-    """A continuous-control grid (issue 25): its buffer's teacher outputs a Gaussian or a deterministic action, or (results
-    filed without a buffer entry) its config names the zoo's published figure for the teacher."""
+    """A continuous-control grid (issue 25): its buffer's teacher outputs a Gaussian or a deterministic
+    action, or (results filed without a buffer entry) its config names the zoo's published figure."""
     from policy_kd.teachers.protocol import GAUSSIAN_KINDS
 
     kind = (((res.get("buffer") or {}).get("source") or {}).get("teacher") or {}).get("kind")
