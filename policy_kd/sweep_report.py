@@ -303,13 +303,14 @@ def goals_section(results: list[dict[str, Any]]) -> str:
 
 
 def _continuous(res: dict[str, Any]) -> bool:
-    """A continuous-control grid (issue 25): its buffer's teacher outputs a Gaussian or a deterministic
-    action, or (results filed without a buffer entry) its config names the zoo's published figure."""
-    from policy_kd.teachers.protocol import GAUSSIAN_KINDS
+    """A continuous-control grid (issue 25): its buffer's teacher kind is a continuous one, or (results filed
+    without a buffer entry, or action-only data, whose kind either space has) its config names the zoo's
+    published figure."""
+    from policy_kd.teachers.protocol import CONTINUOUS_KINDS, DISCRETE_KINDS
 
     kind = (((res.get("buffer") or {}).get("source") or {}).get("teacher") or {}).get("kind")
-    if kind is not None:
-        return kind in (*GAUSSIAN_KINDS, "deterministic")
+    if kind is not None and not (kind in CONTINUOUS_KINDS and kind in DISCRETE_KINDS):
+        return kind in CONTINUOUS_KINDS
     return bool(res.get("config", {}).get("zoo_benchmark"))
 
 

@@ -269,6 +269,11 @@ def test_a_continuous_teacher_without_a_published_figure_is_still_a_continuous_t
     assert "| Neg |" not in tables.goals_section([res])
     res["buffer"]["source"]["teacher"]["kind"] = "q_values"
     assert tables.continuous_section([res]) == ""
+    # action-only data has a kind of either space: the published figure decides, as before kinds were read
+    res["buffer"]["source"]["teacher"]["kind"] = "actions"
+    assert tables.continuous_section([res]) == ""
+    res["config"]["zoo_benchmark"] = _continuous_task({})["config"]["zoo_benchmark"]
+    assert "| Neg | sac" in tables.continuous_section([res])
 
 
 def test_a_zoo_teacher_is_read_from_its_run_folder_and_a_cut_run_is_not_retrained(tmp_path) -> None:

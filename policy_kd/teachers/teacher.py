@@ -211,7 +211,7 @@ class Teacher(_EnvRecipe, BaseTeacher):
         return sb3.head_module(self.model, self.algo)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The policy's weights (what ``record.teacher_digest`` hashes)."""
+        """The policy's weights (what :func:`~policy_kd.teachers.teacher_digest` hashes)."""
         return self.model.policy.state_dict()
 
     def network(self) -> torch.nn.Module:
